@@ -1,0 +1,274 @@
+"""``dgm-pyro``: train, evaluate and sample deep generative models from the shell.
+
+Every user error ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
+``--json`` prints only machine-readable JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from dgm_pyro.errors import DgmPyroError
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.3f}"
+    return str(v)
+
+
+def _print_evaluation(ev: dict[str, Any]) -> None:
+    rows = [
+        ("datapoints", ev["num_datapoints"]),
+        ("particles K", ev["num_particles"]),
+        ("ELBO (nats/datapoint)", ev["elbo"]),
+        ("log-likelihood, importance-sampled", ev["log_evidence"]),
+        ("  standard error", ev["log_evidence_stderr"]),
+        ("ESS mean / min", f"{_fmt(ev['ess_mean'])} / {_fmt(ev['ess_min'])}"),
+        ("PSIS k-hat max", ev["khat_max"]),
+        ("  share with k-hat > 0.7", ev["khat_frac_above_0.7"]),
+    ]
+    if "true_log_likelihood" in ev:
+        rows.append(("true log-likelihood (generator)", ev["true_log_likelihood"]))
+    if "baseline_ncll" in ev:
+        rows += [("CVAE negative CLL (importance-sampled)", ev["cvae_ncll"]),
+                 ("CVAE negative ELBO", ev["cvae_neg_elbo"]),
+                 ("NN baseline negative CLL", ev["baseline_ncll"])]
+    width = max(len(r[0]) for r in rows)
+    click.echo(f"{ev['split']} metrics on {ev['dataset']}:")
+    for name, v in rows:
+        click.echo(f"  {name:<{width}}  {_fmt(v)}")
+    frac = ev.get("khat_frac_above_0.7")
+    if frac:
+        click.echo(f"  note: k-hat > 0.7 for {frac:.1%} of datapoints; their importance-sampled values are unreliable "
+                   "(overconfident encoder); treat the log-likelihood as a lower estimate.")
+
+
+def _progress(json_out: bool) -> bool:
+    return not json_out and sys.stderr.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dgm-pyro")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Deep generative models written the Pyro way."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+               "latent_dim": "latent_dim", "hidden": "hidden_dims", "prior": "prior", "likelihood": "likelihood",
+               "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model"}
+
+
+@cli.command()
+@click.argument("model", required=False, default="cvae", type=click.Choice(["cvae"]))
+@click.option("--dataset", default="digits", show_default=True, help="digits, digits-q1..3, linear-gaussian, npz:PATH, idx:DIR.")
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--hidden", default="256,256", show_default=True, help="Hidden widths, comma-separated.")
+@click.option("--prior", type=click.Choice(["learned", "standard"]), default="learned", show_default=True,
+              help="Conditional prior network p(z|y) or N(0, I).")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "categorical"]), default=None,
+              help="Override for user files (default: inferred from the values).")
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True, help="Early-stopping patience (epochs).")
+@click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Importance samples for the final test log-likelihood.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Folder in which the run folder <model>-<timestamp> is made.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of options (flags given on the command line win).")
+@click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue the run in this folder.")
+@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+@click.pass_context
+def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
+          hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, seed: int, out: str,
+          config_file: Optional[str], resume: Optional[str], json_out: bool) -> None:
+    """Train a model and report its test metrics; writes a run folder."""
+    from dgm_pyro.config import TrainConfig
+    from dgm_pyro.runs import evaluate_run, load_run, new_run_dir, train_run
+
+    given = {p: ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE for p in TRAIN_FLAGS}
+    if resume is not None:
+        extra = [f"--{p.replace('_', '-')}" for p, g in given.items() if g and p != "model"]
+        if extra or config_file:
+            raise DgmPyroError(f"with --resume the configuration comes from {resume}/config.json; drop "
+                               f"{', '.join(extra + (['--config'] if config_file else []))}")
+        run_dir = Path(resume)
+        config = None
+    else:
+        try:
+            hidden_dims = [int(h) for h in hidden.split(",")]
+        except ValueError:
+            raise DgmPyroError(f"--hidden must be comma-separated integers like 256,256; got '{hidden}'") from None
+        values = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "latent_dim": latent_dim, "hidden_dims": hidden_dims, "prior": prior, "likelihood": likelihood,
+                  "patience": patience, "eval_particles": particles, "seed": seed}
+        settings = TrainConfig.from_toml(config_file) if config_file else {}
+        for flag, key in TRAIN_FLAGS.items():
+            if given[flag] or key not in settings:
+                settings[key] = values[key]
+        config = TrainConfig.from_dict(settings, source=config_file or "options").validate()
+        run_dir = new_run_dir(out, config.model)
+    announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
+    summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out), on_start=announce)
+    run = load_run(run_dir)
+    ev = evaluate_run(run, particles=run.config.eval_particles, seed=run.config.seed)
+    if json_out:
+        _emit_json({"run": str(run_dir), "train": summary, "test": ev})
+        return
+    click.echo(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best valid ELBO "
+               f"{summary['best_valid_elbo']:.3f} at epoch {summary['best_epoch']}")
+    _print_evaluation(ev)
+    click.echo(f"next: dgm-pyro sample {run_dir}   |   dgm-pyro evaluate {run_dir} --particles 5000")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+def evaluate(run_dir: str, particles: int, split: str, seed: int, json_out: bool) -> None:
+    """Test ELBO, importance-sampled log-likelihood and PSIS k-hat of a trained run."""
+    from dgm_pyro.runs import evaluate_run, load_run
+
+    ev = evaluate_run(load_run(run_dir), particles=particles, split=split, seed=seed)
+    _emit_json(ev) if json_out else _print_evaluation(ev)
+
+
+def _read_condition(path: str, ds) -> "Any":
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise DgmPyroError(f"{p}: no such file (expected an .npz with an array 'y', or 'images' for quadrant data)")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise DgmPyroError(f"{p}: not a readable .npz archive ({type(e).__name__})") from None
+    if "y" in arrays:
+        y = np.asarray(arrays["y"], dtype=np.float64)
+        y = y.reshape(1, -1) if y.ndim == 1 else y.reshape(y.shape[0], -1)
+    elif "images" in arrays and ds.y_index is not None:
+        imgs = np.asarray(arrays["images"], dtype=np.float64)
+        imgs = imgs.reshape(imgs.shape[0], -1) if imgs.ndim > 1 else imgs.reshape(1, -1)
+        if imgs.shape[1] != 64:
+            raise DgmPyroError(f"{p}: 'images' must be 8x8 digits (64 pixels each); got {imgs.shape[1]} pixels")
+        y = imgs[:, ds.y_index.numpy()] / (ds.levels - 1)
+    else:
+        raise DgmPyroError(f"{p}: needs an array 'y' of conditions" + (" or 'images'" if ds.y_index is not None else ""))
+    if not np.isfinite(y).all():
+        raise DgmPyroError(f"{p}: the condition contains NaN or infinite values")
+    return torch.as_tensor(y, dtype=torch.float32)
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--label", type=int, default=None, help="Class to generate (label-conditioned data); default: all.")
+@click.option("--condition", type=click.Path(dir_okay=False), default=None,
+              help=".npz with 'y' (N, y_dim) conditions, or 'images' whose given quadrants are kept.")
+@click.option("--num", type=click.IntRange(min=1, max=1000), default=8, show_default=True, help="Samples per condition.")
+@click.option("--mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
+              help="Decoder mean E[x|y,z] or a draw x ~ p(x|y,z).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output .png grid (image data) or .npz; default RUN/samples.png or RUN/samples.npz.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: int, mode: str, out: Optional[str],
+           seed: int, json_out: bool) -> None:
+    """Generate from the conditional prior for a new condition (seed P1.8)."""
+    from dgm_pyro.runs import generate, load_run
+    from dgm_pyro.plotting import save_sample_grid
+
+    run = load_run(run_dir)
+    ds = run.dataset
+    out_path = Path(out) if out else run.path / ("samples.png" if ds.image_shape else "samples.npz")
+    if out_path.suffix not in (".png", ".npz"):
+        raise DgmPyroError(f"--out must end in .png or .npz; got '{out_path.name}'")
+    if out_path.suffix == ".png" and not ds.image_shape:
+        raise DgmPyroError(f"dataset '{ds.name}' is not images; use --out FILE.npz")
+    if not out_path.parent.is_dir():
+        raise DgmPyroError(f"{out_path.parent}: no such directory for --out")
+    cond = _read_condition(condition, ds) if condition else None
+    x, y = generate(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed)
+    if out_path.suffix == ".png":
+        save_sample_grid(x, y, ds, out_path)
+    else:
+        import numpy as np
+
+        from dgm_pyro.checkpoint import _atomic_replace
+
+        _atomic_replace(out_path, lambda f: np.savez(f, x=x.numpy(), y=y.numpy()))
+    info = {"out": str(out_path), "conditions": int(x.shape[0]), "per_condition": num, "mode": mode, "seed": seed}
+    _emit_json(info) if json_out else click.echo(f"wrote {x.shape[0]} x {num} samples ({mode}) to {out_path}")
+
+
+@cli.command()
+@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+def datasets(json_out: bool) -> None:
+    """List the built-in datasets and the file formats accepted by --dataset."""
+    from dgm_pyro.data import BUILTIN_DATASETS
+
+    info = dict(BUILTIN_DATASETS)
+    info["npz:PATH"] = "your .npz: array x (N, D) or (N, H, W), optional y (N,) labels or (N, K) covariates"
+    info["idx:DIR"] = "MNIST-style IDX files: train-images-idx3-ubyte, train-labels-idx1-ubyte, optional t10k-*"
+    if json_out:
+        _emit_json(info)
+        return
+    width = max(map(len, info))
+    for name, desc in info.items():
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: runs the click app, turning user errors into one line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="dgm-pyro", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except DgmPyroError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The container every dataset loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["ConditionalDataset", "LIKELIHOODS"]
+
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+
+
+@dataclass
+class ConditionalDataset:
+    """Pairs (x, y) split into train, valid and test.
+
+    Attributes:
+        name: the dataset specification it was loaded from (e.g. ``"digits"``, ``"npz:/path"``).
+        splits: ``{"train": (x, y), "valid": (x, y), "test": (x, y)}`` with ``x`` of shape ``(N, x_dim)``
+            (float; integer levels for categorical data) and ``y`` of shape ``(N, y_dim)`` (float;
+            ``y_dim`` may be 0 for unconditional data).
+        likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"categorical"``.
+        levels: number of levels for categorical data (17 for digits), else ``None``.
+        condition: what ``y`` is: ``"label"`` (one-hot class), ``"quadrant"`` (given image quadrants),
+            ``"vector"`` (real covariates) or ``"none"``.
+        image_shape: shape of a full image for plotting, e.g. ``(8, 8)``, or ``None``.
+        num_classes: number of classes when ``condition == "label"``.
+        x_index / y_index: for quadrant completion, the flat pixel indices of the target (x) and of
+            the given part (y) within a full image; used to reassemble images.
+        true_log_likelihood: exact log p(x|y) of the data-generating process, when known
+            (``linear-gaussian``); a callable ``(x, y) -> (N,)`` tensor.
+        description: one line for ``dgm-pyro datasets``.
+    """
+
+    name: str
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    likelihood: str
+    levels: Optional[int] = None
+    condition: str = "none"
+    image_shape: Optional[tuple[int, ...]] = None
+    num_classes: Optional[int] = None
+    x_index: Optional[torch.Tensor] = None
+    y_index: Optional[torch.Tensor] = None
+    true_log_likelihood: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def x_dim(self) -> int:
+        return int(self.splits["train"][0].shape[-1])
+
+    @property
+    def y_dim(self) -> int:
+        return int(self.splits["train"][1].shape[-1])
+
+    def sizes(self) -> dict[str, int]:
+        return {k: int(v[0].shape[0]) for k, v in self.splits.items()}

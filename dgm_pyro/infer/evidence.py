@@ -1,0 +1,232 @@
+"""Importance-sampled evidence log p(x|y) per datapoint, for any Pyro model/guide pair (seed P1.7).
+
+With K particles z_k ~ q(z|x,y) (the guide) and weights w_k = p(x, z_k|y) / q(z_k|x,y) (seed P1.3,
+the "A" inside the expectation), the estimator
+
+    log p(x|y) ~= log (1/K) sum_k w_k                                                     (P1.7)
+
+is consistent, and in expectation a lower bound that tightens as K grows (Burda et al. 2016, IWAE);
+the plain average (1/K) sum_k log w_k is the ELBO (P1.4) and the gap between the two estimates the
+KL(q || p(z|x,y)) of seed P1.5. Each datapoint gets its own estimate: the batch plates are the plates
+every sample site shares (as ``pyro.infer.RenyiELBO`` keeps per-plate bounds), so a user's model with
+a plate of any name works, unlike ``pyro.infer.importance.vectorized_importance_weights``, which sums
+the whole batch into one joint estimate.
+
+The estimator always runs at scale 1: ``poutine.scale`` (KL annealing) and subsampling scales are
+ignored, masks are honoured.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+
+from ..errors import DgmPyroError
+
+__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN"]
+
+#: Pareto k-hat above which importance-sampling estimates are unreliable (Vehtari et al. 2024).
+KHAT_WARN = 0.7
+#: Fewest particles for which PSIS k-hat is estimated (below, k-hat is NaN).
+MIN_PARTICLES_FOR_KHAT = 100
+_PARTICLE_PLATE = "_dgm_pyro_evidence_particles"
+
+
+@dataclass
+class EvidenceResult:
+    """Per-datapoint importance-sampling results; every tensor has the batch shape of the shared plates.
+
+    Attributes:
+        log_evidence: log (1/K) sum_k w_k, the importance-sampled log p(x|y) (P1.7).
+        stderr: delta-method standard error of ``log_evidence``: std(w) / (sqrt(K) mean(w)).
+        elbo: (1/K) sum_k log w_k, the Monte Carlo ELBO (P1.4), a lower bound in expectation.
+        elbo_stderr: std(log w) / sqrt(K).
+        ess: effective sample size (sum w)^2 / sum w^2, between 1 and K.
+        khat: PSIS Pareto shape of the weights (arviz); > 0.7 means the estimate is unreliable,
+            -inf where the weights are constant (the guide is the exact posterior), NaN when
+            K < 100 or ``diagnostics=False``.
+        num_particles: K.
+        plates: names of the batch plates kept, outermost first.
+        log_weights: the (K, *batch) log-weights, when asked for with ``keep_log_weights=True``.
+    """
+
+    log_evidence: torch.Tensor
+    stderr: torch.Tensor
+    elbo: torch.Tensor
+    elbo_stderr: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    num_particles: int
+    plates: tuple[str, ...]
+    log_weights: Optional[torch.Tensor] = None
+
+    def summary(self) -> dict[str, Any]:
+        """Averages over datapoints, as plain floats (non-finite values become ``None``)."""
+        n = self.log_evidence.numel()
+
+        def f(v: torch.Tensor | float) -> Optional[float]:
+            v = float(v)
+            return v if math.isfinite(v) else None
+
+        finite_k = self.khat[torch.isfinite(self.khat)]
+        has_k = not bool(torch.isnan(self.khat).all())
+        return {
+            "num_datapoints": n,
+            "num_particles": self.num_particles,
+            "log_evidence": f(self.log_evidence.mean()),
+            "log_evidence_stderr": f(self.stderr.pow(2).sum().sqrt() / n),
+            "elbo": f(self.elbo.mean()),
+            "elbo_stderr": f(self.elbo_stderr.pow(2).sum().sqrt() / n),
+            "ess_mean": f(self.ess.mean()),
+            "ess_min": f(self.ess.min()),
+            "khat_max": f(finite_k.max()) if finite_k.numel() else (None if not has_k else f(self.khat.max())),
+            "khat_frac_above_0.5": f((self.khat > 0.5).double().mean()) if has_k else None,
+            "khat_frac_above_0.7": f((self.khat > KHAT_WARN).double().mean()) if has_k else None,
+        }
+
+
+def _shared_plates(traces: list[poutine.Trace]) -> tuple[list[tuple[str, int]], int]:
+    """Plates (name, dim) shared by every sample site, and the largest plate nesting seen."""
+    shared: Optional[set] = None
+    nesting = 0
+    num_sites = 0
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["infer"].get("enumerate"):
+                raise DgmPyroError(f"site '{site['name']}' is enumerated; log_evidence needs sampled or observed sites only")
+            frames = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized}
+            nesting = max([nesting] + [-d for _, d in frames])
+            shared = frames if shared is None else shared & frames
+            num_sites += 1
+    if not num_sites:
+        raise DgmPyroError("the model has no sample sites; nothing to estimate")
+    return sorted(shared or (), key=lambda nd: nd[1]), nesting
+
+
+def _site_log_prob(site: dict, keep_dims: set[int], nesting: int) -> torch.Tensor:
+    """log q or log p of one site at scale 1 (mask applied), summed over every non-kept plate dim.
+
+    Returns a tensor with ``nesting + 1`` dims (particles first), size 1 in summed dims.
+    """
+    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    lp = scale_and_mask(lp, scale=1.0, mask=site["mask"])
+    if not torch.is_tensor(lp):
+        lp = torch.tensor(float(lp))
+    while lp.dim() < nesting + 1:
+        lp = lp.unsqueeze(0)
+    for d in range(-nesting, 0):
+        if d not in keep_dims and lp.shape[d] != 1:
+            lp = lp.sum(d, keepdim=True)
+    return lp
+
+
+def _log_weights(model: Callable, guide: Callable, args, kwargs, num: int, vectorize: bool,
+                 keep_dims: set[int], nesting: int) -> torch.Tensor:
+    """(num, ...) log-weights log p(x, z|y) - log q(z|x,y) with size-1 dims where plates were summed."""
+
+    def once(m, g):
+        guide_tr = poutine.trace(g).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(m, trace=guide_tr)).get_trace(*args, **kwargs)
+        lw = 0.0
+        for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
+            for site in tr.nodes.values():
+                if site["type"] == "sample" and not site_is_subsample(site) and not (sign < 0 and site["is_observed"]):
+                    lw = lw + sign * _site_log_prob(site, keep_dims, nesting)
+        return lw
+
+    if vectorize:
+        plate = pyro.plate(_PARTICLE_PLATE, num, dim=-(nesting + 1))
+        return once(plate(model), plate(guide)).expand(num, *([-1] * nesting))
+    return torch.cat([once(model, guide) for _ in range(num)], dim=0)
+
+
+def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
+    """PSIS k-hat for each datapoint of (K, B) log-weights via ``arviz.psislw``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import arviz as az
+
+        spread = log_w.max(0).values - log_w.min(0).values
+        _, khat = az.psislw(log_w.T.double().numpy())
+    khat = torch.as_tensor(khat, dtype=torch.float64).reshape(log_w.shape[1:])
+    # Constant weights (the exact posterior as proposal, up to float rounding) have no tail at all.
+    return torch.where(spread < 1e-4, torch.full_like(khat, -math.inf), khat)
+
+
+def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1000,
+                 chunk_size: Optional[int] = None, vectorize: bool = True, diagnostics: bool = True,
+                 keep_log_weights: bool = False, warn: bool = True, **kwargs) -> EvidenceResult:
+    """Importance-sampled per-datapoint log evidence with the guide as proposal (seed P1.7).
+
+    Args:
+        model, guide: a Pyro model and guide taking ``*args, **kwargs``. Every sample site of both must
+            sit in the batch plate(s) (found automatically: the plates all sites share).
+        num_particles: K, the number of importance samples per datapoint.
+        chunk_size: particles drawn at once (default: about 1e5 / batch size), bounding memory so that
+            K = 5000 fits; results do not depend on it beyond random draws.
+        vectorize: draw a chunk of particles in one vectorised run (needs a model that broadcasts,
+            as ``Trace_ELBO(vectorize_particles=True)`` does); ``False`` loops over particles.
+        diagnostics: estimate the PSIS k-hat with arviz (needs K >= 100).
+        keep_log_weights: keep the (K, *batch) log-weights in the result.
+        warn: warn when any datapoint has k-hat > 0.7.
+
+    Returns:
+        :class:`EvidenceResult` with per-datapoint ``log_evidence``, ``stderr``, ``elbo``, ``ess``, ``khat``.
+    """
+    if num_particles < 1:
+        raise DgmPyroError(f"num_particles must be >= 1, got {num_particles}")
+    with torch.no_grad():
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+        shared, nesting = _shared_plates([model_tr, guide_tr])
+        keep = {d for _, d in shared}
+        batch_numel = 1
+        for name, d in shared:
+            batch_numel *= next(f.size for s in model_tr.nodes.values() if s["type"] == "sample"
+                                for f in s["cond_indep_stack"] if f.name == name)
+        if chunk_size is None:
+            chunk_size = max(1, 100_000 // batch_numel)
+        chunks = []
+        done = 0
+        while done < num_particles:
+            k = min(chunk_size, num_particles - done)
+            chunks.append(_log_weights(model, guide, args, kwargs, k, vectorize, keep, nesting).double())
+            done += k
+        log_w = torch.cat(chunks, 0)
+        # drop the size-1 dims of summed plates: (K, *batch) with batch ordered outermost plate first
+        log_w = log_w.reshape(num_particles, *[log_w.shape[d] for d in range(-nesting, 0) if d in keep])
+
+    K = num_particles
+    lse = torch.logsumexp(log_w, 0)
+    log_ev = lse - math.log(K)
+    w_norm = torch.exp(log_w - lse)
+    ess = 1.0 / w_norm.pow(2).sum(0)
+    w_rel = torch.exp(log_w - log_w.max(0).values)
+    if K > 1:
+        stderr = w_rel.std(0) / (math.sqrt(K) * w_rel.mean(0))
+        elbo_stderr = log_w.std(0) / math.sqrt(K)
+    else:
+        stderr = elbo_stderr = torch.full_like(log_ev, math.nan)
+    flat = log_w.reshape(K, -1)
+    if diagnostics and K >= MIN_PARTICLES_FOR_KHAT:
+        khat = _psis_khat(flat).reshape(log_ev.shape)
+    else:
+        khat = torch.full_like(log_ev, math.nan)
+    if warn and bool((khat > KHAT_WARN).any()):
+        n_bad = int((khat > KHAT_WARN).sum())
+        warnings.warn(f"PSIS k-hat > {KHAT_WARN} for {n_bad} of {khat.numel()} datapoints: their importance-sampled "
+                      "evidence is unreliable (the guide is a poor proposal); use more particles or a better guide",
+                      RuntimeWarning, stacklevel=2)
+    return EvidenceResult(log_evidence=log_ev, stderr=stderr, elbo=log_w.mean(0), elbo_stderr=elbo_stderr, ess=ess,
+                          khat=khat, num_particles=K, plates=tuple(n for n, _ in shared),
+                          log_weights=log_w if keep_log_weights else None)

@@ -1,0 +1,8 @@
+"""Models: plain Pyro ``model``/``guide`` pairs on ``PyroModule``s."""
+
+from .baseline import NNBaseline
+from .cvae import CVAE
+from .linear_gaussian import LinearGaussianCVAE
+from .nn import MLP
+
+__all__ = ["CVAE", "NNBaseline", "LinearGaussianCVAE", "MLP"]

@@ -1,0 +1,52 @@
+"""Deterministic neural-network baseline for structured output prediction (Sohn et al. 2015, Sec. 4.2).
+
+A network maps the condition y straight to the parameters of p(x|y); there is no latent variable, so
+its log-likelihood is exact. As a Pyro program its guide is empty, so the same training loop and the
+same evidence estimator apply (every importance weight equals p(x|y)).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from pyro.nn.module import pyro_method, to_pyro_module_
+
+from .nn import MLP, likelihood_mean, likelihood_out_features, make_likelihood
+
+__all__ = ["NNBaseline"]
+
+
+class NNBaseline(PyroModule):
+    """p(x|y) = Likelihood(f(y)) with an MLP f; the "NN baseline" of conditional generation papers."""
+
+    def __init__(self, x_dim: int, y_dim: int, hidden_dims: Sequence[int] = (256, 256),
+                 likelihood: str = "bernoulli", levels: Optional[int] = None,
+                 x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "nn_baseline"):
+        super().__init__(name)
+        self.x_dim, self.y_dim, self.likelihood, self.levels = x_dim, y_dim, likelihood, levels
+        self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
+        self.register_buffer("x_scale", torch.as_tensor(x_scale, dtype=torch.float32).expand(x_dim).clone())
+        self.net = MLP(y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
+        to_pyro_module_(self)
+
+    def decode(self, y: torch.Tensor):
+        return make_likelihood(self.likelihood, self.net(y), self.x_dim, self.levels, self.x_shift, self.x_scale)
+
+    @pyro_method
+    def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        if self.likelihood == "categorical" and x is not None:
+            x = x.long()
+        with pyro.plate("data", y.shape[0]):
+            return pyro.sample("x", self.decode(y), obs=x)
+
+    @pyro_method
+    def guide(self, x: Optional[torch.Tensor], y: torch.Tensor) -> None:
+        """No latent variables: the empty guide."""
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        d = self.decode(y)
+        return likelihood_mean(d, self.likelihood) if mean else d.sample().to(torch.float32)

@@ -1,0 +1,116 @@
+"""Conditional variational autoencoder with a learned conditional prior (seed P1).
+
+Generative model (seed P1.2):   p(x|y) = INT p(x|y,z) p(z|y) dz,
+    z | y    ~ N(mu_p(y), diag sigma_p(y)^2)            prior network (or N(0, I) with ``prior="standard"``)
+    x | y, z ~ Bernoulli / Gaussian / Categorical        decoder network on [z, y]
+Recognition model (seed P1.6):  q(z|x,y) = N(mu_q(x,y), diag sigma_q(x,y)^2), the amortised encoder.
+Objective (seed P1.4):          ELBO = E_q[log p(x|y,z)] - KL(q(z|x,y) || p(z|y)) <= log p(x|y);
+use :func:`dgm_pyro.infer.log_evidence` for the importance-sampled log p(x|y) (seed P1.7).
+
+``model`` and ``guide`` are plain Pyro programs with latent site ``z`` and observed site ``x`` inside
+the plate ``data``; they work with ``SVI``, ``Predictive`` and ``poutine``. As for every ``PyroModule``,
+parameters are registered in Pyro's global parameter store under ``<name>.<attribute>``: give two
+live models different ``name`` values, or clear the store between them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from pyro.nn.module import pyro_method, to_pyro_module_
+from torch import nn
+
+from .nn import MLP, cat_broadcast, likelihood_mean, likelihood_out_features, make_likelihood
+
+__all__ = ["CVAE"]
+
+PRIORS = ("learned", "standard")
+
+
+class CVAE(PyroModule):
+    """Conditional VAE ``p(x|y,z) p(z|y)`` with amortised encoder ``q(z|x,y)``.
+
+    Args:
+        x_dim: dimension of x (flattened).
+        y_dim: dimension of the condition y (0 for an unconditional VAE).
+        latent_dim: dimension of z.
+        hidden_dims: hidden widths of each of the three networks.
+        likelihood: ``"bernoulli"``, ``"gaussian"`` (learned per-dimension variance) or ``"categorical"``.
+        levels: number of levels for the categorical likelihood (17 for digits).
+        prior: ``"learned"`` (prior network p(z|y), default) or ``"standard"`` (N(0, I), seed P1.8).
+        x_shift, x_scale: affine standardisation of x for the encoder input and the Gaussian decoder
+            (defaults 0 and 1; for categorical data pass ``x_scale = levels - 1``).
+        name: prefix of the parameters in Pyro's parameter store.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, latent_dim: int = 8, hidden_dims: Sequence[int] = (256, 256),
+                 likelihood: str = "bernoulli", levels: Optional[int] = None, prior: str = "learned",
+                 x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae"):
+        super().__init__(name)
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got '{prior}'")
+        self.x_dim, self.y_dim, self.latent_dim = x_dim, y_dim, latent_dim
+        self.likelihood, self.levels, self.prior_kind = likelihood, levels, prior
+        self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
+        self.register_buffer("x_scale", torch.as_tensor(x_scale, dtype=torch.float32).expand(x_dim).clone())
+        self.prior_net = MLP(y_dim, hidden_dims, 2 * latent_dim) if prior == "learned" else None
+        self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim)
+        self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
+        to_pyro_module_(self)
+
+    @staticmethod
+    def _gaussian(params: torch.Tensor) -> dist.Distribution:
+        loc, raw_scale = params.chunk(2, dim=-1)
+        return dist.Normal(loc, nn.functional.softplus(raw_scale) + 1e-4).to_event(1)
+
+    def prior(self, y: torch.Tensor) -> dist.Distribution:
+        """p(z|y): batch shape ``y.shape[:-1]``, event shape ``(latent_dim,)``."""
+        if self.prior_net is None:
+            zeros = y.new_zeros(*y.shape[:-1], self.latent_dim)
+            return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        return self._gaussian(self.prior_net(y))
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        """q(z|x,y): the encoder's diagonal Gaussian, batch shape ``(N,)``."""
+        x_std = (x - self.x_shift) / self.x_scale
+        return self._gaussian(self.encoder(cat_broadcast(x_std, y)))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        """p(x|y,z) for z of shape ``(..., N, latent_dim)``; event shape ``(x_dim,)``."""
+        out = self.decoder(cat_broadcast(z, y))
+        return make_likelihood(self.likelihood, out, self.x_dim, self.levels, self.x_shift, self.x_scale)
+
+    @pyro_method
+    def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """p(x, z | y) = p(x|y,z) p(z|y) (seed P1.2) for a batch: x (N, x_dim) or None, y (N, y_dim)."""
+        if self.likelihood == "categorical" and x is not None:
+            x = x.long()
+        with pyro.plate("data", y.shape[0]):
+            z = pyro.sample("z", self.prior(y))
+            return pyro.sample("x", self.decode(z, y), obs=x)
+
+    @pyro_method
+    def guide(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """q(z|x,y) (seed P1.6); with ``x=None`` it falls back to the prior p(z|y) for generation (P1.8)."""
+        with pyro.plate("data", y.shape[0]):
+            if x is None:
+                return pyro.sample("z", self.prior(y))
+            return pyro.sample("z", self.posterior(x, y))
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        """Generate x for each condition row of y (seed P1.8): z ~ p(z|y), then the decoder's mean or a draw.
+
+        Args:
+            y: conditions, shape (N, y_dim).
+            mean: return E[x|y,z] (default) instead of a sample x ~ p(x|y,z).
+        Returns:
+            (N, x_dim) tensor.
+        """
+        z = self.prior(y).sample()
+        d = self.decode(z, y)
+        return likelihood_mean(d, self.likelihood) if mean else d.sample().to(torch.float32)

@@ -1,0 +1,179 @@
+"""The one SVI training loop used by every model.
+
+Minibatch stochastic variational inference on ``module.model`` / ``module.guide`` with any objective
+that has Pyro's ``differentiable_loss`` (``Trace_ELBO`` by default), Adam, gradient-norm clipping,
+validation every epoch (ELBO and K-particle importance-sampled log-likelihood), early stopping, a
+metrics row per epoch, weights-only checkpoints (latest and best) and exact resume: the checkpoint
+holds the parameters, the optimiser state, the early-stopping state and every random-number state, so
+stopping after epoch k and resuming reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .errors import DgmPyroError
+from .infer.evidence import log_evidence
+
+__all__ = ["fit", "METRIC_FIELDS", "read_metrics", "environment"]
+
+METRIC_FIELDS = ["epoch", "train_loss", "valid_elbo", "valid_log_likelihood", "best", "seconds"]
+CHECKPOINT_FORMAT = 1
+
+
+def environment() -> dict[str, str]:
+    """Versions recorded with every run and checkpoint."""
+    import platform
+
+    import click
+
+    from . import __version__
+
+    return {"dgm_pyro": __version__, "torch": str(torch.__version__), "pyro": str(pyro.__version__),
+            "numpy": str(np.__version__), "click": str(click.__version__), "python": platform.python_version()}
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "shuffle": gen.get_state(), "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["shuffle"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``metrics.csv`` as dicts of floats."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    from .checkpoint import atomic_write_text
+
+    lines = [",".join(METRIC_FIELDS)]
+    lines += [",".join(repr(float(r[k])) if k != "epoch" else str(int(r[k])) for k in METRIC_FIELDS) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _validate(module, data, particles: int) -> tuple[float, float]:
+    res = log_evidence(module.model, module.guide, *data, num_particles=particles, diagnostics=False, warn=False)
+    return float(res.elbo.mean()), float(res.log_evidence.mean())
+
+
+def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...], config: TrainConfig,
+        run_dir: str | Path, loss: Optional[Any] = None, resume: bool = False, progress: bool = False,
+        on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> dict[str, Any]:
+    """Train ``module.model``/``module.guide`` by minibatch SVI, writing checkpoints into ``run_dir``.
+
+    Args:
+        module: a ``PyroModule`` with ``model(*batch)`` and ``guide(*batch)``.
+        train, valid: tuples of tensors sharing the first (datapoint) dimension, passed as ``*batch``.
+        config: epochs, batch size, learning rate, patience, clipping, particles, seed.
+        run_dir: folder for ``metrics.csv``, ``checkpoint.pt`` (latest) and ``best.pt`` (best valid ELBO).
+        loss: any object with ``differentiable_loss(model, guide, *args)`` (default ``Trace_ELBO``).
+        resume: continue from ``run_dir/checkpoint.pt``.
+        progress: show a progress bar.
+        on_epoch: called with each epoch's metrics row.
+
+    Returns:
+        ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped"}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loss = loss if loss is not None else Trace_ELBO(num_particles=config.num_particles,
+                                                   vectorize_particles=config.num_particles > 1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+    state: dict[str, Any] = {"epoch": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": ""}
+    rows: list[dict[str, float]] = []
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("config_digest") != config.digest():
+            raise DgmPyroError(f"{ckpt_path}: made with a different configuration than {run_dir / 'config.json'}; "
+                               "cannot resume")
+        module.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optim_state"])
+        state.update(ckpt["trainer_state"])
+        _set_rng_state(ckpt["rng"], gen)
+        rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
+
+    n = train[0].shape[0]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=state["epoch"], desc="train", unit="epoch", leave=False)
+    while state["epoch"] < config.epochs and not state["stopped"]:
+        epoch = state["epoch"] + 1
+        start = time.perf_counter()
+        module.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, config.batch_size):
+            idx = perm[i : i + config.batch_size]
+            batch = tuple(t[idx] for t in train)
+            optimizer.zero_grad()
+            value = loss.differentiable_loss(module.model, module.guide, *batch) / len(idx)
+            if not torch.isfinite(value):
+                raise DgmPyroError(f"the loss became {float(value)} at epoch {epoch}, step {i // config.batch_size + 1}; "
+                                   "try a lower --lr")
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
+            optimizer.step()
+            total += float(value.detach()) * len(idx)
+        module.eval()
+        valid_elbo, valid_ll = _validate(module, valid, config.valid_particles)
+        improved = valid_elbo > state["best_valid_elbo"]
+        state.update(epoch=epoch)
+        if improved:
+            state.update(best_valid_elbo=valid_elbo, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= config.patience:
+                state["stopped"] = "early"
+        row = {"epoch": epoch, "train_loss": total / n, "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll,
+               "best": float(improved), "seconds": time.perf_counter() - start}
+        rows.append(row)
+        # metrics first, checkpoint second: on resume, rows past the checkpoint's epoch are dropped
+        _write_metrics(metrics_path, rows)
+        ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(), "optim_state": optimizer.state_dict(),
+                "trainer_state": dict(state), "rng": _rng_state(gen), "config_digest": config.digest(),
+                "versions": environment()}
+        if improved:
+            save_checkpoint(ckpt, run_dir / "best.pt")
+        save_checkpoint(ckpt, ckpt_path)
+        if on_epoch is not None:
+            on_epoch(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.2f}", valid_elbo=f"{valid_elbo:.2f}")
+    if bar is not None:
+        bar.close()
+    return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+            "best_valid_elbo": state["best_valid_elbo"], "stopped": state["stopped"] or "max_epochs"}
