@@ -70,7 +70,20 @@ def _progress(json_out: bool) -> bool:
     return not json_out and sys.stderr.isatty()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns :class:`DgmPyroError` into one line on stderr and exit code 2 (a traceback with ``--debug``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DgmPyroError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dgm-pyro")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.pass_context
@@ -250,24 +263,8 @@ def datasets(json_out: bool) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: runs the click app, turning user errors into one line and exit code 2."""
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
-    try:
-        cli.main(args=args, prog_name="dgm-pyro", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2)
-    except DgmPyroError as e:
-        if debug:
-            raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="dgm-pyro")
 
 
 if __name__ == "__main__":

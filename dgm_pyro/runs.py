@@ -80,7 +80,8 @@ def _wants_baseline(config: TrainConfig, ds: ConditionalDataset) -> bool:
 
 
 def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = False,
-              on_start: Optional[Callable[[Path], None]] = None) -> dict[str, Any]:
+              on_start: Optional[Callable[[Path], None]] = None,
+              on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> dict[str, Any]:
     """Train the configured model (and, for quadrant completion, the NN baseline) into ``run_dir``.
 
     With ``resume=True`` the configuration is read from ``run_dir/config.json`` and training continues
@@ -109,7 +110,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
         on_start(run_dir)
     pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
     module = build_model(config, ds)
-    summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume, progress=progress)
+    summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume, progress=progress,
+                  on_epoch=on_epoch)
     plot_training_curves(run_dir)
     if _wants_baseline(config, ds):
         base_dir = run_dir / "baseline"

@@ -37,12 +37,12 @@ def environment() -> dict[str, str]:
     """Versions recorded with every run and checkpoint."""
     import platform
 
-    import click
+    import importlib.metadata
 
     from . import __version__
 
     return {"dgm_pyro": __version__, "torch": str(torch.__version__), "pyro": str(pyro.__version__),
-            "numpy": str(np.__version__), "click": str(click.__version__), "python": platform.python_version()}
+            "numpy": str(np.__version__), "click": importlib.metadata.version("click"), "python": platform.python_version()}
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:

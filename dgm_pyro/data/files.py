@@ -7,6 +7,7 @@ line naming the file and what is wrong.
 from __future__ import annotations
 
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,8 @@ def load_npz(path: str | Path, likelihood: str | None = None) -> ConditionalData
     path = Path(path)
     if not path.is_file():
         raise DgmPyroError(f"{path}: no such file (expected an .npz archive with an array 'x')")
+    if not zipfile.is_zipfile(path):
+        raise DgmPyroError(f"{path}: not a readable .npz archive (not a zip file); save it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}

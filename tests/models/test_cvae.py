@@ -1,0 +1,86 @@
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive, Trace_ELBO
+
+from dgm_pyro.config import TrainConfig
+from dgm_pyro.data import load_linear_gaussian
+from dgm_pyro.infer import log_evidence
+from dgm_pyro.models import CVAE, NNBaseline
+from dgm_pyro.models.nn import make_likelihood
+from dgm_pyro.runs import build_model
+from dgm_pyro.training import fit
+
+
+@pytest.mark.parametrize("likelihood,levels", [("bernoulli", None), ("gaussian", None), ("categorical", 5)])
+def test_sites_shapes_and_plate(likelihood, levels):
+    m = CVAE(x_dim=6, y_dim=3, latent_dim=2, hidden_dims=[16], likelihood=likelihood, levels=levels)
+    y = torch.randn(4, 3)
+    x = torch.randint(0, 2 if levels is None else levels, (4, 6)).float()
+    guide_tr = poutine.trace(m.guide).get_trace(x, y)
+    model_tr = poutine.trace(poutine.replay(m.model, trace=guide_tr)).get_trace(x, y)
+    assert guide_tr.nodes["z"]["value"].shape == (4, 2)
+    assert model_tr.nodes["x"]["is_observed"]
+    assert [f.name for f in model_tr.nodes["z"]["cond_indep_stack"]] == ["data"]
+    assert model_tr.nodes["x"]["fn"].event_shape == (6,)
+    assert m.sample(y).shape == (4, 6) and m.sample(y, mean=False).shape == (4, 6)
+
+
+def test_guide_without_x_is_the_conditional_prior():
+    m = CVAE(x_dim=5, y_dim=2, latent_dim=3, hidden_dims=[8])
+    y = torch.randn(7, 2)
+    d = poutine.trace(m.guide).get_trace(None, y).nodes["z"]["fn"]
+    p = m.prior(y)
+    assert torch.allclose(d.mean, p.mean) and torch.allclose(d.stddev, p.stddev)
+    pred = Predictive(m.model, guide=m.guide, num_samples=3)(None, y)
+    assert pred["x"].shape == (3, 7, 5)
+
+
+def test_standard_prior_is_standard_normal():
+    m = CVAE(x_dim=5, y_dim=2, latent_dim=3, hidden_dims=[8], prior="standard")
+    p = m.prior(torch.randn(4, 2))
+    assert torch.equal(p.mean, torch.zeros(4, 3)) and torch.equal(p.stddev, torch.ones(4, 3))
+    assert m.prior_net is None
+
+
+def test_gaussian_likelihood_destandardises():
+    out = torch.tensor([[0.5, -1.0, 0.0, 0.0]])
+    d = make_likelihood("gaussian", out, 2, None, torch.tensor([10.0, 20.0]), torch.tensor([2.0, 3.0]))
+    assert torch.allclose(d.mean, torch.tensor([[11.0, 17.0]]))
+    assert torch.allclose(d.base_dist.scale, (torch.nn.functional.softplus(torch.zeros(2)) + 1e-3) * torch.tensor([2.0, 3.0]))
+
+
+def test_works_with_pyro_svi():
+    m = CVAE(x_dim=4, y_dim=2, latent_dim=2, hidden_dims=[16], likelihood="gaussian")
+    x, y = torch.randn(32, 4), torch.randn(32, 2)
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x, y) for _ in range(60)]
+    assert sum(losses[-10:]) < sum(losses[:10])
+    assert any(k.startswith("cvae.") for k in pyro.get_param_store().keys())
+
+
+def test_trained_cvae_approaches_true_evidence_on_linear_gaussian(tmp_path):
+    """Trained on 1000 draws from a linear-Gaussian CVAE, the importance-sampled test log-likelihood of
+    the best checkpoint comes within 0.25 nats of the generator's exact log p(x|y) (the best any model
+    can do in expectation; measured gap 0.14 with seed 0) and lies above the ELBO."""
+    ds = load_linear_gaussian()
+    cfg = TrainConfig(dataset="linear-gaussian", latent_dim=2, hidden_dims=[16], epochs=100, lr=3e-3, patience=15)
+    pyro.set_rng_seed(0)
+    m = build_model(cfg, ds)
+    fit(m, ds.splits["train"], ds.splits["valid"], cfg, tmp_path)
+    m.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model_state"])
+    x, y = ds.splits["test"]
+    res = log_evidence(m.model, m.guide, x, y, num_particles=500, warn=False)
+    true_ll = float(ds.true_log_likelihood(x, y).mean())
+    assert float(res.log_evidence.mean()) > float(res.elbo.mean())
+    assert abs(float(res.log_evidence.mean()) - true_ll) < 0.25, (float(res.log_evidence.mean()), true_ll)
+
+
+def test_baseline_evidence_is_its_exact_likelihood():
+    b = NNBaseline(x_dim=3, y_dim=2, hidden_dims=[8], likelihood="bernoulli")
+    x, y = torch.randint(0, 2, (5, 3)).float(), torch.randn(5, 2)
+    exact = dist.Bernoulli(logits=b.net(y)).log_prob(x).sum(-1)
+    res = log_evidence(b.model, b.guide, x, y, num_particles=3)
+    assert torch.allclose(res.log_evidence.float(), exact, atol=1e-5)
