@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DgmPyroError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise DgmPyroError(f"{path}: unreadable checkpoint (not a torch.save file; truncated or corrupted?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

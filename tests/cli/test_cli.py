@@ -1,0 +1,169 @@
+"""The dgm-pyro CLI: behaviour through click's CliRunner, bad inputs, and the installed entry point."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--particles", "20", "--batch-size", "200"]
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    r = run("train", "--out", root, "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    return Path(info["run"]), info
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_json_and_run_folder(trained):
+    path, info = trained
+    assert path.name.startswith("cvae-")
+    for name in ("config.json", "environment.json", "metrics.csv", "checkpoint.pt", "best.pt", "plots/training.png",
+                 "evaluation.json"):
+        assert (path / name).is_file(), name
+    test = info["test"]
+    assert test["num_datapoints"] == 447 and test["num_particles"] == 20
+    # importance sampling with K >= 1 particles is never below the ELBO estimate from the same draws
+    assert test["log_evidence"] >= test["elbo"]
+    assert json.loads((path / "config.json").read_text())["epochs"] == 2
+
+
+def test_evaluate_json_and_text(trained):
+    path, _ = trained
+    r = run("evaluate", path, "--particles", "150", "--json")
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.stdout)
+    assert ev["num_particles"] == 150 and ev["khat_max"] is not None
+    r = run("evaluate", path, "--particles", "5", "--split", "valid")
+    assert r.exit_code == 0 and "log-likelihood, importance-sampled" in r.stdout and "valid metrics" in r.stdout
+
+
+def test_sample_png_and_npz(trained, tmp_path):
+    path, _ = trained
+    r = run("sample", path, "--label", "3", "--num", "4", "--out", tmp_path / "g.png", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["conditions"] == 1
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    r = run("sample", path, "--num", "2", "--mode", "sample", "--out", tmp_path / "s.npz")
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["x"].shape == (10, 2, 64) and set(np.unique(f["x"])) <= set(range(17))
+        assert np.array_equal(f["y"].argmax(1), np.arange(10))
+
+
+def test_sample_is_reproducible(trained, tmp_path):
+    path, _ = trained
+    for name in ("a", "b"):
+        assert run("sample", path, "--mode", "sample", "--seed", "5", "--out", tmp_path / f"{name}.npz").exit_code == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["x"], b["x"])
+
+
+def test_datasets_lists_everything():
+    r = run("datasets", "--json")
+    assert r.exit_code == 0
+    assert {"digits", "digits-q1", "digits-q2", "digits-q3", "linear-gaussian", "npz:PATH", "idx:DIR"} <= set(json.loads(r.stdout))
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nepochs = 1\nhidden_dims = [16]\nlatent_dim = 3\nlr = 0.01\n')
+    r = run("train", "--config", cfg, "--lr", "0.002", "--particles", "5", "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    conf = json.loads((Path(json.loads(r.stdout)["run"]) / "config.json").read_text())
+    assert conf["epochs"] == 1 and conf["hidden_dims"] == [16] and conf["latent_dim"] == 3 and conf["lr"] == 0.002
+
+
+def _bad_inputs(tmp: Path, run_dir: Path):
+    (tmp / "nan.npz").write_bytes(b"")
+    np.savez(tmp / "nan.npz", x=np.full((20, 3), np.nan))
+    np.savez(tmp / "shape.npz", x=np.zeros(20))
+    np.savez(tmp / "rows.npz", x=np.zeros((20, 3)), y=np.zeros(7))
+    np.savez(tmp / "cond.npz", y=np.zeros((2, 3)))
+    (tmp / "bad.toml").write_text("epochs = = 3")
+    (tmp / "unknown.toml").write_text("epochz = 3")
+    (tmp / "typed.toml").write_text('epochs = "many"')
+    (tmp / "notrun").mkdir(exist_ok=True)
+    return [
+        (["train", "--dataset", "mnist"], "unknown dataset"),
+        (["train", "--dataset", f"npz:{tmp}/missing.npz"], "no such file"),
+        (["train", "--dataset", f"npz:{tmp}/nan.npz"], "NaN"),
+        (["train", "--dataset", f"npz:{tmp}/shape.npz"], "must have shape"),
+        (["train", "--dataset", f"npz:{tmp}/rows.npz"], "rows"),
+        (["train", "--dataset", f"idx:{tmp}/nodir"], "no such directory"),
+        (["train", "--dataset", "digits", "--likelihood", "gaussian"], "fixed likelihood"),
+        (["train", "--epochs", "0"], "epochs"),
+        (["train", "--lr", "-1"], "lr"),
+        (["train", "--hidden", "a,b"], "--hidden"),
+        (["train", "--batch-size", "5000"], "batch size"),
+        (["train", "--config", f"{tmp}/bad.toml"], "not valid TOML"),
+        (["train", "--config", f"{tmp}/unknown.toml"], "unknown option"),
+        (["train", "--config", f"{tmp}/typed.toml"], "must be of type"),
+        (["train", "--config", f"{tmp}/none.toml"], "no such config"),
+        (["train", "--resume", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
+        (["train", "--resume", str(run_dir), "--epochs", "9"], "drop --epochs"),
+        (["train", "--out", str(run_dir / "config.json")], "is a file"),
+        (["evaluate", f"{tmp}/none"], "no such run folder"),
+        (["evaluate", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
+        (["evaluate", str(run_dir), "--particles", "0"], "--particles"),
+        (["sample", str(run_dir), "--label", "12"], "--label"),
+        (["sample", str(run_dir), "--condition", f"{tmp}/none.npz"], "no such file"),
+        (["sample", str(run_dir), "--condition", f"{tmp}/cond.npz"], "shape"),
+        (["sample", str(run_dir), "--out", f"{tmp}/x.jpg"], ".png or .npz"),
+        (["sample", str(run_dir), "--out", f"{tmp}/nodir/x.png"], "no such directory"),
+        (["sample", str(run_dir), "--num", "0"], "--num"),
+        (["nonsense"], "No such command"),
+    ]
+
+
+def test_bad_inputs_exit_2_one_line_nothing_modified(trained, tmp_path):
+    run_dir, _ = trained
+    before = _digest(run_dir)
+    for args, needle in _bad_inputs(tmp_path, run_dir):
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.exit_code, r.output)
+        assert "Traceback" not in r.output, args
+        assert needle in r.output, (args, r.output)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith(("error:", "Error:"))]
+        assert len(errors) == 1, (args, r.stderr)
+    assert _digest(run_dir) == before
+
+
+def test_corrupt_run_folder(trained, tmp_path):
+    run_dir, _ = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    (bad / "best.pt").write_bytes(b"garbage")
+    r = run("evaluate", bad)
+    assert r.exit_code == 2 and "unreadable checkpoint" in r.stderr
+    (bad / "config.json").write_text("{")
+    r = run("sample", bad)
+    assert r.exit_code == 2 and "not valid JSON" in r.stderr
+
+
+def test_installed_entry_point_subprocess(tmp_path):
+    exe = shutil.which("dgm-pyro") or str(Path(sys.executable).parent / "dgm-pyro")
+    ok = subprocess.run([exe, "datasets", "--json"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "digits" in json.loads(ok.stdout)
+    bad = subprocess.run([exe, "evaluate", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
