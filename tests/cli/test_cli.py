@@ -167,3 +167,32 @@ def test_installed_entry_point_subprocess(tmp_path):
     assert ok.returncode == 0 and "digits" in json.loads(ok.stdout)
     bad = subprocess.run([exe, "evaluate", str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+
+
+def test_cli_resume_after_interruption_matches_uninterrupted(tmp_path):
+    import torch
+
+    from dgm_pyro.config import TrainConfig
+    from dgm_pyro.runs import train_run
+
+    cfg = dict(epochs=3, hidden_dims=[32], latent_dim=4, batch_size=200, eval_particles=20)
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_run(TrainConfig(**cfg), tmp_path / "cut", on_epoch=stop)
+    r = run("train", "--resume", tmp_path / "cut", "--json")
+    assert r.exit_code == 0, r.output
+    full = run("train", "--epochs", "3", "--hidden", "32", "--latent-dim", "4", "--batch-size", "200",
+               "--particles", "20", "--out", tmp_path / "full", "--json")
+    full_cfg = json.loads((Path(json.loads(full.stdout)["run"]) / "config.json").read_text())
+    assert full_cfg == json.loads((tmp_path / "cut" / "config.json").read_text())
+    a = torch.load(Path(json.loads(full.stdout)["run"]) / "best.pt", weights_only=True)["model_state"]
+    b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(r.stdout)["test"] == {**json.loads(full.stdout)["test"], "run": str(tmp_path / "cut")}

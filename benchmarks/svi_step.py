@@ -1,0 +1,82 @@
+"""SVI step time of the CVAE: dgm-pyro's Pyro model/guide against the same networks and loss by hand.
+
+Interleaved paired runs (Pyro block, then PyTorch block, repeated); prints the median of the per-pair
+time ratios. Goal: at most 1.10x. Digits, batch 100, Adam, gradient clipping in both.
+
+    python benchmarks/svi_step.py --pairs 30 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _reference import TorchCVAE  # noqa: E402
+
+from dgm_pyro.config import TrainConfig  # noqa: E402
+from dgm_pyro.data import load_digits  # noqa: E402
+from dgm_pyro.runs import build_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(0)
+    ds = load_digits()
+    x, y = ds.splits["train"]
+    cfg = TrainConfig()
+    cvae = build_model(cfg, ds)
+    ref = TorchCVAE(cvae, cfg.hidden_dims)
+    elbo = Trace_ELBO()
+    opt_p = torch.optim.Adam(cvae.parameters(), lr=1e-3)
+    opt_t = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    batches = [torch.randint(0, x.shape[0], (args.batch_size,)) for _ in range(args.steps)]
+
+    def pyro_block():
+        for idx in batches:
+            opt_p.zero_grad()
+            loss = elbo.differentiable_loss(cvae.model, cvae.guide, x[idx], y[idx]) / len(idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(cvae.parameters(), 10.0)
+            opt_p.step()
+
+    def torch_block():
+        for idx in batches:
+            opt_t.zero_grad()
+            loss = ref.loss(x[idx], y[idx]) / len(idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 10.0)
+            opt_t.step()
+
+    pyro_block(), torch_block()  # warm-up
+    ratios, tp, tt = [], [], []
+    for _ in range(args.pairs):
+        t0 = time.perf_counter()
+        pyro_block()
+        t1 = time.perf_counter()
+        torch_block()
+        t2 = time.perf_counter()
+        tp.append((t1 - t0) / args.steps)
+        tt.append((t2 - t1) / args.steps)
+        ratios.append(tp[-1] / tt[-1])
+    q = statistics.quantiles(ratios, n=4)
+    print(f"threads={args.threads} batch={args.batch_size} pairs={args.pairs} steps/pair={args.steps}")
+    print(f"median step: dgm-pyro {1e3 * statistics.median(tp):.2f} ms, plain PyTorch {1e3 * statistics.median(tt):.2f} ms")
+    print(f"ratio dgm-pyro / PyTorch: median {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[2]:.3f}); goal <= 1.10")
+
+
+if __name__ == "__main__":
+    main()
