@@ -152,7 +152,7 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
     announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
     summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out), on_start=announce)
     run = load_run(run_dir)
-    ev = evaluate_run(run, particles=run.config.eval_particles, seed=run.config.seed)
+    ev = evaluate_run(run, particles=run.config.eval_particles, seed=run.config.seed, progress=_progress(json_out))
     if json_out:
         _emit_json({"run": str(run_dir), "train": summary, "test": ev})
         return
@@ -172,7 +172,7 @@ def evaluate(run_dir: str, particles: int, split: str, seed: int, json_out: bool
     """Test ELBO, importance-sampled log-likelihood and PSIS k-hat of a trained run."""
     from dgm_pyro.runs import evaluate_run, load_run
 
-    ev = evaluate_run(load_run(run_dir), particles=particles, split=split, seed=seed)
+    ev = evaluate_run(load_run(run_dir), particles=particles, split=split, seed=seed, progress=_progress(json_out))
     _emit_json(ev) if json_out else _print_evaluation(ev)
 
 

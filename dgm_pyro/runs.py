@@ -155,7 +155,7 @@ def _load_weights(module: torch.nn.Module, ckpt_path: Path) -> None:
 
 
 def evaluate_run(run: Run, particles: int = 1000, split: str = "test", seed: int = 0,
-                 write: bool = True) -> dict[str, Any]:
+                 write: bool = True, progress: bool = False) -> dict[str, Any]:
     """Test ELBO and importance-sampled log-likelihood (K particles) with PSIS diagnostics.
 
     Adds the exact log-likelihood of the data-generating process where known (linear-Gaussian), and
@@ -166,7 +166,8 @@ def evaluate_run(run: Run, particles: int = 1000, split: str = "test", seed: int
         raise DgmPyroError(f"--particles must be >= 1, got {particles}")
     pyro.set_rng_seed(seed)
     x, y = run.dataset.splits[split]
-    res = log_evidence(run.module.model, run.module.guide, x, y, num_particles=particles, warn=False)
+    res = log_evidence(run.module.model, run.module.guide, x, y, num_particles=particles, warn=False,
+                       progress=progress)
     out: dict[str, Any] = {"run": str(run.path), "split": split, "dataset": run.config.dataset, "seed": seed,
                            **res.summary()}
     out["nll"] = -out["log_evidence"]

@@ -165,7 +165,8 @@ def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
 
 def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1000,
                  chunk_size: Optional[int] = None, vectorize: bool = True, diagnostics: bool = True,
-                 keep_log_weights: bool = False, warn: bool = True, **kwargs) -> EvidenceResult:
+                 keep_log_weights: bool = False, warn: bool = True, progress: bool = False,
+                 **kwargs) -> EvidenceResult:
     """Importance-sampled per-datapoint log evidence with the guide as proposal (seed P1.7).
 
     Args:
@@ -179,6 +180,7 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         diagnostics: estimate the PSIS k-hat with arviz (needs K >= 100).
         keep_log_weights: keep the (K, *batch) log-weights in the result.
         warn: warn when any datapoint has k-hat > 0.7.
+        progress: show a progress bar over particles.
 
     Returns:
         :class:`EvidenceResult` with per-datapoint ``log_evidence``, ``stderr``, ``elbo``, ``ess``, ``khat``.
@@ -198,10 +200,19 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
             chunk_size = max(1, 100_000 // batch_numel)
         chunks = []
         done = 0
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_particles, desc="importance sampling", unit="particle", leave=False)
         while done < num_particles:
             k = min(chunk_size, num_particles - done)
             chunks.append(_log_weights(model, guide, args, kwargs, k, vectorize, keep, nesting).double())
             done += k
+            if bar is not None:
+                bar.update(k)
+        if bar is not None:
+            bar.close()
         log_w = torch.cat(chunks, 0)
         # drop the size-1 dims of summed plates: (K, *batch) with batch ordered outermost plate first
         log_w = log_w.reshape(num_particles, *[log_w.shape[d] for d in range(-nesting, 0) if d in keep])
