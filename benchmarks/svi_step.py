@@ -1,7 +1,9 @@
 """SVI step time of the CVAE: dgm-pyro's Pyro model/guide against the same networks and loss by hand.
 
 Interleaved paired runs (Pyro block, then PyTorch block, repeated); prints the median of the per-pair
-time ratios. Goal: at most 1.10x. Digits, batch 100, Adam, gradient clipping in both.
+time ratios. Goal: at most 1.10x. Digits, batch 100, Adam, gradient clipping in both. Pyro's argument
+validation is off, as in ``dgm_pyro.training.fit`` after its first minibatch; ``--validation`` turns it
+on to show its cost.
 
     python benchmarks/svi_step.py --pairs 30 --steps 20
 """
@@ -32,7 +34,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--validation", action="store_true", help="keep Pyro's argument validation on")
     args = ap.parse_args()
+    pyro.enable_validation(args.validation)
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(0)
     ds = load_digits()
@@ -73,7 +77,8 @@ def main() -> None:
         tt.append((t2 - t1) / args.steps)
         ratios.append(tp[-1] / tt[-1])
     q = statistics.quantiles(ratios, n=4)
-    print(f"threads={args.threads} batch={args.batch_size} pairs={args.pairs} steps/pair={args.steps}")
+    print(f"threads={args.threads} batch={args.batch_size} pairs={args.pairs} steps/pair={args.steps} "
+          f"pyro validation={'on' if args.validation else 'off'}")
     print(f"median step: dgm-pyro {1e3 * statistics.median(tp):.2f} ms, plain PyTorch {1e3 * statistics.median(tt):.2f} ms")
     print(f"ratio dgm-pyro / PyTorch: median {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[2]:.3f}); goal <= 1.10")
 

@@ -139,7 +139,10 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             idx = perm[i : i + config.batch_size]
             batch = tuple(t[idx] for t in train)
             optimizer.zero_grad()
-            value = loss.differentiable_loss(module.model, module.guide, *batch) / len(idx)
+            # Pyro's argument checks cost about a third of a step on small networks: run them on the
+            # first minibatch of the run (to catch model errors early) and not after.
+            with pyro.validation_enabled(epoch == 1 and i == 0):
+                value = loss.differentiable_loss(module.model, module.guide, *batch) / len(idx)
             if not torch.isfinite(value):
                 raise DgmPyroError(f"the loss became {float(value)} at epoch {epoch}, step {i // config.batch_size + 1}; "
                                    "try a lower --lr")

@@ -12,7 +12,6 @@ from typing import Optional, Sequence
 import pyro
 import torch
 from pyro.nn import PyroModule
-from pyro.nn.module import pyro_method, to_pyro_module_
 
 from .nn import MLP, likelihood_mean, likelihood_out_features, make_likelihood
 
@@ -30,19 +29,17 @@ class NNBaseline(PyroModule):
         self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
         self.register_buffer("x_scale", torch.as_tensor(x_scale, dtype=torch.float32).expand(x_dim).clone())
         self.net = MLP(y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
-        to_pyro_module_(self)
 
     def decode(self, y: torch.Tensor):
         return make_likelihood(self.likelihood, self.net(y), self.x_dim, self.levels, self.x_shift, self.x_scale)
 
-    @pyro_method
     def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        pyro.module(self._pyro_name, self)
         if self.likelihood == "categorical" and x is not None:
             x = x.long()
         with pyro.plate("data", y.shape[0]):
             return pyro.sample("x", self.decode(y), obs=x)
 
-    @pyro_method
     def guide(self, x: Optional[torch.Tensor], y: torch.Tensor) -> None:
         """No latent variables: the empty guide."""
 
