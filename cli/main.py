@@ -94,7 +94,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
                "latent_dim": "latent_dim", "hidden": "hidden_dims", "prior": "prior", "likelihood": "likelihood",
-               "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model"}
+               "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model",
+               "objective": "objective", "lam": "lam", "anneal": "anneal", "free_bits": "free_bits",
+               "free_bits_per": "free_bits_per"}
 
 
 @cli.command()
@@ -112,6 +114,17 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True, help="Early-stopping patience (epochs).")
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Importance samples for the final test log-likelihood.")
+@click.option("--objective", type=click.Choice(["elbo", "meanfield", "cs", "free-bits"]), default="elbo",
+              show_default=True, help="Trace_ELBO, TraceMeanField_ELBO, CSELBO or FreeBitsELBO.")
+@click.option("--lam", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of D_CS for --objective cs.")
+@click.option("--anneal", default="none", show_default=True, metavar="SCHEDULE",
+              help="KL annealing of the latent terms per optimisation step: none, constant:BETA, linear:START:STEPS, "
+                   "cyclical:CYCLES:RATIO, sigmoid:STEPS[:STEEPNESS].")
+@click.option("--free-bits", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="NATS",
+              help="Free nats per group for --objective free-bits.")
+@click.option("--free-bits-per", type=click.Choice(["dim", "site"]), default="dim", show_default=True,
+              help="Free-bits groups: each latent dimension or each latent site.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder in which the run folder <model>-<timestamp> is made.")
@@ -121,8 +134,9 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @click.pass_context
 def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
-          hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, seed: int, out: str,
-          config_file: Optional[str], resume: Optional[str], json_out: bool) -> None:
+          hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, objective: str, lam: float,
+          anneal: str, free_bits: float, free_bits_per: str, seed: int, out: str, config_file: Optional[str],
+          resume: Optional[str], json_out: bool) -> None:
     """Train a model and report its test metrics; writes a run folder."""
     from dgm_pyro.config import TrainConfig
     from dgm_pyro.runs import evaluate_run, load_run, new_run_dir, train_run
@@ -142,7 +156,8 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
             raise DgmPyroError(f"--hidden must be comma-separated integers like 256,256; got '{hidden}'") from None
         values = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "latent_dim": latent_dim, "hidden_dims": hidden_dims, "prior": prior, "likelihood": likelihood,
-                  "patience": patience, "eval_particles": particles, "seed": seed}
+                  "patience": patience, "eval_particles": particles, "seed": seed, "objective": objective, "lam": lam,
+                  "anneal": anneal, "free_bits": free_bits, "free_bits_per": free_bits_per}
         settings = TrainConfig.from_toml(config_file) if config_file else {}
         for flag, key in TRAIN_FLAGS.items():
             if given[flag] or key not in settings:
@@ -156,6 +171,7 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
     if json_out:
         _emit_json({"run": str(run_dir), "train": summary, "test": ev})
         return
+    click.echo(f"objective: {summary['objective']}; annealing: {summary['annealing']}")
     click.echo(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best valid ELBO "
                f"{summary['best_valid_elbo']:.3f} at epoch {summary['best_epoch']}")
     _print_evaluation(ev)

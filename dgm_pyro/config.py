@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any, Optional
 
 from .errors import DgmPyroError
 
-__all__ = ["TrainConfig", "MODELS"]
+__all__ = ["TrainConfig", "MODELS", "OBJECTIVES"]
 
 MODELS = ("cvae",)
+OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits")
 
 
 @dataclass
@@ -40,6 +42,11 @@ class TrainConfig:
     eval_particles: int = 1000
     seed: int = 0
     baseline: bool = True
+    objective: str = "elbo"
+    lam: float = 1.0
+    free_bits: float = 0.0
+    free_bits_per: str = "dim"
+    anneal: str = "none"
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raise :class:`DgmPyroError` naming the first bad option."""
@@ -57,10 +64,20 @@ class TrainConfig:
             (self.valid_particles >= 1, "valid_particles must be >= 1"),
             (self.eval_particles >= 1, "eval_particles must be >= 1"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}"),
+            (math.isfinite(self.lam) and self.lam >= 0, "lam must be finite and >= 0"),
+            (self.lam == 1.0 or self.objective == "cs", "lam is the weight of D_CS: it needs objective 'cs'"),
+            (math.isfinite(self.free_bits) and self.free_bits >= 0, "free_bits must be finite and >= 0"),
+            (self.objective != "free-bits" or self.free_bits > 0, "objective 'free-bits' needs free_bits NATS > 0"),
+            (self.free_bits == 0 or self.objective == "free-bits", "free_bits needs objective 'free-bits'"),
+            (self.free_bits_per in ("dim", "site"), "free_bits_per must be 'dim' or 'site'"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise DgmPyroError(f"bad configuration: {msg}")
+        from .infer.annealing import parse_schedule
+
+        parse_schedule(self.anneal, total_steps=10**9)  # the syntax; the run's step count is checked later
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -110,7 +110,9 @@ def cs_divergence_mc(p: Distribution, q: Distribution, num_samples: int = 10_000
     def log_mean_exp(t):
         return torch.logsumexp(t, 0) - math.log(t.shape[0])
 
-    xp, xq = p.sample((num_samples,)), q.sample((num_samples,))
+    # reparameterised draws where available, so the estimate can be differentiated
+    xp = p.rsample((num_samples,)) if p.has_rsample else p.sample((num_samples,))
+    xq = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
     return -log_mean_exp(q.log_prob(xp)) + 0.5 * log_mean_exp(p.log_prob(xp)) + 0.5 * log_mean_exp(q.log_prob(xq))
 
 

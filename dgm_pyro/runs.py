@@ -9,6 +9,7 @@ NN baseline is trained with the same configuration into ``baseline/``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .data import ConditionalDataset, load_dataset
 from .errors import DgmPyroError
 from .infer.evidence import log_evidence
 from .models import CVAE, NNBaseline
-from .training import environment, fit, read_metrics
+from .training import build_annealing, environment, fit, read_metrics
 
 __all__ = ["Run", "build_model", "build_baseline", "new_run_dir", "train_run", "load_run", "evaluate_run",
            "generate", "plot_training_curves"]
@@ -99,6 +100,7 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     ds = load_dataset(config.dataset, likelihood=config.likelihood)
     if config.batch_size > ds.sizes()["train"]:
         raise DgmPyroError(f"batch size {config.batch_size} exceeds the {ds.sizes()['train']} training rows")
+    build_annealing(config, ds.sizes()["train"])  # checks the schedule against the run's step count
     if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise DgmPyroError(f"{run_dir}: exists and is not empty; choose another --out or use --resume")
@@ -118,7 +120,9 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
         base_resume = resume and (base_dir / "checkpoint.pt").is_file()
         pyro.set_rng_seed(config.seed)
         baseline = build_baseline(config, ds)
-        summary["baseline"] = fit(baseline, ds.splits["train"], ds.splits["valid"], config, base_dir,
+        # the baseline has no latent variable: the objective and annealing options do not apply to it
+        base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none")
+        summary["baseline"] = fit(baseline, ds.splits["train"], ds.splits["valid"], base_config, base_dir,
                                   resume=base_resume, progress=progress)
     return summary
 
@@ -230,7 +234,7 @@ def plot_training_curves(run_dir: str | Path) -> Optional[Path]:
 
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(ep, [-r["train_loss"] for r in rows], label="train ELBO (minibatch objective)")
+    ax.plot(ep, [-r["train_loss"] for r in rows], label="train objective (minibatch, at the epoch's beta)")
     ax.plot(ep, [r["valid_elbo"] for r in rows], label="valid ELBO")
     ax.plot(ep, [r["valid_log_likelihood"] for r in rows], label="valid log-likelihood (IWAE)")
     finite = [v for r in rows for v in (r["valid_elbo"], -r["train_loss"]) if math.isfinite(v)]

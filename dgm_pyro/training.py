@@ -10,6 +10,7 @@ stopping after epoch k and resuming reproduces the uninterrupted run bit for bit
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import random
@@ -20,17 +21,54 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .errors import DgmPyroError
+from .infer.annealing import Annealing, parse_schedule
+from .infer.cs_elbo import CSELBO
 from .infer.evidence import log_evidence
+from .infer.free_bits import FreeBitsELBO
 
-__all__ = ["fit", "METRIC_FIELDS", "read_metrics", "environment"]
+__all__ = ["fit", "build_objective", "describe_objective", "build_annealing", "steps_per_epoch", "METRIC_FIELDS", "read_metrics",
+           "environment"]
 
-METRIC_FIELDS = ["epoch", "train_loss", "valid_elbo", "valid_log_likelihood", "best", "seconds"]
-CHECKPOINT_FORMAT = 1
+METRIC_FIELDS = ["epoch", "train_loss", "beta_mean", "beta_last", "valid_elbo", "valid_log_likelihood", "best",
+                 "seconds"]
+CHECKPOINT_FORMAT = 2
+
+
+def build_objective(config: TrainConfig) -> ELBO:
+    """The Pyro loss named by ``config.objective`` (``elbo``, ``meanfield``, ``cs``, ``free-bits``)."""
+    common = {"num_particles": config.num_particles, "vectorize_particles": config.num_particles > 1}
+    if config.objective == "meanfield":
+        return TraceMeanField_ELBO(**common)
+    if config.objective == "cs":
+        return CSELBO(lam=config.lam, **common)
+    if config.objective == "free-bits":
+        return FreeBitsELBO(lam=config.free_bits, per=config.free_bits_per, **common)
+    return Trace_ELBO(**common)
+
+
+def describe_objective(loss: Any) -> str:
+    """A one-line description with the formula; Pyro's own ELBOs have no informative repr."""
+    formulas = {TraceMeanField_ELBO: "E_q[log p(x|z)] - KL(q(z|x) || p(z))",
+                Trace_ELBO: "E_q[log p(x|z) + log p(z) - log q(z|x)]"}
+    for cls, formula in formulas.items():
+        if type(loss) is cls:
+            return f"{cls.__name__}(num_particles={loss.num_particles}): {formula}"
+    return repr(loss)
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    return math.ceil(num_train / batch_size)
+
+
+def build_annealing(config: TrainConfig, num_train: int) -> Optional[Annealing]:
+    """``config.anneal`` as an :class:`Annealing` over the run's optimisation steps (``None`` for ``none``)."""
+    schedule = parse_schedule(config.anneal, total_steps=config.epochs * steps_per_epoch(num_train, config.batch_size))
+    return None if schedule is None else Annealing(schedule)
 
 
 def environment() -> dict[str, str]:
@@ -93,18 +131,19 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         train, valid: tuples of tensors sharing the first (datapoint) dimension, passed as ``*batch``.
         config: epochs, batch size, learning rate, patience, clipping, particles, seed.
         run_dir: folder for ``metrics.csv``, ``checkpoint.pt`` (latest) and ``best.pt`` (best valid ELBO).
-        loss: any object with ``differentiable_loss(model, guide, *args)`` (default ``Trace_ELBO``).
+        loss: any object with ``differentiable_loss(model, guide, *args)`` (default: :func:`build_objective`).
         resume: continue from ``run_dir/checkpoint.pt``.
         progress: show a progress bar.
         on_epoch: called with each epoch's metrics row.
 
     Returns:
-        ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped"}``.
+        ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped", "objective", "annealing"}`` (the last two as reprs).
     """
     run_dir = Path(run_dir)
+    loss = loss if loss is not None else build_objective(config)
+    n = train[0].shape[0]
+    annealing = build_annealing(config, n)
     run_dir.mkdir(parents=True, exist_ok=True)
-    loss = loss if loss is not None else Trace_ELBO(num_particles=config.num_particles,
-                                                   vectorize_particles=config.num_particles > 1)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -121,9 +160,9 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         optimizer.load_state_dict(ckpt["optim_state"])
         state.update(ckpt["trainer_state"])
         _set_rng_state(ckpt["rng"], gen)
+        if annealing is not None:
+            annealing.load_state_dict(ckpt["annealing"])
         rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
-
-    n = train[0].shape[0]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -135,14 +174,19 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         module.train()
         perm = torch.randperm(n, generator=gen)
         total = 0.0
+        betas = []
         for i in range(0, n, config.batch_size):
             idx = perm[i : i + config.batch_size]
             batch = tuple(t[idx] for t in train)
             optimizer.zero_grad()
             # Pyro's argument checks cost about a third of a step on small networks: run them on the
             # first minibatch of the run (to catch model errors early) and not after.
-            with pyro.validation_enabled(epoch == 1 and i == 0):
+            with pyro.validation_enabled(epoch == 1 and i == 0), \
+                    (annealing.handler() if annealing is not None else contextlib.nullcontext()):
                 value = loss.differentiable_loss(module.model, module.guide, *batch) / len(idx)
+            betas.append(annealing.beta if annealing is not None else 1.0)
+            if annealing is not None:
+                annealing.step()
             if not torch.isfinite(value):
                 raise DgmPyroError(f"the loss became {float(value)} at epoch {epoch}, step {i // config.batch_size + 1}; "
                                    "try a lower --lr")
@@ -156,17 +200,20 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         state.update(epoch=epoch)
         if improved:
             state.update(best_valid_elbo=valid_elbo, best_epoch=epoch, bad_epochs=0)
-        else:
+        elif annealing is None or annealing.settled:
+            # while beta is still moving the objective changes under the model: patience waits for it
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= config.patience:
                 state["stopped"] = "early"
-        row = {"epoch": epoch, "train_loss": total / n, "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll,
-               "best": float(improved), "seconds": time.perf_counter() - start}
+        row = {"epoch": epoch, "train_loss": total / n, "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
+               "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll, "best": float(improved),
+               "seconds": time.perf_counter() - start}
         rows.append(row)
         # metrics first, checkpoint second: on resume, rows past the checkpoint's epoch are dropped
         _write_metrics(metrics_path, rows)
         ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(), "optim_state": optimizer.state_dict(),
                 "trainer_state": dict(state), "rng": _rng_state(gen), "config_digest": config.digest(),
+                "annealing": annealing.state_dict() if annealing is not None else {},
                 "versions": environment()}
         if improved:
             save_checkpoint(ckpt, run_dir / "best.pt")
@@ -179,4 +226,5 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     if bar is not None:
         bar.close()
     return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-            "best_valid_elbo": state["best_valid_elbo"], "stopped": state["stopped"] or "max_epochs"}
+            "best_valid_elbo": state["best_valid_elbo"], "stopped": state["stopped"] or "max_epochs",
+            "objective": describe_objective(loss), "annealing": repr(annealing.schedule) if annealing is not None else "none"}

@@ -34,11 +34,18 @@ def _strip_time(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
+OBJECTIVES = [{}, {"objective": "cs", "lam": 2.0, "anneal": "cyclical:3:0.5"},
+              {"objective": "free-bits", "free_bits": 0.25, "anneal": "linear:0.1:7"},
+              {"objective": "meanfield", "anneal": "sigmoid:12"}]
+
+
+@pytest.mark.parametrize("options", OBJECTIVES, ids=["elbo", "cs-cyclical", "free-bits-linear", "meanfield-sigmoid"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, options):
+    """Also for every objective and annealing schedule: the schedule position comes back on resume."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    train_run(TrainConfig(**SMALL), full)
+    train_run(TrainConfig(**SMALL, **options), full)
     with pytest.raises(Stop):
-        train_run(TrainConfig(**SMALL), cut, on_epoch=_stop_after(2))
+        train_run(TrainConfig(**SMALL, **options), cut, on_epoch=_stop_after(2))
     assert len(read_metrics(cut / "metrics.csv")) == 2
     train_run(None, cut, resume=True)
     for name in ("checkpoint.pt", "best.pt"):
@@ -119,3 +126,34 @@ def test_quadrant_run_trains_baseline_too(tmp_path):
     train_run(TrainConfig(**{**SMALL, "dataset": "digits-q2", "epochs": 1}), tmp_path / "q")
     run = load_run(tmp_path / "q")
     assert run.baseline is not None and (tmp_path / "q" / "baseline" / "best.pt").is_file()
+
+
+def test_beta_per_epoch_in_metrics_follows_the_schedule(tmp_path):
+    # 1000 training digits in batches of 200: 5 steps per epoch, 20 steps in 4 epochs
+    train_run(TrainConfig(**SMALL, objective="cs", lam=0.5, anneal="cyclical:2:0.5"), tmp_path / "r")
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    from dgm_pyro.infer import Cyclical
+
+    c = Cyclical(total_steps=20, cycles=2, ratio=0.5)
+    for r in rows:
+        steps = range(5 * (int(r["epoch"]) - 1), 5 * int(r["epoch"]))
+        assert r["beta_mean"] == pytest.approx(sum(c(t) for t in steps) / 5)
+        assert r["beta_last"] == pytest.approx(c(steps[-1]))
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ckpt["annealing"] == {"step": 20, "schedule": "Cyclical(total_steps=20, cycles=2, ratio=0.5)"}
+    plain = TrainConfig(**SMALL)
+    train_run(plain, tmp_path / "p")
+    assert all(r["beta_mean"] == 1.0 for r in read_metrics(tmp_path / "p" / "metrics.csv"))
+
+
+def test_early_stopping_waits_for_the_schedule_to_settle(tmp_path, monkeypatch):
+    """With validation getting worse every epoch and patience 1, a plain run stops after epoch 2; with a
+    warm-up of 15 steps (3 epochs of 5 steps) the epochs before it ends do not count, so it stops after 3."""
+    import dgm_pyro.training as training
+
+    scores = iter(range(0, -100, -1))
+    monkeypatch.setattr(training, "_validate", lambda module, data, particles: (float(next(scores)), 0.0))
+    cfg = dict(SMALL, epochs=8, patience=1)
+    assert train_run(TrainConfig(**cfg), tmp_path / "plain")["epochs_run"] == 2
+    scores = iter(range(0, -100, -1))
+    assert train_run(TrainConfig(**cfg, anneal="linear:0:15"), tmp_path / "warm")["epochs_run"] == 3

@@ -1,5 +1,21 @@
-"""Inference tools: evidence estimation (and, later, objectives)."""
+"""Inference tools: importance-sampled evidence and objectives usable as Pyro losses."""
 
+from .annealing import (
+    Annealing,
+    Constant,
+    Cyclical,
+    LatentScaleMessenger,
+    Linear,
+    Schedule,
+    Sigmoid,
+    parse_schedule,
+    scale_latents,
+)
+from .cs_elbo import CSELBO
 from .evidence import KHAT_WARN, EvidenceResult, log_evidence
+from .free_bits import FreeBitsELBO
+from .regularised_elbo import RegularisedELBO
 
-__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN"]
+__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "CSELBO", "FreeBitsELBO", "RegularisedELBO",
+           "Schedule", "Constant", "Linear", "Cyclical", "Sigmoid", "Annealing", "LatentScaleMessenger",
+           "scale_latents", "parse_schedule"]

@@ -132,6 +132,14 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["sample", str(run_dir), "--out", f"{tmp}/x.jpg"], ".png or .npz"),
         (["sample", str(run_dir), "--out", f"{tmp}/nodir/x.png"], "no such directory"),
         (["sample", str(run_dir), "--num", "0"], "--num"),
+        (["train", "--anneal", "bogus"], "unknown annealing schedule"),
+        (["train", "--anneal", "linear:0"], "expected linear:START:STEPS"),
+        (["train", "--anneal", "cyclical:5000:0.5"], "cycles"),
+        (["train", "--objective", "free-bits"], "needs free_bits"),
+        (["train", "--free-bits", "0.5"], "needs objective 'free-bits'"),
+        (["train", "--lam", "2"], "needs objective 'cs'"),
+        (["train", "--objective", "kl"], "--objective"),
+        (["train", "--lam", "-1", "--objective", "cs"], "--lam"),
         (["nonsense"], "No such command"),
     ]
 
@@ -139,7 +147,10 @@ def _bad_inputs(tmp: Path, run_dir: Path):
 def test_bad_inputs_exit_2_one_line_nothing_modified(trained, tmp_path):
     run_dir, _ = trained
     before = _digest(run_dir)
+    out = tmp_path / "out"
     for args, needle in _bad_inputs(tmp_path, run_dir):
+        if args[0] == "train" and "--out" not in args and "--resume" not in args:
+            args = args + ["--out", str(out)]
         r = run(*args)
         assert r.exit_code == 2, (args, r.exit_code, r.output)
         assert "Traceback" not in r.output, args
@@ -147,6 +158,7 @@ def test_bad_inputs_exit_2_one_line_nothing_modified(trained, tmp_path):
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith(("error:", "Error:"))]
         assert len(errors) == 1, (args, r.stderr)
     assert _digest(run_dir) == before
+    assert not out.exists() or not any(out.iterdir())  # no half-made run folder from a refused train
 
 
 def test_corrupt_run_folder(trained, tmp_path):
@@ -196,3 +208,25 @@ def test_cli_resume_after_interruption_matches_uninterrupted(tmp_path):
     b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads(r.stdout)["test"] == {**json.loads(full.stdout)["test"], "run": str(tmp_path / "cut")}
+
+
+@pytest.mark.parametrize("options", [["--objective", "meanfield"], ["--objective", "cs", "--lam", "0.5"],
+                                     ["--objective", "free-bits", "--free-bits", "0.3", "--anneal", "linear:0:5"],
+                                     ["--anneal", "cyclical:2:0.5"], ["--anneal", "constant:0.5"]])
+def test_train_with_each_objective_then_evaluate(tmp_path, options):
+    r = run("train", "--out", tmp_path, "--json", *TINY, *options)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    config = json.loads((Path(info["run"]) / "config.json").read_text())
+    flags = dict(zip(options[::2], options[1::2]))
+    assert config["objective"] == flags.get("--objective", "elbo")
+    assert config["anneal"] == flags.get("--anneal", "none")
+    assert info["train"]["objective"].startswith({"meanfield": "TraceMeanField_ELBO", "cs": "CSELBO(lam=0.5",
+                                                   "free-bits": "FreeBitsELBO(lam=0.3"}.get(config["objective"],
+                                                                                           "Trace_ELBO"))
+    header = (Path(info["run"]) / "metrics.csv").read_text().splitlines()[0]
+    assert "beta_mean" in header and "beta_last" in header
+    r = run("evaluate", info["run"], "--particles", "30", "--json")
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.stdout)
+    assert ev["num_particles"] == 30 and ev["log_evidence"] >= ev["elbo"]

@@ -1,0 +1,94 @@
+"""FreeBitsELBO: the floor of lam nats per group, zero gradient below it, the ELBO at lam = 0."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+from dgm_pyro.divergences import kl_divergence
+from dgm_pyro.infer import FreeBitsELBO
+
+B, D = 6, 3
+
+
+def latent_only_model(x):
+    with pyro.plate("data", B):
+        pyro.sample("z", dist.Normal(torch.zeros(D, dtype=torch.float64), 1.0).to_event(1))
+
+
+def make_guide(loc, scale):
+    def guide(x):
+        with pyro.plate("data", B):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    return guide
+
+
+def _params():
+    # dimension 0: posteriors near the prior (KL about 0.01 nats); 1 and 2: far from it (KL of several nats)
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(B, D, generator=g, dtype=torch.float64) * torch.tensor([0.1, 3.0, 2.0], dtype=torch.float64)
+    scale = torch.tensor([0.95, 0.2, 0.4], dtype=torch.float64).expand(B, D).clone()
+    return loc, scale
+
+
+@pytest.mark.parametrize("per,groups", [("dim", D), ("site", 1)])
+def test_regulariser_is_at_least_groups_times_lam(per, groups):
+    loc, scale = _params()
+    for lam in (0.0, 0.5, 2.0, 100.0):
+        reg = FreeBitsELBO(lam=lam, per=per).components(latent_only_model, make_guide(loc, scale), None)["regulariser"]
+        assert reg / B >= groups * lam - 1e-9
+        kl = kl_divergence(dist.Normal(loc, scale), dist.Normal(0.0, 1.0)).double()  # (B, D)
+        group_kl = kl.mean(0) if per == "dim" else kl.sum(1).mean(0, keepdim=True)
+        assert reg / B == pytest.approx(float(group_kl.clamp(min=lam).sum()), rel=1e-9)
+    # a floor above every group's KL makes the regulariser exactly groups x lam
+    reg = FreeBitsELBO(lam=100.0, per=per).components(latent_only_model, make_guide(loc, scale), None)["regulariser"]
+    assert reg / B == pytest.approx(groups * 100.0)
+
+
+def test_group_below_lam_gets_zero_gradient():
+    loc, scale = _params()
+    loc.requires_grad_()
+    loss = FreeBitsELBO(lam=0.5, per="dim").differentiable_loss(latent_only_model, make_guide(loc, scale), None)
+    (grad,) = torch.autograd.grad(loss, loc)
+    assert torch.all(grad[:, 0] == 0)  # mean KL of dimension 0 is below 0.5 nats
+    # above the floor the gradient is the KL's: d/d loc of sum_i KL_i = loc (standard normal prior)
+    torch.testing.assert_close(grad[:, 1:], loc.detach()[:, 1:])
+
+
+def test_lam_zero_is_the_closed_form_elbo():
+    loc, scale = _params()
+    x = torch.randn(B, 2, dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", B):
+            z = pyro.sample("z", dist.Normal(torch.zeros(D, dtype=torch.float64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z[:, :2], 1.0).to_event(1), obs=x)
+
+    values = []
+    for loss in (FreeBitsELBO(lam=0.0), TraceMeanField_ELBO()):
+        pyro.set_rng_seed(5)
+        values.append(loss.loss(model, make_guide(loc, scale), x))
+    assert values[0] == pytest.approx(values[1], rel=1e-12)
+
+
+def test_per_dim_needs_a_factorised_site_and_bad_arguments():
+    def mvn_model(x):
+        with pyro.plate("data", B):
+            pyro.sample("z", dist.MultivariateNormal(torch.zeros(D), torch.eye(D)))
+
+    def mvn_guide(x):
+        with pyro.plate("data", B):
+            pyro.sample("z", dist.MultivariateNormal(torch.ones(D), torch.eye(D)))
+
+    with pytest.raises(ValueError, match="not factorised"):
+        FreeBitsELBO(lam=0.1, per="dim").loss(mvn_model, mvn_guide, None)
+    # per site works for any pair with a KL: here KL = D/2 = 1.5 nats per datapoint
+    reg = FreeBitsELBO(lam=0.1, per="site").components(mvn_model, mvn_guide, None)["regulariser"]
+    assert reg == pytest.approx(B * 1.5, rel=1e-6)
+    with pytest.raises(ValueError, match="lam"):
+        FreeBitsELBO(lam=-0.1)
+    with pytest.raises(ValueError, match="per"):
+        FreeBitsELBO(per="layer")
+    assert "max(0.5, E_batch KL_g" in repr(FreeBitsELBO(lam=0.5))
