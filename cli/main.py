@@ -262,6 +262,34 @@ def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: in
 
 
 @cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--particles", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Importance samples K for the NLL (0 skips it).")
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Draws per datapoint for the mutual information and the aggregate KL.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
+              help="B of the minibatch MI estimator (ceiling log B).")
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split: str, seed: int,
+             json_out: bool) -> None:
+    """Posterior-collapse report of a trained run: NLL, KL, mutual information, aggregate KL, active units."""
+    from dgm_pyro.runs import diagnose_run, load_run
+
+    run = load_run(run_dir)
+    report = diagnose_run(run, particles=particles, split=split, seed=seed, num_samples=samples,
+                          minibatch_size=batch_size)
+    if json_out:
+        _emit_json(report.to_dict())
+        return
+    given = "conditional on the label" if report.conditional else "unconditional"
+    click.echo(f"posterior-collapse report, {split} split ({given}), nats per datapoint:")
+    click.echo(str(report))
+    click.echo(f"wrote {run.path / 'diagnostics.json'} and {run.path / 'plots' / 'kl_per_dimension.png'}")
+
+
+@cli.command()
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 def datasets(json_out: bool) -> None:
     """List the built-in datasets and the file formats accepted by --dataset."""

@@ -22,6 +22,7 @@ import torch
 from .checkpoint import load_checkpoint, read_json, write_json
 from .config import TrainConfig
 from .data import ConditionalDataset, load_dataset
+from .diagnostics import CollapseReport, collapse_report
 from .errors import DgmPyroError
 from .infer.evidence import log_evidence
 from .models import CVAE, NNBaseline
@@ -185,6 +186,51 @@ def evaluate_run(run: Run, particles: int = 1000, split: str = "test", seed: int
     if write:
         write_json(run.path / "evaluation.json", out)
     return out
+
+
+def diagnose_run(run: Run, particles: int = 1000, split: str = "test", seed: int = 0, num_samples: int = 10,
+                 minibatch_size: int = 100, write: bool = True) -> CollapseReport:
+    """The posterior-collapse report (:func:`dgm_pyro.diagnostics.collapse_report`) of a trained run on a split.
+
+    For label-conditioned data the measures are conditional on the label (the aggregate posterior is
+    formed per class, so MI is I(x; z | y)); otherwise they are over the whole split. Writes
+    ``diagnostics.json`` and ``plots/kl_per_dimension.png`` when ``write``.
+    """
+    if particles < 0:
+        raise DgmPyroError(f"--particles must be >= 0, got {particles}")
+    if num_samples < 1:
+        raise DgmPyroError(f"--samples must be >= 1, got {num_samples}")
+    x, y = run.dataset.splits[split]
+    groups = y.argmax(1) if run.dataset.condition == "label" else None
+    report = collapse_report(run.module.model, run.module.guide, x, y, groups=groups, num_samples=num_samples,
+                             minibatch_size=minibatch_size, particles=particles, seed=seed)
+    report.extra = {"run": str(run.path), "split": split, "seed": seed, "particles": particles,
+                    "conditioned_on": "label" if groups is not None else "none"}
+    if write:
+        write_json(run.path / "diagnostics.json", report.to_dict())
+        _plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png")
+    return report
+
+
+def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * report.latent_dim + 2), 3.2))
+    dims = range(report.latent_dim)
+    ax.bar(dims, report.kl_per_dimension, color=["C0" if a > 0.01 else "C7" for a in report.activity])
+    ax.set_xticks(list(dims))
+    ax.set_xlabel("latent dimension (grey: inactive, Cov_x E[z_u] <= 0.01)")
+    ax.set_ylabel("E_x KL(q(z_u|x) || p(z_u)) [nats]")
+    ax.set_title(f"KL {report.kl:.2f} nats, MI {report.mutual_information:.2f}, AU {report.active_units}")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def generate(run: Run, label: Optional[int] = None, condition: Optional[torch.Tensor] = None, num: int = 8,

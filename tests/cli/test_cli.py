@@ -140,6 +140,10 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["train", "--lam", "2"], "needs objective 'cs'"),
         (["train", "--objective", "kl"], "--objective"),
         (["train", "--lam", "-1", "--objective", "cs"], "--lam"),
+        (["diagnose", f"{tmp}/none"], "no such run folder"),
+        (["diagnose", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
+        (["diagnose", str(run_dir), "--samples", "0"], "--samples"),
+        (["diagnose", str(run_dir), "--particles", "-1"], "--particles"),
         (["nonsense"], "No such command"),
     ]
 
@@ -230,3 +234,21 @@ def test_train_with_each_objective_then_evaluate(tmp_path, options):
     assert r.exit_code == 0, r.output
     ev = json.loads(r.stdout)
     assert ev["num_particles"] == 30 and ev["log_evidence"] >= ev["elbo"]
+
+
+def test_diagnose_json_text_and_files(trained, tmp_path):
+    src, _ = trained
+    path = tmp_path / "copy"
+    shutil.copytree(src, path)  # diagnose writes into the run folder; keep the shared fixture untouched
+    r = run("diagnose", path, "--particles", "50", "--samples", "3", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["num_datapoints"] == 447 and rep["latent_dim"] == 4 and rep["conditional"] is True
+    assert rep["kl"] == pytest.approx(sum(rep["kl_per_dimension"]))
+    assert rep["mutual_information_minibatch"] <= np.log(100) + 1e-9
+    assert rep["nll"] > 0 and 0 <= rep["active_units"] <= 4
+    assert (path / "diagnostics.json").is_file()
+    assert (path / "plots" / "kl_per_dimension.png").read_bytes()[:4] == b"\x89PNG"
+    r = run("diagnose", path, "--particles", "0", "--samples", "2", "--seed", "1")
+    assert r.exit_code == 0, r.output
+    assert "active units" in r.stdout and "conditional on the label" in r.stdout

@@ -1,0 +1,246 @@
+"""Posterior-collapse diagnostics (seed P3.1, P3.3): active units, KL per dimension, mutual information,
+aggregate KL, and a report that gathers them with the importance-sampled NLL.
+
+Every measure takes the encoder's posteriors as one torch distribution whose batch dimension runs over
+the N datapoints (``Independent(Normal(loc, scale), 1)`` with ``loc`` of shape (N, d), or any
+distribution with batch shape (N,) and event shape (d,)), so they work on models this project did not
+write. The prior is a distribution with event shape (d,) and batch shape () (a VAE's p(z)) or (N,) (a
+CVAE's p(z|y_i) for each datapoint).
+
+For a CVAE the information that matters is conditional on y: collapse means q(z|x,y) = p(z|y). Pass
+``groups`` (one integer per datapoint, e.g. the class label) and the aggregate posterior is formed
+within each group, so :func:`mutual_information` estimates I(x; z | y) and :func:`aggregate_kl`
+estimates E_y KL(q(z|y) || p(z|y)); the decomposition of P3.3 then reads
+
+    E_{x,y}[KL(q(z|x,y) || p(z|y))] = I_q(x; z | y) + E_y[KL(q(z|y) || p(z|y))]
+
+and it holds sample by sample for the Monte Carlo estimates here, which share their draws.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from pyro import poutine
+from torch.distributions import Distribution, Independent, kl_divergence
+
+__all__ = ["active_units", "kl_per_dimension", "mutual_information", "mutual_information_minibatch",
+           "aggregate_kl", "encoder_posteriors", "collapse_report", "CollapseReport"]
+
+
+def _check(posteriors: Distribution) -> int:
+    if len(posteriors.batch_shape) != 1 or len(posteriors.event_shape) != 1:
+        raise ValueError("posteriors must have batch shape (N,) and event shape (d,), got "
+                         f"{tuple(posteriors.batch_shape)} and {tuple(posteriors.event_shape)}")
+    return posteriors.batch_shape[0]
+
+
+def _factorised(d: Distribution) -> Distribution:
+    """The univariate base of ``Independent(base, 1)``: elementwise over (..., d)."""
+    while isinstance(d, Independent):
+        d = d.base_dist
+    if d.event_shape != ():
+        raise ValueError(f"{type(d).__name__} is not factorised over latent dimensions")
+    return d
+
+
+def active_units(posteriors: Distribution, threshold: float = 0.01,
+                 prior: Optional[Distribution] = None) -> tuple[int, torch.Tensor]:
+    """Burda et al. (2016): unit u is active when A_u = Cov_x(E_q[z_u | x]) > ``threshold``.
+
+    Args:
+        posteriors: batch (N,), event (d,).
+        threshold: 0.01 in Burda et al.
+        prior: for a conditional prior p(z|y_i) (batch (N,)), the activity of E_q[z_u|x,y] - E_p[z_u|y],
+            so that units that only follow y do not count as active.
+    Returns:
+        (number of active units, A of shape (d,)).
+    """
+    _check(posteriors)
+    means = posteriors.mean
+    if prior is not None and len(prior.batch_shape) == 1:
+        means = means - prior.mean.expand_as(means)
+    activity = means.var(0, unbiased=False)
+    return int((activity > threshold).sum()), activity
+
+
+def kl_per_dimension(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
+    """E_x[KL(q(z_u | x) || p(z_u))] for each latent dimension u, shape (d,); needs factorised q and p."""
+    _check(posteriors)
+    return kl_divergence(_factorised(posteriors), _factorised(prior)).expand(posteriors.batch_shape +
+                                                                             posteriors.event_shape).mean(0)
+
+
+def _groups(groups: Optional[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(group id 0..G-1 of each datapoint, membership matrix (G, N))."""
+    if groups is None:
+        return torch.zeros(n, dtype=torch.long), torch.ones(1, n, dtype=torch.bool)
+    groups = torch.as_tensor(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}")
+    values, inverse = torch.unique(groups, return_inverse=True)
+    return inverse, inverse[None, :] == torch.arange(len(values))[:, None]
+
+
+def _aggregate_terms(posteriors: Distribution, prior: Optional[Distribution], num_samples: int,
+                     groups: Optional[torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """At draws z ~ q(z|x_i), S per datapoint: log q(z|x_i), log q(z) with q(z) the mixture of the
+    posteriors of the datapoints in x_i's group, and log p(z) under x_i's prior; each of shape (S, N)."""
+    n = _check(posteriors)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    gid, member = _groups(groups, n)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        z = posteriors.sample((num_samples,))  # (S, N, d)
+    log_member = torch.where(member, 0.0, -math.inf).to(z.dtype)  # (G, N)
+    log_size = member.sum(1).to(z.dtype).log()  # (G,)
+    out = {"log_q_cond": posteriors.log_prob(z)}
+    if prior is not None:
+        out["log_p"] = prior.log_prob(z)
+    flat = z.reshape(-1, 1, z.shape[-1])
+    rows = torch.arange(flat.shape[0]) % n  # datapoint of each draw
+    agg = []
+    chunk = max(1, 4_000_000 // (n * member.shape[0]))
+    for start in range(0, flat.shape[0], chunk):
+        lq = posteriors.log_prob(flat[start : start + chunk])  # (c, N): each draw under every posterior
+        per_group = torch.logsumexp(lq[:, None, :] + log_member, dim=-1) - log_size  # (c, G)
+        agg.append(per_group.gather(1, gid[rows[start : start + chunk]][:, None]).squeeze(1))
+    out["log_q_agg"] = torch.cat(agg).reshape(num_samples, n)
+    return out
+
+
+def mutual_information(posteriors: Distribution, num_samples: int = 10, groups: Optional[torch.Tensor] = None,
+                       seed: int = 0) -> float:
+    """I_q(x; z) = E_x E_{q(z|x)}[log q(z|x) - log q(z)] (P3.3), with q(z) = (1/N) sum_j q(z|x_j) over the
+    whole dataset (within each group if ``groups`` is given: I(x; z | y)). Monte Carlo with ``num_samples``
+    draws per datapoint; at most log N (log of the group size)."""
+    t = _aggregate_terms(posteriors, None, num_samples, groups, seed)
+    return float((t["log_q_cond"] - t["log_q_agg"]).mean())
+
+
+def aggregate_kl(posteriors: Distribution, prior: Distribution, num_samples: int = 10,
+                 groups: Optional[torch.Tensor] = None, seed: int = 0) -> float:
+    """KL(q(z) || p(z)) (P3.3) by Monte Carlo over the aggregate posterior q(z) = (1/N) sum_j q(z|x_j)
+    (within each group and against that group's prior if ``groups`` is given)."""
+    t = _aggregate_terms(posteriors, prior, num_samples, groups, seed)
+    return float((t["log_q_agg"] - t["log_p"]).mean())
+
+
+def mutual_information_minibatch(posteriors: Distribution, batch_size: int = 100, seed: int = 0) -> float:
+    """The minibatch estimator of He et al. (2019): within each minibatch of B datapoints, one draw
+    z_i ~ q(z|x_i) and log q(z_i) ~ log (1/B) sum_j q(z_i|x_j); averaged over the shuffled dataset.
+
+    Because q(z_i) >= q(z_i|x_i) / B, every term log q(z_i|x_i) - log q(z_i) is at most log B: this
+    estimator cannot exceed log B, whatever the true information (use :func:`mutual_information` over
+    the whole dataset for values near log N). He et al. use the closed-form entropy for the first term;
+    we use the same draw, so that the ceiling holds exactly rather than in expectation.
+    """
+    n = _check(posteriors)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    terms = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        order = torch.randperm(n)
+        z = posteriors.sample()  # (N, d): one draw per datapoint
+    for idx in order.split(batch_size):
+        log_q = posteriors.log_prob(z[idx][:, None, :])[:, idx]  # (B, B): z_i under q(.|x_j), j in the batch
+        terms.append(log_q.diagonal() - (torch.logsumexp(log_q, 1) - math.log(idx.shape[0])))
+    return float(torch.cat(terms).mean())
+
+
+def encoder_posteriors(model: Callable, guide: Callable, *args, site: str = "z",
+                       **kwargs) -> tuple[Distribution, Distribution]:
+    """The guide's and the model's distributions at latent ``site`` for a batch of data: runs the guide
+    and replays the model, as any Pyro inference would, and returns (q(z|x) for each datapoint, p(z) or
+    p(z|y) for each datapoint), each with batch shape (N,) and event shape (d,)."""
+    with torch.no_grad():
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    if site not in guide_tr.nodes or site not in model_tr.nodes:
+        raise ValueError(f"no latent site {site!r} in both the model and the guide")
+    q, p = guide_tr.nodes[site]["fn"], model_tr.nodes[site]["fn"]
+    if len(p.batch_shape) == 1 and p.batch_shape != q.batch_shape:
+        p = p.expand(q.batch_shape)
+    return q, p
+
+
+@dataclass
+class CollapseReport:
+    """Posterior-collapse measures of one model on one dataset (nats)."""
+
+    num_datapoints: int
+    latent_dim: int
+    active_units: int
+    activity: list[float]
+    kl: float
+    kl_per_dimension: list[float]
+    mutual_information: float
+    mutual_information_ceiling: float
+    mutual_information_minibatch: float
+    minibatch_size: int
+    aggregate_kl: float
+    nll: Optional[float] = None
+    elbo: Optional[float] = None
+    conditional: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def __str__(self) -> str:
+        given = " | y" if self.conditional else ""
+        rows = [
+            ("datapoints N", f"{self.num_datapoints}"),
+            (f"NLL, importance-sampled", "-" if self.nll is None else f"{self.nll:.3f}"),
+            ("-ELBO", "-" if self.elbo is None else f"{-self.elbo:.3f}"),
+            (f"KL  E[KL(q(z|x{', y' if self.conditional else ''}) || p(z{given}))]", f"{self.kl:.3f}"),
+            (f"MI  I(x; z{given}) over the dataset", f"{self.mutual_information:.3f}  (ceiling "
+                                                   f"{'mean log class size' if self.conditional else 'log N'} = "
+                                                   f"{self.mutual_information_ceiling:.3f})"),
+            (f"MI  I(x; z) minibatch estimate, B={self.minibatch_size}", f"{self.mutual_information_minibatch:.3f}  "
+                                                                f"(ceiling log B = {math.log(self.minibatch_size):.3f})"),
+            (f"aggregate KL(q(z{given}) || p(z{given}))", f"{self.aggregate_kl:.3f}"),
+            ("active units (Cov > 0.01)", f"{self.active_units} of {self.latent_dim}"),
+            ("KL per dimension", " ".join(f"{v:.2f}" for v in self.kl_per_dimension)),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def collapse_report(model: Callable, guide: Callable, *args, site: str = "z", groups: Optional[torch.Tensor] = None,
+                    num_samples: int = 10, minibatch_size: int = 100, threshold: float = 0.01,
+                    particles: int = 0, seed: int = 0, **kwargs) -> CollapseReport:
+    """All of the measures above for a model/guide pair on a batch of data (``*args`` as the model takes
+    them), plus the importance-sampled NLL with ``particles`` draws (0 skips it)."""
+    from .infer.evidence import log_evidence
+
+    q, p = encoder_posteriors(model, guide, *args, site=site, **kwargs)
+    n = _check(q)
+    conditional = len(p.batch_shape) == 1
+    au, activity = active_units(q, threshold=threshold, prior=p if conditional else None)
+    kl_dim = kl_per_dimension(q, p)
+    sizes = _groups(groups, n)[1].sum(1).double()
+    ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
+    report = CollapseReport(
+        num_datapoints=n, latent_dim=q.event_shape[0], active_units=au, activity=activity.tolist(),
+        kl=float(kl_dim.sum()), kl_per_dimension=kl_dim.tolist(),
+        mutual_information=mutual_information(q, num_samples, groups, seed), mutual_information_ceiling=ceiling,
+        mutual_information_minibatch=mutual_information_minibatch(q, min(minibatch_size, n), seed),
+        minibatch_size=min(minibatch_size, n), aggregate_kl=aggregate_kl(q, p, num_samples, groups, seed),
+        conditional=groups is not None)
+    if particles:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            ev = log_evidence(model, guide, *args, num_particles=particles, diagnostics=False, warn=False, **kwargs)
+        report.nll = -float(ev.log_evidence.mean())
+        report.elbo = float(ev.elbo.mean())
+    return report
