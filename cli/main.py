@@ -96,7 +96,7 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
                "latent_dim": "latent_dim", "hidden": "hidden_dims", "prior": "prior", "likelihood": "likelihood",
                "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model",
                "objective": "objective", "lam": "lam", "anneal": "anneal", "free_bits": "free_bits",
-               "free_bits_per": "free_bits_per"}
+               "free_bits_per": "free_bits_per", "decoder": "decoder", "decoder_dropout": "decoder_dropout"}
 
 
 @cli.command()
@@ -125,6 +125,11 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
               help="Free nats per group for --objective free-bits.")
 @click.option("--free-bits-per", type=click.Choice(["dim", "site"]), default="dim", show_default=True,
               help="Free-bits groups: each latent dimension or each latent site.")
+@click.option("--decoder", type=click.Choice(["mlp", "autoregressive"]), default="mlp", show_default=True,
+              help="Pixels independent given z (mlp) or a masked autoregressive network (strong enough to ignore z).")
+@click.option("--decoder-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              show_default=True, metavar="RATE", help="Zero each autoregressive input pixel with this probability "
+                                                      "in training (weakens the decoder).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder in which the run folder <model>-<timestamp> is made.")
@@ -135,7 +140,8 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.pass_context
 def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
           hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, objective: str, lam: float,
-          anneal: str, free_bits: float, free_bits_per: str, seed: int, out: str, config_file: Optional[str],
+          anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, seed: int, out: str,
+          config_file: Optional[str],
           resume: Optional[str], json_out: bool) -> None:
     """Train a model and report its test metrics; writes a run folder."""
     from dgm_pyro.config import TrainConfig
@@ -157,7 +163,8 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
         values = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                   "latent_dim": latent_dim, "hidden_dims": hidden_dims, "prior": prior, "likelihood": likelihood,
                   "patience": patience, "eval_particles": particles, "seed": seed, "objective": objective, "lam": lam,
-                  "anneal": anneal, "free_bits": free_bits, "free_bits_per": free_bits_per}
+                  "anneal": anneal, "free_bits": free_bits, "free_bits_per": free_bits_per, "decoder": decoder,
+                  "decoder_dropout": decoder_dropout}
         settings = TrainConfig.from_toml(config_file) if config_file else {}
         for flag, key in TRAIN_FLAGS.items():
             if given[flag] or key not in settings:

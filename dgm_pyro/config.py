@@ -47,6 +47,8 @@ class TrainConfig:
     free_bits: float = 0.0
     free_bits_per: str = "dim"
     anneal: str = "none"
+    decoder: str = "mlp"
+    decoder_dropout: float = 0.0
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raise :class:`DgmPyroError` naming the first bad option."""
@@ -71,6 +73,10 @@ class TrainConfig:
             (self.objective != "free-bits" or self.free_bits > 0, "objective 'free-bits' needs free_bits NATS > 0"),
             (self.free_bits == 0 or self.objective == "free-bits", "free_bits needs objective 'free-bits'"),
             (self.free_bits_per in ("dim", "site"), "free_bits_per must be 'dim' or 'site'"),
+            (self.decoder in ("mlp", "autoregressive"), "decoder must be 'mlp' or 'autoregressive'"),
+            (0 <= self.decoder_dropout < 1, "decoder_dropout must be in [0, 1)"),
+            (self.decoder_dropout == 0 or self.decoder == "autoregressive",
+             "decoder_dropout needs decoder 'autoregressive'"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -44,8 +44,12 @@ def _x_standardisation(ds: ConditionalDataset) -> tuple[Any, Any]:
 def build_model(config: TrainConfig, ds: ConditionalDataset) -> CVAE:
     """The module a configuration describes, sized for the dataset."""
     shift, scale = _x_standardisation(ds)
+    if config.decoder == "autoregressive" and ds.likelihood not in ("categorical", "bernoulli"):
+        raise DgmPyroError(f"the autoregressive decoder needs categorical or binary data; dataset '{ds.name}' is "
+                           f"{ds.likelihood}")
     return CVAE(ds.x_dim, ds.y_dim, latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
-                likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale)
+                likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale,
+                decoder=config.decoder, decoder_dropout=config.decoder_dropout)
 
 
 def build_baseline(config: TrainConfig, ds: ConditionalDataset) -> NNBaseline:
@@ -102,6 +106,7 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     if config.batch_size > ds.sizes()["train"]:
         raise DgmPyroError(f"batch size {config.batch_size} exceeds the {ds.sizes()['train']} training rows")
     build_annealing(config, ds.sizes()["train"])  # checks the schedule against the run's step count
+    build_model(config, ds)  # checks the model options against the data before a folder is made
     if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise DgmPyroError(f"{run_dir}: exists and is not empty; choose another --out or use --resume")

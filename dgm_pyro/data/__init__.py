@@ -32,6 +32,7 @@ BUILTIN_DATASETS = {
     "digits-q1": "digits quadrant completion: given the top-left quadrant, model the other three",
     "digits-q2": "digits quadrant completion: given the top half, model the bottom half",
     "digits-q3": "digits quadrant completion: given three quadrants, model the bottom-right one",
+    "digits-unconditional": "the same digits and split without the label: a plain VAE (for posterior collapse)",
     "linear-gaussian": "synthetic linear-Gaussian CVAE (x 8-D, y 3-D) with exact log p(x|y) (1000/500/500)",
 }
 
@@ -54,7 +55,12 @@ def load_dataset(spec: str, likelihood: str | None = None) -> ConditionalDataset
     if spec not in BUILTIN_DATASETS:
         raise DgmPyroError(f"unknown dataset '{spec}'; choose one of {', '.join(BUILTIN_DATASETS)}, npz:PATH or idx:DIR "
                            "(see 'dgm-pyro datasets')")
-    builtin = load_linear_gaussian() if spec == "linear-gaussian" else load_digits(int(spec[-1]) if spec != "digits" else 0)
+    if spec == "linear-gaussian":
+        builtin = load_linear_gaussian()
+    elif spec == "digits-unconditional":
+        builtin = load_digits(unconditional=True)
+    else:
+        builtin = load_digits(int(spec[-1]) if spec != "digits" else 0)
     if likelihood is not None and likelihood != builtin.likelihood:
         raise DgmPyroError(f"dataset '{spec}' has a fixed likelihood '{builtin.likelihood}'; drop --likelihood")
     return builtin

@@ -28,12 +28,13 @@ def _quadrant_pixels(q: int) -> np.ndarray:
     return quadrant
 
 
-def load_digits(quadrants_given: int = 0) -> ConditionalDataset:
+def load_digits(quadrants_given: int = 0, unconditional: bool = False) -> ConditionalDataset:
     """Load the digits with a fixed split (seed 0; sizes :data:`DIGITS_SPLIT`).
 
     Args:
         quadrants_given: 0 for class-conditional generation (y is the one-hot label, x the 64 pixels);
             1, 2 or 3 for quadrant completion (y the given quadrants scaled to [0, 1], x the other pixels).
+        unconditional: no condition at all (y has 0 columns): a plain VAE on the 64 pixels.
 
     Returns:
         A :class:`ConditionalDataset` with categorical pixels over 17 grey levels (0..16).
@@ -47,6 +48,17 @@ def load_digits(quadrants_given: int = 0) -> ConditionalDataset:
     n_train, n_valid, _ = DIGITS_SPLIT
     parts = {"train": perm[:n_train], "valid": perm[n_train : n_train + n_valid], "test": perm[n_train + n_valid :]}
 
+    if unconditional:
+        empty = torch.zeros(images.shape[0], 0)
+        return ConditionalDataset(
+            name="digits-unconditional",
+            splits={k: (images[idx], empty[idx]) for k, idx in parts.items()},
+            likelihood="categorical",
+            levels=17,
+            condition="none",
+            image_shape=(8, 8),
+            description="sklearn 8x8 digits (17 grey levels), no condition (a plain VAE)",
+        )
     if quadrants_given == 0:
         onehot = torch.nn.functional.one_hot(labels, 10).float()
         splits = {k: (images[idx], onehot[idx]) for k, idx in parts.items()}

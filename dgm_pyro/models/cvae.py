@@ -27,11 +27,13 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from .autoregressive import MADE, AutoregressiveLikelihood
 from .nn import MLP, cat_broadcast, likelihood_mean, likelihood_out_features, make_likelihood
 
 __all__ = ["CVAE"]
 
 PRIORS = ("learned", "standard")
+DECODERS = ("mlp", "autoregressive")
 
 
 class CVAE(PyroModule):
@@ -48,21 +50,38 @@ class CVAE(PyroModule):
         x_shift, x_scale: affine standardisation of x for the encoder input and the Gaussian decoder
             (defaults 0 and 1; for categorical data pass ``x_scale = levels - 1``).
         name: prefix of the parameters in Pyro's parameter store.
+        decoder: ``"mlp"`` (pixels independent given z and y, default) or ``"autoregressive"`` (a MADE over
+            the pixels in raster order, conditioned on [z, y]: strong enough to ignore z, seed P3.4).
+        decoder_dropout: for the autoregressive decoder, the probability of zeroing each pixel of its
+            autoregressive input during training (weakens the decoder, seed P3.5); 0 by default.
     """
 
     def __init__(self, x_dim: int, y_dim: int, latent_dim: int = 8, hidden_dims: Sequence[int] = (256, 256),
                  likelihood: str = "bernoulli", levels: Optional[int] = None, prior: str = "learned",
-                 x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae"):
+                 x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
+                 decoder: str = "mlp", decoder_dropout: float = 0.0):
         super().__init__(name)
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got '{prior}'")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got '{decoder}'")
+        if not 0 <= decoder_dropout < 1 or (decoder_dropout and decoder != "autoregressive"):
+            raise ValueError("decoder_dropout must be in [0, 1) and needs the autoregressive decoder")
+        self.decoder_kind, self.decoder_dropout = decoder, float(decoder_dropout)
         self.x_dim, self.y_dim, self.latent_dim = x_dim, y_dim, latent_dim
         self.likelihood, self.levels, self.prior_kind = likelihood, levels, prior
         self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
         self.register_buffer("x_scale", torch.as_tensor(x_scale, dtype=torch.float32).expand(x_dim).clone())
         self.prior_net = MLP(y_dim, hidden_dims, 2 * latent_dim) if prior == "learned" else None
         self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim)
-        self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
+        if decoder == "autoregressive":
+            if likelihood not in ("categorical", "bernoulli"):
+                raise ValueError(f"the autoregressive decoder needs a categorical or bernoulli likelihood, not "
+                                 f"'{likelihood}'")
+            per_dim = likelihood_out_features(likelihood, x_dim, levels) // x_dim
+            self.decoder = MADE(x_dim, latent_dim + y_dim, hidden_dims, per_dim)
+        else:
+            self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
 
     def _register(self, *names: str) -> None:
         """Register the networks a program uses in Pyro's parameter store (for ``pyro.optim``)."""
@@ -90,8 +109,20 @@ class CVAE(PyroModule):
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         """p(x|y,z) for z of shape ``(..., N, latent_dim)``; event shape ``(x_dim,)``."""
-        out = self.decoder(cat_broadcast(z, y))
-        return make_likelihood(self.likelihood, out, self.x_dim, self.levels, self.x_shift, self.x_scale)
+        context = cat_broadcast(z, y)
+        if self.decoder_kind == "mlp":
+            return make_likelihood(self.likelihood, self.decoder(context), self.x_dim, self.levels, self.x_shift,
+                                   self.x_scale)
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            x_in = (x.to(context.dtype) - self.x_shift) / self.x_scale
+            if self.training and self.decoder_dropout > 0:
+                keep = torch.rand(x_in.shape[-1:] if x_in.dim() == 1 else x_in.shape) >= self.decoder_dropout
+                x_in = x_in * keep
+            return self.decoder(x_in, context)
+
+        return AutoregressiveLikelihood(logits, self.likelihood, self.x_dim, self.levels, context.shape[:-1],
+                                        self.x_shift, self.x_scale)
 
     def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """p(x, z | y) = p(x|y,z) p(z|y) (seed P1.2) for a batch: x (N, x_dim) or None, y (N, y_dim)."""
@@ -123,4 +154,6 @@ class CVAE(PyroModule):
         """
         z = self.prior(y).sample()
         d = self.decode(z, y)
+        if isinstance(d, AutoregressiveLikelihood):
+            return d.sample(mean=mean)
         return likelihood_mean(d, self.likelihood) if mean else d.sample().to(torch.float32)

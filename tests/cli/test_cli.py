@@ -144,6 +144,9 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["diagnose", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
         (["diagnose", str(run_dir), "--samples", "0"], "--samples"),
         (["diagnose", str(run_dir), "--particles", "-1"], "--particles"),
+        (["train", "--decoder-dropout", "0.3"], "needs decoder 'autoregressive'"),
+        (["train", "--dataset", "linear-gaussian", "--decoder", "autoregressive"], "categorical or binary"),
+        (["train", "--decoder-dropout", "1"], "--decoder-dropout"),
         (["nonsense"], "No such command"),
     ]
 
