@@ -96,7 +96,8 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
                "latent_dim": "latent_dim", "hidden": "hidden_dims", "prior": "prior", "likelihood": "likelihood",
                "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model",
                "objective": "objective", "lam": "lam", "anneal": "anneal", "free_bits": "free_bits",
-               "free_bits_per": "free_bits_per", "decoder": "decoder", "decoder_dropout": "decoder_dropout"}
+               "free_bits_per": "free_bits_per", "decoder": "decoder", "decoder_dropout": "decoder_dropout",
+               "aggressive": "aggressive", "track_collapse": "track_collapse"}
 
 
 @cli.command()
@@ -130,6 +131,9 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.option("--decoder-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
               show_default=True, metavar="RATE", help="Zero each autoregressive input pixel with this probability "
                                                       "in training (weakens the decoder).")
+@click.option("--aggressive", is_flag=True, help="Aggressive inference-network training (He et al. 2019).")
+@click.option("--track-collapse", is_flag=True,
+              help="Record validation KL, mutual information and active units per epoch in metrics.csv.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder in which the run folder <model>-<timestamp> is made.")
@@ -140,7 +144,8 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.pass_context
 def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
           hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, objective: str, lam: float,
-          anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, seed: int, out: str,
+          anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, aggressive: bool,
+          track_collapse: bool, seed: int, out: str,
           config_file: Optional[str],
           resume: Optional[str], json_out: bool) -> None:
     """Train a model and report its test metrics; writes a run folder."""
@@ -164,7 +169,7 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
                   "latent_dim": latent_dim, "hidden_dims": hidden_dims, "prior": prior, "likelihood": likelihood,
                   "patience": patience, "eval_particles": particles, "seed": seed, "objective": objective, "lam": lam,
                   "anneal": anneal, "free_bits": free_bits, "free_bits_per": free_bits_per, "decoder": decoder,
-                  "decoder_dropout": decoder_dropout}
+                  "decoder_dropout": decoder_dropout, "aggressive": aggressive, "track_collapse": track_collapse}
         settings = TrainConfig.from_toml(config_file) if config_file else {}
         for flag, key in TRAIN_FLAGS.items():
             if given[flag] or key not in settings:

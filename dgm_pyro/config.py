@@ -49,6 +49,8 @@ class TrainConfig:
     anneal: str = "none"
     decoder: str = "mlp"
     decoder_dropout: float = 0.0
+    aggressive: bool = False
+    track_collapse: bool = False
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raise :class:`DgmPyroError` naming the first bad option."""

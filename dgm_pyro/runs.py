@@ -118,8 +118,9 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
         on_start(run_dir)
     pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
     module = build_model(config, ds)
+    groups = ds.splits["valid"][1].argmax(1) if ds.condition == "label" else None
     summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume, progress=progress,
-                  on_epoch=on_epoch)
+                  on_epoch=on_epoch, collapse_groups=groups)
     plot_training_curves(run_dir)
     if _wants_baseline(config, ds):
         base_dir = run_dir / "baseline"
@@ -127,7 +128,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
         pyro.set_rng_seed(config.seed)
         baseline = build_baseline(config, ds)
         # the baseline has no latent variable: the objective and annealing options do not apply to it
-        base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none")
+        base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none",
+                                          aggressive=False, track_collapse=False)
         summary["baseline"] = fit(baseline, ds.splits["train"], ds.splits["valid"], base_config, base_dir,
                                   resume=base_resume, progress=progress)
     return summary
@@ -214,7 +216,44 @@ def diagnose_run(run: Run, particles: int = 1000, split: str = "test", seed: int
     if write:
         write_json(run.path / "diagnostics.json", report.to_dict())
         _plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png")
+        _plot_collapse_over_training(run.path)
     return report
+
+
+def _plot_collapse_over_training(run_dir: Path) -> Optional[Path]:
+    """``plots/collapse_over_training.png`` from the validation KL, MI and AU per epoch, when the run
+    recorded them (``--track-collapse`` or ``--aggressive``)."""
+    rows = [r for r in read_metrics(run_dir / "metrics.csv") if "valid_mi" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ep, [r["valid_kl"] for r in rows], label="KL (nats)")
+    ax.plot(ep, [r["valid_mi"] for r in rows], label="MI (nats)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats (validation)")
+    twin = ax.twinx()
+    twin.step(ep, [r["valid_au"] for r in rows], where="mid", color="C2", label="active units")
+    twin.set_ylabel("active units")
+    aggressive = [e for e, r in zip(ep, rows) if r.get("aggressive")]
+    if aggressive:
+        ax.axvspan(min(aggressive) - 0.5, max(aggressive) + 0.5, color="C3", alpha=0.1, label="aggressive")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
+    fig.tight_layout()
+    path = run_dir / "plots" / "collapse_over_training.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:

@@ -31,12 +31,17 @@ from .infer.cs_elbo import CSELBO
 from .infer.evidence import log_evidence
 from .infer.free_bits import FreeBitsELBO
 
-__all__ = ["fit", "build_objective", "describe_objective", "build_annealing", "steps_per_epoch", "METRIC_FIELDS", "read_metrics",
-           "environment"]
+__all__ = ["fit", "build_objective", "describe_objective", "build_annealing", "steps_per_epoch", "METRIC_FIELDS",
+           "COLLAPSE_FIELDS", "read_metrics", "environment"]
 
 METRIC_FIELDS = ["epoch", "train_loss", "beta_mean", "beta_last", "valid_elbo", "valid_log_likelihood", "best",
                  "seconds"]
-CHECKPOINT_FORMAT = 2
+#: extra columns with ``track_collapse`` or ``aggressive``: validation KL, mutual information, active units
+COLLAPSE_FIELDS = ["valid_kl", "valid_mi", "valid_au", "aggressive"]
+CHECKPOINT_FORMAT = 3
+#: aggressive training (He et al. 2019): at most this many encoder steps per decoder step, and the
+#: encoder loss is compared over windows of this many steps (stop when a window is no better)
+AGGRESSIVE_MAX_INNER, AGGRESSIVE_WINDOW = 100, 10
 
 
 def build_objective(config: TrainConfig) -> ELBO:
@@ -108,11 +113,11 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+def _write_metrics(path: Path, rows: list[dict[str, float]], fields: list[str]) -> None:
     from .checkpoint import atomic_write_text
 
-    lines = [",".join(METRIC_FIELDS)]
-    lines += [",".join(repr(float(r[k])) if k != "epoch" else str(int(r[k])) for k in METRIC_FIELDS) for r in rows]
+    lines = [",".join(fields)]
+    lines += [",".join(repr(float(r[k])) if k != "epoch" else str(int(r[k])) for k in fields) for r in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -121,9 +126,23 @@ def _validate(module, data, particles: int) -> tuple[float, float]:
     return float(res.elbo.mean()), float(res.log_evidence.mean())
 
 
+def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[torch.Tensor]) -> dict[str, float]:
+    """Validation KL, mutual information (per group if given) and active units, without touching the RNG
+    that training uses (tracking must not change the run)."""
+    from .diagnostics import active_units, encoder_posteriors, kl_per_dimension, mutual_information
+
+    with torch.random.fork_rng():
+        q, p = encoder_posteriors(module.model, module.guide, *valid)
+    conditional = len(p.batch_shape) == 1
+    return {"valid_kl": float(kl_per_dimension(q, p).sum()),
+            "valid_mi": mutual_information(q, num_samples=10, groups=groups, seed=0),
+            "valid_au": float(active_units(q, prior=p if conditional else None)[0])}
+
+
 def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...], config: TrainConfig,
         run_dir: str | Path, loss: Optional[Any] = None, resume: bool = False, progress: bool = False,
-        on_epoch: Optional[Callable[[dict[str, float]], None]] = None) -> dict[str, Any]:
+        on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
+        collapse_groups: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """Train ``module.model``/``module.guide`` by minibatch SVI, writing checkpoints into ``run_dir``.
 
     Args:
@@ -135,6 +154,15 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         resume: continue from ``run_dir/checkpoint.pt``.
         progress: show a progress bar.
         on_epoch: called with each epoch's metrics row.
+        collapse_groups: labels of the validation rows, for the conditional mutual information I(x; z | y)
+            tracked with ``config.track_collapse`` or ``config.aggressive``.
+
+    With ``config.aggressive`` (He et al. 2019, "Lagging inference networks and posterior collapse"):
+    before each decoder update the encoder alone is updated on fresh random minibatches until its loss
+    stops improving (compared over windows of ``AGGRESSIVE_WINDOW`` steps, at most ``AGGRESSIVE_MAX_INNER``
+    steps); the run leaves aggressive mode for joint updates after the first epoch whose validation
+    mutual information is not higher than the best so far. ``module.guide_parameters()`` names the
+    encoder's parameters.
 
     Returns:
         ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped", "objective", "annealing"}`` (the last two as reprs).
@@ -147,8 +175,20 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
-    state: dict[str, Any] = {"epoch": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": ""}
+    # two Adam optimisers over disjoint sets act exactly like one over their union; aggressive training
+    # steps them separately
+    if config.aggressive and not hasattr(module, "guide_parameters"):
+        raise DgmPyroError("aggressive training needs a module with guide_parameters() (the encoder's parameters)")
+    enc_params = list(module.guide_parameters()) if hasattr(module, "guide_parameters") else []
+    enc_ids = {id(p) for p in enc_params}
+    gen_params = [p for p in module.parameters() if id(p) not in enc_ids]
+    all_params = list(module.parameters())
+    optimizers = [torch.optim.Adam(ps, lr=config.lr) for ps in (gen_params, enc_params) if ps]
+    enc_opt = optimizers[-1] if enc_params else None
+    track = config.track_collapse or config.aggressive
+    fields = METRIC_FIELDS + (COLLAPSE_FIELDS if track else [])
+    state: dict[str, Any] = {"epoch": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": "",
+                             "aggressive": bool(config.aggressive), "best_valid_mi": -math.inf}
     rows: list[dict[str, float]] = []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
     if resume:
@@ -157,7 +197,8 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             raise DgmPyroError(f"{ckpt_path}: made with a different configuration than {run_dir / 'config.json'}; "
                                "cannot resume")
         module.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optim_state"])
+        for opt, opt_state in zip(optimizers, ckpt["optim_state"]):
+            opt.load_state_dict(opt_state)
         state.update(ckpt["trainer_state"])
         _set_rng_state(ckpt["rng"], gen)
         if annealing is not None:
@@ -175,27 +216,52 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         betas = []
+        aggressive_now = state["aggressive"]
+
+        def step(batch: tuple[torch.Tensor, ...], params: list, opts: list, check: bool) -> float:
+            for opt in optimizers:
+                opt.zero_grad()
+            # Pyro's argument checks cost about a third of a step on small networks: run them on the
+            # first minibatch of the run (to catch model errors early) and not after.
+            with pyro.validation_enabled(check), \
+                    (annealing.handler() if annealing is not None else contextlib.nullcontext()):
+                value = loss.differentiable_loss(module.model, module.guide, *batch) / batch[0].shape[0]
+            if not torch.isfinite(value):
+                raise DgmPyroError(f"the loss became {float(value)} at epoch {epoch}; try a lower --lr")
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            for opt in opts:
+                opt.step()
+            return float(value.detach())
+
         for i in range(0, n, config.batch_size):
             idx = perm[i : i + config.batch_size]
             batch = tuple(t[idx] for t in train)
-            optimizer.zero_grad()
-            # Pyro's argument checks cost about a third of a step on small networks: run them on the
-            # first minibatch of the run (to catch model errors early) and not after.
-            with pyro.validation_enabled(epoch == 1 and i == 0), \
-                    (annealing.handler() if annealing is not None else contextlib.nullcontext()):
-                value = loss.differentiable_loss(module.model, module.guide, *batch) / len(idx)
+            first = epoch == 1 and i == 0
             betas.append(annealing.beta if annealing is not None else 1.0)
+            if aggressive_now:
+                window, previous = 0.0, math.inf
+                for j in range(1, AGGRESSIVE_MAX_INNER + 1):
+                    inner = torch.randint(n, (config.batch_size,), generator=gen)
+                    window += step(tuple(t[inner] for t in train), enc_params, [enc_opt], first and j == 1)
+                    if j % AGGRESSIVE_WINDOW == 0:
+                        if window >= previous:
+                            break
+                        window, previous = 0.0, window
+                value = step(batch, gen_params, optimizers[:1], False)
+            else:
+                value = step(batch, all_params, optimizers, first)
             if annealing is not None:
                 annealing.step()
-            if not torch.isfinite(value):
-                raise DgmPyroError(f"the loss became {float(value)} at epoch {epoch}, step {i // config.batch_size + 1}; "
-                                   "try a lower --lr")
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
-            optimizer.step()
-            total += float(value.detach()) * len(idx)
+            total += value * len(idx)
         module.eval()
         valid_elbo, valid_ll = _validate(module, valid, config.valid_particles)
+        collapse = _collapse_stats(module, valid, collapse_groups) if track else {}
+        if aggressive_now:
+            if collapse["valid_mi"] > state["best_valid_mi"]:
+                state["best_valid_mi"] = collapse["valid_mi"]
+            else:
+                state["aggressive"] = False  # the mutual information stopped rising: joint updates from now
         improved = valid_elbo > state["best_valid_elbo"]
         state.update(epoch=epoch)
         if improved:
@@ -207,11 +273,14 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
                 state["stopped"] = "early"
         row = {"epoch": epoch, "train_loss": total / n, "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
                "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll, "best": float(improved),
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, **collapse}
+        if track:
+            row["aggressive"] = float(aggressive_now)
         rows.append(row)
         # metrics first, checkpoint second: on resume, rows past the checkpoint's epoch are dropped
-        _write_metrics(metrics_path, rows)
-        ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(), "optim_state": optimizer.state_dict(),
+        _write_metrics(metrics_path, rows, fields)
+        ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
+                "optim_state": [opt.state_dict() for opt in optimizers],
                 "trainer_state": dict(state), "rng": _rng_state(gen), "config_digest": config.digest(),
                 "annealing": annealing.state_dict() if annealing is not None else {},
                 "versions": environment()}

@@ -1,5 +1,6 @@
 """The SVI loop: exact resume, checkpoints, early stopping."""
 
+import math
 import pathlib
 
 import pytest
@@ -36,10 +37,11 @@ def _strip_time(rows):
 
 OBJECTIVES = [{}, {"objective": "cs", "lam": 2.0, "anneal": "cyclical:3:0.5"},
               {"objective": "free-bits", "free_bits": 0.25, "anneal": "linear:0.1:7"},
-              {"objective": "meanfield", "anneal": "sigmoid:12"}]
+              {"objective": "meanfield", "anneal": "sigmoid:12"}, {"aggressive": True, "anneal": "linear:0:10"}]
 
 
-@pytest.mark.parametrize("options", OBJECTIVES, ids=["elbo", "cs-cyclical", "free-bits-linear", "meanfield-sigmoid"])
+@pytest.mark.parametrize("options", OBJECTIVES, ids=["elbo", "cs-cyclical", "free-bits-linear", "meanfield-sigmoid",
+                                                     "aggressive"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, options):
     """Also for every objective and annealing schedule: the schedule position comes back on resume."""
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -157,3 +159,32 @@ def test_early_stopping_waits_for_the_schedule_to_settle(tmp_path, monkeypatch):
     assert train_run(TrainConfig(**cfg), tmp_path / "plain")["epochs_run"] == 2
     scores = iter(range(0, -100, -1))
     assert train_run(TrainConfig(**cfg, anneal="linear:0:15"), tmp_path / "warm")["epochs_run"] == 3
+
+
+def test_tracking_collapse_does_not_change_the_run(tmp_path):
+    train_run(TrainConfig(**{**SMALL, "epochs": 2}), tmp_path / "a")
+    train_run(TrainConfig(**{**SMALL, "epochs": 2}, track_collapse=True), tmp_path / "b")
+    a, b = (_strip_time(read_metrics(tmp_path / n / "metrics.csv")) for n in "ab")
+    assert [{k: r[k] for k in ra} for ra, r in zip(a, b)] == a
+    assert all({"valid_kl", "valid_mi", "valid_au"} <= set(r) for r in b)
+    assert all(0 <= r["valid_au"] <= 4 and r["valid_mi"] <= math.log(35) + 1e-9 for r in b)  # 350 / 10 per class
+
+
+def test_aggressive_updates_the_encoder_more_and_stops_when_mi_stops_rising(tmp_path, monkeypatch):
+    import dgm_pyro.training as training
+
+    mis = iter([1.0, 0.5, 0.7, 0.9])  # rises once, then falls: aggressive in epochs 1 and 2 only
+    real = training._collapse_stats
+
+    def fake(module, valid, groups):
+        return {**real(module, valid, groups), "valid_mi": next(mis)}
+
+    monkeypatch.setattr(training, "_collapse_stats", fake)
+    train_run(TrainConfig(**{**SMALL, "epochs": 4}, aggressive=True), tmp_path / "r")
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    assert [r["aggressive"] for r in rows] == [1.0, 1.0, 0.0, 0.0]
+    gen_state, enc_state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["optim_state"]
+    gen_steps = {int(v["step"]) for v in gen_state["state"].values()}
+    enc_steps = {int(v["step"]) for v in enc_state["state"].values()}
+    # 5 steps per epoch: the decoder took 20; the encoder at least 10 per decoder step while aggressive
+    assert gen_steps == {20} and min(enc_steps) >= 2 * 5 * training.AGGRESSIVE_WINDOW + 2 * 5

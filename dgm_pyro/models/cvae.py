@@ -83,6 +83,10 @@ class CVAE(PyroModule):
         else:
             self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
 
+    def guide_parameters(self):
+        """The inference network's parameters (the encoder), for aggressive training."""
+        return self.encoder.parameters()
+
     def _register(self, *names: str) -> None:
         """Register the networks a program uses in Pyro's parameter store (for ``pyro.optim``)."""
         for n in names:

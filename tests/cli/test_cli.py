@@ -255,3 +255,17 @@ def test_diagnose_json_text_and_files(trained, tmp_path):
     r = run("diagnose", path, "--particles", "0", "--samples", "2", "--seed", "1")
     assert r.exit_code == 0, r.output
     assert "active units" in r.stdout and "conditional on the label" in r.stdout
+    assert not (path / "plots" / "collapse_over_training.png").exists()  # not tracked in training
+
+
+def test_track_collapse_and_aggressive_from_the_cli(tmp_path):
+    r = run("train", "--out", tmp_path, "--json", *TINY, "--aggressive", "--decoder", "autoregressive",
+            "--dataset", "digits-unconditional")
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    header = (path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"valid_kl", "valid_mi", "valid_au", "aggressive"} <= set(header)
+    r = run("diagnose", path, "--particles", "10", "--samples", "2")
+    assert r.exit_code == 0, r.output
+    assert "unconditional" in r.stdout
+    assert (path / "plots" / "collapse_over_training.png").read_bytes()[:4] == b"\x89PNG"
