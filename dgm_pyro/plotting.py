@@ -1,4 +1,5 @@
-"""Figures: sample grids (matplotlib with the Agg backend)."""
+"""Figures: sample grids, training curves and collapse plots (matplotlib with the Agg backend), each
+written atomically."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ import torch
 
 from .data import ConditionalDataset
 
-__all__ = ["save_sample_grid", "assemble_images"]
+__all__ = ["save_sample_grid", "assemble_images", "save_figure"]
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import _atomic_replace
+
+    path = Path(path)
+    _atomic_replace(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    plt.close(fig)
+    return path
 
 
 def assemble_images(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset) -> torch.Tensor:
@@ -30,8 +43,6 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import _atomic_replace
-
     imgs = assemble_images(x, y, ds)
     rows, cols = imgs.shape[0], imgs.shape[1]
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 0.6, rows * 0.8), squeeze=False)
@@ -44,7 +55,4 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
         if ds.condition == "label":
             axes[r][0].set_ylabel(str(int(y[r].argmax())), rotation=0, labelpad=12)
     fig.tight_layout(pad=0.2)
-    path = Path(path)
-    _atomic_replace(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)

@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint, read_json, write_json
 from .config import TrainConfig
 from .data import ConditionalDataset, load_dataset
 from .diagnostics import CollapseReport, collapse_report
+from .plotting import save_figure
 from .errors import DgmPyroError
 from .infer.evidence import log_evidence
 from .models import CVAE, NNBaseline
@@ -247,13 +248,7 @@ def _plot_collapse_over_training(run_dir: Path) -> Optional[Path]:
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
     fig.tight_layout()
-    path = run_dir / "plots" / "collapse_over_training.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, run_dir / "plots" / "collapse_over_training.png")
 
 
 def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:
@@ -262,7 +257,6 @@ def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * report.latent_dim + 2), 3.2))
     dims = range(report.latent_dim)
     ax.bar(dims, report.kl_per_dimension, color=["C0" if a > 0.01 else "C7" for a in report.activity])
@@ -271,10 +265,7 @@ def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:
     ax.set_ylabel("E_x KL(q(z_u|x) || p(z_u)) [nats]")
     ax.set_title(f"KL {report.kl:.2f} nats, MI {report.mutual_information:.2f}, AU {report.active_units}")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def generate(run: Run, label: Optional[int] = None, condition: Optional[torch.Tensor] = None, num: int = 8,
@@ -335,8 +326,4 @@ def plot_training_curves(run_dir: str | Path) -> Optional[Path]:
     ax.set_ylabel("nats per datapoint")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(run_dir) / "plots" / "training.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, Path(run_dir) / "plots" / "training.png")

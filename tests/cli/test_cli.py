@@ -269,3 +269,14 @@ def test_track_collapse_and_aggressive_from_the_cli(tmp_path):
     assert r.exit_code == 0, r.output
     assert "unconditional" in r.stdout
     assert (path / "plots" / "collapse_over_training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_diagnose_any_run_folder_quadrant_and_linear_gaussian(tmp_path):
+    for dataset in ("digits-q2", "linear-gaussian"):
+        r = run("train", "--out", tmp_path / dataset, "--json", *TINY, "--dataset", dataset)
+        assert r.exit_code == 0, r.output
+        path = json.loads(r.stdout)["run"]
+        r = run("diagnose", path, "--particles", "10", "--samples", "2", "--json")
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.stdout)
+        assert rep["conditional"] is False and rep["mutual_information"] <= np.log(rep["num_datapoints"]) + 1e-9

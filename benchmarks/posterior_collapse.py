@@ -1,0 +1,125 @@
+"""Posterior collapse on class-conditional digits: the autoregressive decoder against the MLP decoder,
+and the remedies of seed P3.5 and beyond. For each decoder and remedy, several seeds; the test NLL
+(importance-sampled), E[KL(q(z|x,y) || p(z))], the mutual information I(x; z | y) over the test set and
+the active units, from ``dgm_pyro.runs.diagnose_run``. Writes a Markdown table and a plot.
+
+    python benchmarks/posterior_collapse.py --seeds 0 1 2 --particles 1000 --jobs 2 \\
+        --plot docs/posterior_collapse.png --json docs/posterior_collapse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import mean_sd  # noqa: E402
+
+# A CVAE with a standard-normal prior (so that collapse means q(z|x,y) = N(0, I)) and wide networks; the
+# same settings for both decoders, 60 epochs of 10 steps (600 optimisation steps).
+BASE = dict(dataset="digits", prior="standard", hidden_dims=[512, 512], lr=3e-3, epochs=60, latent_dim=8)
+REMEDIES = {
+    "vanilla ELBO": {},
+    "linear annealing (0 to 1 over 300 steps)": {"anneal": "linear:0:300"},
+    "cyclical annealing (4 cycles, R=0.5)": {"anneal": "cyclical:4:0.5"},
+    "beta = 0.2": {"anneal": "constant:0.2"},
+    "beta = 0.5": {"anneal": "constant:0.5"},
+    "free bits (0.5 nats/dim)": {"objective": "free-bits", "free_bits": 0.5},
+    "decoder input dropout 0.5": {"decoder_dropout": 0.5},
+    "aggressive": {"aggressive": True},
+    "aggressive + linear annealing": {"aggressive": True, "anneal": "linear:0:300"},
+    "CS-ELBO lam=0.5": {"objective": "cs", "lam": 0.5},
+    "CS-ELBO lam=1": {"objective": "cs", "lam": 1.0},
+    "CS-ELBO lam=2": {"objective": "cs", "lam": 2.0},
+}
+DECODERS = ("autoregressive", "mlp")
+
+
+def _one(job: tuple[str, str, int, int, str]) -> dict:
+    decoder, remedy, seed, particles, root = job
+    import torch
+
+    torch.set_num_threads(1)
+    from dgm_pyro.config import TrainConfig
+    from dgm_pyro.runs import diagnose_run, load_run, train_run
+
+    options = dict(REMEDIES[remedy])
+    if decoder == "mlp" and "decoder_dropout" in options:
+        return {"decoder": decoder, "remedy": remedy, "seed": seed, "skipped": "no autoregressive input to drop"}
+    config = TrainConfig(**BASE, **options, decoder=decoder, seed=seed)
+    run_dir = Path(root) / f"{decoder}-{remedy.replace(' ', '_').replace('/', '_')}-{seed}"
+    start = time.perf_counter()
+    summary = train_run(config, run_dir)
+    report = diagnose_run(load_run(run_dir), particles=particles, seed=seed)
+    return {"decoder": decoder, "remedy": remedy, "seed": seed, "nll": report.nll, "elbo": report.elbo,
+            "kl": report.kl, "mi": report.mutual_information, "au": report.active_units,
+            "epochs": summary["epochs_run"], "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--particles", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
+    ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
+    ap.add_argument("--remedies", nargs="+", default=list(REMEDIES), choices=list(REMEDIES))
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="dgm-collapse-")
+    jobs = [(d, r, s, args.particles, root) for d in args.decoders for r in args.remedies for s in args.seeds]
+    results = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for res in pool.map(_one, jobs):
+            results.append(res)
+            if "skipped" not in res:
+                print(f"{res['decoder']:>14} | {res['remedy']:<42} seed {res['seed']}: NLL {res['nll']:.2f} "
+                      f"KL {res['kl']:.2f} MI {res['mi']:.2f} AU {res['au']} ({res['seconds']:.0f} s)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"base": BASE, "particles": args.particles, "results": results}, indent=1))
+    for decoder in args.decoders:
+        print(f"\n{decoder} decoder (test split, {len(args.seeds)} seeds, K={args.particles})\n")
+        print("| remedy | NLL (IS) | KL | MI I(x;z\\|y) | AU (of 8) | epochs |")
+        print("|---|---|---|---|---|---|")
+        for remedy in args.remedies:
+            rs = [r for r in results if r["decoder"] == decoder and r["remedy"] == remedy and "skipped" not in r]
+            if not rs:
+                print(f"| {remedy} | n/a | n/a | n/a | n/a | n/a |")
+                continue
+            print(f"| {remedy} | {mean_sd([r['nll'] for r in rs])} | {mean_sd([r['kl'] for r in rs])} | "
+                  f"{mean_sd([r['mi'] for r in rs])} | {mean_sd([float(r['au']) for r in rs])} | "
+                  f"{statistics.fmean(r['epochs'] for r in rs):.0f} |")
+    if args.plot:
+        _plot(results, args.plot, args.decoders, args.remedies)
+
+
+def _plot(results: list[dict], path: Path, decoders, remedies) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(decoders), figsize=(6.5 * len(decoders), 5), sharey=True)
+    axes = axes if len(decoders) > 1 else [axes]
+    for ax, decoder in zip(axes, decoders):
+        for i, remedy in enumerate(remedies):
+            rs = [r for r in results if r["decoder"] == decoder and r["remedy"] == remedy and "skipped" not in r]
+            if rs:
+                ax.scatter([r["mi"] for r in rs], [r["nll"] for r in rs], color=f"C{i % 10}",
+                           marker="o" if i < 10 else "s", label=remedy)
+        ax.set_title(f"{decoder} decoder")
+        ax.set_xlabel("I(x; z | y), test (nats)")
+    axes[0].set_ylabel("test NLL, importance-sampled (nats)")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
