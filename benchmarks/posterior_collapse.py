@@ -41,8 +41,8 @@ REMEDIES = {
 DECODERS = ("autoregressive", "mlp")
 
 
-def _one(job: tuple[str, str, int, int, str]) -> dict:
-    decoder, remedy, seed, particles, root = job
+def _one(job: tuple[str, str, int, int, str, dict]) -> dict:
+    decoder, remedy, seed, particles, root, base = job
     import torch
 
     torch.set_num_threads(1)
@@ -52,7 +52,7 @@ def _one(job: tuple[str, str, int, int, str]) -> dict:
     options = dict(REMEDIES[remedy])
     if decoder == "mlp" and "decoder_dropout" in options:
         return {"decoder": decoder, "remedy": remedy, "seed": seed, "skipped": "no autoregressive input to drop"}
-    config = TrainConfig(**BASE, **options, decoder=decoder, seed=seed)
+    config = TrainConfig(**base, **options, decoder=decoder, seed=seed)
     run_dir = Path(root) / f"{decoder}-{remedy.replace(' ', '_').replace('/', '_')}-{seed}"
     start = time.perf_counter()
     summary = train_run(config, run_dir)
@@ -69,11 +69,17 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     ap.add_argument("--remedies", nargs="+", default=list(REMEDIES), choices=list(REMEDIES))
+    ap.add_argument("--lr", type=float, default=BASE["lr"], help="learning rate (an ablation of BASE)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--replot", type=Path, default=None, help="only redraw --plot from a JSON written by --json")
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
+    if args.replot:
+        _plot(json.loads(args.replot.read_text())["results"], args.plot, args.decoders, args.remedies)
+        return
     root = tempfile.mkdtemp(prefix="dgm-collapse-")
-    jobs = [(d, r, s, args.particles, root) for d in args.decoders for r in args.remedies for s in args.seeds]
+    base = {**BASE, "lr": args.lr}
+    jobs = [(d, r, s, args.particles, root, base) for d in args.decoders for r in args.remedies for s in args.seeds]
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for res in pool.map(_one, jobs):
@@ -82,7 +88,7 @@ def main() -> None:
                 print(f"{res['decoder']:>14} | {res['remedy']:<42} seed {res['seed']}: NLL {res['nll']:.2f} "
                       f"KL {res['kl']:.2f} MI {res['mi']:.2f} AU {res['au']} ({res['seconds']:.0f} s)", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"base": BASE, "particles": args.particles, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"base": base, "particles": args.particles, "results": results}, indent=1))
     for decoder in args.decoders:
         print(f"\n{decoder} decoder (test split, {len(args.seeds)} seeds, K={args.particles})\n")
         print("| remedy | NLL (IS) | KL | MI I(x;z\\|y) | AU (of 8) | epochs |")
@@ -116,7 +122,8 @@ def _plot(results: list[dict], path: Path, decoders, remedies) -> None:
         ax.set_title(f"{decoder} decoder")
         ax.set_xlabel("I(x; z | y), test (nats)")
     axes[0].set_ylabel("test NLL, importance-sampled (nats)")
-    axes[-1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()  # the first decoder has every remedy
+    axes[-1].legend(handles, labels, fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
