@@ -221,6 +221,13 @@ def collapse_report(model: Callable, guide: Callable, *args, site: str = "z", gr
                     particles: int = 0, seed: int = 0, **kwargs) -> CollapseReport:
     """All of the measures above for a model/guide pair on a batch of data (``*args`` as the model takes
     them), plus the importance-sampled NLL with ``particles`` draws (0 skips it)."""
+    with torch.no_grad():
+        return _collapse_report(model, guide, args, kwargs, site, groups, num_samples, minibatch_size, threshold,
+                                particles, seed)
+
+
+def _collapse_report(model, guide, args, kwargs, site, groups, num_samples, minibatch_size, threshold, particles,
+                     seed) -> CollapseReport:
     from .infer.evidence import log_evidence
 
     q, p = encoder_posteriors(model, guide, *args, site=site, **kwargs)

@@ -131,12 +131,12 @@ def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[to
     that training uses (tracking must not change the run)."""
     from .diagnostics import active_units, encoder_posteriors, kl_per_dimension, mutual_information
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), torch.no_grad():
         q, p = encoder_posteriors(module.model, module.guide, *valid)
-    conditional = len(p.batch_shape) == 1
-    return {"valid_kl": float(kl_per_dimension(q, p).sum()),
-            "valid_mi": mutual_information(q, num_samples=10, groups=groups, seed=0),
-            "valid_au": float(active_units(q, prior=p if conditional else None)[0])}
+        conditional = len(p.batch_shape) == 1
+        return {"valid_kl": float(kl_per_dimension(q, p).sum()),
+                "valid_mi": mutual_information(q, num_samples=10, groups=groups, seed=0),
+                "valid_au": float(active_units(q, prior=p if conditional else None)[0])}
 
 
 def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...], config: TrainConfig,

@@ -36,6 +36,17 @@ PRIORS = ("learned", "standard")
 DECODERS = ("mlp", "autoregressive")
 
 
+class _LearnedConstant(nn.Module):
+    """The prior "network" of an unconditional model (y has no columns): learned parameters, ignoring y."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.value.expand(*y.shape[:-1], self.value.shape[0])
+
+
 class CVAE(PyroModule):
     """Conditional VAE ``p(x|y,z) p(z|y)`` with amortised encoder ``q(z|x,y)``.
 
@@ -72,7 +83,9 @@ class CVAE(PyroModule):
         self.likelihood, self.levels, self.prior_kind = likelihood, levels, prior
         self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
         self.register_buffer("x_scale", torch.as_tensor(x_scale, dtype=torch.float32).expand(x_dim).clone())
-        self.prior_net = MLP(y_dim, hidden_dims, 2 * latent_dim) if prior == "learned" else None
+        self.prior_net: Optional[nn.Module] = None
+        if prior == "learned":
+            self.prior_net = MLP(y_dim, hidden_dims, 2 * latent_dim) if y_dim else _LearnedConstant(2 * latent_dim)
         self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim)
         if decoder == "autoregressive":
             if likelihood not in ("categorical", "bernoulli"):
