@@ -97,7 +97,7 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
                "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model",
                "objective": "objective", "lam": "lam", "anneal": "anneal", "free_bits": "free_bits",
                "free_bits_per": "free_bits_per", "decoder": "decoder", "decoder_dropout": "decoder_dropout",
-               "aggressive": "aggressive", "track_collapse": "track_collapse"}
+               "aggressive": "aggressive", "track_collapse": "track_collapse", "skip_bad_steps": "skip_bad_steps"}
 
 
 @cli.command()
@@ -134,6 +134,8 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.option("--aggressive", is_flag=True, help="Aggressive inference-network training (He et al. 2019).")
 @click.option("--track-collapse", is_flag=True,
               help="Record validation KL, mutual information and active units per epoch in metrics.csv.")
+@click.option("--skip-bad-steps", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Skip up to N optimisation steps whose loss or gradient is NaN/inf before stopping.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder in which the run folder <model>-<timestamp> is made.")
@@ -145,7 +147,7 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
           hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, objective: str, lam: float,
           anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, aggressive: bool,
-          track_collapse: bool, seed: int, out: str,
+          track_collapse: bool, skip_bad_steps: int, seed: int, out: str,
           config_file: Optional[str],
           resume: Optional[str], json_out: bool) -> None:
     """Train a model and report its test metrics; writes a run folder."""
@@ -169,7 +171,8 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
                   "latent_dim": latent_dim, "hidden_dims": hidden_dims, "prior": prior, "likelihood": likelihood,
                   "patience": patience, "eval_particles": particles, "seed": seed, "objective": objective, "lam": lam,
                   "anneal": anneal, "free_bits": free_bits, "free_bits_per": free_bits_per, "decoder": decoder,
-                  "decoder_dropout": decoder_dropout, "aggressive": aggressive, "track_collapse": track_collapse}
+                  "decoder_dropout": decoder_dropout, "aggressive": aggressive, "track_collapse": track_collapse,
+                  "skip_bad_steps": skip_bad_steps}
         settings = TrainConfig.from_toml(config_file) if config_file else {}
         for flag, key in TRAIN_FLAGS.items():
             if given[flag] or key not in settings:

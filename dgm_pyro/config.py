@@ -51,6 +51,7 @@ class TrainConfig:
     decoder_dropout: float = 0.0
     aggressive: bool = False
     track_collapse: bool = False
+    skip_bad_steps: int = 0
 
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raise :class:`DgmPyroError` naming the first bad option."""
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.valid_particles >= 1, "valid_particles must be >= 1"),
             (self.eval_particles >= 1, "eval_particles must be >= 1"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.skip_bad_steps >= 0, "skip_bad_steps must be >= 0"),
             (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}"),
             (math.isfinite(self.lam) and self.lam >= 0, "lam must be finite and >= 0"),
             (self.lam == 1.0 or self.objective == "cs", "lam is the weight of D_CS: it needs objective 'cs'"),

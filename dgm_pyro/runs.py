@@ -96,12 +96,16 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     folder exists. Returns a summary dict.
     """
     run_dir = Path(run_dir)
+    restart = False  # resume asked for a run killed before its first checkpoint: start it again in place
     if resume:
         _require_run_dir(run_dir)
         config = TrainConfig.from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
         if not (run_dir / "checkpoint.pt").is_file():
-            raise DgmPyroError(f"{run_dir}: no checkpoint.pt to resume from (the run stopped before its first epoch); "
-                               "start a new run")
+            # a kill between writing an epoch's metrics and its checkpoint leaves at most one row ahead
+            if len(read_metrics(run_dir / "metrics.csv")) > 1:
+                raise DgmPyroError(f"{run_dir}: has epochs in metrics.csv but no checkpoint.pt to resume from; "
+                                   "restore the checkpoint or start a new run")
+            restart = True
     config.validate()
     ds = load_dataset(config.dataset, likelihood=config.likelihood)
     if config.batch_size > ds.sizes()["train"]:
@@ -120,7 +124,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
     module = build_model(config, ds)
     groups = ds.splits["valid"][1].argmax(1) if ds.condition == "label" else None
-    summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume, progress=progress,
+    summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume and not restart,
+                  progress=progress,
                   on_epoch=on_epoch, collapse_groups=groups)
     plot_training_curves(run_dir)
     if _wants_baseline(config, ds):

@@ -188,7 +188,7 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     track = config.track_collapse or config.aggressive
     fields = METRIC_FIELDS + (COLLAPSE_FIELDS if track else [])
     state: dict[str, Any] = {"epoch": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": "",
-                             "aggressive": bool(config.aggressive), "best_valid_mi": -math.inf}
+                             "aggressive": bool(config.aggressive), "best_valid_mi": -math.inf, "skipped_steps": 0}
     rows: list[dict[str, float]] = []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
     if resume:
@@ -214,11 +214,11 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         start = time.perf_counter()
         module.train()
         perm = torch.randperm(n, generator=gen)
-        total = 0.0
+        total, counted = 0.0, 0
         betas = []
         aggressive_now = state["aggressive"]
 
-        def step(batch: tuple[torch.Tensor, ...], params: list, opts: list, check: bool) -> float:
+        def step(batch: tuple[torch.Tensor, ...], params: list, opts: list, check: bool, where: int) -> float:
             for opt in optimizers:
                 opt.zero_grad()
             # Pyro's argument checks cost about a third of a step on small networks: run them on the
@@ -226,10 +226,23 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             with pyro.validation_enabled(check), \
                     (annealing.handler() if annealing is not None else contextlib.nullcontext()):
                 value = loss.differentiable_loss(module.model, module.guide, *batch) / batch[0].shape[0]
-            if not torch.isfinite(value):
-                raise DgmPyroError(f"the loss became {float(value)} at epoch {epoch}; try a lower --lr")
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            bad = "loss" if not torch.isfinite(value) else None
+            if bad is None:
+                value.backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                bad = "gradient norm" if not torch.isfinite(norm) else None
+            if bad is not None:
+                # no update from a non-finite step: skip it (when allowed) or stop with the last checkpoint
+                state["skipped_steps"] += 1
+                if state["skipped_steps"] > config.skip_bad_steps:
+                    last = (f"the last good checkpoint is {ckpt_path} (epoch {state['epoch']})" if state["epoch"]
+                            else "no checkpoint was written yet")
+                    allowed = (f"; more than {config.skip_bad_steps} bad steps were skipped"
+                               if config.skip_bad_steps else "")
+                    raise DgmPyroError(f"the {bad} became non-finite at epoch {epoch}, step {where}{allowed}; "
+                                       f"training stopped and {last}; try a lower --lr or a smaller clip_norm, "
+                                       "or allow a few bad steps with --skip-bad-steps N")
+                return math.nan
             for opt in opts:
                 opt.step()
             return float(value.detach())
@@ -243,17 +256,20 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
                 window, previous = 0.0, math.inf
                 for j in range(1, AGGRESSIVE_MAX_INNER + 1):
                     inner = torch.randint(n, (config.batch_size,), generator=gen)
-                    window += step(tuple(t[inner] for t in train), enc_params, [enc_opt], first and j == 1)
+                    window += step(tuple(t[inner] for t in train), enc_params, [enc_opt], first and j == 1,
+                                   i // config.batch_size + 1)
                     if j % AGGRESSIVE_WINDOW == 0:
                         if window >= previous:
                             break
                         window, previous = 0.0, window
-                value = step(batch, gen_params, optimizers[:1], False)
+                value = step(batch, gen_params, optimizers[:1], False, i // config.batch_size + 1)
             else:
-                value = step(batch, all_params, optimizers, first)
+                value = step(batch, all_params, optimizers, first, i // config.batch_size + 1)
             if annealing is not None:
                 annealing.step()
-            total += value * len(idx)
+            if math.isfinite(value):
+                total += value * len(idx)
+                counted += len(idx)
         module.eval()
         valid_elbo, valid_ll = _validate(module, valid, config.valid_particles)
         collapse = _collapse_stats(module, valid, collapse_groups) if track else {}
@@ -271,7 +287,7 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= config.patience:
                 state["stopped"] = "early"
-        row = {"epoch": epoch, "train_loss": total / n, "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
+        row = {"epoch": epoch, "train_loss": total / counted if counted else math.nan, "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
                "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll, "best": float(improved),
                "seconds": time.perf_counter() - start, **collapse}
         if track:
@@ -296,4 +312,5 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         bar.close()
     return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
             "best_valid_elbo": state["best_valid_elbo"], "stopped": state["stopped"] or "max_epochs",
+            "skipped_steps": state["skipped_steps"],
             "objective": describe_objective(loss), "annealing": repr(annealing.schedule) if annealing is not None else "none"}

@@ -86,11 +86,24 @@ def test_resume_refuses_changed_config_and_missing_checkpoint(tmp_path):
     (run / "config.json").write_text(text)
     with pytest.raises(DgmPyroError, match="different configuration"):
         train_run(None, run, resume=True)
-    (run / "checkpoint.pt").unlink()
-    with pytest.raises(DgmPyroError, match="no checkpoint.pt"):
-        train_run(None, run, resume=True)
     with pytest.raises(DgmPyroError, match="not empty"):
         train_run(TrainConfig(**SMALL), run)
+    run2 = tmp_path / "r2"
+    train_run(TrainConfig(**{**SMALL, "epochs": 2}), run2)
+    (run2 / "checkpoint.pt").unlink()
+    with pytest.raises(DgmPyroError, match="no checkpoint.pt"):
+        train_run(None, run2, resume=True)
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_in_place(tmp_path):
+    cfg = TrainConfig(**{**SMALL, "epochs": 2})
+    train_run(cfg, tmp_path / "full")
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    train_run(None, killed, resume=True)
+    a, b = _state(tmp_path / "full" / "checkpoint.pt"), _state(killed / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 class _Evil:
