@@ -200,7 +200,7 @@ class CollapseReport:
         given = " | y" if self.conditional else ""
         rows = [
             ("datapoints N", f"{self.num_datapoints}"),
-            (f"NLL, importance-sampled", "-" if self.nll is None else f"{self.nll:.3f}"),
+            ("NLL, importance-sampled", "-" if self.nll is None else f"{self.nll:.3f}"),
             ("-ELBO", "-" if self.elbo is None else f"{-self.elbo:.3f}"),
             (f"KL  E[KL(q(z|x{', y' if self.conditional else ''}) || p(z{given}))]", f"{self.kl:.3f}"),
             (f"MI  I(x; z{given}) over the dataset", f"{self.mutual_information:.3f}  (ceiling "

@@ -20,7 +20,6 @@ from pyro.infer import Trace_ELBO
 from dgm_pyro.checkpoint import load_checkpoint
 from dgm_pyro.config import TrainConfig
 from dgm_pyro.errors import DgmPyroError
-from dgm_pyro.runs import train_run
 
 KILLS = 20 if os.environ.get("DGM_PYRO_FULL_TESTS") == "1" else 4
 FLAGS = ["--epochs", "40", "--hidden", "64", "--latent-dim", "4", "--batch-size", "100", "--particles", "20",
