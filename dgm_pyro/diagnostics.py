@@ -26,7 +26,9 @@ from typing import Any, Callable, Optional
 
 import torch
 from pyro import poutine
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import Distribution, kl_divergence
+
+from .divergences import univariate_base
 
 __all__ = ["active_units", "kl_per_dimension", "mutual_information", "mutual_information_minibatch",
            "aggregate_kl", "encoder_posteriors", "collapse_report", "CollapseReport"]
@@ -37,15 +39,6 @@ def _check(posteriors: Distribution) -> int:
         raise ValueError("posteriors must have batch shape (N,) and event shape (d,), got "
                          f"{tuple(posteriors.batch_shape)} and {tuple(posteriors.event_shape)}")
     return posteriors.batch_shape[0]
-
-
-def _factorised(d: Distribution) -> Distribution:
-    """The univariate base of ``Independent(base, 1)``: elementwise over (..., d)."""
-    while isinstance(d, Independent):
-        d = d.base_dist
-    if d.event_shape != ():
-        raise ValueError(f"{type(d).__name__} is not factorised over latent dimensions")
-    return d
 
 
 def active_units(posteriors: Distribution, threshold: float = 0.01,
@@ -71,7 +64,7 @@ def active_units(posteriors: Distribution, threshold: float = 0.01,
 def kl_per_dimension(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
     """E_x[KL(q(z_u | x) || p(z_u))] for each latent dimension u, shape (d,); needs factorised q and p."""
     _check(posteriors)
-    return kl_divergence(_factorised(posteriors), _factorised(prior)).expand(posteriors.batch_shape +
+    return kl_divergence(univariate_base(posteriors), univariate_base(prior)).expand(posteriors.batch_shape +
                                                                              posteriors.event_shape).mean(0)
 
 
@@ -237,12 +230,14 @@ def _collapse_report(model, guide, args, kwargs, site, groups, num_samples, mini
     kl_dim = kl_per_dimension(q, p)
     sizes = _groups(groups, n)[1].sum(1).double()
     ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
+    terms = _aggregate_terms(q, p, num_samples, groups, seed)  # shared by MI and aggregate KL (P3.3)
     report = CollapseReport(
         num_datapoints=n, latent_dim=q.event_shape[0], active_units=au, activity=activity.tolist(),
         kl=float(kl_dim.sum()), kl_per_dimension=kl_dim.tolist(),
-        mutual_information=mutual_information(q, num_samples, groups, seed), mutual_information_ceiling=ceiling,
+        mutual_information=float((terms["log_q_cond"] - terms["log_q_agg"]).mean()),
+        mutual_information_ceiling=ceiling,
         mutual_information_minibatch=mutual_information_minibatch(q, min(minibatch_size, n), seed),
-        minibatch_size=min(minibatch_size, n), aggregate_kl=aggregate_kl(q, p, num_samples, groups, seed),
+        minibatch_size=min(minibatch_size, n), aggregate_kl=float((terms["log_q_agg"] - terms["log_p"]).mean()),
         conditional=groups is not None)
     if particles:
         with torch.random.fork_rng():

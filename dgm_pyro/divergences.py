@@ -45,6 +45,16 @@ __all__ = ["cs_divergence", "cs_divergence_mc", "log_inner_product", "register_c
 _REGISTRY: dict[tuple[type, type], Callable[[Distribution, Distribution], torch.Tensor]] = {}
 
 
+def univariate_base(d: Distribution) -> Distribution:
+    """The elementwise base of nested ``Independent`` wrappers (``Normal(loc, scale).to_event(1)`` gives the
+    ``Normal`` with batch shape (..., d)); raises ``ValueError`` where the base is not univariate."""
+    while isinstance(d, Independent):
+        d = d.base_dist
+    if d.event_shape != ():
+        raise ValueError(f"{type(d).__name__} is not factorised over its dimensions")
+    return d
+
+
 def register_cs(type_p: type, type_q: type):
     """Decorator registering ``fn(p, q) -> log INT p q`` for ``(type_p, type_q)``; the reverse pair is
     served by symmetry."""

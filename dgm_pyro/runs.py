@@ -111,7 +111,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     if config.batch_size > ds.sizes()["train"]:
         raise DgmPyroError(f"batch size {config.batch_size} exceeds the {ds.sizes()['train']} training rows")
     build_annealing(config, ds.sizes()["train"])  # checks the schedule against the run's step count
-    build_model(config, ds)  # checks the model options against the data before a folder is made
+    pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
+    module = build_model(config, ds)  # also checks the model options against the data before a folder is made
     if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise DgmPyroError(f"{run_dir}: exists and is not empty; choose another --out or use --resume")
@@ -121,8 +122,6 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
                                                   "torch_threads": torch.get_num_threads()})
     if on_start is not None:
         on_start(run_dir)
-    pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
-    module = build_model(config, ds)
     groups = ds.splits["valid"][1].argmax(1) if ds.condition == "label" else None
     summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume and not restart,
                   progress=progress,

@@ -129,14 +129,11 @@ def _validate(module, data, particles: int) -> tuple[float, float]:
 def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[torch.Tensor]) -> dict[str, float]:
     """Validation KL, mutual information (per group if given) and active units, without touching the RNG
     that training uses (tracking must not change the run)."""
-    from .diagnostics import active_units, encoder_posteriors, kl_per_dimension, mutual_information
+    from .diagnostics import collapse_report
 
-    with torch.random.fork_rng(), torch.no_grad():
-        q, p = encoder_posteriors(module.model, module.guide, *valid)
-        conditional = len(p.batch_shape) == 1
-        return {"valid_kl": float(kl_per_dimension(q, p).sum()),
-                "valid_mi": mutual_information(q, num_samples=10, groups=groups, seed=0),
-                "valid_au": float(active_units(q, prior=p if conditional else None)[0])}
+    with torch.random.fork_rng():
+        report = collapse_report(module.model, module.guide, *valid, groups=groups, num_samples=10, particles=0)
+    return {"valid_kl": report.kl, "valid_mi": report.mutual_information, "valid_au": float(report.active_units)}
 
 
 def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...], config: TrainConfig,
@@ -165,7 +162,8 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     encoder's parameters.
 
     Returns:
-        ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped", "objective", "annealing"}`` (the last two as reprs).
+        ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped", "skipped_steps", "objective", "annealing"}``
+        (the last two as reprs).
     """
     run_dir = Path(run_dir)
     loss = loss if loss is not None else build_objective(config)
@@ -183,8 +181,9 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     enc_ids = {id(p) for p in enc_params}
     gen_params = [p for p in module.parameters() if id(p) not in enc_ids]
     all_params = list(module.parameters())
-    optimizers = [torch.optim.Adam(ps, lr=config.lr) for ps in (gen_params, enc_params) if ps]
-    enc_opt = optimizers[-1] if enc_params else None
+    gen_opt = torch.optim.Adam(gen_params, lr=config.lr)
+    enc_opt = torch.optim.Adam(enc_params, lr=config.lr) if enc_params else None
+    optimizers = [gen_opt] + ([enc_opt] if enc_opt is not None else [])
     track = config.track_collapse or config.aggressive
     fields = METRIC_FIELDS + (COLLAPSE_FIELDS if track else [])
     state: dict[str, Any] = {"epoch": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": "",
@@ -209,6 +208,37 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.epochs, initial=state["epoch"], desc="train", unit="epoch", leave=False)
+
+    def step(batch: tuple[torch.Tensor, ...], params: list, opts: list, check: bool, epoch: int, where: int) -> float:
+        """One optimisation step of ``opts`` on ``params``; NaN (and no update) for a skipped bad step."""
+        for opt in optimizers:
+            opt.zero_grad()
+        # Pyro's argument checks cost about a third of a step on small networks: run them on the
+        # first minibatch of the run (to catch model errors early) and not after.
+        with pyro.validation_enabled(check), \
+                (annealing.handler() if annealing is not None else contextlib.nullcontext()):
+            value = loss.differentiable_loss(module.model, module.guide, *batch) / batch[0].shape[0]
+        bad = "loss" if not torch.isfinite(value) else None
+        if bad is None:
+            value.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+            bad = "gradient norm" if not torch.isfinite(norm) else None
+        if bad is not None:
+            # no update from a non-finite step: skip it (when allowed) or stop with the last checkpoint
+            state["skipped_steps"] += 1
+            if state["skipped_steps"] > config.skip_bad_steps:
+                last = (f"the last good checkpoint is {ckpt_path} (epoch {state['epoch']})" if state["epoch"]
+                        else "no checkpoint was written yet")
+                allowed = (f"; more than {config.skip_bad_steps} bad steps were skipped"
+                           if config.skip_bad_steps else "")
+                raise DgmPyroError(f"the {bad} became non-finite at epoch {epoch}, step {where}{allowed}; "
+                                   f"training stopped and {last}; try a lower --lr or a smaller clip_norm, "
+                                   "or allow a few bad steps with --skip-bad-steps N")
+            return math.nan
+        for opt in opts:
+            opt.step()
+        return float(value.detach())
+
     while state["epoch"] < config.epochs and not state["stopped"]:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
@@ -218,53 +248,24 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         betas = []
         aggressive_now = state["aggressive"]
 
-        def step(batch: tuple[torch.Tensor, ...], params: list, opts: list, check: bool, where: int) -> float:
-            for opt in optimizers:
-                opt.zero_grad()
-            # Pyro's argument checks cost about a third of a step on small networks: run them on the
-            # first minibatch of the run (to catch model errors early) and not after.
-            with pyro.validation_enabled(check), \
-                    (annealing.handler() if annealing is not None else contextlib.nullcontext()):
-                value = loss.differentiable_loss(module.model, module.guide, *batch) / batch[0].shape[0]
-            bad = "loss" if not torch.isfinite(value) else None
-            if bad is None:
-                value.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-                bad = "gradient norm" if not torch.isfinite(norm) else None
-            if bad is not None:
-                # no update from a non-finite step: skip it (when allowed) or stop with the last checkpoint
-                state["skipped_steps"] += 1
-                if state["skipped_steps"] > config.skip_bad_steps:
-                    last = (f"the last good checkpoint is {ckpt_path} (epoch {state['epoch']})" if state["epoch"]
-                            else "no checkpoint was written yet")
-                    allowed = (f"; more than {config.skip_bad_steps} bad steps were skipped"
-                               if config.skip_bad_steps else "")
-                    raise DgmPyroError(f"the {bad} became non-finite at epoch {epoch}, step {where}{allowed}; "
-                                       f"training stopped and {last}; try a lower --lr or a smaller clip_norm, "
-                                       "or allow a few bad steps with --skip-bad-steps N")
-                return math.nan
-            for opt in opts:
-                opt.step()
-            return float(value.detach())
-
         for i in range(0, n, config.batch_size):
             idx = perm[i : i + config.batch_size]
             batch = tuple(t[idx] for t in train)
-            first = epoch == 1 and i == 0
+            first, where = epoch == 1 and i == 0, i // config.batch_size + 1
             betas.append(annealing.beta if annealing is not None else 1.0)
             if aggressive_now:
                 window, previous = 0.0, math.inf
                 for j in range(1, AGGRESSIVE_MAX_INNER + 1):
                     inner = torch.randint(n, (config.batch_size,), generator=gen)
                     window += step(tuple(t[inner] for t in train), enc_params, [enc_opt], first and j == 1,
-                                   i // config.batch_size + 1)
+                                   epoch, where)
                     if j % AGGRESSIVE_WINDOW == 0:
                         if window >= previous:
                             break
                         window, previous = 0.0, window
-                value = step(batch, gen_params, optimizers[:1], False, i // config.batch_size + 1)
+                value = step(batch, gen_params, [gen_opt], False, epoch, where)
             else:
-                value = step(batch, all_params, optimizers, first, i // config.batch_size + 1)
+                value = step(batch, all_params, optimizers, first, epoch, where)
             if annealing is not None:
                 annealing.step()
             if math.isfinite(value):
@@ -287,7 +288,8 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             state["bad_epochs"] += 1
             if state["bad_epochs"] >= config.patience:
                 state["stopped"] = "early"
-        row = {"epoch": epoch, "train_loss": total / counted if counted else math.nan, "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
+        row = {"epoch": epoch, "train_loss": total / counted if counted else math.nan,
+               "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
                "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll, "best": float(improved),
                "seconds": time.perf_counter() - start, **collapse}
         if track:

@@ -44,6 +44,11 @@ class Schedule(ABC):
         """First step from which beta keeps its final value (training loops delay early stopping until then)."""
 
 
+def _check_endpoints(name: str, start: float, end: float) -> None:
+    if not all(math.isfinite(v) and v >= 0 for v in (start, end)):
+        raise DgmPyroError(f"{name}: start and end must be finite and >= 0, got {start}, {end}")
+
+
 class Constant(Schedule):
     """beta(t) = value (``Constant(0.5)`` is a beta-VAE with beta = 0.5)."""
 
@@ -69,8 +74,7 @@ class Linear(Schedule):
     def __init__(self, start: float = 0.0, end: float = 1.0, steps: int = 1000):
         if steps < 1:
             raise DgmPyroError(f"Linear: steps must be >= 1, got {steps}")
-        if not (0 <= start and 0 <= end and math.isfinite(start) and math.isfinite(end)):
-            raise DgmPyroError(f"Linear: start and end must be finite and >= 0, got {start}, {end}")
+        _check_endpoints("Linear", start, end)
         self.start, self.end, self.steps = float(start), float(end), int(steps)
 
     def __call__(self, step: int) -> float:
@@ -127,8 +131,7 @@ class Sigmoid(Schedule):
     def __init__(self, steps: int = 1000, steepness: float = 10.0, start: float = 0.0, end: float = 1.0):
         if steps < 1 or not steepness > 0:
             raise DgmPyroError(f"Sigmoid: need steps >= 1 and steepness > 0, got {steps}, {steepness}")
-        if not (0 <= start and 0 <= end and math.isfinite(start) and math.isfinite(end)):
-            raise DgmPyroError(f"Sigmoid: start and end must be finite and >= 0, got {start}, {end}")
+        _check_endpoints("Sigmoid", start, end)
         self.steps, self.steepness, self.start, self.end = int(steps), float(steepness), float(start), float(end)
 
     def __call__(self, step: int) -> float:

@@ -6,20 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
+from ..divergences import univariate_base
 from .regularised_elbo import RegularisedELBO, site_mask
 
 __all__ = ["FreeBitsELBO"]
-
-
-def _factorised(d: Distribution) -> tuple[Distribution, int]:
-    """(univariate base, number of reinterpreted dims) of nested ``Independent`` wrappers."""
-    ndims = 0
-    while isinstance(d, Independent):
-        ndims += d.reinterpreted_batch_ndims
-        d = d.base_dist
-    return d, ndims
 
 
 class FreeBitsELBO(RegularisedELBO):
@@ -56,10 +48,11 @@ class FreeBitsELBO(RegularisedELBO):
         """KL with shape batch_shape (``per="site"``) or batch_shape + event_shape (``per="dim"``)."""
         shape = q.batch_shape + (q.event_shape if self.per == "dim" else torch.Size())
         if self.per == "dim":
-            q, p = _factorised(q)[0], _factorised(p)[0]
-            if q.event_shape != () or p.event_shape != ():
+            try:
+                q, p = univariate_base(q), univariate_base(p)
+            except ValueError:
                 raise ValueError(f"FreeBitsELBO(per='dim'): site {name!r} is not factorised over its dimensions "
-                                 f"({type(q).__name__} vs {type(p).__name__}); use per='site'")
+                                 f"({type(q).__name__} vs {type(p).__name__}); use per='site'") from None
         try:
             kl = kl_divergence(q, p)
         except NotImplementedError:

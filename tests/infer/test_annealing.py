@@ -9,6 +9,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+from dgm_pyro.divergences import cs_divergence
 from dgm_pyro.errors import DgmPyroError
 from dgm_pyro.infer import (
     CSELBO,
@@ -61,8 +62,8 @@ def test_trace_elbo_is_annealed_on_latent_terms_only(beta):
 
 @pytest.mark.parametrize("make,divergence", [
     (TraceMeanField_ELBO, lambda: torch.distributions.kl_divergence(dist.Normal(M, S), dist.Normal(0.0, 1.0))),
-    (lambda: CSELBO(lam=1.5), lambda: 1.5 * __import__("dgm_pyro").divergences.cs_divergence(
-        dist.Normal(M, S), dist.Normal(torch.zeros_like(M), torch.ones_like(M)))),
+    (lambda: CSELBO(lam=1.5), lambda: 1.5 * cs_divergence(dist.Normal(M, S),
+                                                          dist.Normal(torch.zeros_like(M), torch.ones_like(M)))),
 ])
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
 def test_closed_form_objectives_are_annealed(make, divergence, beta):
