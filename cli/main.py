@@ -101,7 +101,7 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 
 
 @cli.command()
-@click.argument("model", required=False, default="cvae", type=click.Choice(["cvae"]))
+@click.argument("model", required=False, default="cvae", type=click.Choice(["cvae", "graph-ssm"]))
 @click.option("--dataset", default="digits", show_default=True, help="digits, digits-q1..3, linear-gaussian, npz:PATH, idx:DIR.")
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
@@ -136,6 +136,29 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
               help="Record validation KL, mutual information and active units per epoch in metrics.csv.")
 @click.option("--skip-bad-steps", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Skip up to N optimisation steps whose loss or gradient is NaN/inf before stopping.")
+@click.option("--test-steps", type=click.IntRange(min=1), default=5, show_default=True,
+              help="graph-ssm: hold out the last K snapshots for forecasting.")
+@click.option("--snapshot-width", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="graph-ssm: bin event times into snapshots of this width (csv: default 1; collegemsg: days, default 7).")
+@click.option("--directed", is_flag=True, help="graph-ssm: edges are ordered pairs (csv:/pt: data).")
+@click.option("--gnn", type=click.Choice(["gcn", "gat", "sage"]), default="gcn", show_default=True,
+              help="graph-ssm: torch-geometric layer of the guide's snapshot encoder.")
+@click.option("--edge-likelihood", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True,
+              help="graph-ssm: exact over all pairs, or edges plus reweighted sampled non-edges (auto: dense up to "
+                   "1000 nodes).")
+@click.option("--negatives-per-edge", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="graph-ssm: sampled non-edges per edge in sparse mode.")
+@click.option("--scheduled-sampling", default="none", show_default=True, metavar="SCHEDULE",
+              help="graph-ssm: teacher-forcing probability per step: none, linear:STEPS, exponential:RATE, "
+                   "inverse-sigmoid:K (seed P4.5).")
+@click.option("--deterministic-decoder", is_flag=True,
+              help="graph-ssm: fix the feature covariance at 0.01^2 I (P4.3; shows what it breaks).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="graph-ssm: full-sequence SVI steps.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True,
+              help="graph-ssm: steps between checkpoints and metrics rows.")
+@click.option("--baseline-steps", type=click.IntRange(min=0), default=300, show_default=True,
+              help="graph-ssm: training steps of the GCN+GRU baseline (0 skips it).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Folder in which the run folder <model>-<timestamp> is made.")
@@ -147,14 +170,28 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
           hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, objective: str, lam: float,
           anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, aggressive: bool,
-          track_collapse: bool, skip_bad_steps: int, seed: int, out: str,
+          track_collapse: bool, skip_bad_steps: int, test_steps: int, snapshot_width: Optional[float],
+          directed: bool, gnn: str, edge_likelihood: str, negatives_per_edge: float, scheduled_sampling: str,
+          deterministic_decoder: bool, steps: int, checkpoint_every: int, baseline_steps: int, seed: int, out: str,
           config_file: Optional[str],
           resume: Optional[str], json_out: bool) -> None:
-    """Train a model and report its test metrics; writes a run folder."""
+    """Train a model (MODEL: cvae or graph-ssm) and report its test metrics; writes a run folder."""
     from dgm_pyro.config import TrainConfig
     from dgm_pyro.runs import evaluate_run, load_run, new_run_dir, train_run
 
+    if resume is not None and Path(resume, "config.json").is_file():
+        from dgm_pyro.checkpoint import read_json
+
+        raw = read_json(Path(resume, "config.json"))
+        model = raw.get("model", model) if isinstance(raw, dict) else model
+    if model == "graph-ssm":
+        local = dict(locals())
+        return _train_graph(ctx, {k: local[k] for k in GRAPH_FLAGS}, out, config_file, resume, json_out)
     given = {p: ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE for p in TRAIN_FLAGS}
+    graph_only = [f"--{p.replace('_', '-')}" for p in GRAPH_FLAGS
+                  if p not in TRAIN_FLAGS and ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if graph_only:
+        raise DgmPyroError(f"{', '.join(graph_only)} only apply to 'dgm-pyro train graph-ssm'")
     if resume is not None:
         extra = [f"--{p.replace('_', '-')}" for p, g in given.items() if g and p != "model"]
         if extra or config_file:
@@ -191,6 +228,60 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
                f"{summary['best_valid_elbo']:.3f} at epoch {summary['best_epoch']}")
     _print_evaluation(ev)
     click.echo(f"next: dgm-pyro sample {run_dir}   |   dgm-pyro evaluate {run_dir} --particles 5000")
+
+
+#: train options of graph-ssm runs (CLI name -> GraphConfig field)
+GRAPH_FLAGS = {"dataset": "dataset", "test_steps": "test_steps", "snapshot_width": "snapshot_width",
+               "directed": "directed", "latent_dim": "latent_dim", "hidden": "hidden", "gnn": "gnn",
+               "edge_likelihood": "edge_likelihood", "negatives_per_edge": "negatives_per_edge",
+               "scheduled_sampling": "scheduled_sampling", "deterministic_decoder": "deterministic_decoder",
+               "steps": "steps", "lr": "lr", "checkpoint_every": "checkpoint_every", "baseline_steps": "baseline_steps",
+               "seed": "seed", "skip_bad_steps": "skip_bad_steps"}
+
+
+def _train_graph(ctx: click.Context, values: dict[str, Any], out: str, config_file: Optional[str],
+                 resume: Optional[str], json_out: bool) -> None:
+    """``dgm-pyro train graph-ssm``: options not in :data:`GRAPH_FLAGS` are refused, defaults from GraphConfig."""
+    from dgm_pyro.config import GraphConfig
+    from dgm_pyro.graph_runs import train_graph_run
+    from dgm_pyro.runs import new_run_dir
+
+    given = {p for p in ctx.params if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE}
+    cvae_only = sorted(given - set(GRAPH_FLAGS) - {"model", "out", "config_file", "resume", "json_out"})
+    if cvae_only:
+        raise DgmPyroError(f"{', '.join('--' + p.replace('_', '-') for p in cvae_only)} do not apply to graph-ssm "
+                           "(see 'dgm-pyro train --help')")
+    if resume is not None:
+        extra = sorted(given & set(GRAPH_FLAGS))
+        if extra or config_file:
+            names = [f"--{p.replace('_', '-')}" for p in extra] + (["--config"] if config_file else [])
+            raise DgmPyroError(f"with --resume the configuration comes from {resume}/config.json; drop {', '.join(names)}")
+        config, run_dir = None, Path(resume)
+    else:
+        settings = GraphConfig.from_toml(config_file) if config_file else {}
+        # options not given keep the TOML value or GraphConfig's default (the CVAE's defaults do not apply)
+        for flag in given & set(GRAPH_FLAGS):
+            settings[GRAPH_FLAGS[flag]] = values[flag]
+        if isinstance(settings.get("hidden"), str):
+            try:
+                settings["hidden"] = int(settings["hidden"])
+            except ValueError:
+                raise DgmPyroError(f"--hidden for graph-ssm is one width like 64; got '{settings['hidden']}'") from None
+        settings["model"] = "graph-ssm"
+        config = GraphConfig.from_dict(settings, source=config_file or "options").validate()
+        run_dir = new_run_dir(out, "graph-ssm")
+    announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
+    summary = train_graph_run(config, run_dir, resume=resume is not None, progress=_progress(json_out),
+                              on_start=announce)
+    if json_out:
+        _emit_json({"run": str(run_dir), "train": summary})
+        return
+    d = summary["data"]
+    click.echo(f"data: {d['name']}, {d['snapshots']} history snapshots of {d['nodes']} nodes, {d['features']} "
+               f"feature(s), {d['edges_mean']:.0f} edges on average; edge likelihood {summary['edge_likelihood']}")
+    click.echo(f"trained {summary['steps_run']} steps; final negative ELBO per snapshot {summary['final_loss']:.2f}; "
+               f"teacher forcing {summary['teacher_forcing']}")
+    click.echo(f"next: dgm-pyro forecast {run_dir} --horizon 5")
 
 
 @cli.command()
@@ -305,6 +396,56 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
 
 
 @cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--horizon", type=int, required=True, help="Snapshots to forecast after the history (H >= 1).")
+@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Draws per chain.")
+@click.option("--chains", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent chains (the NetCDF's chain dimension).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="NetCDF file for the arviz InferenceData; default RUN/forecast.nc.")
+@click.option("--stationarity", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
+              help="Also roll out max(chains, 4) chains for STEPS steps and report R-hat/ESS of summary statistics "
+                   "(P4.4); 0 skips it.")
+@click.option("--no-plots", is_flag=True, help="Do not write plots/forecast_*.png.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,
+             no_plots: bool, seed: int, json_out: bool) -> None:
+    """Forecast the next H snapshots of a graph-ssm run as sample paths (seed P4.4), scored against the
+    held-out snapshots and the baselines."""
+    from dgm_pyro.graph_runs import forecast_run, load_graph_run
+
+    if horizon < 1:
+        raise DgmPyroError(f"--horizon must be >= 1, got {horizon}")
+    if stationarity and stationarity < 20:
+        raise DgmPyroError(f"--stationarity needs at least 20 steps, got {stationarity}")
+    res = forecast_run(load_graph_run(run_dir), horizon=horizon, num_samples=samples, chains=chains, seed=seed,
+                       out=out, plots=not no_plots, stationarity_steps=stationarity)
+    if json_out:
+        _emit_json(res)
+        return
+    click.echo(f"wrote {res['out']} ({chains} chain(s) x {samples} draws, horizon {horizon})")
+    if res["scored_steps"]:
+        cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
+                ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90")]
+        click.echo(f"held-out scores per horizon step (truth for h <= {res['scored_steps']}):")
+        width = max(len(n) for n in res["metrics"])
+        click.echo(f"  {'forecaster':<{width}}  h  " + "  ".join(f"{c[1]:>7}" for c in cols))
+        for name, rows in res["metrics"].items():
+            for r in rows:
+                click.echo(f"  {name:<{width}}  {r['h']}  " + "  ".join(f"{_fmt(r[c[0]]):>7}" for c in cols))
+    else:
+        click.echo("no held-out snapshots to score (train with --test-steps K to hold some out)")
+    st = res.get("stationarity")
+    if st:
+        verdict = "stationary" if st["stationary"] else "NOT stationary (R-hat >= 1.05)"
+        click.echo(f"long-run rollout, {st['chains']} chains x {st['steps']} steps: {verdict}; R-hat edge density "
+                   f"{_fmt(st['edge_density']['rhat'])}, mean feature {_fmt(st['mean_feature']['rhat'])}")
+    for p in res.get("plots", []):
+        click.echo(f"plot: {p}")
+
+
+@cli.command()
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 def datasets(json_out: bool) -> None:
     """List the built-in datasets and the file formats accepted by --dataset."""
@@ -313,6 +454,9 @@ def datasets(json_out: bool) -> None:
     info = dict(BUILTIN_DATASETS)
     info["npz:PATH"] = "your .npz: array x (N, D) or (N, H, W), optional y (N,) labels or (N, K) covariates"
     info["idx:DIR"] = "MNIST-style IDX files: train-images-idx3-ubyte, train-labels-idx1-ubyte, optional t10k-*"
+    from dgm_pyro.data.graphs import GRAPH_DATASETS
+
+    info.update({f"{k} (graph-ssm)": v for k, v in GRAPH_DATASETS.items()})
     if json_out:
         _emit_json(info)
         return

@@ -13,14 +13,56 @@ from typing import Any, Optional
 
 from .errors import DgmPyroError
 
-__all__ = ["TrainConfig", "MODELS", "OBJECTIVES"]
+__all__ = ["ConfigBase", "TrainConfig", "GraphConfig", "MODELS", "OBJECTIVES"]
 
-MODELS = ("cvae",)
+MODELS = ("cvae", "graph-ssm")
 OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits")
 
 
+class ConfigBase:
+    """Dict/TOML round trips, type checks and the hash stored in checkpoints, shared by the run configurations."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "configuration") -> "ConfigBase":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise DgmPyroError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        try:
+            cfg = cls(**d)
+        except TypeError as e:
+            raise DgmPyroError(f"{source}: {e}") from None
+        for f in dataclasses.fields(cls):
+            v = getattr(cfg, f.name)
+            want = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
+            if want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
+                raise DgmPyroError(f"{source}: option '{f.name}' must be of type {f.type}, got {v!r}")
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> dict[str, Any]:
+        """Read a TOML file's options (flat keys, or under a ``[train]`` table) as a dict."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise DgmPyroError(f"{path}: no such config file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise DgmPyroError(f"{path}: not valid TOML ({e})") from None
+        data = data.get("train", data)
+        return {k.replace("-", "_"): v for k, v in data.items()}
+
+    def digest(self) -> str:
+        """SHA-256 of the configuration, stored in checkpoints to detect a mismatch on resume."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Everything that determines a training run; written resolved to ``config.json`` in the run folder.
 
     The defaults train the CVAE on class-conditional digits in about a minute on 2 CPU cores.
@@ -56,7 +98,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check ranges and choices; raise :class:`DgmPyroError` naming the first bad option."""
         checks = [
-            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
+            (self.model == "cvae", "model must be 'cvae' (graph-ssm runs use GraphConfig)"),
             (self.prior in ("learned", "standard"), "prior must be 'learned' or 'standard'"),
             (self.latent_dim >= 1, "latent_dim must be >= 1"),
             (len(self.hidden_dims) >= 1 and all(h >= 1 for h in self.hidden_dims), "hidden_dims must be positive widths"),
@@ -90,40 +132,69 @@ class TrainConfig:
         parse_schedule(self.anneal, total_steps=10**9)  # the syntax; the run's step count is checked later
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "configuration") -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise DgmPyroError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        d = {k.replace("-", "_"): v for k, v in d.items()}
-        try:
-            cfg = cls(**d)
-        except TypeError as e:
-            raise DgmPyroError(f"{source}: {e}") from None
-        for f in dataclasses.fields(cls):
-            v = getattr(cfg, f.name)
-            want = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(str(f.type))
-            if want is not None and (not isinstance(v, want) or (want is int and isinstance(v, bool))):
-                raise DgmPyroError(f"{source}: option '{f.name}' must be of type {f.type}, got {v!r}")
-        return cfg
+@dataclass
+class GraphConfig(ConfigBase):
+    """Everything that determines a :class:`~dgm_pyro.models.GraphSSM` run (``dgm-pyro train graph-ssm``).
 
-    @classmethod
-    def from_toml(cls, path: str | Path) -> dict[str, Any]:
-        """Read a TOML file's options (flat keys, or under a ``[train]`` table) as a dict."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise DgmPyroError(f"{path}: no such config file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise DgmPyroError(f"{path}: not valid TOML ({e})") from None
-        data = data.get("train", data)
-        return {k.replace("-", "_"): v for k, v in data.items()}
+    The last ``test_steps`` snapshots are held out for ``dgm-pyro forecast``. ``edge_likelihood`` ``auto``
+    is exact (dense) up to ``DENSE_MAX_NODES`` nodes and the sparse estimate above.
+    """
 
-    def digest(self) -> str:
-        """SHA-256 of the configuration, stored in checkpoints to detect a mismatch on resume."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    DENSE_MAX_NODES = 1000
+
+    model: str = "graph-ssm"
+    dataset: str = "dsbm"
+    test_steps: int = 5
+    snapshot_width: Optional[float] = None
+    directed: bool = False
+    latent_dim: int = 8
+    hidden: int = 64
+    gnn: str = "gcn"
+    edge_likelihood: str = "auto"
+    negatives_per_edge: float = 5.0
+    scheduled_sampling: str = "none"
+    deterministic_decoder: bool = False
+    steps: int = 300
+    lr: float = 1e-2
+    clip_norm: float = 10.0
+    checkpoint_every: int = 25
+    baseline_steps: int = 300
+    seed: int = 0
+    skip_bad_steps: int = 0
+
+    def validate(self) -> "GraphConfig":
+        """Check ranges and choices; raise :class:`DgmPyroError` naming the first bad option."""
+        from .models.gnn import GNN_LAYERS
+
+        width = self.snapshot_width
+        checks = [
+            (self.model == "graph-ssm", "model must be 'graph-ssm'"),
+            (self.test_steps >= 1, "test_steps must be >= 1"),
+            (width is None or (isinstance(width, (int, float)) and math.isfinite(width) and width > 0),
+             "snapshot_width must be a positive number"),
+            (self.latent_dim >= 1, "latent_dim must be >= 1"),
+            (self.hidden >= 1, "hidden must be >= 1"),
+            (self.gnn in GNN_LAYERS, f"gnn must be one of {', '.join(GNN_LAYERS)}"),
+            (self.edge_likelihood in ("auto", "dense", "sparse"), "edge_likelihood must be auto, dense or sparse"),
+            (math.isfinite(self.negatives_per_edge) and self.negatives_per_edge > 0, "negatives_per_edge must be > 0"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.clip_norm > 0, "clip_norm must be > 0"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.baseline_steps >= 0, "baseline_steps must be >= 0"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.skip_bad_steps >= 0, "skip_bad_steps must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise DgmPyroError(f"bad configuration: {msg}")
+        from .infer.scheduled_sampling import parse_teacher_forcing
+
+        parse_teacher_forcing(self.scheduled_sampling)
+        return self
+
+    def resolved_edge_likelihood(self, num_nodes: int) -> str:
+        if self.edge_likelihood != "auto":
+            return self.edge_likelihood
+        return "dense" if num_nodes <= self.DENSE_MAX_NODES else "sparse"

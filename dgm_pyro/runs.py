@@ -151,7 +151,10 @@ def load_run(path: str | Path, checkpoint: str = "best.pt") -> Run:
     """Load a run folder's configuration, dataset and module from its ``best.pt`` (weights only)."""
     path = Path(path)
     _require_run_dir(path)
-    config = TrainConfig.from_dict(read_json(path / "config.json"), source=str(path / "config.json")).validate()
+    raw = read_json(path / "config.json")
+    if isinstance(raw, dict) and raw.get("model") == "graph-ssm":
+        raise DgmPyroError(f"{path}: a graph-ssm run; use 'dgm-pyro forecast {path} --horizon H'")
+    config = TrainConfig.from_dict(raw, source=str(path / "config.json")).validate()
     ds = load_dataset(config.dataset, likelihood=config.likelihood)
     pyro.clear_param_store()
     module = build_model(config, ds)

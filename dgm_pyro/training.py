@@ -32,7 +32,7 @@ from .infer.evidence import log_evidence
 from .infer.free_bits import FreeBitsELBO
 
 __all__ = ["fit", "build_objective", "describe_objective", "build_annealing", "steps_per_epoch", "METRIC_FIELDS",
-           "COLLAPSE_FIELDS", "read_metrics", "environment"]
+           "COLLAPSE_FIELDS", "read_metrics", "environment", "fit_sequence", "SEQUENCE_FIELDS"]
 
 METRIC_FIELDS = ["epoch", "train_loss", "beta_mean", "beta_last", "valid_elbo", "valid_log_likelihood", "best",
                  "seconds"]
@@ -117,7 +117,7 @@ def _write_metrics(path: Path, rows: list[dict[str, float]], fields: list[str]) 
     from .checkpoint import atomic_write_text
 
     lines = [",".join(fields)]
-    lines += [",".join(repr(float(r[k])) if k != "epoch" else str(int(r[k])) for k in fields) for r in rows]
+    lines += [",".join(repr(float(r[k])) if k not in ("epoch", "step") else str(int(r[k])) for k in fields) for r in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -134,6 +134,14 @@ def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[to
     with torch.random.fork_rng():
         report = collapse_report(module.model, module.guide, *valid, groups=groups, num_samples=10, particles=0)
     return {"valid_kl": report.kl, "valid_mi": report.mutual_information, "valid_au": float(report.active_units)}
+
+
+def _non_finite(what: str, where: str, allowed: int, ckpt_path: Path, last: Optional[str]) -> DgmPyroError:
+    """The one-line error for a NaN/inf loss or gradient that may not be skipped."""
+    kept = f"the last good checkpoint is {ckpt_path} ({last})" if last else "no checkpoint was written yet"
+    skipped = f"; more than {allowed} bad steps were skipped" if allowed else ""
+    return DgmPyroError(f"the {what} became non-finite at {where}{skipped}; training stopped and {kept}; try a "
+                        "lower --lr or a smaller clip_norm, or allow a few bad steps with --skip-bad-steps N")
 
 
 def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...], config: TrainConfig,
@@ -227,13 +235,8 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             # no update from a non-finite step: skip it (when allowed) or stop with the last checkpoint
             state["skipped_steps"] += 1
             if state["skipped_steps"] > config.skip_bad_steps:
-                last = (f"the last good checkpoint is {ckpt_path} (epoch {state['epoch']})" if state["epoch"]
-                        else "no checkpoint was written yet")
-                allowed = (f"; more than {config.skip_bad_steps} bad steps were skipped"
-                           if config.skip_bad_steps else "")
-                raise DgmPyroError(f"the {bad} became non-finite at epoch {epoch}, step {where}{allowed}; "
-                                   f"training stopped and {last}; try a lower --lr or a smaller clip_norm, "
-                                   "or allow a few bad steps with --skip-bad-steps N")
+                raise _non_finite(bad, f"epoch {epoch}, step {where}", config.skip_bad_steps, ckpt_path,
+                                  f"epoch {state['epoch']}" if state["epoch"] else None)
             return math.nan
         for opt in opts:
             opt.step()
@@ -316,3 +319,91 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
             "best_valid_elbo": state["best_valid_elbo"], "stopped": state["stopped"] or "max_epochs",
             "skipped_steps": state["skipped_steps"],
             "objective": describe_objective(loss), "annealing": repr(annealing.schedule) if annealing is not None else "none"}
+
+
+SEQUENCE_FIELDS = ["step", "train_loss", "teacher_forcing", "seconds"]
+
+
+def fit_sequence(module: torch.nn.Module, args: tuple, config: Any, run_dir: str | Path, loss: Optional[Any] = None,
+                 resume: bool = False, progress: bool = False, normaliser: float = 1.0,
+                 on_checkpoint: Optional[Callable[[dict[str, float]], None]] = None) -> dict[str, Any]:
+    """Full-batch SVI of ``module.model(*args, teacher_forcing=eps)`` / ``module.guide`` on one sequence.
+
+    Runs ``config.steps`` Adam steps with gradient-norm clipping; eps follows ``config.scheduled_sampling``
+    (seed P4.5). Every ``config.checkpoint_every`` steps a metrics row (mean loss / ``normaliser`` over the
+    interval) and a weights-only checkpoint with every random-number state are written, so that a run
+    resumed from any checkpoint ends with the same parameters as an uninterrupted one. Non-finite losses
+    or gradients stop training (or are skipped ``config.skip_bad_steps`` times) as in :func:`fit`.
+
+    Returns ``{"steps_run", "final_loss", "skipped_steps", "objective", "teacher_forcing"}``.
+    """
+    from .infer.scheduled_sampling import parse_teacher_forcing
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loss = loss if loss is not None else Trace_ELBO()
+    schedule = parse_teacher_forcing(config.scheduled_sampling)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # unused by the loop; kept for the shared RNG record
+    params = list(module.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr)
+    state: dict[str, Any] = {"step": 0, "skipped_steps": 0}
+    rows: list[dict[str, float]] = []
+    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("config_digest") != config.digest():
+            raise DgmPyroError(f"{ckpt_path}: made with a different configuration than {run_dir / 'config.json'}; "
+                               "cannot resume")
+        module.load_state_dict(ckpt["model_state"])
+        opt.load_state_dict(ckpt["optim_state"][0])
+        state.update(ckpt["trainer_state"])
+        _set_rng_state(ckpt["rng"], gen)
+        rows = [r for r in read_metrics(metrics_path) if r["step"] <= state["step"]]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step", leave=False)
+    module.train()
+    while state["step"] < config.steps:
+        start = time.perf_counter()
+        values, eps = [], 1.0
+        for _ in range(min(config.checkpoint_every, config.steps - state["step"])):
+            eps = schedule(state["step"])
+            opt.zero_grad()
+            with pyro.validation_enabled(state["step"] == 0):
+                value = loss.differentiable_loss(module.model, module.guide, *args, teacher_forcing=eps) / normaliser
+            bad = "loss" if not torch.isfinite(value) else None
+            if bad is None:
+                value.backward()
+                if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm)):
+                    bad = "gradient norm"
+            state["step"] += 1
+            if bad is not None:
+                state["skipped_steps"] += 1
+                if state["skipped_steps"] > config.skip_bad_steps:
+                    done = [r["step"] for r in rows]
+                    raise _non_finite(bad, f"step {state['step']}", config.skip_bad_steps, ckpt_path,
+                                      f"step {int(done[-1])}" if done else None)
+                continue
+            opt.step()
+            values.append(float(value.detach()))
+            if bar is not None:
+                bar.update(1)
+        row = {"step": state["step"], "train_loss": sum(values) / len(values) if values else math.nan,
+               "teacher_forcing": eps, "seconds": time.perf_counter() - start}
+        rows.append(row)
+        _write_metrics(metrics_path, rows, SEQUENCE_FIELDS)
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
+                         "optim_state": [opt.state_dict()], "trainer_state": dict(state), "rng": _rng_state(gen),
+                         "config_digest": config.digest(), "versions": environment()}, ckpt_path)
+        if on_checkpoint is not None:
+            on_checkpoint(row)
+    if bar is not None:
+        bar.close()
+    module.eval()
+    return {"steps_run": state["step"], "final_loss": rows[-1]["train_loss"] if rows else math.nan,
+            "skipped_steps": state["skipped_steps"], "objective": describe_objective(loss),
+            "teacher_forcing": repr(schedule)}

@@ -9,6 +9,16 @@ from __future__ import annotations
 from ..errors import DgmPyroError
 from .dataset import LIKELIHOODS, ConditionalDataset
 from .digits import DIGITS_SPLIT, load_digits
+from .graphs import (
+    GRAPH_DATASETS,
+    DSBMOracle,
+    GraphSequence,
+    dynamic_sbm,
+    load_collegemsg,
+    load_graph_csv,
+    load_graph_dataset,
+    load_graph_pt,
+)
 from .files import infer_likelihood, load_idx, load_npz, read_idx
 from .synthetic import load_linear_gaussian
 
@@ -24,6 +34,14 @@ __all__ = [
     "read_idx",
     "infer_likelihood",
     "BUILTIN_DATASETS",
+    "GraphSequence",
+    "dynamic_sbm",
+    "DSBMOracle",
+    "load_collegemsg",
+    "load_graph_csv",
+    "load_graph_pt",
+    "load_graph_dataset",
+    "GRAPH_DATASETS",
 ]
 
 #: Built-in dataset names and what they are (``npz:PATH`` and ``idx:DIR`` load user files).

@@ -15,7 +15,8 @@ from .cs_elbo import CSELBO
 from .evidence import KHAT_WARN, EvidenceResult, log_evidence
 from .free_bits import FreeBitsELBO
 from .regularised_elbo import RegularisedELBO
+from .scheduled_sampling import Exponential, InverseSigmoid, parse_teacher_forcing
 
 __all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "CSELBO", "FreeBitsELBO", "RegularisedELBO",
            "Schedule", "Constant", "Linear", "Cyclical", "Sigmoid", "Annealing", "LatentScaleMessenger",
-           "scale_latents", "parse_schedule"]
+           "scale_latents", "parse_schedule", "Exponential", "InverseSigmoid", "parse_teacher_forcing"]

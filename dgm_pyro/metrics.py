@@ -1,0 +1,114 @@
+"""Scores for probabilistic graph forecasts (seed P4.4), per horizon step.
+
+Edges: ROC-AUC and average precision (scikit-learn) over all pairs and over the pairs that were not edges
+at the forecast origin ("new links"), the Brier score, the expected calibration error (10 equal-width
+bins), the error in edge density, and the mean Bernoulli log-likelihood per pair (probabilities clipped to
+[1e-6, 1 - 1e-6] so that 0/1 forecasts such as persistence get a finite value).
+Node features: CRPS and energy score (``pyro.ops.stats``), MAE of the sample median, and the coverage of
+the equal-tailed 50% and 90% intervals (only for forecasts with at least 10 samples).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from pyro.ops.stats import crps_empirical, energy_score_empirical
+
+from .data.graphs import GraphSequence, pair_index
+
+__all__ = ["edge_scores", "feature_scores", "forecast_scores", "expected_calibration_error", "EDGE_METRICS",
+           "FEATURE_METRICS"]
+
+EDGE_METRICS = ("auc", "ap", "auc_new", "ap_new", "brier", "ece", "density_error", "edge_log_lik")
+FEATURE_METRICS = ("crps", "energy", "mae", "coverage_50", "coverage_90")
+
+
+def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
+    """sum_b (n_b / n) |mean(prob in b) - mean(truth in b)| over ``bins`` equal-width bins of [0, 1]."""
+    idx = np.minimum((prob * bins).astype(np.int64), bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    mean_p = np.bincount(idx, weights=prob, minlength=bins)
+    mean_y = np.bincount(idx, weights=truth, minlength=bins)
+    used = count > 0
+    return float(np.abs(mean_p[used] - mean_y[used]).sum() / len(prob))
+
+
+def _ranking(truth: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if truth.min() == truth.max():
+        return math.nan, math.nan
+    return float(roc_auc_score(truth, prob)), float(average_precision_score(truth, prob))
+
+
+def edge_scores(prob: torch.Tensor, truth: torch.Tensor, previous: torch.Tensor, directed: bool) -> dict[str, float]:
+    """Edge metrics of one horizon step.
+
+    Args:
+        prob: predicted edge probabilities (N, N).
+        truth: the true 0/1 adjacency (N, N).
+        previous: the adjacency at the forecast origin (N, N); pairs with no edge there are "new links".
+        directed: score all ordered pairs u != v, else the pairs u < v.
+    """
+    n = prob.shape[-1]
+    u, v = pair_index(n, directed)
+    p = prob[u, v].double().numpy()
+    y = truth[u, v].double().numpy()
+    new = (previous[u, v] == 0).numpy()
+    auc, ap = _ranking(y, p)
+    auc_new, ap_new = _ranking(y[new], p[new])
+    pc = np.clip(p, 1e-6, 1 - 1e-6)
+    return {"auc": auc, "ap": ap, "auc_new": auc_new, "ap_new": ap_new, "brier": float(np.mean((p - y) ** 2)),
+            "ece": expected_calibration_error(p, y), "density_error": float(abs(p.mean() - y.mean())),
+            "edge_log_lik": float(np.mean(y * np.log(pc) + (1 - y) * np.log1p(-pc)))}
+
+
+def feature_scores(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Node-feature metrics of one horizon step, averaged over nodes (and features for CRPS/MAE/coverage).
+
+    Args:
+        samples: forecast draws (S, N, F).
+        truth: the true features (N, F).
+    """
+    if samples.shape[-1] == 0:
+        return {k: math.nan for k in FEATURE_METRICS}
+    s = samples.double()
+    t = truth.double()
+    out = {"crps": float(crps_empirical(s, t).mean()),
+           # energy_score_empirical takes draws on the second-to-last dimension: (N, S, F) against (N, F)
+           "energy": float(energy_score_empirical(s.transpose(0, 1).contiguous(), t).mean()),
+           "mae": float((s.median(0).values - t).abs().mean())}
+    for level in (50, 90):
+        if s.shape[0] >= 10:
+            a = (1 - level / 100) / 2
+            q = torch.quantile(s, torch.tensor([a, 1 - a], dtype=s.dtype), dim=0)
+            out[f"coverage_{level}"] = float(((t >= q[0]) & (t <= q[1])).double().mean())
+        else:
+            out[f"coverage_{level}"] = math.nan
+    return out
+
+
+def forecast_scores(forecast: dict[str, torch.Tensor], future: GraphSequence, origin: GraphSequence,
+                    horizon: Optional[int] = None) -> list[dict[str, Any]]:
+    """Every metric for each horizon step h = 1..H of a forecast against the held-out future.
+
+    Args:
+        forecast: ``X`` draws (S, H, N, F) and ``edge_prob`` (H, N, N) or (S, H, N, N) (averaged over S).
+        future: the true snapshots T+1..T+H' (H' >= H).
+        origin: the history; its last snapshot defines the new links.
+    """
+    probs = forecast["edge_prob"]
+    if probs.dim() == 4:
+        probs = probs.mean(0)
+    h_max = probs.shape[0] if horizon is None else horizon
+    previous = origin.adjacency(origin.num_steps - 1)
+    rows = []
+    for h in range(h_max):
+        row: dict[str, Any] = {"h": h + 1}
+        row.update(edge_scores(probs[h], future.adjacency(h), previous, future.directed))
+        row.update(feature_scores(forecast["X"][:, h], future.x[h]))
+        rows.append(row)
+    return rows

@@ -1,0 +1,292 @@
+"""A Markov latent state-space model over graph sequences (seed P4), written with ``pyro.markov``.
+
+Generative model (P4.1), for snapshots t = 1..T of one set of N nodes, with per-node latents Z_t (N, d)::
+
+    Z_0                      learned (one row per node)
+    X_t, A_t | Z_{t-1}       node features Gaussian with a full per-node covariance, edges Bernoulli  (P4.2)
+    Z_t | Z_{t-1}            Normal(Z_{t-1} + f(Z_{t-1}, c(Z_{t-1})), diag s(Z_{t-1}, c(Z_{t-1}))^2)
+
+where c is a pooled context (the mean over nodes of a learned map of every node's latent), so each node's
+move depends on the whole graph's state. The edge probability of a pair is
+sigma(sum_k g_k(z_u) lambda_k g_k(z_v) + b) (undirected; two maps g, h for directed graphs), over pairs
+u < v (undirected) or all ordered pairs u != v (directed).
+
+Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
+Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
+(GCNConv, GATConv or SAGEConv) of the node features and a learned node embedding.
+
+Site names: latents ``z_{t}``, features ``x_{t}``, edges ``a_{t}`` (dense) or ``a_{t}_edges`` and
+``a_{t}_nonedges`` (sparse). The ELBO of P4.1 is Pyro's ``Trace_ELBO`` on this model and guide.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+from torch.distributions.utils import vec_to_tril_matrix
+
+from ..data.graphs import pair_index
+from .gnn import SnapshotEncoder
+from .nn import MLP, cat_broadcast
+
+__all__ = ["GraphSSM", "EDGE_LIKELIHOODS"]
+
+EDGE_LIKELIHOODS = ("dense", "sparse")
+_MIN_SCALE = 1e-3
+
+
+class GraphSSM(PyroModule):
+    """Markov latent graph state-space model with a GNN guide (seed P4.1-P4.5).
+
+    Args:
+        num_nodes: N, the fixed node set.
+        num_features: F, node feature width (0 for graphs without features).
+        latent_dim: d, per-node latent width.
+        hidden: width of every hidden layer and of the GNN/GRU summaries.
+        directed: ordered edges (all pairs u != v) or undirected (pairs u < v).
+        gnn: ``gcn``, ``gat`` or ``sage`` (torch-geometric layers) for the guide's snapshot encoder.
+        edge_likelihood: ``dense``: the exact Bernoulli likelihood over all N(N-1)/2 pairs; ``sparse``: all
+            observed edges plus ``negatives_per_edge`` x E uniformly sampled non-edges whose terms are
+            reweighted by (#non-edges / #sampled), an unbiased estimate whose cost grows with E, not N^2.
+        negatives_per_edge: sampled non-edges per observed edge in sparse mode (at least 100 per snapshot).
+        deterministic_features: replace the learned feature covariance by ``fixed_scale``^2 I (P4.3): only to
+            show what a (near-)deterministic decoder breaks.
+        fixed_scale: that scale.
+        feature_shift, feature_scale: per-feature centring and scaling of x (F,), used inside the networks; the
+            likelihood stays on the original scale.
+    """
+
+    def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
+                 directed: bool = False, gnn: str = "gcn", edge_likelihood: str = "dense",
+                 negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
+                 feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
+                 embedding_dim: int = 16, edge_dim: int = 8):
+        super().__init__()
+        if edge_likelihood not in EDGE_LIKELIHOODS:
+            raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
+        n, f, d = num_nodes, num_features, latent_dim
+        self.num_nodes, self.num_features, self.latent_dim = n, f, d
+        self.directed, self.edge_likelihood = directed, edge_likelihood
+        self.negatives_per_edge = float(negatives_per_edge)
+        self.deterministic_features, self.fixed_scale = deterministic_features, float(fixed_scale)
+        self.register_buffer("feature_shift", torch.zeros(f) if feature_shift is None else feature_shift.float())
+        self.register_buffer("feature_scale", torch.ones(f) if feature_scale is None else feature_scale.float())
+        self.num_pairs = n * (n - 1) if directed else n * (n - 1) // 2
+        # Z_0 (P4.1): learned, one row per node
+        self.z0 = nn.Parameter(0.1 * torch.randn(n, d))
+        # transition p(Z_t | Z_{t-1}) with a pooled context
+        self.context = MLP(d, [hidden], hidden)
+        self.transition_net = MLP(d + hidden, [hidden], 2 * d)
+        # emission p(X_t, A_t | Z_{t-1})
+        tril = f * (f + 1) // 2
+        self.feature_net = MLP(d, [hidden], f + tril) if f else None
+        self.edge_src = MLP(d, [hidden], edge_dim)
+        self.edge_dst = MLP(d, [hidden], edge_dim) if directed else None
+        self.edge_weight = nn.Parameter(torch.ones(edge_dim))
+        self.edge_bias = nn.Parameter(torch.tensor(-3.0))
+        # guide q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t})
+        self.embedding = nn.Parameter(0.1 * torch.randn(n, embedding_dim))
+        self.encoder = SnapshotEncoder(f + embedding_dim, hidden, gnn)
+        self.rnn = nn.GRU(hidden, hidden)
+        self.posterior_net = MLP(hidden + d, [hidden], 2 * d)
+
+    # ------------------------------------------------------------------ networks
+
+    def transition(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loc and scale (..., N, d) of p(Z_t | Z_{t-1} = z) for z of shape (..., N, d)."""
+        ctx = self.context(z).mean(-2, keepdim=True)
+        out = self.transition_net(cat_broadcast(z, ctx))
+        delta, raw = out.split(self.latent_dim, -1)
+        return z + delta, nn.functional.softplus(raw - 2.0) + _MIN_SCALE
+
+    def feature_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (..., N, F) and Cholesky factor (..., N, F, F) of p(x_v | z_v) (P4.2, node term)."""
+        f = self.num_features
+        out = self.feature_net(z)
+        loc = self.feature_shift + self.feature_scale * out[..., :f]
+        if self.deterministic_features:
+            tril = self.fixed_scale * torch.eye(f).expand(*loc.shape, f)
+        else:
+            tril = vec_to_tril_matrix(out[..., f:])
+            diag = nn.functional.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
+            tril = tril.tril(-1) + torch.diag_embed(diag)
+            tril = self.feature_scale.unsqueeze(-1) * tril
+        return loc, tril
+
+    def _edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.edge_src(z)
+        h = self.edge_dst(z) if self.directed else g
+        return g * self.edge_weight, h
+
+    def edge_logits(self, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        """Logits (..., P) of the pairs (src[i], dst[i]) given latents (..., N, d)."""
+        g, h = self._edge_factors(z)
+        return (g[..., src, :] * h[..., dst, :]).sum(-1) + self.edge_bias
+
+    def edge_probabilities(self, z: torch.Tensor) -> torch.Tensor:
+        """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only)."""
+        g, h = self._edge_factors(z)
+        p = torch.sigmoid(g @ h.transpose(-1, -2) + self.edge_bias)
+        return p * (1 - torch.eye(self.num_nodes))
+
+    def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
+        """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t."""
+        xs = (x - self.feature_shift) / self.feature_scale
+        h = [self.encoder(torch.cat([xs[t], self.embedding], -1), self._message_index(e))
+             for t, e in enumerate(edges)]
+        return self.rnn(torch.stack(h))[0]
+
+    def posterior(self, s: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loc and scale of q(Z_t | Z_{t-1} = z, s_t)."""
+        out = self.posterior_net(cat_broadcast(s, z))
+        loc, raw = out.split(self.latent_dim, -1)
+        return loc, nn.functional.softplus(raw) + _MIN_SCALE
+
+    def _message_index(self, e: torch.Tensor) -> torch.Tensor:
+        return e if self.directed else torch.cat([e, e.flip(0)], 1)
+
+    # ------------------------------------------------------------------ model and guide
+
+    def _emit(self, t: int, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor, nodes: pyro.plate) -> None:
+        """Observe X_t and A_t given Z_{t-1} (P4.2)."""
+        if self.num_features:
+            loc, tril = self.feature_params(z)
+            with nodes:
+                pyro.sample(f"x_{t}", dist.MultivariateNormal(loc, scale_tril=tril), obs=x)
+        n = self.num_nodes
+        if self.edge_likelihood == "dense":
+            pairs = pair_index(n, self.directed)
+            obs = torch.isin(pairs[0] * n + pairs[1], e[0] * n + e[1]).float()
+            with pyro.plate(f"pairs_{t}", self.num_pairs):
+                pyro.sample(f"a_{t}", dist.Bernoulli(logits=self.edge_logits(z, pairs[0], pairs[1])), obs=obs)
+            return
+        num_edges = e.shape[1]
+        with pyro.plate(f"edges_{t}", num_edges):
+            pyro.sample(f"a_{t}_edges", dist.Bernoulli(logits=self.edge_logits(z, e[0], e[1])),
+                        obs=torch.ones(num_edges))
+        num_non = self.num_pairs - num_edges
+        m = min(num_non, max(100, int(self.negatives_per_edge * num_edges)))
+        if m > 0:
+            src, dst = self.sample_nonedges(e, m)
+            # the plate's scale num_non / m makes the sampled terms an unbiased estimate of the sum over
+            # all non-edges
+            with pyro.plate(f"nonedges_{t}", num_non, subsample=torch.arange(m)):
+                pyro.sample(f"a_{t}_nonedges", dist.Bernoulli(logits=self.edge_logits(z, src, dst)),
+                            obs=torch.zeros(m))
+
+    def sample_nonedges(self, e: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m`` pairs drawn uniformly (with replacement) from the pairs that are not edges of ``e``."""
+        n = self.num_nodes
+        taken = e[0] * n + e[1]
+        src_out, dst_out, have = [], [], 0
+        while have < m:
+            k = int(1.2 * (m - have)) + 16
+            u, v = torch.randint(n, (k,)), torch.randint(n, (k,))
+            if not self.directed:
+                u, v = torch.minimum(u, v), torch.maximum(u, v)
+            ok = (u != v) & ~torch.isin(u * n + v, taken)
+            src_out.append(u[ok])
+            dst_out.append(v[ok])
+            have += int(ok.sum())
+        return torch.cat(src_out)[:m], torch.cat(dst_out)[:m]
+
+    def model(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
+        """p(X_{1:T}, A_{1:T}, Z_{1:T} | Z_0) (P4.1), with scheduled sampling (P4.5) when ``teacher_forcing`` < 1.
+
+        Args:
+            x: node features (T, N, F).
+            edges: T edge indices (2, E_t) (u < v for undirected graphs).
+            teacher_forcing: eps, the probability that the transition to Z_{t+1} is fed the guide's Z_t;
+                otherwise it is fed its own prediction Z^_t ~ p(Z_t | Z~_{t-1}) (a reparameterised draw, so the
+                objective is the ELBO only at eps = 1).
+        """
+        nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
+        z, z_hat = self.z0, None
+        for t in pyro.markov(range(1, len(edges) + 1)):
+            self._emit(t, z, x[t - 1], edges[t - 1], nodes)
+            z_in = z
+            if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand(())) >= teacher_forcing:
+                z_in = z_hat
+            loc, scale = self.transition(z_in)
+            with nodes:
+                z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
+            if teacher_forcing < 1.0:
+                z_hat = loc + scale * torch.randn_like(loc)
+
+    def guide(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
+        """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1)."""
+        s = self.summaries(x, edges)
+        nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
+        z = self.z0
+        for t in pyro.markov(range(1, len(edges) + 1)):
+            loc, scale = self.posterior(s[t - 1], z)
+            with nodes:
+                z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
+
+    # ------------------------------------------------------------------ forecasting (P4.4)
+
+    @torch.no_grad()
+    def filter(self, x: torch.Tensor, edges: list[torch.Tensor], num_samples: int) -> torch.Tensor:
+        """``num_samples`` draws (S, N, d) of Z_T from the guide given the whole history."""
+        s = self.summaries(x, edges)
+        z = self.z0.expand(num_samples, *self.z0.shape)
+        for t in range(len(edges)):
+            loc, scale = self.posterior(s[t], z)
+            z = loc + scale * torch.randn_like(loc)
+        return z
+
+    @torch.no_grad()
+    def forecast(self, x: torch.Tensor, edges: list[torch.Tensor], horizon: int, num_samples: int = 100,
+                 dense: bool = True) -> dict[str, torch.Tensor]:
+        """Sample paths of the next ``horizon`` snapshots (P4.4).
+
+        Filters Z_T with the guide, then for k = 1..H emits (X_{T+k}, A_{T+k}) from Z_{T+k-1} and moves
+        Z_{T+k} ~ p(. | Z_{T+k-1}). Returns ``X`` (S, H, N, F), ``Z`` (S, H, N, d) (the latent each step is
+        emitted from) and, when ``dense``, ``edge_prob`` (S, H, N, N) and ``A`` (S, H, N, N) 0/1 samples
+        (symmetric for undirected graphs).
+        """
+        if horizon < 1 or num_samples < 1:
+            raise ValueError("horizon and num_samples must be >= 1")
+        z = self.filter(x, edges, num_samples)
+        xs, zs, probs, adj = [], [], [], []
+        for _ in range(horizon):
+            zs.append(z)
+            if self.num_features:
+                loc, tril = self.feature_params(z)
+                xs.append(loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1))
+            else:
+                xs.append(torch.zeros(num_samples, self.num_nodes, 0))
+            if dense:
+                p = self.edge_probabilities(z)
+                a = torch.bernoulli(p)
+                if not self.directed:
+                    a = a.triu(1)
+                    a = a + a.transpose(-1, -2)
+                probs.append(p)
+                adj.append(a)
+            loc, scale = self.transition(z)
+            z = loc + scale * torch.randn_like(loc)
+        out = {"X": torch.stack(xs, 1), "Z": torch.stack(zs, 1)}
+        if dense:
+            out["edge_prob"] = torch.stack(probs, 1)
+            out["A"] = torch.stack(adj, 1)
+        return out
+
+    @torch.no_grad()
+    def emission_log_prob(self, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """log p(X, A | Z = z) for latents (S, N, d) and one snapshot (x (N, F), edges (2, E)): shape (S,).
+        Dense over all pairs (small graphs)."""
+        total = torch.zeros(z.shape[0])
+        if self.num_features:
+            loc, tril = self.feature_params(z)
+            total = total + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(x).sum(-1)
+        n = self.num_nodes
+        pairs = pair_index(n, self.directed)
+        obs = torch.isin(pairs[0] * n + pairs[1], e[0] * n + e[1]).float()
+        logits = self.edge_logits(z, pairs[0], pairs[1])
+        return total + dist.Bernoulli(logits=logits).log_prob(obs).sum(-1)
