@@ -39,7 +39,7 @@ def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = 
 def _ranking(truth: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    if truth.min() == truth.max():
+    if truth.size == 0 or truth.min() == truth.max():
         return math.nan, math.nan
     return float(roc_auc_score(truth, prob)), float(average_precision_score(truth, prob))
 

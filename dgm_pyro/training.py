@@ -373,8 +373,14 @@ def fit_sequence(module: torch.nn.Module, args: tuple, config: Any, run_dir: str
         for _ in range(min(config.checkpoint_every, config.steps - state["step"])):
             eps = schedule(state["step"])
             opt.zero_grad()
-            with pyro.validation_enabled(state["step"] == 0):
-                value = loss.differentiable_loss(module.model, module.guide, *args, teacher_forcing=eps) / normaliser
+            try:
+                with pyro.validation_enabled(state["step"] == 0):
+                    value = loss.differentiable_loss(module.model, module.guide, *args,
+                                                     teacher_forcing=eps) / normaliser
+            except ValueError as e:
+                if "invalid values" not in str(e):  # a NaN distribution parameter caught by Pyro's checks
+                    raise
+                value = torch.tensor(math.nan)
             bad = "loss" if not torch.isfinite(value) else None
             if bad is None:
                 value.backward()

@@ -1,0 +1,184 @@
+"""Probabilistic graph forecasting (seed P4): GraphSSM with and without scheduled sampling against the oracle
+and the baselines on the dynamic SBM, link prediction on CollegeMsg, and the sparse likelihood's scaling.
+
+    python benchmarks/graph_forecast.py dsbm --seeds 0 1 2 --steps 600 --samples 500 --json docs/graph_dsbm.json
+    python benchmarks/graph_forecast.py collegemsg --steps 600 --json docs/graph_collegemsg.json
+    python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
+
+Every run is a real ``train graph-ssm`` run folder (under a temporary folder) scored by ``forecast_run``:
+the same split, the same metrics, the same baselines as the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dgm_pyro.config import GraphConfig
+from dgm_pyro.graph_runs import forecast_run, load_graph_run, train_graph_run
+
+KEYS = ("auc", "auc_new", "ap", "brier", "ece", "density_error", "crps", "energy", "coverage_50", "coverage_90",
+        "log_lik")
+
+
+def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict:
+    run_dir = root / f"{config.dataset}-{config.scheduled_sampling.replace(':', '_')}-seed{config.seed}"
+    start = time.perf_counter()
+    train_graph_run(config, run_dir)
+    seconds = time.perf_counter() - start
+    res = forecast_run(load_graph_run(run_dir), horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
+    return {"train_seconds": seconds, "metrics": res["metrics"]}
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def table(results: dict[str, list[dict]], horizon: int, keys: tuple[str, ...]) -> str:
+    """Markdown: one row per forecaster and horizon step, mean ± sd over seeds."""
+    lines = ["| forecaster | h | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, per_seed in results.items():
+        for h in range(horizon):
+            cells = [_mean_sd([s[h].get(k, math.nan) for s in per_seed]) for k in keys]
+            lines.append(f"| {name} | {h + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def dsbm(args: argparse.Namespace) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="dgm-graph-"))
+    variants = {"GraphSSM (teacher forcing)": "none", f"GraphSSM (scheduled sampling {args.schedule})": args.schedule}
+    results: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        for label, schedule in variants.items():
+            cfg = GraphConfig(dataset="dsbm", steps=args.steps, scheduled_sampling=schedule, seed=seed,
+                              baseline_steps=args.baseline_steps if schedule == "none" else 0).validate()
+            out = run_one(cfg, 5, args.samples, root)
+            print(f"seed {seed} {label}: trained in {out['train_seconds']:.0f} s", flush=True)
+            for name, rows in out["metrics"].items():
+                key = label if name == "GraphSSM" else name
+                if name != "GraphSSM" and schedule != "none":
+                    continue
+                results.setdefault(key, []).append(rows)
+    print(table(results, 5, KEYS))
+    print()
+    oracle = results["oracle"]
+    for label in variants:
+        model = results[label]
+        ratio = [[m[h]["auc"] / o[h]["auc"] for m, o in zip(model, oracle)] for h in range(5)]
+        decay = [m[0]["auc"] - m[4]["auc"] for m in model]
+        crps_growth = [m[4]["crps"] / m[0]["crps"] for m in model]
+        print(f"{label}: AUC / oracle AUC h=1 {_mean_sd(ratio[0])}, h=5 {_mean_sd(ratio[4])}; AUC drop h1->h5 "
+              f"{_mean_sd(decay)}; CRPS(h5)/CRPS(h1) {_mean_sd(crps_growth)}")
+        for base in ("persistence", "historical mean"):
+            wins = sum(m[h]["crps"] < b[h]["crps"] for m, b in zip(model, results[base]) for h in range(5))
+            print(f"  CRPS below {base} in {wins}/{5 * len(model)} (seed, horizon) cells")
+    return {"command": " ".join(sys.argv), "steps": args.steps, "samples": args.samples, "seeds": args.seeds,
+            "results": results}
+
+
+def collegemsg(args: argparse.Namespace) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="dgm-graph-"))
+    results: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        cfg = GraphConfig(dataset="collegemsg", steps=args.steps, seed=seed, baseline_steps=args.baseline_steps)
+        out = run_one(cfg.validate(), 5, args.samples, root)
+        print(f"seed {seed}: trained in {out['train_seconds']:.0f} s", flush=True)
+        for name, rows in out["metrics"].items():
+            results.setdefault(name, []).append(rows)
+    print(table(results, 5, ("auc", "auc_new", "ap", "brier", "ece", "crps", "coverage_90")))
+    return {"command": " ".join(sys.argv), "steps": args.steps, "samples": args.samples, "seeds": args.seeds,
+            "results": results}
+
+
+def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
+    """One process per size, so that the peak resident memory is the size's own."""
+    import torch
+
+    from dgm_pyro.config import GraphConfig
+    from dgm_pyro.data.graphs import GraphSequence, _canonical
+    from dgm_pyro.graph_runs import build_graph_model
+    from dgm_pyro.training import fit_sequence
+
+    g = torch.Generator().manual_seed(0)
+    comm = torch.randint(4, (n,), generator=g)
+    edges, xs = [], []
+    e = int(n * degree / 2)
+    for _ in range(snapshots):
+        # community-biased random pairs: 80% inside a community, 20% anywhere
+        u = torch.randint(n, (e,), generator=g)
+        v = torch.randint(n, (e,), generator=g)
+        inside = torch.rand(e, generator=g) < 0.8
+        same = torch.nonzero(comm == comm[u[0]]).flatten()
+        order = torch.argsort(comm)
+        pos = torch.searchsorted(comm[order], comm[u])
+        size = torch.bincount(comm, minlength=4)[comm[u]]
+        v = torch.where(inside, order[pos + torch.floor(torch.rand(e, generator=g) * size).long()], v)
+        keep = u != v
+        edges.append(_canonical(torch.stack([u[keep], v[keep]]), n, False))
+        xs.append(comm.float().unsqueeze(-1).repeat(1, 4) + torch.randn(n, 4, generator=g))
+        del same
+    seq = GraphSequence(torch.stack(xs), edges, name=f"random-{n}")
+    cfg = GraphConfig(edge_likelihood="sparse", steps=steps, checkpoint_every=steps).validate()
+    model = build_graph_model(cfg, seq)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        fit_sequence(model, (seq.x, seq.edges), cfg, d, normaliser=seq.num_steps)
+    per_step = (time.perf_counter() - start) / steps
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(json.dumps({"nodes": n, "edges_per_snapshot": float(sum(x.shape[1] for x in edges) / len(edges)),
+                      "snapshots": snapshots, "seconds_per_epoch": per_step, "peak_rss_gb": peak}))
+
+
+def scaling(args: argparse.Namespace) -> dict:
+    rows = []
+    for n in args.nodes:
+        out = subprocess.run([sys.executable, __file__, "scaling-child", str(n), str(args.degree), str(args.steps),
+                              str(args.snapshots)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    print("| nodes | edges per snapshot | snapshots | seconds per epoch (one step over the sequence) | peak RSS (GB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['nodes']} | {r['edges_per_snapshot']:.0f} | {r['snapshots']} | {r['seconds_per_epoch']:.2f} | "
+              f"{r['peak_rss_gb']:.2f} |")
+    return {"command": " ".join(sys.argv), "rows": rows}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "scaling-child":
+        n, degree, steps, snapshots = sys.argv[2:6]
+        scaling_child(int(n), float(degree), int(steps), int(snapshots))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["dsbm", "collegemsg", "scaling"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--baseline-steps", type=int, default=300)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--schedule", default="linear:400", help="scheduled-sampling schedule of the second variant")
+    p.add_argument("--nodes", type=int, nargs="+", default=[1000, 3000, 10000])
+    p.add_argument("--degree", type=float, default=20.0, help="scaling: average degree")
+    p.add_argument("--snapshots", type=int, default=10)
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args()
+    if args.what == "scaling" and args.steps == 600:
+        args.steps = 3
+    result = {"dsbm": dsbm, "collegemsg": collegemsg, "scaling": scaling}[args.what](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

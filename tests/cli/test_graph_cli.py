@@ -1,0 +1,171 @@
+"""`dgm-pyro train graph-ssm` and `dgm-pyro forecast`: the run folder, the NetCDF layout, the scores, resume,
+and bad input (one line, exit code 2, nothing modified)."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from dgm_pyro.config import GraphConfig
+from dgm_pyro.errors import DgmPyroError
+from dgm_pyro.graph_runs import build_graph_model, load_graph_sequence
+from dgm_pyro.training import fit_sequence
+
+TINY = ["--steps", "4", "--checkpoint-every", "2", "--baseline-steps", "2", "--test-steps", "3", "--hidden", "16"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def graph_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("graph")
+    r = run("train", "graph-ssm", "--out", root, "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    return Path(json.loads(r.stdout)["run"])
+
+
+def test_train_writes_a_graph_run(graph_run):
+    cfg = json.loads((graph_run / "config.json").read_text())
+    assert cfg["model"] == "graph-ssm" and cfg["steps"] == 4 and cfg["hidden"] == 16 and cfg["lr"] == 0.01
+    rows = (graph_run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,train_loss,teacher_forcing,seconds" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    for name in ("checkpoint.pt", "baseline.pt", "plots/training.png"):
+        assert (graph_run / name).is_file()
+
+
+def test_forecast_netcdf_and_scores(graph_run, tmp_path):
+    import arviz as az
+
+    out = tmp_path / "f.nc"
+    r = run("forecast", graph_run, "--horizon", 3, "--chains", 2, "--samples", 5, "--out", out, "--json",
+            "--stationarity", 30)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    idata = az.from_netcdf(out)
+    pp = idata.posterior_predictive
+    assert pp["X"].dims == ("chain", "draw", "horizon", "node", "feature") and pp["X"].shape == (2, 5, 3, 200, 4)
+    assert pp["A"].dims == ("chain", "draw", "horizon", "node", "node_to") and pp["A"].shape == (2, 5, 3, 200, 200)
+    assert pp["edge_prob"].shape == (2, 5, 3, 200, 200)
+    assert set(pp["A"].values.flatten().tolist()) <= {0, 1}
+    obs = idata.observed_data
+    assert obs["X"].shape == (3, 200, 4) and obs["A"].shape == (3, 200, 200) and obs["X_history"].shape == (27, 200, 4)
+    assert set(res["metrics"]) == {"GraphSSM", "persistence", "historical mean", "GCN+GRU", "oracle"}
+    rows = res["metrics"]["GraphSSM"]
+    assert [row["h"] for row in rows] == [1, 2, 3]
+    assert all(0 <= row["auc"] <= 1 and row["crps"] > 0 and row["log_lik"] < 0 for row in rows)
+    # persistence scores its own last snapshot: every pair new to it is predicted 0, so its new-link AUC is 0.5
+    assert all(row["auc_new"] == 0.5 for row in res["metrics"]["persistence"])
+    st = res["stationarity"]
+    assert st["chains"] == 4 and st["kept_steps"] == 15 and st["edge_density"]["rhat"] > 0
+    assert (graph_run / "forecast.json").is_file() and (graph_run / "plots" / "forecast_edges.png").is_file()
+    # the same seed gives the same numbers
+    again = json.loads(run("forecast", graph_run, "--horizon", 3, "--chains", 2, "--samples", 5, "--out", out,
+                           "--json", "--no-plots").stdout)
+    assert again["metrics"] == res["metrics"]
+
+
+def test_forecast_past_the_held_out_steps(graph_run, tmp_path):
+    r = run("forecast", graph_run, "--horizon", 5, "--samples", 4, "--out", tmp_path / "g.nc", "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert "truth for h <= 3" in r.output
+    import arviz as az
+
+    idata = az.from_netcdf(tmp_path / "g.nc")
+    assert "X" not in idata.observed_data and idata.posterior_predictive["X"].shape[2] == 5
+
+
+def test_resume_reproduces_uninterrupted_graph_run(tmp_path):
+    cfg = GraphConfig(steps=6, checkpoint_every=2, baseline_steps=0, hidden=8, latent_dim=3,
+                      scheduled_sampling="linear:4").validate()
+    history, _ = load_graph_sequence(cfg)
+    args = (history.x[:6], history.edges[:6])
+    import pyro
+
+    pyro.set_rng_seed(cfg.seed)
+    whole = build_graph_model(cfg, history)
+    fit_sequence(whole, args, cfg, tmp_path / "a")
+
+    class Crash(Exception):
+        pass
+
+    def crash(row):
+        if row["step"] == 4:
+            raise Crash
+
+    pyro.set_rng_seed(cfg.seed)
+    first = build_graph_model(cfg, history)
+    with pytest.raises(Crash):
+        fit_sequence(first, args, cfg, tmp_path / "b", on_checkpoint=crash)
+    torch.manual_seed(123)  # a different state in between must not matter
+    resumed = build_graph_model(cfg, history)
+    fit_sequence(resumed, args, cfg, tmp_path / "b", resume=True)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "a" / "metrics.csv").read_text().splitlines()[1:] != []
+
+
+def test_non_finite_loss_stops_with_one_line(tmp_path):
+    cfg = GraphConfig(steps=2, checkpoint_every=1, baseline_steps=0, hidden=8).validate()
+    history, _ = load_graph_sequence(cfg)
+    m = build_graph_model(cfg, history)
+    m.edge_bias.data.fill_(float("nan"))
+    with pytest.raises(DgmPyroError, match="non-finite at step 1.*no checkpoint was written yet"):
+        fit_sequence(m, (history.x[:4], history.edges[:4]), cfg, tmp_path / "nan")
+
+
+def _bad_cases(graph_run, tmp_path):
+    cvae_dir = tmp_path / "cvae-run"
+    cvae_dir.mkdir()
+    (cvae_dir / "config.json").write_text(json.dumps({"model": "cvae"}))
+    return [
+        (["forecast", graph_run, "--horizon", 0], "--horizon must be >= 1"),
+        (["forecast", graph_run, "--horizon", -3], "--horizon must be >= 1"),
+        (["forecast", graph_run, "--horizon", 2, "--out", tmp_path / "f.txt"], "must end in .nc"),
+        (["forecast", graph_run, "--horizon", 2, "--out", tmp_path / "nodir" / "f.nc"], "no such directory"),
+        (["forecast", graph_run, "--horizon", 2, "--stationarity", 5], "at least 20 steps"),
+        (["forecast", tmp_path / "nothing", "--horizon", 2], "no such run folder"),
+        (["forecast", cvae_dir, "--horizon", 2], "not a graph-ssm run"),
+        (["evaluate", graph_run], "a graph-ssm run"),
+        (["sample", graph_run], "a graph-ssm run"),
+        (["diagnose", graph_run], "a graph-ssm run"),
+        (["train", "graph-ssm", "--epochs", 3, "--out", tmp_path], "do not apply to graph-ssm"),
+        (["train", "--steps", 3, "--out", tmp_path], "only apply to 'dgm-pyro train graph-ssm'"),
+        (["train", "graph-ssm", "--dataset", "csv:" + str(tmp_path / "none"), "--out", tmp_path], "no such folder"),
+        (["train", "graph-ssm", "--dataset", "digits", "--out", tmp_path], "unknown graph dataset"),
+        (["train", "graph-ssm", "--scheduled-sampling", "cosine:3", "--out", tmp_path], "scheduled-sampling"),
+        (["train", "graph-ssm", "--test-steps", 40, "--out", tmp_path], "--test-steps must be between"),
+        (["train", "graph-ssm", "--hidden", "64,64", "--out", tmp_path], "one width"),
+        (["train", "graph-ssm", "--resume", graph_run, "--steps", 9], "drop --steps"),
+    ]
+
+
+def test_bad_input_one_line_exit_2_nothing_modified(graph_run, tmp_path):
+    before = _digest(graph_run)
+    for args, message in _bad_cases(graph_run, tmp_path):
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+        err = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert len(err) == 1, (args, r.output)
+    assert _digest(graph_run) == before
+    assert not any(p.name.startswith("graph-ssm-") for p in tmp_path.iterdir())
+
+
+def test_installed_entry_point_refuses_horizon_zero(graph_run):
+    exe = Path(sys.executable).parent / "dgm-pyro"
+    p = subprocess.run([str(exe), "forecast", str(graph_run), "--horizon", "0"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip() == "error: --horizon must be >= 1, got 0" and p.stdout == ""

@@ -1,0 +1,170 @@
+"""Graph sequences: the dynamic SBM and its oracle against simulation, CollegeMsg, and user files (good and bad)."""
+
+import pickle
+
+import pytest
+import torch
+
+from dgm_pyro.data.graphs import (DSBMOracle, GraphSequence, dynamic_sbm, load_collegemsg, load_graph_csv,
+                                  load_graph_dataset, load_graph_pt)
+from dgm_pyro.errors import DgmPyroError
+
+
+def test_dsbm_is_seeded_and_blocky():
+    a, b = dynamic_sbm(seed=3), dynamic_sbm(seed=3)
+    assert torch.equal(a.x, b.x) and all(torch.equal(e, f) for e, f in zip(a.edges, b.edges))
+    assert a.x.shape == (30, 200, 4) and a.truth["communities"].shape == (30, 200)
+    c = a.truth["communities"][0]
+    u, v = a.edges[0]
+    inside = float((c[u] == c[v]).float().mean())
+    # with 4 equal communities, p_in 0.25, p_out 0.02: about 4*1225*0.25 inside vs 15000*0.02 across
+    assert 0.7 < inside < 0.9
+    switches = float((a.truth["communities"][1:] != a.truth["communities"][:-1]).float().mean())
+    assert abs(switches - 0.05) < 0.01
+
+
+def test_oracle_edge_probabilities_match_simulation():
+    """P(A_uv at T+h) = p_u^T B p_v with p = onehot(c_T) Pi^h, checked against 20000 simulated futures."""
+    seq = dynamic_sbm(num_nodes=6, num_communities=3, num_steps=5, num_features=2, switch_prob=0.3, p_in=0.6,
+                      p_out=0.1, seed=1)
+    oracle = DSBMOracle(seq)
+    prob = oracle.forecast(horizon=3, num_samples=2)["edge_prob"]
+    from dgm_pyro.data.graphs import _dsbm_step
+
+    g = torch.Generator().manual_seed(0)
+    s = 20000
+    c = seq.truth["communities"][-1].expand(s, 6).clone()
+    x = seq.x[-1].expand(s, 6, 2).clone()
+    iu = torch.triu_indices(6, 6, 1)
+    for h in range(3):
+        c, x, keep = _dsbm_step(c, x, seq.truth, False, g)
+        freq = keep.float().mean(0)
+        want = prob[h][iu[0], iu[1]]
+        se = (want * (1 - want) / s).sqrt()
+        assert torch.all((freq - want).abs() < 4.5 * se)
+
+
+def test_oracle_feature_draws_follow_the_process():
+    seq = dynamic_sbm(num_nodes=5, num_steps=4, num_features=3, switch_prob=0.0, seed=2)
+    draws = DSBMOracle(seq).forecast(horizon=1, num_samples=20000)["X"][:, 0]
+    r = seq.truth["persistence"]
+    mean = r * seq.x[-1] + (1 - r) * seq.truth["centres"][seq.truth["communities"][-1]]
+    cov = seq.truth["noise_tril"] @ seq.truth["noise_tril"].T
+    assert torch.allclose(draws.mean(0), mean, atol=0.02)
+    emp = torch.cov(draws[:, 0].T)
+    assert torch.allclose(emp, cov, atol=0.01)
+
+
+def test_split_and_adjacency():
+    seq = dynamic_sbm(num_nodes=10, num_steps=8, seed=0)
+    hist, fut = seq.split(3)
+    assert hist.num_steps == 5 and fut.num_steps == 3
+    assert torch.equal(fut.truth["communities"], seq.truth["communities"][5:])
+    a = seq.adjacency(0)
+    assert torch.equal(a, a.T) and a.sum() == 2 * seq.edges[0].shape[1]
+    with pytest.raises(DgmPyroError, match="--test-steps"):
+        seq.split(7)
+
+
+def test_collegemsg_ships_offline():
+    seq = load_collegemsg()
+    assert seq.num_nodes == 300 and seq.num_steps == 27 and not seq.directed
+    assert all(e.shape[1] > 0 for e in seq.edges)
+    assert torch.all(seq.edges[3][0] < seq.edges[3][1])
+    # the features are log(1 + degree)
+    deg = torch.bincount(seq.edges[3].flatten(), minlength=300).float()
+    assert torch.allclose(seq.x[3, :, 0], torch.log1p(deg))
+
+
+def _write(folder, edges, nodes=None):
+    folder.mkdir(exist_ok=True)
+    (folder / "edges.csv").write_text(edges)
+    if nodes is not None:
+        (folder / "nodes.csv").write_text(nodes)
+    return folder
+
+
+def test_csv_folder_round_trip(tmp_path):
+    d = _write(tmp_path / "g", "src,dst,time,weight\na,b,0.5,1\nb,a,0.7,2\nb,c,1.6,1\na,c,2.1,0\nc,a,2.6,1\n",
+               "node,size,colour\na,1.5,red\nb,2.0,blue\nc,-1,red\n")
+    seq = load_graph_csv(d, snapshot_width=1.0)
+    assert seq.num_steps == 3 and seq.node_ids == ["a", "b", "c"]
+    assert seq.edges[0].tolist() == [[0], [1]]  # a-b twice, stored once
+    assert seq.edges[2].tolist() == [[0], [2]]  # the weight-0 row is not an edge
+    # numeric column kept, text column one-hot (blue, red)
+    assert seq.x[0].tolist() == [[1.5, 0.0, 1.0], [2.0, 1.0, 0.0], [-1.0, 0.0, 1.0]]
+    directed = load_graph_csv(d, snapshot_width=1.0, directed=True)
+    assert directed.edges[0].tolist() == [[0, 1], [1, 0]]
+
+
+def test_csv_time_varying_features(tmp_path):
+    d = _write(tmp_path / "g", "src,dst,time\n1,2,0\n2,3,1\n1,3,2\n",
+               "node,time,f\n" + "".join(f"{v},{t},{v * 10 + t}\n" for v in (1, 2, 3) for t in (0, 1, 2)))
+    seq = load_graph_csv(d)
+    assert seq.x[:, :, 0].tolist() == [[10, 20, 30], [11, 21, 31], [12, 22, 32]]
+
+
+BAD_CSV = [
+    ("src,dst\n1,2\n", None, "missing column"),
+    ("src,dst,time\n1,2,x\n2,3,1\n1,3,2\n", None, "must be numeric"),
+    ("src,dst,time\n1,2,nan\n2,3,1\n1,3,2\n", None, "NaN"),
+    ("src,dst,time\n1,1,0\n2,3,1\n1,3,2\n", None, "self-loops"),
+    ("src,dst,time\n1,2,0\n2,3,5\n1,3,6\n", None, "have no edges"),
+    ("src,dst,time\n1,2,0\n2,3,0.5\n", None, "need at least 3"),
+    ("src,dst,time\n1,2,0\n2,9,1\n1,3,2\n", "node,f\n1,0\n2,1\n3,2\n", "not in nodes.csv"),
+    ("src,dst,time\n1,2,0\n2,3,1\n1,3,2\n", "node,f\n1,0\n1,1\n3,2\n", "repeat"),
+    ("src,dst,time\n1,2,0\n2,3,1\n1,3,2\n", "node,f\n1,0\n2,inf\n3,2\n", "NaN or infinite"),
+    ("src,dst,time\n1,2,0\n2,3\n", None, "fields"),
+    ("", None, "empty file"),
+]
+
+
+@pytest.mark.parametrize("edges,nodes,message", BAD_CSV)
+def test_bad_csv_folders_fail_with_one_line(tmp_path, edges, nodes, message):
+    d = _write(tmp_path / "g", edges, nodes)
+    with pytest.raises(DgmPyroError, match=message) as e:
+        load_graph_csv(d)
+    assert "\n" not in str(e.value)
+
+
+def test_pt_snapshots(tmp_path):
+    from torch_geometric.data import Data
+
+    snaps = [Data(x=torch.randn(4, 2), edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]), num_nodes=4) for _ in range(3)]
+    torch.save(snaps, tmp_path / "g.pt")
+    seq = load_graph_pt(tmp_path / "g.pt")
+    assert seq.x.shape == (3, 4, 2) and seq.edges[0].tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert load_graph_dataset(f"pt:{tmp_path / 'g.pt'}").num_nodes == 4
+    snaps[1].edge_index = torch.tensor([[0], [0]])
+    torch.save(snaps, tmp_path / "loop.pt")
+    with pytest.raises(DgmPyroError, match="self-loops"):
+        load_graph_pt(tmp_path / "loop.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(_Payload.target),))
+
+
+def test_malicious_pt_is_refused(tmp_path):
+    _Payload.target = str(tmp_path / "pwned")
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump([_Payload()], f)
+    torch.save([_Payload()], tmp_path / "evil2.pt")
+    for name in ("evil.pt", "evil2.pt"):
+        with pytest.raises(DgmPyroError):
+            load_graph_pt(tmp_path / name)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unknown_and_mismatched_specs():
+    with pytest.raises(DgmPyroError, match="unknown graph dataset"):
+        load_graph_dataset("digits")
+    with pytest.raises(DgmPyroError, match="undirected"):
+        load_graph_dataset("dsbm", directed=True)
+    with pytest.raises(DgmPyroError, match="snapshot-width"):
+        load_graph_dataset("dsbm", snapshot_width=2.0)
+    with pytest.raises(DgmPyroError, match="shape"):
+        GraphSequence(torch.zeros(3, 4), [])
