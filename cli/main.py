@@ -216,8 +216,19 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
                 settings[key] = values[key]
         config = TrainConfig.from_dict(settings, source=config_file or "options").validate()
         run_dir = new_run_dir(out, config.model)
+    from dgm_pyro import distributed as D
+
+    if D.init_from_env():  # launched by torchrun: one run folder for all ranks, rank 0's
+        run_dir = D.broadcast_object(run_dir)
     announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
-    summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out), on_start=announce)
+    rank = D.rank()
+    try:
+        summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out),
+                            on_start=announce)
+    finally:
+        D.shutdown()
+    if rank != 0:
+        return  # rank 0 evaluates and reports
     run = load_run(run_dir)
     ev = evaluate_run(run, particles=run.config.eval_particles, seed=run.config.seed, progress=_progress(json_out))
     if json_out:

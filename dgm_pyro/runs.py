@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import pyro
 import torch
 
+from . import distributed as D
 from .checkpoint import load_checkpoint, read_json, write_json
 from .config import TrainConfig
 from .data import ConditionalDataset, load_dataset
@@ -116,17 +117,22 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     if not resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise DgmPyroError(f"{run_dir}: exists and is not empty; choose another --out or use --resume")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config.to_dict())
-        write_json(run_dir / "environment.json", {**environment(), "seed": config.seed,
-                                                  "torch_threads": torch.get_num_threads()})
-    if on_start is not None:
+        D.barrier()  # every rank has checked before rank 0 makes the folder
+        if D.rank() == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", config.to_dict())
+            write_json(run_dir / "environment.json", {**environment(), "seed": config.seed,
+                                                      "torch_threads": torch.get_num_threads(),
+                                                      "processes": D.world_size()})
+        D.barrier()
+    if on_start is not None and D.rank() == 0:
         on_start(run_dir)
     groups = ds.splits["valid"][1].argmax(1) if ds.condition == "label" else None
     summary = fit(module, ds.splits["train"], ds.splits["valid"], config, run_dir, resume=resume and not restart,
                   progress=progress,
                   on_epoch=on_epoch, collapse_groups=groups)
-    plot_training_curves(run_dir)
+    if D.rank() == 0:
+        plot_training_curves(run_dir)
     if _wants_baseline(config, ds):
         base_dir = run_dir / "baseline"
         base_resume = resume and (base_dir / "checkpoint.pt").is_file()

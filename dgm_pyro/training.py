@@ -23,6 +23,7 @@ import pyro
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .errors import DgmPyroError
@@ -179,8 +180,11 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     annealing = build_annealing(config, n)
     run_dir.mkdir(parents=True, exist_ok=True)
     pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    rank, world = D.rank(), D.world_size()
+    if world > 1 and config.aggressive:
+        raise DgmPyroError("--aggressive is not supported with several processes (its inner loop is sequential)")
+    pyro.set_rng_seed(config.seed + rank)  # each rank its own latent draws; rank 0 as a single process
+    gen = torch.Generator().manual_seed(config.seed)  # the same minibatch order on every rank
     # two Adam optimisers over disjoint sets act exactly like one over their union; aggressive training
     # steps them separately
     if config.aggressive and not hasattr(module, "guide_parameters"):
@@ -207,28 +211,40 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         for opt, opt_state in zip(optimizers, ckpt["optim_state"]):
             opt.load_state_dict(opt_state)
         state.update(ckpt["trainer_state"])
-        _set_rng_state(ckpt["rng"], gen)
+        ranks = ckpt.get("rng_ranks")
+        if (len(ranks) if ranks else 1) != world:
+            raise DgmPyroError(f"{ckpt_path}: written by {len(ranks) if ranks else 1} process(es); resume it with "
+                               f"the same number (this run has {world})")
+        _set_rng_state(ranks[rank] if ranks else ckpt["rng"], gen)
         if annealing is not None:
             annealing.load_state_dict(ckpt["annealing"])
         rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.epochs, initial=state["epoch"], desc="train", unit="epoch", leave=False)
 
-    def step(batch: tuple[torch.Tensor, ...], params: list, opts: list, check: bool, epoch: int, where: int) -> float:
-        """One optimisation step of ``opts`` on ``params``; NaN (and no update) for a skipped bad step."""
+    def step(batch: tuple[torch.Tensor, ...], count: int, params: list, opts: list, check: bool, epoch: int,
+             where: int) -> float:
+        """One optimisation step of ``opts`` on ``params`` for a minibatch of ``count`` rows of which this rank
+        holds ``batch``; NaN (and no update) for a skipped bad step."""
         for opt in optimizers:
             opt.zero_grad()
-        # Pyro's argument checks cost about a third of a step on small networks: run them on the
-        # first minibatch of the run (to catch model errors early) and not after.
-        with pyro.validation_enabled(check), \
-                (annealing.handler() if annealing is not None else contextlib.nullcontext()):
-            value = loss.differentiable_loss(module.model, module.guide, *batch) / batch[0].shape[0]
+        value = torch.zeros(())
+        if batch[0].shape[0]:
+            # Pyro's argument checks cost about a third of a step on small networks: run them on the
+            # first minibatch of the run (to catch model errors early) and not after.
+            with pyro.validation_enabled(check), \
+                    (annealing.handler() if annealing is not None else contextlib.nullcontext()):
+                value = loss.differentiable_loss(module.model, module.guide, *batch) / count
+            if torch.isfinite(value):
+                value.backward()
+        # with several ranks: the sums of the shards' losses and gradients are the minibatch's
+        D.all_reduce_gradients(params)
+        value = D.all_reduce_sum(value) if world > 1 else value
         bad = "loss" if not torch.isfinite(value) else None
         if bad is None:
-            value.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
             bad = "gradient norm" if not torch.isfinite(norm) else None
         if bad is not None:
@@ -253,30 +269,34 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
 
         for i in range(0, n, config.batch_size):
             idx = perm[i : i + config.batch_size]
-            batch = tuple(t[idx] for t in train)
+            batch = tuple(t[idx[rank::world]] for t in train)
             first, where = epoch == 1 and i == 0, i // config.batch_size + 1
             betas.append(annealing.beta if annealing is not None else 1.0)
             if aggressive_now:
                 window, previous = 0.0, math.inf
                 for j in range(1, AGGRESSIVE_MAX_INNER + 1):
                     inner = torch.randint(n, (config.batch_size,), generator=gen)
-                    window += step(tuple(t[inner] for t in train), enc_params, [enc_opt], first and j == 1,
-                                   epoch, where)
+                    window += step(tuple(t[inner] for t in train), len(inner), enc_params, [enc_opt],
+                                   first and j == 1, epoch, where)
                     if j % AGGRESSIVE_WINDOW == 0:
                         if window >= previous:
                             break
                         window, previous = 0.0, window
-                value = step(batch, gen_params, [gen_opt], False, epoch, where)
+                value = step(batch, len(idx), gen_params, [gen_opt], False, epoch, where)
             else:
-                value = step(batch, all_params, optimizers, first, epoch, where)
+                value = step(batch, len(idx), all_params, optimizers, first, epoch, where)
             if annealing is not None:
                 annealing.step()
             if math.isfinite(value):
                 total += value * len(idx)
                 counted += len(idx)
         module.eval()
-        valid_elbo, valid_ll = _validate(module, valid, config.valid_particles)
-        collapse = _collapse_stats(module, valid, collapse_groups) if track else {}
+        # rank 0 validates and tells the others, so that every rank takes the same decisions
+        checked = None
+        if rank == 0:
+            checked = (*_validate(module, valid, config.valid_particles),
+                       _collapse_stats(module, valid, collapse_groups) if track else {})
+        valid_elbo, valid_ll, collapse = D.broadcast_object(checked)
         if aggressive_now:
             if collapse["valid_mi"] > state["best_valid_mi"]:
                 state["best_valid_mi"] = collapse["valid_mi"]
@@ -298,17 +318,23 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
         if track:
             row["aggressive"] = float(aggressive_now)
         rows.append(row)
-        # metrics first, checkpoint second: on resume, rows past the checkpoint's epoch are dropped
-        _write_metrics(metrics_path, rows, fields)
-        ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
-                "optim_state": [opt.state_dict() for opt in optimizers],
-                "trainer_state": dict(state), "rng": _rng_state(gen), "config_digest": config.digest(),
-                "annealing": annealing.state_dict() if annealing is not None else {},
-                "versions": environment()}
-        if improved:
-            save_checkpoint(ckpt, run_dir / "best.pt")
-        save_checkpoint(ckpt, ckpt_path)
-        if on_epoch is not None:
+        rng = _rng_state(gen)
+        all_rng = D.gather_objects(rng) if world > 1 else None
+        if rank == 0:
+            # metrics first, checkpoint second: on resume, rows past the checkpoint's epoch are dropped
+            _write_metrics(metrics_path, rows, fields)
+            ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
+                    "optim_state": [opt.state_dict() for opt in optimizers],
+                    "trainer_state": dict(state), "rng": rng, "config_digest": config.digest(),
+                    "annealing": annealing.state_dict() if annealing is not None else {},
+                    "versions": environment()}
+            if all_rng is not None:
+                ckpt["rng_ranks"] = all_rng
+            if improved:
+                save_checkpoint(ckpt, run_dir / "best.pt")
+            save_checkpoint(ckpt, ckpt_path)
+        D.barrier()
+        if on_epoch is not None and rank == 0:
             on_epoch(row)
         if bar is not None:
             bar.update(1)
