@@ -153,6 +153,8 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
                    "inverse-sigmoid:K (seed P4.5).")
 @click.option("--deterministic-decoder", is_flag=True,
               help="graph-ssm: fix the feature covariance at 0.01^2 I (P4.3; shows what it breaks).")
+@click.option("--edge-memory/--no-edge-memory", default=True, show_default=True,
+              help="graph-ssm: edge logits also use the pair's last edge and decayed past edge count.")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="graph-ssm: full-sequence SVI steps.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True,
@@ -172,7 +174,7 @@ def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size:
           anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, aggressive: bool,
           track_collapse: bool, skip_bad_steps: int, test_steps: int, snapshot_width: Optional[float],
           directed: bool, gnn: str, edge_likelihood: str, negatives_per_edge: float, scheduled_sampling: str,
-          deterministic_decoder: bool, steps: int, checkpoint_every: int, baseline_steps: int, seed: int, out: str,
+          deterministic_decoder: bool, edge_memory: bool, steps: int, checkpoint_every: int, baseline_steps: int, seed: int, out: str,
           config_file: Optional[str],
           resume: Optional[str], json_out: bool) -> None:
     """Train a model (MODEL: cvae or graph-ssm) and report its test metrics; writes a run folder."""
@@ -246,7 +248,7 @@ GRAPH_FLAGS = {"dataset": "dataset", "test_steps": "test_steps", "snapshot_width
                "directed": "directed", "latent_dim": "latent_dim", "hidden": "hidden", "gnn": "gnn",
                "edge_likelihood": "edge_likelihood", "negatives_per_edge": "negatives_per_edge",
                "scheduled_sampling": "scheduled_sampling", "deterministic_decoder": "deterministic_decoder",
-               "steps": "steps", "lr": "lr", "checkpoint_every": "checkpoint_every", "baseline_steps": "baseline_steps",
+               "edge_memory": "edge_memory", "steps": "steps", "lr": "lr", "checkpoint_every": "checkpoint_every", "baseline_steps": "baseline_steps",
                "seed": "seed", "skip_bad_steps": "skip_bad_steps"}
 
 

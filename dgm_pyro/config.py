@@ -155,6 +155,7 @@ class GraphConfig(ConfigBase):
     negatives_per_edge: float = 5.0
     scheduled_sampling: str = "none"
     deterministic_decoder: bool = False
+    edge_memory: bool = True
     steps: int = 300
     lr: float = 1e-2
     clip_norm: float = 10.0

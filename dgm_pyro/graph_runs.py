@@ -27,7 +27,7 @@ from .metrics import forecast_scores
 from .models.graph_baselines import GCNGRUForecaster, HistoricalMean, Persistence
 from .models.graph_ssm import GraphSSM
 from .plotting import save_figure
-from .training import environment, fit_sequence, read_metrics
+from .training import deterministic_algorithms, environment, fit_sequence, read_metrics
 
 __all__ = ["GraphRun", "load_graph_sequence", "build_graph_model", "train_graph_run", "load_graph_run",
            "forecast_run", "backtest", "stationarity_check", "to_inference_data", "FORECAST_MAX_NODES"]
@@ -64,7 +64,8 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     directed=history.directed, gnn=config.gnn,
                     edge_likelihood=config.resolved_edge_likelihood(history.num_nodes),
                     negatives_per_edge=config.negatives_per_edge,
-                    deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale)
+                    deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
+                    edge_memory=config.edge_memory)
 
 
 def _baseline_possible(history: GraphSequence) -> bool:
@@ -108,7 +109,8 @@ def train_graph_run(config: GraphConfig, run_dir: str | Path, resume: bool = Fal
     if config.baseline_steps and _baseline_possible(history) and not (run_dir / "baseline.pt").is_file():
         baseline = GCNGRUForecaster(history.num_nodes, history.num_features, hidden=config.hidden,
                                     directed=history.directed)
-        baseline.fit(history, steps=config.baseline_steps, seed=config.seed)
+        with deterministic_algorithms():
+            baseline.fit(history, steps=config.baseline_steps, seed=config.seed)
         save_checkpoint({"model_state": baseline.state_dict(), "versions": environment()}, run_dir / "baseline.pt")
     _plot_graph_training(run_dir)
     return summary
@@ -208,24 +210,13 @@ def stationarity_check(module: GraphSSM, history: GraphSequence, chains: int = 4
 
     if chains < 2 or steps < 20:
         raise DgmPyroError("--stationarity needs at least 2 chains and 20 steps")
+    if module.num_nodes > FORECAST_MAX_NODES:
+        raise DgmPyroError(f"the stationarity check rolls out dense graphs; available up to {FORECAST_MAX_NODES} nodes")
     pyro.set_rng_seed(seed)
-    with torch.no_grad():
-        z = module.filter(history.x, history.edges, chains)
-        density, feature = [], []
-        u, v = torch.triu_indices(module.num_nodes, module.num_nodes, 1) if not module.directed else \
-            (torch.arange(0), torch.arange(0))
-        for _ in range(steps):
-            if module.directed or module.num_nodes > FORECAST_MAX_NODES:
-                k = 20_000
-                su, sv = torch.randint(module.num_nodes, (2, k))
-                keep = su != sv
-                density.append(torch.sigmoid(module.edge_logits(z, su[keep], sv[keep])).mean(-1))
-            else:
-                density.append(torch.sigmoid(module.edge_logits(z, u, v)).mean(-1))
-            feature.append(module.feature_params(z)[0].mean((-1, -2)) if module.num_features else
-                           torch.zeros(chains))
-            loc, scale = module.transition(z)
-            z = loc + scale * torch.randn_like(loc)
+    density, feature = [], []
+    for step in module.rollout(history.x, history.edges, steps, chains):
+        density.append(step["edge_prob"].mean((-1, -2)) * module.num_nodes / (module.num_nodes - 1))
+        feature.append(step["x"].mean((-1, -2)) if module.num_features else torch.zeros(chains))
     half = steps // 2
     stats = {"edge_density": torch.stack(density, 1)[:, half:].numpy(),
              "mean_feature": torch.stack(feature, 1)[:, half:].numpy()}
@@ -267,13 +258,13 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         raise DgmPyroError(f"{out_path.parent}: no such directory for --out")
     total = num_samples * chains
     pyro.set_rng_seed(seed)
-    fc = run.module.forecast(history.x, history.edges, horizon=horizon, num_samples=total)
+    with deterministic_algorithms():
+        fc = run.module.forecast(history.x, history.edges, horizon=horizon, num_samples=total,
+                                 future=(future.x, future.edges))
     scored = min(horizon, future.num_steps)
     metrics: dict[str, list[dict[str, Any]]] = {"GraphSSM": forecast_scores(fc, future, history, scored)}
-    # held-out predictive log-likelihood per snapshot: log mean_s p(X, A | Z_s) over the rollout's latents
     for h in range(scored):
-        lp = run.module.emission_log_prob(fc["Z"][:, h], future.x[h], future.edges[h])
-        metrics["GraphSSM"][h]["log_lik"] = float(torch.logsumexp(lp, 0) - math.log(total))
+        metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
     others: list[Any] = [Persistence(), HistoricalMean()] + ([run.baseline] if run.baseline is not None else [])
     for forecaster in others:
         metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)

@@ -33,7 +33,7 @@ from .infer.evidence import log_evidence
 from .infer.free_bits import FreeBitsELBO
 
 __all__ = ["fit", "build_objective", "describe_objective", "build_annealing", "steps_per_epoch", "METRIC_FIELDS",
-           "COLLAPSE_FIELDS", "read_metrics", "environment", "fit_sequence", "SEQUENCE_FIELDS"]
+           "COLLAPSE_FIELDS", "read_metrics", "environment", "fit_sequence", "SEQUENCE_FIELDS", "deterministic_algorithms"]
 
 METRIC_FIELDS = ["epoch", "train_loss", "beta_mean", "beta_last", "valid_elbo", "valid_log_likelihood", "best",
                  "seconds"]
@@ -135,6 +135,19 @@ def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[to
     with torch.random.fork_rng():
         report = collapse_report(module.model, module.guide, *valid, groups=groups, num_samples=10, particles=0)
     return {"valid_kl": report.kl, "valid_mi": report.mutual_information, "valid_au": float(report.active_units)}
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """``torch.use_deterministic_algorithms(True)`` for the duration: torch-geometric's message passing
+    accumulates with scatter operations whose multi-threaded CPU results otherwise vary from run to run in
+    the last bits, which breaks "same seed, same numbers" and exact resume."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _non_finite(what: str, where: str, allowed: int, ckpt_path: Path, last: Optional[str]) -> DgmPyroError:
@@ -393,46 +406,47 @@ def fit_sequence(module: torch.nn.Module, args: tuple, config: Any, run_dir: str
 
         bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step", leave=False)
     module.train()
-    while state["step"] < config.steps:
-        start = time.perf_counter()
-        values, eps = [], 1.0
-        for _ in range(min(config.checkpoint_every, config.steps - state["step"])):
-            eps = schedule(state["step"])
-            opt.zero_grad()
-            try:
-                with pyro.validation_enabled(state["step"] == 0):
-                    value = loss.differentiable_loss(module.model, module.guide, *args,
-                                                     teacher_forcing=eps) / normaliser
-            except ValueError as e:
-                if "invalid values" not in str(e):  # a NaN distribution parameter caught by Pyro's checks
-                    raise
-                value = torch.tensor(math.nan)
-            bad = "loss" if not torch.isfinite(value) else None
-            if bad is None:
-                value.backward()
-                if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm)):
-                    bad = "gradient norm"
-            state["step"] += 1
-            if bad is not None:
-                state["skipped_steps"] += 1
-                if state["skipped_steps"] > config.skip_bad_steps:
-                    done = [r["step"] for r in rows]
-                    raise _non_finite(bad, f"step {state['step']}", config.skip_bad_steps, ckpt_path,
-                                      f"step {int(done[-1])}" if done else None)
-                continue
-            opt.step()
-            values.append(float(value.detach()))
-            if bar is not None:
-                bar.update(1)
-        row = {"step": state["step"], "train_loss": sum(values) / len(values) if values else math.nan,
-               "teacher_forcing": eps, "seconds": time.perf_counter() - start}
-        rows.append(row)
-        _write_metrics(metrics_path, rows, SEQUENCE_FIELDS)
-        save_checkpoint({"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
-                         "optim_state": [opt.state_dict()], "trainer_state": dict(state), "rng": _rng_state(gen),
-                         "config_digest": config.digest(), "versions": environment()}, ckpt_path)
-        if on_checkpoint is not None:
-            on_checkpoint(row)
+    with deterministic_algorithms():
+        while state["step"] < config.steps:
+            start = time.perf_counter()
+            values, eps = [], 1.0
+            for _ in range(min(config.checkpoint_every, config.steps - state["step"])):
+                eps = schedule(state["step"])
+                opt.zero_grad()
+                try:
+                    with pyro.validation_enabled(state["step"] == 0):
+                        value = loss.differentiable_loss(module.model, module.guide, *args,
+                                                         teacher_forcing=eps) / normaliser
+                except ValueError as e:
+                    if "invalid values" not in str(e):  # a NaN distribution parameter caught by Pyro's checks
+                        raise
+                    value = torch.tensor(math.nan)
+                bad = "loss" if not torch.isfinite(value) else None
+                if bad is None:
+                    value.backward()
+                    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm)):
+                        bad = "gradient norm"
+                state["step"] += 1
+                if bad is not None:
+                    state["skipped_steps"] += 1
+                    if state["skipped_steps"] > config.skip_bad_steps:
+                        done = [r["step"] for r in rows]
+                        raise _non_finite(bad, f"step {state['step']}", config.skip_bad_steps, ckpt_path,
+                                          f"step {int(done[-1])}" if done else None)
+                    continue
+                opt.step()
+                values.append(float(value.detach()))
+                if bar is not None:
+                    bar.update(1)
+            row = {"step": state["step"], "train_loss": sum(values) / len(values) if values else math.nan,
+                   "teacher_forcing": eps, "seconds": time.perf_counter() - start}
+            rows.append(row)
+            _write_metrics(metrics_path, rows, SEQUENCE_FIELDS)
+            save_checkpoint({"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
+                             "optim_state": [opt.state_dict()], "trainer_state": dict(state), "rng": _rng_state(gen),
+                             "config_digest": config.digest(), "versions": environment()}, ckpt_path)
+            if on_checkpoint is not None:
+                on_checkpoint(row)
     if bar is not None:
         bar.close()
     module.eval()

@@ -7,9 +7,16 @@ Generative model (P4.1), for snapshots t = 1..T of one set of N nodes, with per-
     Z_t | Z_{t-1}            Normal(Z_{t-1} + f(Z_{t-1}, c(Z_{t-1})), diag s(Z_{t-1}, c(Z_{t-1}))^2)
 
 where c is a pooled context (the mean over nodes of a learned map of every node's latent), so each node's
-move depends on the whole graph's state. The edge probability of a pair is
-sigma(sum_k g_k(z_u) lambda_k g_k(z_v) + b) (undirected; two maps g, h for directed graphs), over pairs
-u < v (undirected) or all ordered pairs u != v (directed).
+move depends on the whole graph's state. The edge decoder is autoregressive in the graph: the logit of
+a pair is
+
+    sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}),
+    M_{uv,t-1} = sum_{s <= t-1} rho^{t-1-s} A_{uv,s}      (a decayed count of the pair's past edges)
+
+(undirected; two maps g, h for directed graphs), over pairs u < v (undirected) or all ordered pairs
+u != v (directed); alpha, gamma and rho in (0, 1) are learned, and ``edge_memory=False`` drops the last two
+terms. So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts
+feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
@@ -21,7 +28,8 @@ Site names: latents ``z_{t}``, features ``x_{t}``, edges ``a_{t}`` (dense) or ``
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Iterator, Optional
 
 import pyro
 import pyro.distributions as dist
@@ -65,7 +73,7 @@ class GraphSSM(PyroModule):
                  directed: bool = False, gnn: str = "gcn", edge_likelihood: str = "dense",
                  negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
-                 embedding_dim: int = 16, edge_dim: int = 8):
+                 embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True):
         super().__init__()
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
@@ -89,6 +97,11 @@ class GraphSSM(PyroModule):
         self.edge_dst = MLP(d, [hidden], edge_dim) if directed else None
         self.edge_weight = nn.Parameter(torch.ones(edge_dim))
         self.edge_bias = nn.Parameter(torch.tensor(-3.0))
+        self.edge_memory = edge_memory
+        if edge_memory:
+            self.memory_last = nn.Parameter(torch.tensor(0.0))
+            self.memory_weight = nn.Parameter(torch.tensor(0.0))
+            self.memory_decay_logit = nn.Parameter(torch.tensor(1.4))  # rho = 0.8
         # guide q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t})
         self.embedding = nn.Parameter(0.1 * torch.randn(n, embedding_dim))
         self.encoder = SnapshotEncoder(f + embedding_dim, hidden, gnn)
@@ -123,16 +136,55 @@ class GraphSSM(PyroModule):
         h = self.edge_dst(z) if self.directed else g
         return g * self.edge_weight, h
 
-    def edge_logits(self, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        """Logits (..., P) of the pairs (src[i], dst[i]) given latents (..., N, d)."""
-        g, h = self._edge_factors(z)
-        return (g[..., src, :] * h[..., dst, :]).sum(-1) + self.edge_bias
+    @property
+    def memory_decay(self) -> torch.Tensor:
+        return torch.sigmoid(self.memory_decay_logit)
 
-    def edge_probabilities(self, z: torch.Tensor) -> torch.Tensor:
-        """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only)."""
+    def pair_memory(self, src: torch.Tensor, dst: torch.Tensor,
+                    past: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_{uv,t-1}, M_{uv,t-1}) of the pairs (src[i], dst[i]) given the past snapshots' edges (oldest first)."""
+        n = self.num_nodes
+        query = src * n + dst
+        last = torch.zeros(query.shape)
+        decayed = torch.zeros(query.shape)
+        for e in past:
+            last = torch.isin(query, e[0] * n + e[1]).float()
+            decayed = self.memory_decay * decayed + last
+        return last, decayed
+
+    def _memory_term(self, last: torch.Tensor, decayed: torch.Tensor) -> torch.Tensor:
+        return self.memory_last * last + self.memory_weight * torch.log1p(decayed)
+
+    def edge_logits(self, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                    past: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+        """Logits (..., P) of the pairs (src[i], dst[i]) given latents (..., N, d) and the past snapshots' edges."""
         g, h = self._edge_factors(z)
-        p = torch.sigmoid(g @ h.transpose(-1, -2) + self.edge_bias)
-        return p * (1 - torch.eye(self.num_nodes))
+        logits = (g[..., src, :] * h[..., dst, :]).sum(-1) + self.edge_bias
+        if self.edge_memory and past:
+            logits = logits + self._memory_term(*self.pair_memory(src, dst, past))
+        return logits
+
+    def edge_probabilities(self, z: torch.Tensor,
+                           memory: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
+        dense (A_{t-1}, M_{t-1}) pair of (..., N, N) tensors."""
+        g, h = self._edge_factors(z)
+        logits = g @ h.transpose(-1, -2) + self.edge_bias
+        if self.edge_memory and memory is not None:
+            logits = logits + self._memory_term(*memory)
+        return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes))
+
+    def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_T, M_T) as dense (N, N) tensors after the snapshots ``edges`` (symmetric when undirected)."""
+        n = self.num_nodes
+        last, decayed = torch.zeros(n, n), torch.zeros(n, n)
+        for e in edges:
+            last = torch.zeros(n, n)
+            last[e[0], e[1]] = 1.0
+            if not self.directed:
+                last[e[1], e[0]] = 1.0
+            decayed = self.memory_decay * decayed + last
+        return last, decayed
 
     def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
         """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t."""
@@ -152,8 +204,9 @@ class GraphSSM(PyroModule):
 
     # ------------------------------------------------------------------ model and guide
 
-    def _emit(self, t: int, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor, nodes: pyro.plate) -> None:
-        """Observe X_t and A_t given Z_{t-1} (P4.2)."""
+    def _emit(self, t: int, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor, nodes: pyro.plate,
+              past: list[torch.Tensor]) -> None:
+        """Observe X_t and A_t given Z_{t-1} and the past edges (P4.2)."""
         if self.num_features:
             loc, tril = self.feature_params(z)
             with nodes:
@@ -163,11 +216,12 @@ class GraphSSM(PyroModule):
             pairs = pair_index(n, self.directed)
             obs = torch.isin(pairs[0] * n + pairs[1], e[0] * n + e[1]).float()
             with pyro.plate(f"pairs_{t}", self.num_pairs):
-                pyro.sample(f"a_{t}", dist.Bernoulli(logits=self.edge_logits(z, pairs[0], pairs[1])), obs=obs)
+                pyro.sample(f"a_{t}", dist.Bernoulli(logits=self.edge_logits(z, pairs[0], pairs[1], past)),
+                            obs=obs)
             return
         num_edges = e.shape[1]
         with pyro.plate(f"edges_{t}", num_edges):
-            pyro.sample(f"a_{t}_edges", dist.Bernoulli(logits=self.edge_logits(z, e[0], e[1])),
+            pyro.sample(f"a_{t}_edges", dist.Bernoulli(logits=self.edge_logits(z, e[0], e[1], past)),
                         obs=torch.ones(num_edges))
         num_non = self.num_pairs - num_edges
         m = min(num_non, max(100, int(self.negatives_per_edge * num_edges)))
@@ -176,7 +230,7 @@ class GraphSSM(PyroModule):
             # the plate's scale num_non / m makes the sampled terms an unbiased estimate of the sum over
             # all non-edges
             with pyro.plate(f"nonedges_{t}", num_non, subsample=torch.arange(m)):
-                pyro.sample(f"a_{t}_nonedges", dist.Bernoulli(logits=self.edge_logits(z, src, dst)),
+                pyro.sample(f"a_{t}_nonedges", dist.Bernoulli(logits=self.edge_logits(z, src, dst, past)),
                             obs=torch.zeros(m))
 
     def sample_nonedges(self, e: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +262,7 @@ class GraphSSM(PyroModule):
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         z, z_hat = self.z0, None
         for t in pyro.markov(range(1, len(edges) + 1)):
-            self._emit(t, z, x[t - 1], edges[t - 1], nodes)
+            self._emit(t, z, x[t - 1], edges[t - 1], nodes, edges[: t - 1])
             z_in = z
             if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand(())) >= teacher_forcing:
                 z_in = z_hat
@@ -241,52 +295,68 @@ class GraphSSM(PyroModule):
         return z
 
     @torch.no_grad()
+    def rollout(self, x: torch.Tensor, edges: list[torch.Tensor], steps: int,
+                num_samples: int) -> Iterator[dict[str, Any]]:
+        """Yield ``steps`` forecast steps (P4.4) of ``num_samples`` paths, each a dict with the latent ``z``
+        (S, N, d) it is emitted from, feature draws ``x`` (S, N, F), ``edge_prob`` and edge draws ``A``
+        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}) it used. Filters Z_T with the guide first,
+        then alternately emits from Z and moves Z ~ p(Z' | Z), feeding the sampled edges back."""
+        z = self.filter(x, edges, num_samples)
+        memory = None
+        if self.edge_memory:
+            last, decayed = self.dense_memory(edges)
+            memory = (last.expand(num_samples, -1, -1), decayed.expand(num_samples, -1, -1))
+        for _ in range(steps):
+            if self.num_features:
+                loc, tril = self.feature_params(z)
+                x_draw = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
+            else:
+                x_draw = torch.zeros(num_samples, self.num_nodes, 0)
+            p = self.edge_probabilities(z, memory)
+            a = torch.bernoulli(p)
+            if not self.directed:
+                a = a.triu(1)
+                a = a + a.transpose(-1, -2)
+            yield {"z": z, "x": x_draw, "edge_prob": p, "A": a, "memory": memory}
+            if memory is not None:
+                memory = (a, self.memory_decay * memory[1] + a)
+            loc, scale = self.transition(z)
+            z = loc + scale * torch.randn_like(loc)
+
+    @torch.no_grad()
     def forecast(self, x: torch.Tensor, edges: list[torch.Tensor], horizon: int, num_samples: int = 100,
-                 dense: bool = True) -> dict[str, torch.Tensor]:
+                 future: Optional[tuple[torch.Tensor, list[torch.Tensor]]] = None) -> dict[str, torch.Tensor]:
         """Sample paths of the next ``horizon`` snapshots (P4.4).
 
-        Filters Z_T with the guide, then for k = 1..H emits (X_{T+k}, A_{T+k}) from Z_{T+k-1} and moves
-        Z_{T+k} ~ p(. | Z_{T+k-1}). Returns ``X`` (S, H, N, F), ``Z`` (S, H, N, d) (the latent each step is
-        emitted from) and, when ``dense``, ``edge_prob`` (S, H, N, N) and ``A`` (S, H, N, N) 0/1 samples
-        (symmetric for undirected graphs).
+        Returns ``X`` (S, H, N, F), ``Z`` (S, H, N, d) (the latent each step is emitted from), ``edge_prob``
+        (S, H, N, N) and ``A`` (S, H, N, N) 0/1 draws (symmetric for undirected graphs). With ``future``
+        (features (H', N, F) and H' edge indices), also ``log_lik`` (min(H, H'),): the held-out predictive
+        log-likelihood log (1/S) sum_s p(X_{T+h}, A_{T+h} | Z_s, A_s) of each true snapshot, over the paths.
         """
         if horizon < 1 or num_samples < 1:
             raise ValueError("horizon and num_samples must be >= 1")
-        z = self.filter(x, edges, num_samples)
-        xs, zs, probs, adj = [], [], [], []
-        for _ in range(horizon):
-            zs.append(z)
-            if self.num_features:
-                loc, tril = self.feature_params(z)
-                xs.append(loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1))
-            else:
-                xs.append(torch.zeros(num_samples, self.num_nodes, 0))
-            if dense:
-                p = self.edge_probabilities(z)
-                a = torch.bernoulli(p)
-                if not self.directed:
-                    a = a.triu(1)
-                    a = a + a.transpose(-1, -2)
-                probs.append(p)
-                adj.append(a)
-            loc, scale = self.transition(z)
-            z = loc + scale * torch.randn_like(loc)
-        out = {"X": torch.stack(xs, 1), "Z": torch.stack(zs, 1)}
-        if dense:
-            out["edge_prob"] = torch.stack(probs, 1)
-            out["A"] = torch.stack(adj, 1)
+        steps = list(self.rollout(x, edges, horizon, num_samples))
+        out = {"X": torch.stack([s["x"] for s in steps], 1), "Z": torch.stack([s["z"] for s in steps], 1),
+               "edge_prob": torch.stack([s["edge_prob"] for s in steps], 1),
+               "A": torch.stack([s["A"] for s in steps], 1)}
+        if future is not None:
+            lls = []
+            for h in range(min(horizon, len(future[1]))):
+                lp = self._emission_log_prob(steps[h], future[0][h], future[1][h])
+                lls.append(torch.logsumexp(lp, 0) - math.log(num_samples))
+            out["log_lik"] = torch.stack(lls)
         return out
 
-    @torch.no_grad()
-    def emission_log_prob(self, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """log p(X, A | Z = z) for latents (S, N, d) and one snapshot (x (N, F), edges (2, E)): shape (S,).
-        Dense over all pairs (small graphs)."""
+    def _emission_log_prob(self, step: dict[str, Any], x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """log p(X, A | Z, memory) of one true snapshot for each path of a rollout step: shape (S,)."""
+        z = step["z"]
         total = torch.zeros(z.shape[0])
         if self.num_features:
             loc, tril = self.feature_params(z)
             total = total + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(x).sum(-1)
-        n = self.num_nodes
-        pairs = pair_index(n, self.directed)
-        obs = torch.isin(pairs[0] * n + pairs[1], e[0] * n + e[1]).float()
-        logits = self.edge_logits(z, pairs[0], pairs[1])
-        return total + dist.Bernoulli(logits=logits).log_prob(obs).sum(-1)
+        u, v = pair_index(self.num_nodes, self.directed)
+        p = step["edge_prob"][:, u, v].clamp(1e-7, 1 - 1e-7)
+        obs = torch.zeros(self.num_nodes, self.num_nodes)
+        obs[e[0], e[1]] = 1.0
+        obs = obs[u, v]
+        return total + (obs * p.log() + (1 - obs) * torch.log1p(-p)).sum(-1)

@@ -39,7 +39,15 @@ def test_log_joint_equals_hand_computation(directed):
     x, edges = _tiny(directed)
     t_max, n, f = x.shape
     m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed)
+    m.memory_last.data.fill_(0.7)
+    m.memory_weight.data.fill_(-0.4)
+    rho = float(m.memory_decay)
     zs = {f"z_{t}": torch.randn(n, 3) for t in range(1, t_max + 1)}
+    adj = []
+    for e in edges:
+        a = torch.zeros(n, n)
+        a[e[0], e[1]] = 1
+        adj.append(a)
     with torch.no_grad():
         tr = poutine.trace(poutine.condition(m.model, data=zs)).get_trace(x, edges)
         got = tr.log_prob_sum()
@@ -51,13 +59,17 @@ def test_log_joint_equals_hand_computation(directed):
                 cov = tril[v] @ tril[v].T
                 r = x[t - 1, v] - loc[v]
                 want += float(-0.5 * r @ torch.linalg.solve(cov, r) - 0.5 * torch.logdet(2 * math.pi * cov))
-            a = torch.zeros(n, n)
-            a[edges[t - 1][0], edges[t - 1][1]] = 1
+            a = adj[t - 1]
+            g, h = m._edge_factors(z)
             for u in range(n):
                 for v in range(n):
                     if u == v or (not directed and u > v):
                         continue
-                    p = torch.sigmoid(m.edge_logits(z, torch.tensor([u]), torch.tensor([v])))[0]
+                    # the autoregressive edge terms: last snapshot's edge and the decayed count of past edges
+                    last = adj[t - 2][u, v] if t >= 2 else 0.0
+                    count = sum(rho ** (t - 1 - s) * adj[s - 1][u, v] for s in range(1, t))
+                    logit = (g[u] * h[v]).sum() + m.edge_bias + 0.7 * last - 0.4 * math.log1p(count)
+                    p = torch.sigmoid(logit)
                     want += float(a[u, v] * torch.log(p) + (1 - a[u, v]) * torch.log1p(-p))
             tl, ts = m.transition(z)
             z = zs[f"z_{t}"]
