@@ -70,6 +70,10 @@ def main() -> None:
     ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     ap.add_argument("--remedies", nargs="+", default=list(REMEDIES), choices=list(REMEDIES))
     ap.add_argument("--lr", type=float, default=BASE["lr"], help="learning rate (an ablation of BASE)")
+    ap.add_argument("--dataset", default=BASE["dataset"], help="digits (class-conditional) or digits-unconditional")
+    ap.add_argument("--epochs", type=int, default=BASE["epochs"])
+    ap.add_argument("--hidden", type=int, nargs="+", default=BASE["hidden_dims"])
+    ap.add_argument("--latent-dim", type=int, default=BASE["latent_dim"])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--replot", type=Path, default=None, help="only redraw --plot from a JSON written by --json")
     ap.add_argument("--plot", type=Path, default=None)
@@ -78,7 +82,8 @@ def main() -> None:
         _plot(json.loads(args.replot.read_text())["results"], args.plot, args.decoders, args.remedies)
         return
     root = tempfile.mkdtemp(prefix="dgm-collapse-")
-    base = {**BASE, "lr": args.lr}
+    base = {**BASE, "lr": args.lr, "dataset": args.dataset, "epochs": args.epochs, "latent_dim": args.latent_dim,
+            "hidden_dims": args.hidden}
     jobs = [(d, r, s, args.particles, root, base) for d in args.decoders for r in args.remedies for s in args.seeds]
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

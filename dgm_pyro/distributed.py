@@ -7,7 +7,8 @@ the global batch size), and the gradients are summed across ranks with ``all_red
 optimiser step, so every rank takes the same step as one process on the whole minibatch. Latent draws
 use a different random stream per rank (seed + rank). Rank 0 validates (and broadcasts the result),
 writes ``metrics.csv`` and checkpoints; checkpoints hold every rank's random-number state so that a
-resumed run continues exactly. The backend is ``gloo`` on CPU and ``nccl`` when CUDA is used.
+resumed run continues exactly. The backend is ``gloo``: training runs on CPU (the package has no GPU path
+yet; with one, ``nccl`` and a device per rank would be the change).
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DGM_PYRO_DEVICE", "cpu") == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="gloo")
     return True
 
 
@@ -45,18 +45,25 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Sum every parameter's gradient over the ranks, in one flat buffer (one collective per step)."""
+def all_reduce_gradients(params: list[torch.nn.Parameter], value: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Sum every parameter's gradient over the ranks, and ``value`` (a scalar, for example the loss) with
+    them, in one flat buffer: one collective per step. Returns the summed ``value``."""
     if not is_distributed():
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+        return value
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    parts = [p.grad.reshape(-1) for p in params]
+    if value is not None:
+        parts.append(value.detach().reshape(1).to(parts[0].dtype))
+    flat = torch.cat(parts)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))
         offset += n
+    return flat[-1] if value is not None else None
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

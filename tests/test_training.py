@@ -32,7 +32,7 @@ def _state(path):
 
 
 def _strip_time(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rows]
 
 
 OBJECTIVES = [{}, {"objective": "cs", "lam": 2.0, "anneal": "cyclical:3:0.5"},

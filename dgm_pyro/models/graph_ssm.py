@@ -42,7 +42,7 @@ from ..data.graphs import pair_index
 from .gnn import SnapshotEncoder
 from .nn import MLP, cat_broadcast
 
-__all__ = ["GraphSSM", "EDGE_LIKELIHOODS"]
+__all__ = ["GraphSSM", "PairHistory", "EDGE_LIKELIHOODS"]
 
 EDGE_LIKELIHOODS = ("dense", "sparse")
 _MIN_SCALE = 1e-3
@@ -140,28 +140,16 @@ class GraphSSM(PyroModule):
     def memory_decay(self) -> torch.Tensor:
         return torch.sigmoid(self.memory_decay_logit)
 
-    def pair_memory(self, src: torch.Tensor, dst: torch.Tensor,
-                    past: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A_{uv,t-1}, M_{uv,t-1}) of the pairs (src[i], dst[i]) given the past snapshots' edges (oldest first)."""
-        n = self.num_nodes
-        query = src * n + dst
-        last = torch.zeros(query.shape)
-        decayed = torch.zeros(query.shape)
-        for e in past:
-            last = torch.isin(query, e[0] * n + e[1]).float()
-            decayed = self.memory_decay * decayed + last
-        return last, decayed
-
     def _memory_term(self, last: torch.Tensor, decayed: torch.Tensor) -> torch.Tensor:
         return self.memory_last * last + self.memory_weight * torch.log1p(decayed)
 
     def edge_logits(self, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                    past: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
-        """Logits (..., P) of the pairs (src[i], dst[i]) given latents (..., N, d) and the past snapshots' edges."""
+                    history: Optional["PairHistory"] = None) -> torch.Tensor:
+        """Logits (..., P) of the pairs (src[i], dst[i]) given latents (..., N, d) and the edge history so far."""
         g, h = self._edge_factors(z)
         logits = (g[..., src, :] * h[..., dst, :]).sum(-1) + self.edge_bias
-        if self.edge_memory and past:
-            logits = logits + self._memory_term(*self.pair_memory(src, dst, past))
+        if self.edge_memory and history is not None:
+            logits = logits + self._memory_term(*history.lookup(src, dst))
         return logits
 
     def edge_probabilities(self, z: torch.Tensor,
@@ -205,7 +193,7 @@ class GraphSSM(PyroModule):
     # ------------------------------------------------------------------ model and guide
 
     def _emit(self, t: int, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor, nodes: pyro.plate,
-              past: list[torch.Tensor]) -> None:
+              past: Optional["PairHistory"]) -> None:
         """Observe X_t and A_t given Z_{t-1} and the past edges (P4.2)."""
         if self.num_features:
             loc, tril = self.feature_params(z)
@@ -261,8 +249,11 @@ class GraphSSM(PyroModule):
         """
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         z, z_hat = self.z0, None
+        history = PairHistory(edges, self.num_nodes, self.memory_decay) if self.edge_memory else None
         for t in pyro.markov(range(1, len(edges) + 1)):
-            self._emit(t, z, x[t - 1], edges[t - 1], nodes, edges[: t - 1])
+            self._emit(t, z, x[t - 1], edges[t - 1], nodes, history)
+            if history is not None:
+                history.advance()
             z_in = z
             if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand(())) >= teacher_forcing:
                 z_in = z_hat
@@ -360,3 +351,40 @@ class GraphSSM(PyroModule):
         obs[e[0], e[1]] = 1.0
         obs = obs[u, v]
         return total + (obs * p.log() + (1 - obs) * torch.log1p(-p)).sum(-1)
+
+
+class PairHistory:
+    """The edge history of a sequence, (A_{uv,t-1}, M_{uv,t-1}) for any pairs, advanced one snapshot at a time.
+
+    Only pairs that ever have an edge can have a non-zero history, so they are kept as sorted keys u N + v
+    with one presence vector per snapshot; a lookup is one ``searchsorted``. Cost grows with the edges, not N^2.
+    """
+
+    def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor):
+        self.num_nodes, self.decay = num_nodes, decay
+        keys = [e[0] * num_nodes + e[1] for e in edges]
+        self.keys = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long)
+        self.presence = []
+        for k in keys:
+            v = torch.zeros(self.keys.shape[0])
+            v[torch.searchsorted(self.keys, k)] = 1.0
+            self.presence.append(v)
+        self.last = torch.zeros(self.keys.shape[0])
+        self.decayed = torch.zeros(self.keys.shape[0])
+        self.step = 0
+
+    def advance(self) -> None:
+        """Take in the next snapshot (the first call takes in snapshot 1)."""
+        self.last = self.presence[self.step]
+        self.decayed = self.decay * self.decayed + self.last
+        self.step += 1
+
+    def lookup(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last edge, decayed count) of the pairs (src[i], dst[i]) after the snapshots taken in so far."""
+        query = src * self.num_nodes + dst
+        if self.keys.numel() == 0 or self.step == 0:
+            zero = torch.zeros(query.shape)
+            return zero, zero
+        idx = torch.searchsorted(self.keys, query).clamp(max=self.keys.shape[0] - 1)
+        found = (self.keys[idx] == query).float()
+        return found * self.last[idx], found * self.decayed[idx]
