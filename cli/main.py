@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -259,6 +260,8 @@ def _train_graph(ctx: click.Context, values: dict[str, Any], out: str, config_fi
     from dgm_pyro.graph_runs import train_graph_run
     from dgm_pyro.runs import new_run_dir
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DgmPyroError("graph-ssm trains on one process (its sequence is one batch); run it without torchrun")
     given = {p for p in ctx.params if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE}
     cvae_only = sorted(given - set(GRAPH_FLAGS) - {"model", "out", "config_file", "resume", "json_out"})
     if cvae_only:

@@ -82,12 +82,10 @@ def train_graph_run(config: GraphConfig, run_dir: str | Path, resume: bool = Fal
     run_dir = Path(run_dir)
     restart = False
     if resume:
+        from .runs import restart_in_place
+
         config = _read_graph_config(run_dir)
-        if not (run_dir / "checkpoint.pt").is_file():
-            if len(read_metrics(run_dir / "metrics.csv")) > 1:
-                raise DgmPyroError(f"{run_dir}: has rows in metrics.csv but no checkpoint.pt to resume from; "
-                                   "restore the checkpoint or start a new run")
-            restart = True
+        restart = restart_in_place(run_dir)
     config.validate()
     history, _ = load_graph_sequence(config)
     pyro.set_rng_seed(config.seed)
@@ -117,10 +115,9 @@ def train_graph_run(config: GraphConfig, run_dir: str | Path, resume: bool = Fal
 
 
 def _read_graph_config(path: Path) -> GraphConfig:
-    if not path.is_dir():
-        raise DgmPyroError(f"{path}: no such run folder")
-    if not (path / "config.json").is_file():
-        raise DgmPyroError(f"{path}: not a dgm-pyro run folder (no config.json)")
+    from .runs import require_run_dir
+
+    require_run_dir(path)
     raw = read_json(path / "config.json")
     if not isinstance(raw, dict) or raw.get("model") != "graph-ssm":
         kind = raw.get("model", "unknown") if isinstance(raw, dict) else "unknown"

@@ -30,7 +30,7 @@ from .infer.evidence import log_evidence
 from .models import CVAE, NNBaseline
 from .training import build_annealing, environment, fit, read_metrics
 
-__all__ = ["Run", "build_model", "build_baseline", "new_run_dir", "train_run", "load_run", "evaluate_run",
+__all__ = ["Run", "require_run_dir", "build_model", "build_baseline", "new_run_dir", "train_run", "load_run", "evaluate_run",
            "generate", "plot_training_curves"]
 
 
@@ -99,14 +99,9 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     run_dir = Path(run_dir)
     restart = False  # resume asked for a run killed before its first checkpoint: start it again in place
     if resume:
-        _require_run_dir(run_dir)
+        require_run_dir(run_dir)
         config = TrainConfig.from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
-        if not (run_dir / "checkpoint.pt").is_file():
-            # a kill between writing an epoch's metrics and its checkpoint leaves at most one row ahead
-            if len(read_metrics(run_dir / "metrics.csv")) > 1:
-                raise DgmPyroError(f"{run_dir}: has epochs in metrics.csv but no checkpoint.pt to resume from; "
-                                   "restore the checkpoint or start a new run")
-            restart = True
+        restart = restart_in_place(run_dir)
     config.validate()
     ds = load_dataset(config.dataset, likelihood=config.likelihood)
     if config.batch_size > ds.sizes()["train"]:
@@ -146,7 +141,21 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     return summary
 
 
-def _require_run_dir(path: Path) -> None:
+def restart_in_place(run_dir: Path) -> bool:
+    """Whether a run to resume was killed before its first checkpoint (then it starts again in place).
+
+    A kill between writing an interval's metrics row and its checkpoint leaves at most one row ahead, so
+    more rows without a checkpoint mean the checkpoint was lost: refused."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return False
+    if len(read_metrics(run_dir / "metrics.csv")) > 1:
+        raise DgmPyroError(f"{run_dir}: has rows in metrics.csv but no checkpoint.pt to resume from; "
+                           "restore the checkpoint or start a new run")
+    return True
+
+
+def require_run_dir(path: Path) -> None:
+    """One-line errors for a missing folder or one without ``config.json``."""
     if not path.is_dir():
         raise DgmPyroError(f"{path}: no such run folder")
     if not (path / "config.json").is_file():
@@ -156,7 +165,7 @@ def _require_run_dir(path: Path) -> None:
 def load_run(path: str | Path, checkpoint: str = "best.pt") -> Run:
     """Load a run folder's configuration, dataset and module from its ``best.pt`` (weights only)."""
     path = Path(path)
-    _require_run_dir(path)
+    require_run_dir(path)
     raw = read_json(path / "config.json")
     if isinstance(raw, dict) and raw.get("model") == "graph-ssm":
         raise DgmPyroError(f"{path}: a graph-ssm run; use 'dgm-pyro forecast {path} --horizon H'")

@@ -138,6 +138,16 @@ def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[to
     return {"valid_kl": report.kl, "valid_mi": report.mutual_information, "valid_au": float(report.active_units)}
 
 
+def _resume_checkpoint(ckpt_path: Path, config: Any, module: torch.nn.Module) -> dict[str, Any]:
+    """Load the checkpoint to resume from, check it was made with ``config``, and restore the module's weights."""
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.get("config_digest") != config.digest():
+        raise DgmPyroError(f"{ckpt_path}: made with a different configuration than "
+                           f"{ckpt_path.parent / 'config.json'}; cannot resume")
+    module.load_state_dict(ckpt["model_state"])
+    return ckpt
+
+
 @contextlib.contextmanager
 def deterministic_algorithms():
     """``torch.use_deterministic_algorithms(True)`` for the duration: torch-geometric's message passing
@@ -217,11 +227,7 @@ def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[t
     rows: list[dict[str, float]] = []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("config_digest") != config.digest():
-            raise DgmPyroError(f"{ckpt_path}: made with a different configuration than {run_dir / 'config.json'}; "
-                               "cannot resume")
-        module.load_state_dict(ckpt["model_state"])
+        ckpt = _resume_checkpoint(ckpt_path, config, module)
         for opt, opt_state in zip(optimizers, ckpt["optim_state"]):
             opt.load_state_dict(opt_state)
         state.update(ckpt["trainer_state"])
@@ -392,11 +398,7 @@ def fit_sequence(module: torch.nn.Module, args: tuple, config: Any, run_dir: str
     rows: list[dict[str, float]] = []
     ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("config_digest") != config.digest():
-            raise DgmPyroError(f"{ckpt_path}: made with a different configuration than {run_dir / 'config.json'}; "
-                               "cannot resume")
-        module.load_state_dict(ckpt["model_state"])
+        ckpt = _resume_checkpoint(ckpt_path, config, module)
         opt.load_state_dict(ckpt["optim_state"][0])
         state.update(ckpt["trainer_state"])
         _set_rng_state(ckpt["rng"], gen)

@@ -149,3 +149,28 @@ def test_scheduled_sampling_feeds_the_models_own_prediction():
         hat = m.transition(m.z0)[0]
         assert torch.allclose(fed_loc, m.transition(hat)[0], atol=0.05)
         assert not torch.allclose(fed_loc, m.transition(z1)[0], atol=0.05)
+
+
+@pytest.mark.parametrize("gnn", ["gat", "sage"])
+def test_other_gnn_encoders(gnn):
+    x, edges = _tiny(n=6, t=3)
+    m = GraphSSM(6, 2, latent_dim=3, hidden=8, gnn=gnn)
+    loss = Trace_ELBO().differentiable_loss(m.model, m.guide, x, edges)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.encoder.parameters())
+    assert m.forecast(x, edges, horizon=2, num_samples=3)["X"].shape == (3, 2, 6, 2)
+
+
+def test_backtest_one_dict_per_window():
+    from dgm_pyro.graph_runs import backtest
+
+    seq = dynamic_sbm(num_nodes=15, num_steps=12, seed=0)
+    m = GraphSSM(15, seq.num_features, latent_dim=3, hidden=8)
+    rows = backtest(m, seq, origins=[6, 9], horizon=2, num_samples=5)
+    assert [r["origin"] for r in rows] == [6, 9]
+    assert all([h["h"] for h in r["metrics"]] == [1, 2] for r in rows)
+    from dgm_pyro.errors import DgmPyroError
+
+    with pytest.raises(DgmPyroError, match="origin 11"):
+        backtest(m, seq, origins=[11], horizon=2)

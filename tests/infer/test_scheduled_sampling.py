@@ -1,0 +1,27 @@
+"""Teacher-forcing schedules of scheduled sampling (P4.5; Bengio et al. 2015) against their formulas."""
+
+import math
+
+import pytest
+
+from dgm_pyro.errors import DgmPyroError
+from dgm_pyro.infer import Exponential, InverseSigmoid, parse_teacher_forcing
+
+
+def test_schedules_follow_their_formulas():
+    lin = parse_teacher_forcing("linear:100")
+    assert [lin(i) for i in (0, 25, 100, 500)] == [1.0, 0.75, 0.0, 0.0]
+    exp = parse_teacher_forcing("exponential:0.99")
+    assert isinstance(exp, Exponential) and exp(10) == pytest.approx(0.99**10)
+    inv = parse_teacher_forcing("inverse-sigmoid:20")
+    assert isinstance(inv, InverseSigmoid)
+    assert inv(0) == pytest.approx(20 / 21) and inv(60) == pytest.approx(20 / (20 + math.exp(3)))
+    assert inv(inv.settled_step) < 1e-3 <= inv(inv.settled_step - 5)
+    assert parse_teacher_forcing("none")(10**6) == 1.0
+
+
+@pytest.mark.parametrize("spec", ["linear", "linear:1.5", "exponential:1", "exponential:x", "inverse-sigmoid:0.5",
+                                  "cosine:3", "none:1"])
+def test_bad_schedules_are_refused(spec):
+    with pytest.raises(DgmPyroError):
+        parse_teacher_forcing(spec)
