@@ -150,7 +150,7 @@ TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_si
 @click.option("--negatives-per-edge", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="graph-ssm: sampled non-edges per edge in sparse mode.")
 @click.option("--scheduled-sampling", default="none", show_default=True, metavar="SCHEDULE",
-              help="graph-ssm: teacher-forcing probability per step: none, linear:STEPS, exponential:RATE, "
+              help="graph-ssm: teacher-forcing probability per step: none, linear:STEPS[:END], exponential:RATE[:FLOOR], "
                    "inverse-sigmoid:K (seed P4.5).")
 @click.option("--deterministic-decoder", is_flag=True,
               help="graph-ssm: fix the feature covariance at 0.01^2 I (P4.3; shows what it breaks).")

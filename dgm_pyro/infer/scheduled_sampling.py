@@ -58,20 +58,22 @@ class InverseSigmoid(Schedule):
 
 
 def parse_teacher_forcing(spec: str) -> Schedule:
-    """``none`` (always teacher forcing, eps = 1), ``linear:STEPS`` (1 to 0 over STEPS),
-    ``exponential:RATE``, ``inverse-sigmoid:K``."""
+    """``none`` (always teacher forcing, eps = 1), ``linear:STEPS[:END]`` (1 to END, default 0, over STEPS),
+    ``exponential:RATE[:FLOOR]``, ``inverse-sigmoid:K``."""
     name, _, arg = spec.partition(":")
-    usage = "none, linear:STEPS, exponential:RATE or inverse-sigmoid:K"
+    usage = "none, linear:STEPS[:END], exponential:RATE[:FLOOR] or inverse-sigmoid:K"
     try:
         if name == "none" and not arg:
             return Constant(1.0)
         if name == "linear":
-            steps = float(arg)
-            if steps != int(steps):
+            steps_s, _, end_s = arg.partition(":")
+            steps, end = float(steps_s), float(end_s) if end_s else 0.0
+            if steps != int(steps) or not 0 <= end <= 1:
                 raise ValueError(arg)
-            return Linear(start=1.0, end=0.0, steps=int(steps))
+            return Linear(start=1.0, end=end, steps=int(steps))
         if name == "exponential":
-            return Exponential(float(arg))
+            rate_s, _, floor_s = arg.partition(":")
+            return Exponential(float(rate_s), float(floor_s) if floor_s else 0.0)
         if name == "inverse-sigmoid":
             return InverseSigmoid(float(arg))
     except ValueError:

@@ -11,6 +11,8 @@ from dgm_pyro.infer import Exponential, InverseSigmoid, parse_teacher_forcing
 def test_schedules_follow_their_formulas():
     lin = parse_teacher_forcing("linear:100")
     assert [lin(i) for i in (0, 25, 100, 500)] == [1.0, 0.75, 0.0, 0.0]
+    assert [parse_teacher_forcing("linear:100:0.4")(i) for i in (0, 50, 200)] == [1.0, 0.7, 0.4]
+    assert parse_teacher_forcing("exponential:0.9:0.25")(100) == 0.25
     exp = parse_teacher_forcing("exponential:0.99")
     assert isinstance(exp, Exponential) and exp(10) == pytest.approx(0.99**10)
     inv = parse_teacher_forcing("inverse-sigmoid:20")
@@ -20,7 +22,7 @@ def test_schedules_follow_their_formulas():
     assert parse_teacher_forcing("none")(10**6) == 1.0
 
 
-@pytest.mark.parametrize("spec", ["linear", "linear:1.5", "exponential:1", "exponential:x", "inverse-sigmoid:0.5",
+@pytest.mark.parametrize("spec", ["linear", "linear:1.5", "linear:10:2", "exponential:1", "exponential:x", "inverse-sigmoid:0.5",
                                   "cosine:3", "none:1"])
 def test_bad_schedules_are_refused(spec):
     with pytest.raises(DgmPyroError):
