@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "all_reduce_gradients", "all_reduce_sum",
+__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "all_reduce_gradients",
            "broadcast_object", "gather_objects", "barrier", "shutdown"]
 
 
@@ -64,14 +64,6 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], value: torch.Tensor |
         p.grad.copy_(flat[offset:offset + n].view_as(p))
         offset += n
     return flat[-1] if value is not None else None
-
-
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

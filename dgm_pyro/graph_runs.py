@@ -359,7 +359,7 @@ def _plot_forecast(run: GraphRun, fc: dict[str, torch.Tensor], metrics: dict[str
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         paths.append(save_figure(fig, run.path / "plots" / "forecast_features.png"))
-    # edge probability maps, nodes ordered by their last observed degree... by a spectral order of the history
+    # edge probability maps, nodes in a spectral order of the history so that communities show as blocks
     order = _node_order(history)
     steps = sorted({0, scored - 1})
     fig, axes = plt.subplots(len(steps), 2, figsize=(6.4, 3.2 * len(steps)), squeeze=False)

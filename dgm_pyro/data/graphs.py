@@ -172,7 +172,7 @@ def dynamic_sbm(num_nodes: int = 200, num_communities: int = 4, num_steps: int =
     x = centres[c] + torch.randn(num_nodes, f, generator=g) @ noise_tril.T
     comms, feats, edges = [], [], []
     for _ in range(num_steps):
-        c, x, e = _dsbm_step(c, x, params, False, g)
+        c, x, e = _dsbm_step(c, x, params, g)
         comms.append(c)
         feats.append(x)
         edges.append(e)
@@ -180,7 +180,7 @@ def dynamic_sbm(num_nodes: int = 200, num_communities: int = 4, num_steps: int =
     return GraphSequence(torch.stack(feats), edges, directed=False, name="dsbm", truth=truth)
 
 
-def _dsbm_step(c: torch.Tensor, x: torch.Tensor, params: dict[str, Any], _unused: bool,
+def _dsbm_step(c: torch.Tensor, x: torch.Tensor, params: dict[str, Any],
                g: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of the DSBM from communities ``c`` (..., N) and features ``x`` (..., N, F)."""
     trans = params["transition"]
@@ -220,7 +220,7 @@ class DSBMOracle:
         xs, probs = [], []
         dist_c = torch.nn.functional.one_hot(self.c_last, p["blocks"].shape[0]).float()
         for _ in range(horizon):
-            c, x, _ = _dsbm_step(c, x, p, False, g)
+            c, x, _ = _dsbm_step(c, x, p, g)
             xs.append(x)
             dist_c = dist_c @ p["transition"]
             prob = dist_c @ p["blocks"] @ dist_c.T

@@ -37,7 +37,7 @@ def test_oracle_edge_probabilities_match_simulation():
     x = seq.x[-1].expand(s, 6, 2).clone()
     iu = torch.triu_indices(6, 6, 1)
     for h in range(3):
-        c, x, keep = _dsbm_step(c, x, seq.truth, False, g)
+        c, x, keep = _dsbm_step(c, x, seq.truth, g)
         freq = keep.float().mean(0)
         want = prob[h][iu[0], iu[1]]
         se = (want * (1 - want) / s).sqrt()
