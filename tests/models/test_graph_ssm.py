@@ -41,7 +41,7 @@ def test_log_joint_equals_hand_computation(directed):
     m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed)
     m.memory_last.data.fill_(0.7)
     m.memory_weight.data.fill_(-0.4)
-    rho = float(m.memory_decay)
+    rho = float(m.memory_decay.detach())
     zs = {f"z_{t}": torch.randn(n, 3) for t in range(1, t_max + 1)}
     adj = []
     for e in edges:
