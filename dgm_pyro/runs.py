@@ -239,11 +239,11 @@ def diagnose_run(run: Run, particles: int = 1000, split: str = "test", seed: int
     if write:
         write_json(run.path / "diagnostics.json", report.to_dict())
         _plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png")
-        _plot_collapse_over_training(run.path)
+        _plot_collapse_over_training(run.path, report.latent_dim)
     return report
 
 
-def _plot_collapse_over_training(run_dir: Path) -> Optional[Path]:
+def _plot_collapse_over_training(run_dir: Path, latent_dim: int) -> Optional[Path]:
     """``plots/collapse_over_training.png`` from the validation KL, MI and AU per epoch, when the run
     recorded them (``--track-collapse`` or ``--aggressive``)."""
     rows = [r for r in read_metrics(run_dir / "metrics.csv") if "valid_mi" in r]
@@ -263,6 +263,9 @@ def _plot_collapse_over_training(run_dir: Path) -> Optional[Path]:
     twin = ax.twinx()
     twin.step(ep, [r["valid_au"] for r in rows], where="mid", color="C2", label="active units")
     twin.set_ylabel("active units")
+    twin.set_ylim(-0.2, latent_dim + 0.2)  # the whole range 0..d, so "0 active units" reads as 0
+    twin.yaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     aggressive = [e for e, r in zip(ep, rows) if r.get("aggressive")]
     if aggressive:
         ax.axvspan(min(aggressive) - 0.5, max(aggressive) + 0.5, color="C3", alpha=0.1, label="aggressive")

@@ -256,6 +256,7 @@ def test_diagnose_json_text_and_files(trained, tmp_path):
     assert r.exit_code == 0, r.output
     assert "active units" in r.stdout and "conditional on the label" in r.stdout
     assert not (path / "plots" / "collapse_over_training.png").exists()  # not tracked in training
+    assert "kl_per_dimension.png" in r.stdout and "collapse_over_training" not in r.stdout
 
 
 def test_track_collapse_and_aggressive_from_the_cli(tmp_path):
@@ -267,7 +268,7 @@ def test_track_collapse_and_aggressive_from_the_cli(tmp_path):
     assert {"valid_kl", "valid_mi", "valid_au", "aggressive"} <= set(header)
     r = run("diagnose", path, "--particles", "10", "--samples", "2")
     assert r.exit_code == 0, r.output
-    assert "unconditional" in r.stdout
+    assert "unconditional" in r.stdout and "collapse_over_training.png" in r.stdout
     assert (path / "plots" / "collapse_over_training.png").read_bytes()[:4] == b"\x89PNG"
 
 
