@@ -2,6 +2,7 @@
 and the remedies of seed P3.5 and beyond. For each decoder and remedy, several seeds; the test NLL
 (importance-sampled), E[KL(q(z|x,y) || p(z))], the mutual information I(x; z | y) over the test set and
 the active units, from ``dgm_pyro.runs.diagnose_run``. Writes a Markdown table and a plot.
+``--dataset digits-unconditional`` runs the plain VAE instead (MI is then I(x; z)).
 
     python benchmarks/posterior_collapse.py --seeds 0 1 2 --particles 1000 --jobs 2 \\
         --plot docs/posterior_collapse.png --json docs/posterior_collapse.json
@@ -82,7 +83,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
     if args.replot:
-        _plot(json.loads(args.replot.read_text())["results"], args.plot, args.decoders, args.remedies)
+        saved = json.loads(args.replot.read_text())
+        _plot(saved["results"], args.plot, args.decoders, args.remedies, saved["base"]["dataset"])
         return
     root = tempfile.mkdtemp(prefix="dgm-collapse-")
     base = {**BASE, "lr": args.lr, "dataset": args.dataset, "epochs": args.epochs, "patience": args.patience,
@@ -100,7 +102,8 @@ def main() -> None:
         args.json.write_text(json.dumps({"base": base, "particles": args.particles, "results": results}, indent=1))
     for decoder in args.decoders:
         print(f"\n{decoder} decoder (test split, {len(args.seeds)} seeds, K={args.particles})\n")
-        print("| remedy | NLL (IS) | KL | MI I(x;z\\|y) | AU (of 8) | epochs |")
+        mi_column = _mi_name(args.dataset).replace("|", "\\|")  # a pipe inside a Markdown table cell
+        print(f"| remedy | NLL (IS) | KL | MI {mi_column} | AU (of {args.latent_dim}) | epochs |")
         print("|---|---|---|---|---|---|")
         for remedy in args.remedies:
             rs = [r for r in results if r["decoder"] == decoder and r["remedy"] == remedy and "skipped" not in r]
@@ -111,10 +114,15 @@ def main() -> None:
                   f"{mean_sd([r['mi'] for r in rs])} | {mean_sd([float(r['au']) for r in rs])} | "
                   f"{statistics.fmean(r['epochs'] for r in rs):.0f} |")
     if args.plot:
-        _plot(results, args.plot, args.decoders, args.remedies)
+        _plot(results, args.plot, args.decoders, args.remedies, args.dataset)
 
 
-def _plot(results: list[dict], path: Path, decoders, remedies) -> None:
+def _mi_name(dataset: str) -> str:
+    """The information the benchmark measures: conditional on the label unless the data has none."""
+    return "I(x;z)" if dataset == "digits-unconditional" else "I(x;z|y)"
+
+
+def _plot(results: list[dict], path: Path, decoders, remedies, dataset: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +137,7 @@ def _plot(results: list[dict], path: Path, decoders, remedies) -> None:
                 ax.scatter([r["mi"] for r in rs], [r["nll"] for r in rs], color=f"C{i % 10}",
                            marker="o" if i < 10 else "s", label=remedy)
         ax.set_title(f"{decoder} decoder")
-        ax.set_xlabel("I(x; z | y), test (nats)")
+        ax.set_xlabel(f"{_mi_name(dataset)}, test (nats)")
     axes[0].set_ylabel("test NLL, importance-sampled (nats)")
     handles, labels = axes[0].get_legend_handles_labels()  # the first decoder has every remedy
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)  # below the panels, over no point
