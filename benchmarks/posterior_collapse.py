@@ -88,8 +88,7 @@ def main() -> None:
         return
     root = tempfile.mkdtemp(prefix="dgm-collapse-")
     base = {**BASE, "lr": args.lr, "dataset": args.dataset, "epochs": args.epochs, "patience": args.patience,
-            "latent_dim": args.latent_dim,
-            "hidden_dims": args.hidden}
+            "latent_dim": args.latent_dim, "hidden_dims": args.hidden}
     jobs = [(d, r, s, args.particles, root, base) for d in args.decoders for r in args.remedies for s in args.seeds]
     results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
