@@ -3,7 +3,8 @@ and the baselines on the dynamic SBM, link prediction on CollegeMsg, and the spa
 
     python benchmarks/graph_forecast.py dsbm --seeds 0 1 2 --steps 800 --schedule linear:600:0.5 --samples 500 \
         --jobs 2 --deterministic-decoder --json docs/graph_dsbm.json
-    python benchmarks/graph_forecast.py collegemsg --steps 600 --json docs/graph_collegemsg.json
+    python benchmarks/graph_forecast.py collegemsg --seeds 0 1 2 --steps 400 --samples 200 --jobs 2 \
+        --json docs/graph_collegemsg.json
     python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
 
 Every run is a real ``train graph-ssm`` run folder (under a temporary folder) scored by ``forecast_run``:
@@ -66,25 +67,30 @@ def _run_job(job: tuple) -> dict:
     return run_one(cfg, 5, samples, Path(root))
 
 
-def dsbm(args: argparse.Namespace) -> dict:
+def run_all(configs: list[GraphConfig], args: argparse.Namespace) -> list[dict]:
+    """Train and score every config, ``args.jobs`` at a time (one thread each when more than one)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    root = Path(tempfile.mkdtemp(prefix="dgm-graph-"))
+    root = tempfile.mkdtemp(prefix="dgm-graph-")
+    threads = 1 if args.jobs > 1 else torch_threads()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        return list(pool.map(_run_job, [(cfg, args.samples, root, threads) for cfg in configs]))
+
+
+def dsbm(args: argparse.Namespace) -> dict:
     # label -> (schedule, deterministic decoder); the baselines and the oracle come from the first variant
     variants = {"GraphSSM (teacher forcing)": ("none", False),
                 f"GraphSSM (scheduled sampling {args.schedule})": (args.schedule, False)}
     if args.deterministic_decoder:
         variants[f"GraphSSM (scheduled sampling {args.schedule}, deterministic decoder)"] = (args.schedule, True)
     first = next(iter(variants))
-    jobs = [(GraphConfig(dataset="dsbm", steps=args.steps, scheduled_sampling=schedule, seed=seed,
-                         deterministic_decoder=deterministic,
-                         baseline_steps=args.baseline_steps if label == first else 0).validate(),
-             args.samples, str(root), 1 if args.jobs > 1 else torch_threads())
-            for seed in args.seeds for label, (schedule, deterministic) in variants.items()]
+    configs = [GraphConfig(dataset="dsbm", steps=args.steps, scheduled_sampling=schedule, seed=seed,
+                           deterministic_decoder=deterministic,
+                           baseline_steps=args.baseline_steps if label == first else 0).validate()
+               for seed in args.seeds for label, (schedule, deterministic) in variants.items()]
     labels = [(seed, label) for seed in args.seeds for label in variants]
+    outs = run_all(configs, args)
     results: dict[str, list[dict]] = {}
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        outs = list(pool.map(_run_job, jobs))
     for (seed, label), out in zip(labels, outs):
         print(f"seed {seed} {label}: trained in {out['train_seconds']:.0f} s", flush=True)
         for name, rows in out["metrics"].items():
@@ -115,11 +121,10 @@ def torch_threads() -> int:
 
 
 def collegemsg(args: argparse.Namespace) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="dgm-graph-"))
+    outs = run_all([GraphConfig(dataset="collegemsg", steps=args.steps, seed=seed,
+                                baseline_steps=args.baseline_steps).validate() for seed in args.seeds], args)
     results: dict[str, list[dict]] = {}
-    for seed in args.seeds:
-        cfg = GraphConfig(dataset="collegemsg", steps=args.steps, seed=seed, baseline_steps=args.baseline_steps)
-        out = run_one(cfg.validate(), 5, args.samples, root)
+    for seed, out in zip(args.seeds, outs):
         print(f"seed {seed}: trained in {out['train_seconds']:.0f} s", flush=True)
         for name, rows in out["metrics"].items():
             results.setdefault(name, []).append(rows)
@@ -199,7 +204,7 @@ def main() -> None:
     p.add_argument("--snapshots", type=int, default=10)
     p.add_argument("--deterministic-decoder", action="store_true",
                    help="dsbm: a third variant, scheduled sampling with the feature covariance fixed (P4.3)")
-    p.add_argument("--jobs", type=int, default=1, help="dsbm: runs in parallel (one thread each when > 1)")
+    p.add_argument("--jobs", type=int, default=1, help="dsbm, collegemsg: runs in parallel (one thread each when > 1)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
     if args.what == "scaling" and args.steps == 600:

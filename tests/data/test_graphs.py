@@ -148,6 +148,8 @@ class _Payload:
         return (pathlib.Path.touch, (pathlib.Path(_Payload.target),))
 
 
+# torch's weights-only unpickler warns about the protocol of the crafted pickle before refusing it
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_malicious_pt_is_refused(tmp_path):
     _Payload.target = str(tmp_path / "pwned")
     with open(tmp_path / "evil.pt", "wb") as f:
