@@ -408,11 +408,7 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
     given = "conditional on the label" if report.conditional else "unconditional"
     click.echo(f"posterior-collapse report, {split} split ({given}), nats per datapoint:")
     click.echo(str(report))
-    written = [run.path / "diagnostics.json", run.path / "plots" / "kl_per_dimension.png"]
-    over_training = run.path / "plots" / "collapse_over_training.png"  # redrawn when the run tracked collapse
-    if over_training.exists():
-        written.append(over_training)
-    click.echo("wrote " + ", ".join(map(str, written)))
+    click.echo("wrote " + ", ".join(report.extra["files"]))
 
 
 @cli.command()

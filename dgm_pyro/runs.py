@@ -223,8 +223,9 @@ def diagnose_run(run: Run, particles: int = 1000, split: str = "test", seed: int
     """The posterior-collapse report (:func:`dgm_pyro.diagnostics.collapse_report`) of a trained run on a split.
 
     For label-conditioned data the measures are conditional on the label (the aggregate posterior is
-    formed per class, so MI is I(x; z | y)); otherwise they are over the whole split. Writes
-    ``diagnostics.json`` and ``plots/kl_per_dimension.png`` when ``write``.
+    formed per class, so MI is I(x; z | y)); otherwise they are over the whole split. When ``write``,
+    writes ``diagnostics.json``, ``plots/kl_per_dimension.png`` and, for a run that tracked collapse,
+    ``plots/collapse_over_training.png``, and lists them in ``report.extra["files"]``.
     """
     if particles < 0:
         raise DgmPyroError(f"--particles must be >= 0, got {particles}")
@@ -237,9 +238,10 @@ def diagnose_run(run: Run, particles: int = 1000, split: str = "test", seed: int
     report.extra = {"run": str(run.path), "split": split, "seed": seed, "particles": particles,
                     "conditioned_on": "label" if groups is not None else "none"}
     if write:
+        plots = [_plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png"),
+                 _plot_collapse_over_training(run.path, report.latent_dim)]
+        report.extra["files"] = [str(run.path / "diagnostics.json")] + [str(p) for p in plots if p is not None]
         write_json(run.path / "diagnostics.json", report.to_dict())
-        _plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png")
-        _plot_collapse_over_training(run.path, report.latent_dim)
     return report
 
 
@@ -276,7 +278,7 @@ def _plot_collapse_over_training(run_dir: Path, latent_dim: int) -> Optional[Pat
     return save_figure(fig, run_dir / "plots" / "collapse_over_training.png")
 
 
-def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:
+def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,7 +292,7 @@ def _plot_kl_per_dimension(report: CollapseReport, path: Path) -> None:
     ax.set_ylabel("E_x KL(q(z_u|x) || p(z_u)) [nats]")
     ax.set_title(f"KL {report.kl:.2f} nats, MI {report.mutual_information:.2f}, AU {report.active_units}")
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def generate(run: Run, label: Optional[int] = None, condition: Optional[torch.Tensor] = None, num: int = 8,

@@ -250,7 +250,8 @@ def test_diagnose_json_text_and_files(trained, tmp_path):
     assert rep["kl"] == pytest.approx(sum(rep["kl_per_dimension"]))
     assert rep["mutual_information_minibatch"] <= np.log(100) + 1e-9
     assert rep["nll"] > 0 and 0 <= rep["active_units"] <= 4
-    assert (path / "diagnostics.json").is_file()
+    assert rep["extra"]["files"] == [str(path / "diagnostics.json"), str(path / "plots" / "kl_per_dimension.png")]
+    assert json.loads((path / "diagnostics.json").read_text()) == rep
     assert (path / "plots" / "kl_per_dimension.png").read_bytes()[:4] == b"\x89PNG"
     r = run("diagnose", path, "--particles", "0", "--samples", "2", "--seed", "1")
     assert r.exit_code == 0, r.output
