@@ -6,8 +6,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from dgm_pyro.config import TrainConfig
-from dgm_pyro.runs import evaluate_run, load_run, train_run
+from dgm_pyro.runs import TrainConfig
+from dgm_pyro.runs import load_run, train_run
 
 
 def train_and_evaluate(config: TrainConfig, particles: int, root: Path | None = None) -> dict:
@@ -15,7 +15,8 @@ def train_and_evaluate(config: TrainConfig, particles: int, root: Path | None = 
     root = Path(root or tempfile.mkdtemp(prefix="dgm-bench-"))
     run_dir = root / f"{config.dataset}-{config.prior}-seed{config.seed}"
     train_run(config, run_dir)
-    return evaluate_run(load_run(run_dir), particles=particles, seed=config.seed)
+    run = load_run(run_dir)
+    return run.kind.evaluate(run, particles=particles, seed=config.seed)
 
 
 def mean_sd(values: list[float]) -> str:

@@ -50,7 +50,7 @@ def profile_worker(batch: int) -> None:
     import pyro
 
     from dgm_pyro import distributed as D
-    from dgm_pyro.config import TrainConfig
+    from dgm_pyro.runs import TrainConfig
     from dgm_pyro.data import load_dataset
     from dgm_pyro.runs import build_model
 

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _reference import TorchCVAE  # noqa: E402
 
-from dgm_pyro.config import TrainConfig  # noqa: E402
+from dgm_pyro.runs import TrainConfig  # noqa: E402
 from dgm_pyro.data import load_digits  # noqa: E402
 from dgm_pyro.infer import log_evidence  # noqa: E402
 from dgm_pyro.runs import build_model  # noqa: E402
@@ -32,7 +32,7 @@ def main() -> None:
     pyro.set_rng_seed(0)
     ds = load_digits()
     x, y = ds.splits["test"]
-    cfg = TrainConfig()
+    cfg = TrainConfig(objective="elbo")
     cvae = build_model(cfg, ds).eval()
     ref = TorchCVAE(cvae, cfg.hidden_dims)
     chunk = max(1, 100_000 // x.shape[0])  # log_evidence's default chunk size

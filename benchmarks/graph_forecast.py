@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dgm_pyro.config import GraphConfig
-from dgm_pyro.graph_runs import forecast_run, load_graph_run, train_graph_run
+from dgm_pyro.runs import GraphConfig
+from dgm_pyro.runs import forecast_run, load_run, train_run
 
 KEYS = ("auc", "auc_new", "ap", "brier", "ece", "density_error", "crps", "energy", "coverage_50", "coverage_90",
         "log_lik")
@@ -36,9 +36,9 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict
                + ("" if config.edge_memory else "-no-memory"))
     run_dir = root / f"{config.dataset}-{variant}-seed{config.seed}"
     start = time.perf_counter()
-    train_graph_run(config, run_dir)
+    train_run(config, run_dir)
     seconds = time.perf_counter() - start
-    res = forecast_run(load_graph_run(run_dir), horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
+    res = forecast_run(load_run(run_dir), horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
     return {"train_seconds": seconds, "metrics": res["metrics"]}
 
 
@@ -145,10 +145,9 @@ def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
     """One process per size, so that the peak resident memory is the size's own."""
     import torch
 
-    from dgm_pyro.config import GraphConfig
-    from dgm_pyro.data.graphs import GraphSequence, _canonical
-    from dgm_pyro.graph_runs import build_graph_model
-    from dgm_pyro.training import fit_sequence
+    from dgm_pyro.runs import GraphConfig
+    from dgm_pyro.data.graphs import GraphSequence, canonical_edges
+    from dgm_pyro.runs import GraphSSMKind, build_graph_model
 
     g = torch.Generator().manual_seed(0)
     comm = torch.randint(4, (n,), generator=g)
@@ -165,7 +164,7 @@ def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
         size = torch.bincount(comm, minlength=4)[comm[u]]
         v = torch.where(inside, order[pos + torch.floor(torch.rand(e, generator=g) * size).long()], v)
         keep = u != v
-        edges.append(_canonical(torch.stack([u[keep], v[keep]]), n, False))
+        edges.append(canonical_edges(torch.stack([u[keep], v[keep]]), n, False))
         xs.append(comm.float().unsqueeze(-1).repeat(1, 4) + torch.randn(n, 4, generator=g))
         del same
     seq = GraphSequence(torch.stack(xs), edges, name=f"random-{n}")
@@ -173,7 +172,7 @@ def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
     model = build_graph_model(cfg, seq)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        fit_sequence(model, (seq.x, seq.edges), cfg, d, normaliser=seq.num_steps)
+        GraphSSMKind().fit(cfg, (seq.x, seq.edges), model, d)
     per_step = (time.perf_counter() - start) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps({"nodes": n, "edges_per_snapshot": float(sum(x.shape[1] for x in edges) / len(edges)),

@@ -15,17 +15,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, train_and_evaluate  # noqa: E402
 
-from dgm_pyro.config import TrainConfig  # noqa: E402
+from dgm_pyro.runs import TrainConfig  # noqa: E402
 
 # 1000 training digits in batches of 100: 10 steps per epoch, 600 steps in the default 60 epochs
 VARIANTS = {
-    "ELBO (Trace_ELBO)": {},
+    "ELBO (Trace_ELBO)": {"objective": "elbo"},
     "ELBO, closed-form KL (TraceMeanField_ELBO)": {"objective": "meanfield"},
     "CS-ELBO lam=0.5": {"objective": "cs", "lam": 0.5},
     "CS-ELBO lam=1": {"objective": "cs", "lam": 1.0},
     "CS-ELBO lam=2": {"objective": "cs", "lam": 2.0},
-    "ELBO, linear annealing 0->1 over 300 steps": {"anneal": "linear:0:300"},
-    "ELBO, cyclical annealing (4 cycles, R=0.5)": {"anneal": "cyclical:4:0.5"},
+    "ELBO, linear annealing 0->1 over 300 steps": {"objective": "elbo", "anneal": "linear:0:300"},
+    "ELBO, cyclical annealing (4 cycles, R=0.5)": {"objective": "elbo", "anneal": "cyclical:4:0.5"},
     "free bits 0.5 nats/dim": {"objective": "free-bits", "free_bits": 0.5},
 }
 

@@ -1,7 +1,7 @@
 """Posterior collapse on class-conditional digits: the autoregressive decoder against the MLP decoder,
 and the remedies of seed P3.5 and beyond. For each decoder and remedy, several seeds; the test NLL
 (importance-sampled), E[KL(q(z|x,y) || p(z))], the mutual information I(x; z | y) over the test set and
-the active units, from ``dgm_pyro.runs.diagnose_run``. Writes a Markdown table and a plot.
+the active units, from ``CVAEKind.diagnose``. Writes a Markdown table and a plot.
 ``--dataset digits-unconditional`` runs the plain VAE instead (MI is then I(x; z)).
 
     python benchmarks/posterior_collapse.py --seeds 0 1 2 --particles 1000 --jobs 2 \\
@@ -25,7 +25,7 @@ from _common import mean_sd  # noqa: E402
 # A CVAE with a standard-normal prior (so that collapse means q(z|x,y) = N(0, I)) and wide networks; the
 # same settings for both decoders: at most 100 epochs of 10 steps, early stopping with patience 30 (the MLP
 # decoder's collapse is transient at this learning rate and patience 10 stops it before it recovers).
-BASE = dict(dataset="digits", prior="standard", hidden_dims=[512, 512], lr=3e-3, epochs=100, patience=30,
+BASE = dict(objective="elbo", dataset="digits", prior="standard", hidden_dims=[512, 512], lr=3e-3, epochs=100, patience=30,
             latent_dim=8)
 REMEDIES = {
     "vanilla ELBO": {},
@@ -49,8 +49,8 @@ def _one(job: tuple[str, str, int, int, str, dict]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from dgm_pyro.config import TrainConfig
-    from dgm_pyro.runs import diagnose_run, load_run, train_run
+    from dgm_pyro.runs import TrainConfig
+    from dgm_pyro.runs import load_run, train_run
 
     options = dict(REMEDIES[remedy])
     if decoder == "mlp" and "decoder_dropout" in options:
@@ -59,7 +59,8 @@ def _one(job: tuple[str, str, int, int, str, dict]) -> dict:
     run_dir = Path(root) / f"{decoder}-{remedy.replace(' ', '_').replace('/', '_')}-{seed}"
     start = time.perf_counter()
     summary = train_run(config, run_dir)
-    report = diagnose_run(load_run(run_dir), particles=particles, seed=seed)
+    run = load_run(run_dir)
+    report = run.kind.diagnose(run, particles=particles, seed=seed)
     return {"decoder": decoder, "remedy": remedy, "seed": seed, "nll": report.nll, "elbo": report.elbo,
             "kl": report.kl, "mi": report.mutual_information, "au": report.active_units,
             "epochs": summary["epochs_run"], "seconds": time.perf_counter() - start}

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, train_and_evaluate  # noqa: E402
 
-from dgm_pyro.config import TrainConfig  # noqa: E402
+from dgm_pyro.runs import TrainConfig  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     res: dict[str, list[dict]] = {"learned": [], "standard": []}
     for seed in args.seeds:
         for prior in res:
-            ev = train_and_evaluate(TrainConfig(dataset=args.dataset, prior=prior, seed=seed), args.particles)
+            ev = train_and_evaluate(TrainConfig(dataset=args.dataset, prior=prior, seed=seed, objective="elbo"), args.particles)
             res[prior].append(ev)
             print(f"{prior} seed={seed}: log-lik {ev['log_evidence']:.3f} ELBO {ev['elbo']:.3f}", flush=True)
     print()

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, train_and_evaluate  # noqa: E402
 
-from dgm_pyro.config import TrainConfig  # noqa: E402
+from dgm_pyro.runs import TrainConfig  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     raw = {}
     for q in args.quadrants:
         for seed in args.seeds:
-            ev = train_and_evaluate(TrainConfig(dataset=f"digits-q{q}", seed=seed), args.particles)
+            ev = train_and_evaluate(TrainConfig(dataset=f"digits-q{q}", seed=seed, objective="elbo"), args.particles)
             raw[f"q{q}-seed{seed}"] = ev
             print(f"q={q} seed={seed}: baseline {ev['baseline_ncll']:.2f}  CVAE -ELBO {ev['cvae_neg_elbo']:.2f}  "
                   f"CVAE NCLL {ev['cvae_ncll']:.2f}  k-hat>0.7 {ev['khat_frac_above_0.7']:.1%}", flush=True)

@@ -23,7 +23,7 @@ from pyro.infer import Trace_ELBO
 sys.path.insert(0, str(Path(__file__).parent))
 from _reference import TorchCVAE  # noqa: E402
 
-from dgm_pyro.config import TrainConfig  # noqa: E402
+from dgm_pyro.runs import TrainConfig  # noqa: E402
 from dgm_pyro.data import load_digits  # noqa: E402
 from dgm_pyro.runs import build_model  # noqa: E402
 

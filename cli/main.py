@@ -1,35 +1,27 @@
 """``dgm-pyro``: train, evaluate and sample deep generative models from the shell.
 
 Every user error ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
-``--json`` prints only machine-readable JSON on stdout.
+``--json`` prints only machine-readable JSON on stdout. ``dgm-pyro train MODEL`` has one subcommand per
+registered model, generated from its configuration (:mod:`cli.options`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
+from dgm_pyro.checkpoint import jsonable
 from dgm_pyro.errors import DgmPyroError
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
+from .options import TrainGroup, config_options, given_settings, resolve_config
 
 
 def _emit_json(obj: Any) -> None:
-    click.echo(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+    click.echo(json.dumps(jsonable(obj), indent=2, sort_keys=True))
 
 
 def _fmt(v: Any) -> str:
@@ -72,7 +64,8 @@ def _progress(json_out: bool) -> bool:
 
 
 class _Group(click.Group):
-    """Turns :class:`DgmPyroError` into one line on stderr and exit code 2 (a traceback with ``--debug``)."""
+    """Turns :class:`DgmPyroError` and click's usage errors into one line on stderr and exit code 2 (a
+    traceback with ``--debug``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -82,6 +75,21 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+
+    def main(self, args: Any = None, prog_name: Optional[str] = None, **extra: Any) -> Any:
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as e:  # usage errors: one line instead of usage + hint + error
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except DgmPyroError as e:  # raised while parsing (an unknown model name)
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,211 +101,116 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)["debug"] = debug
 
 
-TRAIN_FLAGS = {"dataset": "dataset", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-               "latent_dim": "latent_dim", "hidden": "hidden_dims", "prior": "prior", "likelihood": "likelihood",
-               "patience": "patience", "particles": "eval_particles", "seed": "seed", "model": "model",
-               "objective": "objective", "lam": "lam", "anneal": "anneal", "free_bits": "free_bits",
-               "free_bits_per": "free_bits_per", "decoder": "decoder", "decoder_dropout": "decoder_dropout",
-               "aggressive": "aggressive", "track_collapse": "track_collapse", "skip_bad_steps": "skip_bad_steps"}
+def _device_option(f: Any) -> Any:
+    return click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                        help="Where to run: auto picks CUDA when a GPU is present.")(f)
 
 
-@cli.command()
-@click.argument("model", required=False, default="cvae", type=click.Choice(["cvae", "graph-ssm"]))
-@click.option("--dataset", default="digits", show_default=True, help="digits, digits-q1..3, linear-gaussian, npz:PATH, idx:DIR.")
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--hidden", default="256,256", show_default=True, help="Hidden widths, comma-separated.")
-@click.option("--prior", type=click.Choice(["learned", "standard"]), default="learned", show_default=True,
-              help="Conditional prior network p(z|y) or N(0, I).")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "categorical"]), default=None,
-              help="Override for user files (default: inferred from the values).")
-@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True, help="Early-stopping patience (epochs).")
-@click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Importance samples for the final test log-likelihood.")
-@click.option("--objective", type=click.Choice(["elbo", "meanfield", "cs", "free-bits"]), default="elbo",
-              show_default=True, help="Trace_ELBO, TraceMeanField_ELBO, CSELBO or FreeBitsELBO.")
-@click.option("--lam", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Weight of D_CS for --objective cs.")
-@click.option("--anneal", default="none", show_default=True, metavar="SCHEDULE",
-              help="KL annealing of the latent terms per optimisation step: none, constant:BETA, linear:START:STEPS, "
-                   "cyclical:CYCLES:RATIO, sigmoid:STEPS[:STEEPNESS].")
-@click.option("--free-bits", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="NATS",
-              help="Free nats per group for --objective free-bits.")
-@click.option("--free-bits-per", type=click.Choice(["dim", "site"]), default="dim", show_default=True,
-              help="Free-bits groups: each latent dimension or each latent site.")
-@click.option("--decoder", type=click.Choice(["mlp", "autoregressive"]), default="mlp", show_default=True,
-              help="Pixels independent given z (mlp) or a masked autoregressive network (strong enough to ignore z).")
-@click.option("--decoder-dropout", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
-              show_default=True, metavar="RATE", help="Zero each autoregressive input pixel with this probability "
-                                                      "in training (weakens the decoder).")
-@click.option("--aggressive", is_flag=True, help="Aggressive inference-network training (He et al. 2019).")
-@click.option("--track-collapse", is_flag=True,
-              help="Record validation KL, mutual information and active units per epoch in metrics.csv.")
-@click.option("--skip-bad-steps", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Skip up to N optimisation steps whose loss or gradient is NaN/inf before stopping.")
-@click.option("--test-steps", type=click.IntRange(min=1), default=5, show_default=True,
-              help="graph-ssm: hold out the last K snapshots for forecasting.")
-@click.option("--snapshot-width", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="graph-ssm: bin event times into snapshots of this width (csv: default 1; collegemsg: days, default 7).")
-@click.option("--directed", is_flag=True, help="graph-ssm: edges are ordered pairs (csv:/pt: data).")
-@click.option("--gnn", type=click.Choice(["gcn", "gat", "sage"]), default="gcn", show_default=True,
-              help="graph-ssm: torch-geometric layer of the guide's snapshot encoder.")
-@click.option("--edge-likelihood", type=click.Choice(["auto", "dense", "sparse"]), default="auto", show_default=True,
-              help="graph-ssm: exact over all pairs, or edges plus reweighted sampled non-edges (auto: dense up to "
-                   "1000 nodes).")
-@click.option("--negatives-per-edge", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="graph-ssm: sampled non-edges per edge in sparse mode.")
-@click.option("--scheduled-sampling", default="none", show_default=True, metavar="SCHEDULE",
-              help="graph-ssm: teacher-forcing probability per step: none, linear:STEPS[:END], exponential:RATE[:FLOOR], "
-                   "inverse-sigmoid:K (seed P4.5).")
-@click.option("--deterministic-decoder", is_flag=True,
-              help="graph-ssm: fix the feature covariance at 0.01^2 I (P4.3; shows what it breaks).")
-@click.option("--edge-memory/--no-edge-memory", default=True, show_default=True,
-              help="graph-ssm: edge logits also use the pair's last edge and decayed past edge count.")
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
-              help="graph-ssm: full-sequence SVI steps.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True,
-              help="graph-ssm: steps between checkpoints and metrics rows.")
-@click.option("--baseline-steps", type=click.IntRange(min=0), default=300, show_default=True,
-              help="graph-ssm: training steps of the GCN+GRU baseline (0 skips it).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
-              help="Folder in which the run folder <model>-<timestamp> is made.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file of options (flags given on the command line win).")
-@click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue the run in this folder.")
-@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-@click.pass_context
-def train(ctx: click.Context, model: str, dataset: str, epochs: int, batch_size: int, lr: float, latent_dim: int,
-          hidden: str, prior: str, likelihood: Optional[str], patience: int, particles: int, objective: str, lam: float,
-          anneal: str, free_bits: float, free_bits_per: str, decoder: str, decoder_dropout: float, aggressive: bool,
-          track_collapse: bool, skip_bad_steps: int, test_steps: int, snapshot_width: Optional[float],
-          directed: bool, gnn: str, edge_likelihood: str, negatives_per_edge: float, scheduled_sampling: str,
-          deterministic_decoder: bool, edge_memory: bool, steps: int, checkpoint_every: int, baseline_steps: int, seed: int, out: str,
-          config_file: Optional[str],
-          resume: Optional[str], json_out: bool) -> None:
-    """Train a model (MODEL: cvae or graph-ssm) and report its test metrics; writes a run folder."""
-    from dgm_pyro.config import TrainConfig
-    from dgm_pyro.runs import evaluate_run, load_run, new_run_dir, train_run
+def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str],
+               json_out: bool, device: str) -> None:
+    """``dgm-pyro train MODEL``: resolve the configuration, train, report (rank 0 under torchrun)."""
+    from dgm_pyro import distributed as D
+    from dgm_pyro.device import resolve_device
+    from dgm_pyro.runs import load_run, new_run_dir, read_run_config, train_run
 
-    if resume is not None and Path(resume, "config.json").is_file():
-        from dgm_pyro.checkpoint import read_json
-
-        raw = read_json(Path(resume, "config.json"))
-        model = raw.get("model", model) if isinstance(raw, dict) else model
-    if model == "graph-ssm":
-        local = dict(locals())
-        return _train_graph(ctx, {k: local[k] for k in GRAPH_FLAGS}, out, config_file, resume, json_out)
-    given = {p: ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE for p in TRAIN_FLAGS}
-    graph_only = [f"--{p.replace('_', '-')}" for p in GRAPH_FLAGS
-                  if p not in TRAIN_FLAGS and ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
-    if graph_only:
-        raise DgmPyroError(f"{', '.join(graph_only)} only apply to 'dgm-pyro train graph-ssm'")
+    dev = resolve_device(device)
     if resume is not None:
-        extra = [f"--{p.replace('_', '-')}" for p, g in given.items() if g and p != "model"]
+        extra = ["--" + k.replace("_", "-") for k in given_settings(ctx, kind.config_class)]
         if extra or config_file:
             raise DgmPyroError(f"with --resume the configuration comes from {resume}/config.json; drop "
                                f"{', '.join(extra + (['--config'] if config_file else []))}")
-        run_dir = Path(resume)
-        config = None
+        run_kind, _ = read_run_config(resume)
+        if run_kind.name != kind.name:
+            raise DgmPyroError(f"{resume}: a {run_kind.name} run; resume it with 'dgm-pyro train --resume {resume}'")
+        config, run_dir = None, Path(resume)
     else:
-        try:
-            hidden_dims = [int(h) for h in hidden.split(",")]
-        except ValueError:
-            raise DgmPyroError(f"--hidden must be comma-separated integers like 256,256; got '{hidden}'") from None
-        values = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                  "latent_dim": latent_dim, "hidden_dims": hidden_dims, "prior": prior, "likelihood": likelihood,
-                  "patience": patience, "eval_particles": particles, "seed": seed, "objective": objective, "lam": lam,
-                  "anneal": anneal, "free_bits": free_bits, "free_bits_per": free_bits_per, "decoder": decoder,
-                  "decoder_dropout": decoder_dropout, "aggressive": aggressive, "track_collapse": track_collapse,
-                  "skip_bad_steps": skip_bad_steps}
-        settings = TrainConfig.from_toml(config_file) if config_file else {}
-        for flag, key in TRAIN_FLAGS.items():
-            if given[flag] or key not in settings:
-                settings[key] = values[key]
-        config = TrainConfig.from_dict(settings, source=config_file or "options").validate()
-        run_dir = new_run_dir(out, config.model)
-    from dgm_pyro import distributed as D
-
+        config = resolve_config(kind, ctx, config_file)
+        if Path(out).is_file():
+            raise DgmPyroError(f"{out}: is a file; --out takes a folder")
+        run_dir = new_run_dir(out, kind.name)
     if D.init_from_env():  # launched by torchrun: one run folder for all ranks, rank 0's
+        if dev.type != "cpu":
+            if device != "auto":
+                raise DgmPyroError("data-parallel training under torchrun runs on CPU (gloo); use --device cpu")
+            dev = resolve_device("cpu")
         run_dir = D.broadcast_object(run_dir)
     announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
     rank = D.rank()
     try:
-        summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out),
-                            on_start=announce)
+        summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out), on_start=announce,
+                            device=dev)
     finally:
         D.shutdown()
     if rank != 0:
         return  # rank 0 evaluates and reports
-    run = load_run(run_dir)
-    ev = evaluate_run(run, particles=run.config.eval_particles, seed=run.config.seed, progress=_progress(json_out))
+    run = load_run(run_dir, device=dev)
+    ev = run.kind.final_evaluation(run, progress=_progress(json_out))
     if json_out:
-        _emit_json({"run": str(run_dir), "train": summary, "test": ev})
+        _emit_json({"run": str(run_dir), "train": summary, **({"test": ev} if ev is not None else {})})
         return
-    click.echo(f"objective: {summary['objective']}; annealing: {summary['annealing']}")
-    click.echo(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best valid ELBO "
-               f"{summary['best_valid_elbo']:.3f} at epoch {summary['best_epoch']}")
-    _print_evaluation(ev)
-    click.echo(f"next: dgm-pyro sample {run_dir}   |   dgm-pyro evaluate {run_dir} --particles 5000")
+    _print_training(run, summary)
+    if ev is not None:
+        _print_evaluation(ev)
+    click.echo("next: " + "   |   ".join(f"dgm-pyro {c} {run_dir}" + (" --horizon 5" if c == "forecast" else "")
+                                        for c in run.kind.commands))
 
 
-#: train options of graph-ssm runs (CLI name -> GraphConfig field)
-GRAPH_FLAGS = {"dataset": "dataset", "test_steps": "test_steps", "snapshot_width": "snapshot_width",
-               "directed": "directed", "latent_dim": "latent_dim", "hidden": "hidden", "gnn": "gnn",
-               "edge_likelihood": "edge_likelihood", "negatives_per_edge": "negatives_per_edge",
-               "scheduled_sampling": "scheduled_sampling", "deterministic_decoder": "deterministic_decoder",
-               "edge_memory": "edge_memory", "steps": "steps", "lr": "lr", "checkpoint_every": "checkpoint_every", "baseline_steps": "baseline_steps",
-               "seed": "seed", "skip_bad_steps": "skip_bad_steps"}
-
-
-def _train_graph(ctx: click.Context, values: dict[str, Any], out: str, config_file: Optional[str],
-                 resume: Optional[str], json_out: bool) -> None:
-    """``dgm-pyro train graph-ssm``: options not in :data:`GRAPH_FLAGS` are refused, defaults from GraphConfig."""
-    from dgm_pyro.config import GraphConfig
-    from dgm_pyro.graph_runs import train_graph_run
-    from dgm_pyro.runs import new_run_dir
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise DgmPyroError("graph-ssm trains on one process (its sequence is one batch); run it without torchrun")
-    given = {p for p in ctx.params if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE}
-    cvae_only = sorted(given - set(GRAPH_FLAGS) - {"model", "out", "config_file", "resume", "json_out"})
-    if cvae_only:
-        raise DgmPyroError(f"{', '.join('--' + p.replace('_', '-') for p in cvae_only)} do not apply to graph-ssm "
-                           "(see 'dgm-pyro train --help')")
-    if resume is not None:
-        extra = sorted(given & set(GRAPH_FLAGS))
-        if extra or config_file:
-            names = [f"--{p.replace('_', '-')}" for p in extra] + (["--config"] if config_file else [])
-            raise DgmPyroError(f"with --resume the configuration comes from {resume}/config.json; drop {', '.join(names)}")
-        config, run_dir = None, Path(resume)
+def _print_training(run: Any, summary: dict[str, Any]) -> None:
+    d = summary.get("data", {})
+    if "snapshots" in d:
+        click.echo(f"data: {d['name']}, {d['snapshots']} history snapshots of {d['nodes']} nodes, {d['features']} "
+                   f"feature(s), {d['edges_mean']:.0f} edges on average; edge likelihood {summary['edge_likelihood']}")
+    click.echo(f"objective: {summary['objective']}" + (f"; annealing: {summary['annealing']}" if "annealing" in summary
+                                                       else ""))
+    if "epochs_run" in summary:
+        click.echo(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best valid ELBO "
+                   f"{summary['best_valid_elbo']:.3f} at epoch {summary['best_epoch']}")
     else:
-        settings = GraphConfig.from_toml(config_file) if config_file else {}
-        # options not given keep the TOML value or GraphConfig's default (the CVAE's defaults do not apply)
-        for flag in given & set(GRAPH_FLAGS):
-            settings[GRAPH_FLAGS[flag]] = values[flag]
-        if isinstance(settings.get("hidden"), str):
-            try:
-                settings["hidden"] = int(settings["hidden"])
-            except ValueError:
-                raise DgmPyroError(f"--hidden for graph-ssm is one width like 64; got '{settings['hidden']}'") from None
-        settings["model"] = "graph-ssm"
-        config = GraphConfig.from_dict(settings, source=config_file or "options").validate()
-        run_dir = new_run_dir(out, "graph-ssm")
-    announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
-    summary = train_graph_run(config, run_dir, resume=resume is not None, progress=_progress(json_out),
-                              on_start=announce)
-    if json_out:
-        _emit_json({"run": str(run_dir), "train": summary})
-        return
-    d = summary["data"]
-    click.echo(f"data: {d['name']}, {d['snapshots']} history snapshots of {d['nodes']} nodes, {d['features']} "
-               f"feature(s), {d['edges_mean']:.0f} edges on average; edge likelihood {summary['edge_likelihood']}")
-    click.echo(f"trained {summary['steps_run']} steps; final negative ELBO per snapshot {summary['final_loss']:.2f}; "
-               f"teacher forcing {summary['teacher_forcing']}")
-    click.echo(f"next: dgm-pyro forecast {run_dir} --horizon 5")
+        click.echo(f"trained {summary['steps_run']} steps; final negative ELBO per snapshot {summary['final_loss']:.2f}"
+                   + (f"; teacher forcing {summary['teacher_forcing']}" if "teacher_forcing" in summary else ""))
+
+
+def _model_command(kind: Any) -> click.Command:
+    """``dgm-pyro train NAME`` for a registered model kind: its configuration's options plus the common ones."""
+    from .options import ModelCommand
+
+    @click.pass_context
+    def callback(ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str], json_out: bool,
+                 device: str, **_: Any) -> None:
+        _run_train(kind, ctx, out, config_file, resume, json_out, device)
+
+    common = [
+        click.Option(["--out"], type=click.Path(), default="runs", show_default=True,
+                     help="Folder in which the run folder <model>-<timestamp> is made."),
+        click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), default=None,
+                     help="TOML file of options (flags given on the command line win)."),
+        click.Option(["--resume"], type=click.Path(file_okay=False), default=None,
+                     help="Continue the run in this folder (its config.json decides everything)."),
+        click.Option(["--json", "json_out"], is_flag=True, help="Print only JSON."),
+    ]
+    cmd = ModelCommand(kind.name, callback=callback, params=config_options(kind.config_class) + common,
+                       help=f"Train {kind.name}: {kind.description}. Writes a run folder.",
+                       short_help=kind.description)
+    return _device_option(cmd)
+
+
+@cli.group(cls=TrainGroup, make_command=_model_command, invoke_without_command=False)
+def train() -> None:
+    """Train a model and report its test metrics; writes a run folder (MODEL defaults to cvae).
+
+    ``dgm-pyro train --resume RUN`` continues any run. See ``dgm-pyro train MODEL --help`` for a model's options.
+    """
+
+
+def _load(run_dir: str, command: str, device: str) -> Any:
+    """Load a run folder for ``command``, refusing runs whose model does not support it."""
+    from dgm_pyro.device import resolve_device
+    from dgm_pyro.runs import load_run, read_run_config
+
+    kind, _ = read_run_config(run_dir)
+    if command not in kind.commands:
+        raise kind.unsupported(command, Path(run_dir))
+    return load_run(run_dir, device=resolve_device(device))
 
 
 @cli.command()
@@ -306,11 +219,11 @@ def _train_graph(ctx: click.Context, values: dict[str, Any], out: str, config_fi
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-def evaluate(run_dir: str, particles: int, split: str, seed: int, json_out: bool) -> None:
+@_device_option
+def evaluate(run_dir: str, particles: int, split: str, seed: int, json_out: bool, device: str) -> None:
     """Test ELBO, importance-sampled log-likelihood and PSIS k-hat of a trained run."""
-    from dgm_pyro.runs import evaluate_run, load_run
-
-    ev = evaluate_run(load_run(run_dir), particles=particles, split=split, seed=seed, progress=_progress(json_out))
+    run = _load(run_dir, "evaluate", device)
+    ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out))
     _emit_json(ev) if json_out else _print_evaluation(ev)
 
 
@@ -354,13 +267,14 @@ def _read_condition(path: str, ds) -> "Any":
               help="Output .png grid (image data) or .npz; default RUN/samples.png or RUN/samples.npz.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+@_device_option
 def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: int, mode: str, out: Optional[str],
-           seed: int, json_out: bool) -> None:
+           seed: int, json_out: bool, device: str) -> None:
     """Generate from the conditional prior for a new condition (seed P1.8)."""
-    from dgm_pyro.runs import generate, load_run
+    from dgm_pyro.checkpoint import atomic_replace
     from dgm_pyro.plotting import save_sample_grid
 
-    run = load_run(run_dir)
+    run = _load(run_dir, "sample", device)
     ds = run.dataset
     out_path = Path(out) if out else run.path / ("samples.png" if ds.image_shape else "samples.npz")
     if out_path.suffix not in (".png", ".npz"):
@@ -370,15 +284,13 @@ def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: in
     if not out_path.parent.is_dir():
         raise DgmPyroError(f"{out_path.parent}: no such directory for --out")
     cond = _read_condition(condition, ds) if condition else None
-    x, y = generate(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed)
+    x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed)
     if out_path.suffix == ".png":
         save_sample_grid(x, y, ds, out_path)
     else:
         import numpy as np
 
-        from dgm_pyro.checkpoint import _atomic_replace
-
-        _atomic_replace(out_path, lambda f: np.savez(f, x=x.numpy(), y=y.numpy()))
+        atomic_replace(out_path, lambda f: np.savez(f, x=x.numpy(), y=y.numpy()))
     info = {"out": str(out_path), "conditions": int(x.shape[0]), "per_condition": num, "mode": mode, "seed": seed}
     _emit_json(info) if json_out else click.echo(f"wrote {x.shape[0]} x {num} samples ({mode}) to {out_path}")
 
@@ -394,14 +306,13 @@ def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: in
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+@_device_option
 def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split: str, seed: int,
-             json_out: bool) -> None:
+             json_out: bool, device: str) -> None:
     """Posterior-collapse report of a trained run: NLL, KL, mutual information, aggregate KL, active units."""
-    from dgm_pyro.runs import diagnose_run, load_run
-
-    run = load_run(run_dir)
-    report = diagnose_run(run, particles=particles, split=split, seed=seed, num_samples=samples,
-                          minibatch_size=batch_size)
+    run = _load(run_dir, "diagnose", device)
+    report = run.kind.diagnose(run, particles=particles, split=split, seed=seed, num_samples=samples,
+                               minibatch_size=batch_size)
     if json_out:
         _emit_json(report.to_dict())
         return
@@ -425,18 +336,18 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
 @click.option("--no-plots", is_flag=True, help="Do not write plots/forecast_*.png.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+@_device_option
 def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,
-             no_plots: bool, seed: int, json_out: bool) -> None:
+             no_plots: bool, seed: int, json_out: bool, device: str) -> None:
     """Forecast the next H snapshots of a graph-ssm run as sample paths (seed P4.4), scored against the
     held-out snapshots and the baselines."""
-    from dgm_pyro.graph_runs import forecast_run, load_graph_run
-
     if horizon < 1:
         raise DgmPyroError(f"--horizon must be >= 1, got {horizon}")
     if stationarity and stationarity < 20:
         raise DgmPyroError(f"--stationarity needs at least 20 steps, got {stationarity}")
-    res = forecast_run(load_graph_run(run_dir), horizon=horizon, num_samples=samples, chains=chains, seed=seed,
-                       out=out, plots=not no_plots, stationarity_steps=stationarity)
+    run = _load(run_dir, "forecast", device)
+    res = run.kind.forecast(run, horizon=horizon, num_samples=samples, chains=chains, seed=seed, out=out,
+                            plots=not no_plots, stationarity_steps=stationarity)
     if json_out:
         _emit_json(res)
         return
@@ -466,12 +377,11 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
 def datasets(json_out: bool) -> None:
     """List the built-in datasets and the file formats accepted by --dataset."""
     from dgm_pyro.data import BUILTIN_DATASETS
+    from dgm_pyro.data.graphs import GRAPH_DATASETS
 
     info = dict(BUILTIN_DATASETS)
     info["npz:PATH"] = "your .npz: array x (N, D) or (N, H, W), optional y (N,) labels or (N, K) covariates"
     info["idx:DIR"] = "MNIST-style IDX files: train-images-idx3-ubyte, train-labels-idx1-ubyte, optional t10k-*"
-    from dgm_pyro.data.graphs import GRAPH_DATASETS
-
     info.update({f"{k} (graph-ssm)": v for k, v in GRAPH_DATASETS.items()})
     if json_out:
         _emit_json(info)

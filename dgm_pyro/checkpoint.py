@@ -9,6 +9,7 @@ moment leaves either the old or the new checkpoint, never a torn one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -20,10 +21,10 @@ import torch
 
 from .errors import DgmPyroError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "write_json", "read_json"]
+__all__ = ["jsonable", "atomic_replace", "save_checkpoint", "load_checkpoint", "atomic_write_text", "write_json", "read_json"]
 
 
-def _atomic_replace(path: Path, write) -> None:
+def atomic_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -40,7 +41,7 @@ def _atomic_replace(path: Path, write) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomically write ``state`` (tensors, numbers, strings, lists, tuples, dicts only)."""
-    _atomic_replace(Path(path), lambda f: torch.save(state, f))
+    atomic_replace(Path(path), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -64,11 +65,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_replace(Path(path), lambda f: f.write(text.encode()))
+    atomic_replace(Path(path), lambda f: f.write(text.encode()))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None`` (strict JSON) and tuples as lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write ``obj`` as strict JSON (non-finite floats as null), atomically."""
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -76,7 +76,7 @@ def _groups(groups: Optional[torch.Tensor], n: int) -> tuple[torch.Tensor, torch
     if groups.shape != (n,):
         raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}")
     values, inverse = torch.unique(groups, return_inverse=True)
-    return inverse, inverse[None, :] == torch.arange(len(values))[:, None]
+    return inverse, inverse[None, :] == torch.arange(len(values), device=inverse.device)[:, None]
 
 
 def _aggregate_terms(posteriors: Distribution, prior: Optional[Distribution], num_samples: int,
@@ -96,7 +96,7 @@ def _aggregate_terms(posteriors: Distribution, prior: Optional[Distribution], nu
     if prior is not None:
         out["log_p"] = prior.log_prob(z)
     flat = z.reshape(-1, 1, z.shape[-1])
-    rows = torch.arange(flat.shape[0]) % n  # datapoint of each draw
+    rows = torch.arange(flat.shape[0], device=flat.device) % n  # datapoint of each draw
     agg = []
     chunk = max(1, 4_000_000 // (n * member.shape[0]))
     for start in range(0, flat.shape[0], chunk):

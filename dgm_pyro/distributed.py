@@ -1,14 +1,13 @@
 """Data-parallel training on ``torch.distributed``: the few collective operations the SVI loop needs.
 
-Launch with PyTorch's own launcher, ``torchrun --nproc-per-node N -m cli.main train ...`` (or
-``dgm-pyro train --nproc N``, which runs that for you). Every rank builds the same model from the same
+Launch with PyTorch's own launcher: ``torchrun --nproc-per-node N -m cli.main train ...``. Every rank builds the same model from the same
 seed, draws the same global minibatch order, computes the loss of its shard of each minibatch (scaled by
 the global batch size), and the gradients are summed across ranks with ``all_reduce`` before the
 optimiser step, so every rank takes the same step as one process on the whole minibatch. Latent draws
 use a different random stream per rank (seed + rank). Rank 0 validates (and broadcasts the result),
 writes ``metrics.csv`` and checkpoints; checkpoints hold every rank's random-number state so that a
-resumed run continues exactly. The backend is ``gloo``: training runs on CPU (the package has no GPU path
-yet; with one, ``nccl`` and a device per rank would be the change).
+resumed run continues exactly. The backend is ``gloo`` (CPU tensors; data-parallel training on several
+GPUs would need ``nccl`` and a device per rank, which is not built).
 """
 
 from __future__ import annotations

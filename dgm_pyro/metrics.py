@@ -14,13 +14,18 @@ import math
 from typing import Any, Optional
 
 import numpy as np
+import pyro
 import torch
 from pyro.ops.stats import crps_empirical, energy_score_empirical
 
 from .data.graphs import GraphSequence, pair_index
+from .errors import DgmPyroError
 
 __all__ = ["edge_scores", "feature_scores", "forecast_scores", "expected_calibration_error", "EDGE_METRICS",
-           "FEATURE_METRICS"]
+           "FEATURE_METRICS", "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
+
+#: forecasts are dense (S x H x N x N edge probabilities): larger graphs are trained but not forecast
+FORECAST_MAX_NODES = 2000
 
 EDGE_METRICS = ("auc", "ap", "auc_new", "ap_new", "brier", "ece", "density_error", "edge_log_lik")
 FEATURE_METRICS = ("crps", "energy", "mae", "coverage_50", "coverage_90")
@@ -112,3 +117,57 @@ def forecast_scores(forecast: dict[str, torch.Tensor], future: GraphSequence, or
         row.update(feature_scores(forecast["X"][:, h], future.x[h]))
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation of a forecaster over time (as pyro.contrib.forecast.evaluate)
+
+
+def backtest(module: Any, sequence: GraphSequence, origins: list[int], horizon: int, num_samples: int = 100,
+             seed: int = 0) -> list[dict[str, Any]]:
+    """Rolling-origin evaluation without refitting (in the spirit of ``pyro.contrib.forecast.backtest``): for
+    each origin T0 the model filters snapshots 1..T0 and forecasts T0+1..T0+H. Returns one dict per
+    window: ``{"origin", "metrics": [one row per horizon step]}``."""
+    rows = []
+    for t0 in origins:
+        if not 1 <= t0 <= sequence.num_steps - horizon:
+            raise DgmPyroError(f"origin {t0} leaves no {horizon} snapshots to score in {sequence.num_steps}")
+        pyro.set_rng_seed(seed)
+        hist, fut = sequence.slice(0, t0), sequence.slice(t0, t0 + horizon)
+        fc = module.forecast(hist.x, hist.edges, horizon=horizon, num_samples=num_samples)
+        rows.append({"origin": t0, "metrics": forecast_scores(fc, fut, hist, horizon)})
+    return rows
+
+
+def stationarity_check(module: Any, history: GraphSequence, chains: int = 4, steps: int = 200,
+                       seed: int = 0) -> dict[str, Any]:
+    """Long-run behaviour of the rollout (seed P4.4): ``chains`` independent paths of ``steps`` steps from the
+    filtered state; on their second halves, arviz's R-hat and bulk ESS of two summary statistics per step
+    (the expected edge density and the mean node feature). R-hat near 1 (< 1.05) says the chains forget
+    where they started and agree on one stationary distribution."""
+    import arviz as az
+
+    if chains < 2 or steps < 20:
+        raise DgmPyroError("the stationarity check needs at least 2 chains and 20 steps")
+    if module.num_nodes > FORECAST_MAX_NODES:
+        raise DgmPyroError(f"the stationarity check rolls out dense graphs; available up to {FORECAST_MAX_NODES} nodes")
+    pyro.set_rng_seed(seed)
+    density, feature = [], []
+    for step in module.rollout(history.x, history.edges, steps, chains):
+        density.append(step["edge_prob"].mean((-1, -2)) * module.num_nodes / (module.num_nodes - 1))
+        feature.append(step["x"].mean((-1, -2)) if module.num_features else torch.zeros(chains))
+    half = steps // 2
+    stats = {"edge_density": torch.stack(density, 1)[:, half:].numpy(),
+             "mean_feature": torch.stack(feature, 1)[:, half:].numpy()}
+    ds = az.convert_to_dataset({k: v for k, v in stats.items() if np.ptp(v) > 0})
+    out: dict[str, Any] = {"chains": chains, "steps": steps, "kept_steps": steps - half}
+    for name, values in stats.items():
+        if name in ds:
+            rhat = float(az.rhat(ds)[name])
+            ess = float(az.ess(ds, method="bulk")[name])
+        else:
+            rhat, ess = math.nan, math.nan
+        out[name] = {"mean": float(values.mean()), "rhat": rhat, "ess_bulk": ess}
+    rhats = [out[k]["rhat"] for k in stats if math.isfinite(out[k]["rhat"])]
+    out["stationary"] = bool(rhats) and max(rhats) < 1.05
+    return out

@@ -1,25 +1,30 @@
-"""Figures: sample grids, training curves and collapse plots (matplotlib with the Agg backend), each
-written atomically."""
+"""Figures: sample grids, training curves, collapse plots and graph forecasts (matplotlib with the Agg
+backend), each written atomically."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from .data import ConditionalDataset
+from .training import read_metrics
 
-__all__ = ["save_sample_grid", "assemble_images", "save_figure"]
+__all__ = ["save_sample_grid", "assemble_images", "save_figure", "plot_training_curves", "plot_collapse_over_training",
+           "plot_kl_per_dimension", "plot_graph_training", "plot_forecast", "node_order"]
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    from .checkpoint import _atomic_replace
+    from .checkpoint import atomic_replace
 
     path = Path(path)
-    _atomic_replace(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    atomic_replace(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     plt.close(fig)
     return path
 
@@ -56,3 +61,169 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
             axes[r][0].set_ylabel(str(int(y[r].argmax())), rotation=0, labelpad=12)
     fig.tight_layout(pad=0.2)
     return save_figure(fig, path, dpi=80)
+
+
+def plot_training_curves(run_dir: str | Path) -> Optional[Path]:
+    """Write ``plots/training.png``: training loss and validation ELBO / log-likelihood per epoch."""
+    rows = read_metrics(Path(run_dir) / "metrics.csv")
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ep, [-r["train_loss"] for r in rows], label="train objective (minibatch, at the epoch's beta)")
+    ax.plot(ep, [r["valid_elbo"] for r in rows], label="valid ELBO")
+    ax.plot(ep, [r["valid_log_likelihood"] for r in rows], label="valid log-likelihood (IWAE)")
+    finite = [v for r in rows for v in (r["valid_elbo"], -r["train_loss"]) if math.isfinite(v)]
+    if finite:
+        lo = sorted(finite)[len(finite) // 10]
+        ax.set_ylim(bottom=lo)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, Path(run_dir) / "plots" / "training.png")
+
+
+def plot_collapse_over_training(run_dir: Path, latent_dim: int) -> Optional[Path]:
+    """``plots/collapse_over_training.png`` from the validation KL, MI and AU per epoch, when the run
+    recorded them (``--track-collapse`` or ``--aggressive``)."""
+    rows = [r for r in read_metrics(run_dir / "metrics.csv") if "valid_mi" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ep, [r["valid_kl"] for r in rows], label="KL (nats)")
+    ax.plot(ep, [r["valid_mi"] for r in rows], label="MI (nats)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats (validation)")
+    twin = ax.twinx()
+    twin.step(ep, [r["valid_au"] for r in rows], where="mid", color="C2", label="active units")
+    twin.set_ylabel("active units")
+    twin.set_ylim(-0.2, latent_dim + 0.2)  # the whole range 0..d, so "0 active units" reads as 0
+    twin.yaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    aggressive = [e for e, r in zip(ep, rows) if r.get("aggressive")]
+    if aggressive:
+        ax.axvspan(min(aggressive) - 0.5, max(aggressive) + 0.5, color="C3", alpha=0.1, label="aggressive")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
+    fig.tight_layout()
+    return save_figure(fig, run_dir / "plots" / "collapse_over_training.png")
+
+
+def plot_kl_per_dimension(report: Any, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * report.latent_dim + 2), 3.2))
+    dims = range(report.latent_dim)
+    ax.bar(dims, report.kl_per_dimension, color=["C0" if a > 0.01 else "C7" for a in report.activity])
+    ax.set_xticks(list(dims))
+    ax.set_xlabel("latent dimension (grey: inactive, Cov_x E[z_u] <= 0.01)")
+    ax.set_ylabel("E_x KL(q(z_u|x) || p(z_u)) [nats]")
+    ax.set_title(f"KL {report.kl:.2f} nats, MI {report.mutual_information:.2f}, AU {report.active_units}")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_graph_training(run_dir: Path) -> Optional[Path]:
+    rows = read_metrics(run_dir / "metrics.csv")
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="negative ELBO per snapshot")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats")
+    twin = ax.twinx()
+    twin.plot([r["step"] for r in rows], [r["teacher_forcing"] for r in rows], color="C1", ls="--")
+    twin.set_ylabel("teacher forcing eps", color="C1")
+    twin.set_ylim(-0.05, 1.05)
+    fig.tight_layout()
+    return save_figure(fig, run_dir / "plots" / "training.png")
+
+
+def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metrics: dict[str, list[dict[str, Any]]],
+                  scored: int, out_dir: Path) -> list[Path]:
+    """``out_dir/forecast_features.png`` (fan charts of feature 0 for the first nodes), ``forecast_edges.png``
+    (forecast edge probabilities beside the observed edges, nodes in spectral order) and
+    ``forecast_metrics.png`` (AUC and CRPS per horizon step of every forecaster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if history.num_features:
+        nodes = list(range(min(4, history.num_nodes)))
+        fig, axes = plt.subplots(1, len(nodes), figsize=(3.2 * len(nodes), 2.8), squeeze=False)
+        t_hist = np.arange(1, history.num_steps + 1)
+        t_fc = np.arange(history.num_steps + 1, history.num_steps + 1 + fc["X"].shape[1])
+        for ax, v in zip(axes[0], nodes):
+            draws = fc["X"][:, :, v, 0].numpy()
+            for lo, hi, alpha in ((5, 95, 0.2), (25, 75, 0.35)):
+                ax.fill_between(t_fc, np.percentile(draws, lo, 0), np.percentile(draws, hi, 0), color="C0",
+                                alpha=alpha, lw=0)
+            ax.plot(t_fc, np.median(draws, 0), color="C0", label="median, 50% and 90% bands")
+            ax.plot(t_hist, history.x[:, v, 0].numpy(), color="k", lw=1, label="history")
+            ax.plot(t_fc[:scored], future.x[:scored, v, 0].numpy(), "o", color="C3", ms=3, label="truth")
+            ax.set_title(f"node {history.node_ids[v]}, feature 0", fontsize=9)
+            ax.set_xlabel("snapshot")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out_dir / "forecast_features.png"))
+    # edge probability maps, nodes in a spectral order of the history so that communities show as blocks
+    order = node_order(history)
+    steps = sorted({0, scored - 1})
+    fig, axes = plt.subplots(len(steps), 2, figsize=(6.4, 3.2 * len(steps)), squeeze=False)
+    prob = fc["edge_prob"].mean(0)
+    for row, h in zip(axes, steps):
+        row[0].imshow(prob[h][order][:, order].numpy(), cmap="viridis", vmin=0, vmax=float(prob.max()))
+        row[0].set_title(f"forecast edge probability, h={h + 1}", fontsize=9)
+        row[1].imshow(future.adjacency(h)[order][:, order].numpy(), cmap="Greys")
+        row[1].set_title(f"observed edges, h={h + 1}", fontsize=9)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    paths.append(save_figure(fig, out_dir / "forecast_edges.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for name, rows in metrics.items():
+        hs = [r["h"] for r in rows]
+        axes[0].plot(hs, [r["auc"] for r in rows], marker="o", label=name)
+        axes[1].plot(hs, [r["crps"] for r in rows], marker="o", label=name)
+    axes[0].set_ylabel("edge ROC-AUC")
+    axes[1].set_ylabel("node-feature CRPS")
+    for ax in axes:
+        ax.set_xlabel("horizon h")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(save_figure(fig, out_dir / "forecast_metrics.png"))
+    return paths
+
+
+def node_order(history: Any) -> np.ndarray:
+    """Nodes ordered by the leading non-trivial eigenvector of the summed adjacency, so blocks show as squares."""
+    a = sum(history.adjacency(t) for t in range(history.num_steps)).double()
+    a = a + a.T if history.directed else a
+    deg = a.sum(1).clamp_min(1e-9)
+    norm = a / deg.sqrt()[:, None] / deg.sqrt()[None, :]
+    _, vecs = torch.linalg.eigh(norm)
+    return np.lexsort((vecs[:, -3].numpy(), vecs[:, -2].numpy()))

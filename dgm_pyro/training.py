@@ -1,11 +1,18 @@
-"""The one SVI training loop used by every model.
+"""The one SVI training loop used by every model: :class:`Trainer`.
 
-Minibatch stochastic variational inference on ``module.model`` / ``module.guide`` with any objective
-that has Pyro's ``differentiable_loss`` (``Trace_ELBO`` by default), Adam, gradient-norm clipping,
-validation every epoch (ELBO and K-particle importance-sampled log-likelihood), early stopping, a
-metrics row per epoch, weights-only checkpoints (latest and best) and exact resume: the checkpoint
-holds the parameters, the optimiser state, the early-stopping state and every random-number state, so
-stopping after epoch k and resuming reproduces the uninterrupted run bit for bit on CPU.
+It optimises ``module.model`` / ``module.guide`` with any objective that has Pyro's
+``differentiable_loss`` (``Trace_ELBO`` by default), Adam and gradient-norm clipping, over a data
+source that yields the arguments of each step: :class:`Minibatches` (shuffled minibatches, one interval
+per epoch, data-parallel under ``torchrun``) or :class:`FullBatch` (the same arguments every step, for
+one sequence; an interval is ``every`` steps). After every interval it writes a ``metrics.csv`` row and
+a weights-only checkpoint that holds the parameters, the optimiser state, the loop and callback state
+and every random-number state, so that stopping after any interval and resuming reproduces the
+uninterrupted run bit for bit on CPU. Non-finite losses or gradients stop training with the last good
+checkpoint, or are skipped up to ``skip_bad_steps`` times.
+
+What differs between models plugs in as :class:`~dgm_pyro.callbacks.Callback` objects (validation and
+early stopping, KL annealing, scheduled sampling, collapse tracking, aggressive encoder training), as
+Pythae's trainer callbacks or Lightning's callbacks do.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import csv
 import math
 import random
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyro
@@ -24,37 +32,33 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from . import distributed as D
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import DgmPyroError
-from .infer.annealing import Annealing, parse_schedule
-from .infer.cs_elbo import CSELBO
-from .infer.evidence import log_evidence
-from .infer.free_bits import FreeBitsELBO
 
-__all__ = ["fit", "build_objective", "describe_objective", "build_annealing", "steps_per_epoch", "METRIC_FIELDS",
-           "COLLAPSE_FIELDS", "read_metrics", "environment", "fit_sequence", "SEQUENCE_FIELDS", "deterministic_algorithms"]
+__all__ = ["Trainer", "Minibatches", "FullBatch", "build_objective", "describe_objective", "OBJECTIVES",
+           "steps_per_epoch", "read_metrics", "environment", "deterministic_algorithms", "CHECKPOINT_FORMAT"]
 
-#: ``seconds`` is the whole epoch, ``train_seconds`` its optimisation steps only (throughput = rows / train_seconds)
-METRIC_FIELDS = ["epoch", "train_loss", "beta_mean", "beta_last", "valid_elbo", "valid_log_likelihood", "best",
-                 "seconds", "train_seconds"]
-#: extra columns with ``track_collapse`` or ``aggressive``: validation KL, mutual information, active units
-COLLAPSE_FIELDS = ["valid_kl", "valid_mi", "valid_au", "aggressive"]
-CHECKPOINT_FORMAT = 3
-#: aggressive training (He et al. 2019): at most this many encoder steps per decoder step, and the
-#: encoder loss is compared over windows of this many steps (stop when a window is no better)
-AGGRESSIVE_MAX_INNER, AGGRESSIVE_WINDOW = 100, 10
+CHECKPOINT_FORMAT = 4
+#: the objectives a configuration can name, and the Pyro loss each builds
+OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits")
 
 
-def build_objective(config: TrainConfig) -> ELBO:
-    """The Pyro loss named by ``config.objective`` (``elbo``, ``meanfield``, ``cs``, ``free-bits``)."""
-    common = {"num_particles": config.num_particles, "vectorize_particles": config.num_particles > 1}
-    if config.objective == "meanfield":
+def build_objective(name: str = "elbo", num_particles: int = 1, lam: float = 1.0, free_bits: float = 0.0,
+                    free_bits_per: str = "dim") -> ELBO:
+    """The Pyro loss called ``name``: ``elbo`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``cs``
+    (:class:`~dgm_pyro.infer.CSELBO` with weight ``lam``) or ``free-bits`` (:class:`~dgm_pyro.infer.FreeBitsELBO`)."""
+    from .infer.cs_elbo import CSELBO
+    from .infer.free_bits import FreeBitsELBO
+
+    common = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
+    if name == "meanfield":
         return TraceMeanField_ELBO(**common)
-    if config.objective == "cs":
-        return CSELBO(lam=config.lam, **common)
-    if config.objective == "free-bits":
-        return FreeBitsELBO(lam=config.free_bits, per=config.free_bits_per, **common)
+    if name == "cs":
+        return CSELBO(lam=lam, **common)
+    if name == "free-bits":
+        return FreeBitsELBO(lam=free_bits, per=free_bits_per, **common)
+    if name != "elbo":
+        raise DgmPyroError(f"unknown objective '{name}'; choose one of {', '.join(OBJECTIVES)}")
     return Trace_ELBO(**common)
 
 
@@ -72,22 +76,30 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return math.ceil(num_train / batch_size)
 
 
-def build_annealing(config: TrainConfig, num_train: int) -> Optional[Annealing]:
-    """``config.anneal`` as an :class:`Annealing` over the run's optimisation steps (``None`` for ``none``)."""
-    schedule = parse_schedule(config.anneal, total_steps=config.epochs * steps_per_epoch(num_train, config.batch_size))
-    return None if schedule is None else Annealing(schedule)
-
-
 def environment() -> dict[str, str]:
     """Versions recorded with every run and checkpoint."""
-    import platform
-
     import importlib.metadata
+    import platform
 
     from . import __version__
 
     return {"dgm_pyro": __version__, "torch": str(torch.__version__), "pyro": str(pyro.__version__),
             "numpy": str(np.__version__), "click": importlib.metadata.version("click"), "python": platform.python_version()}
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``metrics.csv`` as dicts of floats."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]], fields: list[str]) -> None:
+    lines = [",".join(fields)]
+    lines += [",".join(repr(float(r[k])) if k not in ("epoch", "step") else str(int(r[k])) for k in fields) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
@@ -106,48 +118,6 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
 
 
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a ``metrics.csv`` as dicts of floats."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _write_metrics(path: Path, rows: list[dict[str, float]], fields: list[str]) -> None:
-    from .checkpoint import atomic_write_text
-
-    lines = [",".join(fields)]
-    lines += [",".join(repr(float(r[k])) if k not in ("epoch", "step") else str(int(r[k])) for k in fields) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _validate(module, data, particles: int) -> tuple[float, float]:
-    res = log_evidence(module.model, module.guide, *data, num_particles=particles, diagnostics=False, warn=False)
-    return float(res.elbo.mean()), float(res.log_evidence.mean())
-
-
-def _collapse_stats(module, valid: tuple[torch.Tensor, ...], groups: Optional[torch.Tensor]) -> dict[str, float]:
-    """Validation KL, mutual information (per group if given) and active units, without touching the RNG
-    that training uses (tracking must not change the run)."""
-    from .diagnostics import collapse_report
-
-    with torch.random.fork_rng():
-        report = collapse_report(module.model, module.guide, *valid, groups=groups, num_samples=10, particles=0)
-    return {"valid_kl": report.kl, "valid_mi": report.mutual_information, "valid_au": float(report.active_units)}
-
-
-def _resume_checkpoint(ckpt_path: Path, config: Any, module: torch.nn.Module) -> dict[str, Any]:
-    """Load the checkpoint to resume from, check it was made with ``config``, and restore the module's weights."""
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt.get("config_digest") != config.digest():
-        raise DgmPyroError(f"{ckpt_path}: made with a different configuration than "
-                           f"{ckpt_path.parent / 'config.json'}; cannot resume")
-    module.load_state_dict(ckpt["model_state"])
-    return ckpt
-
-
 @contextlib.contextmanager
 def deterministic_algorithms():
     """``torch.use_deterministic_algorithms(True)`` for the duration: torch-geometric's message passing
@@ -161,298 +131,288 @@ def deterministic_algorithms():
         torch.use_deterministic_algorithms(before)
 
 
-def _non_finite(what: str, where: str, allowed: int, ckpt_path: Path, last: Optional[str]) -> DgmPyroError:
-    """The one-line error for a NaN/inf loss or gradient that may not be skipped."""
-    kept = f"the last good checkpoint is {ckpt_path} ({last})" if last else "no checkpoint was written yet"
-    skipped = f"; more than {allowed} bad steps were skipped" if allowed else ""
-    return DgmPyroError(f"the {what} became non-finite at {where}{skipped}; training stopped and {kept}; try a "
-                        "lower --lr or a smaller clip_norm, or allow a few bad steps with --skip-bad-steps N")
+# --------------------------------------------------------------------------------------------------
+# data sources: what one interval of training iterates over
 
 
-def fit(module: torch.nn.Module, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...], config: TrainConfig,
-        run_dir: str | Path, loss: Optional[Any] = None, resume: bool = False, progress: bool = False,
-        on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
-        collapse_groups: Optional[torch.Tensor] = None) -> dict[str, Any]:
-    """Train ``module.model``/``module.guide`` by minibatch SVI, writing checkpoints into ``run_dir``.
+class Minibatches:
+    """Shuffled minibatches of ``data`` (tensors sharing their first dimension), one interval per epoch.
+
+    Each step's loss is divided by the minibatch size. With several processes every rank draws the same
+    permutation and takes its share of each minibatch (rank r: rows r, r + W, ...); the summed gradients
+    are then those of the whole minibatch.
+    """
+
+    unit = "epoch"
+
+    def __init__(self, data: Sequence[torch.Tensor], batch_size: int, epochs: int):
+        self.data, self.batch_size, self.total = tuple(data), int(batch_size), int(epochs)
+        self.num_rows = self.data[0].shape[0]
+
+    def interval(self, trainer: "Trainer") -> Iterator[tuple[tuple, int, str]]:
+        """Yield ``(this rank's rows, rows in the minibatch, location)`` for one epoch."""
+        rank, world = D.rank(), D.world_size()
+        perm = torch.randperm(self.num_rows, generator=trainer.generator)
+        epoch = trainer.state["epoch"] + 1
+        for i in range(0, self.num_rows, self.batch_size):
+            idx = perm[i:i + self.batch_size]
+            yield tuple(t[idx[rank::world]] for t in self.data), len(idx), f"epoch {epoch}, step {i // self.batch_size + 1}"
+
+    def random_batch(self, generator: torch.Generator) -> tuple[tuple, int]:
+        """A minibatch drawn with replacement (aggressive training's extra encoder steps)."""
+        idx = torch.randint(self.num_rows, (self.batch_size,), generator=generator)
+        return tuple(t[idx] for t in self.data), len(idx)
+
+    def advance(self, state: dict[str, Any]) -> int:
+        state["epoch"] += 1
+        return 1
+
+
+class FullBatch:
+    """The same arguments ``args`` at every step (a whole sequence), ``steps`` steps in intervals of ``every``.
+
+    Each step's loss is divided by ``normaliser`` (for example the number of snapshots)."""
+
+    unit = "step"
+
+    def __init__(self, args: Sequence[Any], steps: int, every: int, normaliser: float = 1.0):
+        self.args, self.total, self.every, self.normaliser = tuple(args), int(steps), int(every), float(normaliser)
+
+    def interval(self, trainer: "Trainer") -> Iterator[tuple[tuple, float, str]]:
+        start = trainer.state["step"]
+        for i in range(min(self.every, self.total - start)):
+            yield self.args, self.normaliser, f"step {start + i + 1}"
+
+    def advance(self, state: dict[str, Any]) -> int:
+        done = state["steps"] - state["step"]
+        state["step"] = state["steps"]
+        return done
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+class Trainer:
+    """Stochastic variational inference of ``module.model`` / ``module.guide`` into a run folder.
 
     Args:
-        module: a ``PyroModule`` with ``model(*batch)`` and ``guide(*batch)``.
-        train, valid: tuples of tensors sharing the first (datapoint) dimension, passed as ``*batch``.
-        config: epochs, batch size, learning rate, patience, clipping, particles, seed.
-        run_dir: folder for ``metrics.csv``, ``checkpoint.pt`` (latest) and ``best.pt`` (best valid ELBO).
-        loss: any object with ``differentiable_loss(model, guide, *args)`` (default: :func:`build_objective`).
-        resume: continue from ``run_dir/checkpoint.pt``.
-        progress: show a progress bar.
-        on_epoch: called with each epoch's metrics row.
-        collapse_groups: labels of the validation rows, for the conditional mutual information I(x; z | y)
-            tracked with ``config.track_collapse`` or ``config.aggressive``.
-
-    With ``config.aggressive`` (He et al. 2019, "Lagging inference networks and posterior collapse"):
-    before each decoder update the encoder alone is updated on fresh random minibatches until its loss
-    stops improving (compared over windows of ``AGGRESSIVE_WINDOW`` steps, at most ``AGGRESSIVE_MAX_INNER``
-    steps); the run leaves aggressive mode for joint updates after the first epoch whose validation
-    mutual information is not higher than the best so far. ``module.guide_parameters()`` names the
-    encoder's parameters.
-
-    Returns:
-        ``{"epochs_run", "best_epoch", "best_valid_elbo", "stopped", "skipped_steps", "objective", "annealing"}``
-        (the last two as reprs).
+        module: an ``nn.Module`` (usually a ``PyroModule``) with ``model(*args, **kwargs)`` and ``guide``;
+            its ``parameters()`` are optimised. A module with ``guide_parameters()`` gets a separate Adam
+            for those (the same updates as one Adam; aggressive training steps them alone).
+        data: a :class:`Minibatches` or :class:`FullBatch`.
+        run_dir: folder for ``metrics.csv``, ``checkpoint.pt`` (latest) and ``best.pt`` (written when a
+            callback marks an interval as the best so far).
+        loss: any object with ``differentiable_loss(model, guide, *args, **kwargs)`` (default ``Trace_ELBO``).
+        lr, clip_norm: Adam's learning rate and the gradient-norm clip.
+        seed: seeds Pyro's random state (plus the rank) and the shuffling generator.
+        skip_bad_steps: non-finite steps to skip (no update) before stopping.
+        callbacks: :class:`~dgm_pyro.callbacks.Callback` objects, called in order.
+        config_digest: stored in checkpoints; a resume with another digest is refused.
+        deterministic: run under :func:`deterministic_algorithms`.
+        progress: show a tqdm bar.
     """
-    run_dir = Path(run_dir)
-    loss = loss if loss is not None else build_objective(config)
-    n = train[0].shape[0]
-    annealing = build_annealing(config, n)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pyro.clear_param_store()
-    rank, world = D.rank(), D.world_size()
-    if world > 1 and config.aggressive:
-        raise DgmPyroError("--aggressive is not supported with several processes (its inner loop is sequential)")
-    pyro.set_rng_seed(config.seed + rank)  # each rank its own latent draws; rank 0 as a single process
-    gen = torch.Generator().manual_seed(config.seed)  # the same minibatch order on every rank
-    # two Adam optimisers over disjoint sets act exactly like one over their union; aggressive training
-    # steps them separately
-    if config.aggressive and not hasattr(module, "guide_parameters"):
-        raise DgmPyroError("aggressive training needs a module with guide_parameters() (the encoder's parameters)")
-    enc_params = list(module.guide_parameters()) if hasattr(module, "guide_parameters") else []
-    enc_ids = {id(p) for p in enc_params}
-    gen_params = [p for p in module.parameters() if id(p) not in enc_ids]
-    all_params = list(module.parameters())
-    gen_opt = torch.optim.Adam(gen_params, lr=config.lr)
-    enc_opt = torch.optim.Adam(enc_params, lr=config.lr) if enc_params else None
-    optimizers = [gen_opt] + ([enc_opt] if enc_opt is not None else [])
-    track = config.track_collapse or config.aggressive
-    fields = METRIC_FIELDS + (COLLAPSE_FIELDS if track else [])
-    state: dict[str, Any] = {"epoch": 0, "best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": "",
-                             "aggressive": bool(config.aggressive), "best_valid_mi": -math.inf, "skipped_steps": 0}
-    rows: list[dict[str, float]] = []
-    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
-    if resume:
-        ckpt = _resume_checkpoint(ckpt_path, config, module)
-        for opt, opt_state in zip(optimizers, ckpt["optim_state"]):
+
+    def __init__(self, module: torch.nn.Module, data: Minibatches | FullBatch, run_dir: str | Path, *,
+                 loss: Optional[Any] = None, lr: float = 1e-3, clip_norm: float = 10.0, seed: int = 0,
+                 skip_bad_steps: int = 0, callbacks: Sequence[Any] = (), config_digest: str = "",
+                 deterministic: bool = False, progress: bool = False):
+        self.module, self.data, self.run_dir = module, data, Path(run_dir)
+        self.loss = loss if loss is not None else Trace_ELBO()
+        self.lr, self.clip_norm, self.seed, self.skip_bad_steps = lr, clip_norm, seed, skip_bad_steps
+        self.callbacks, self.config_digest = list(callbacks), config_digest
+        self.deterministic, self.progress = deterministic, progress
+        self.state: dict[str, Any] = {data.unit: 0, "steps": 0, "skipped_steps": 0, "stopped": ""}
+        self.rows: list[dict[str, float]] = []
+        self.improved = False  # set by a callback when this interval is the best so far (best.pt)
+        self.last_checkpoint: Optional[str] = None
+        self.ckpt_path, self.metrics_path = self.run_dir / "checkpoint.pt", self.run_dir / "metrics.csv"
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(self.seed + D.rank())  # each rank its own latent draws; rank 0 as a single process
+        self.generator = torch.Generator().manual_seed(self.seed)  # the same data order on every rank
+        module = self.module
+        enc = list(module.guide_parameters()) if hasattr(module, "guide_parameters") else []
+        enc_ids = {id(p) for p in enc}
+        self.model_params = [p for p in module.parameters() if id(p) not in enc_ids]
+        self.guide_params, self.params = enc, list(module.parameters())
+        self.model_optimizer = torch.optim.Adam(self.model_params, lr=self.lr)
+        self.guide_optimizer = torch.optim.Adam(enc, lr=self.lr) if enc else None
+        self.optimizers = [self.model_optimizer] + ([self.guide_optimizer] if enc else [])
+        self.fields = [self.data.unit, "train_loss"] + [f for cb in self.callbacks for f in cb.fields] + \
+            ["seconds", "train_seconds"]
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path)
+        if ckpt.get("config_digest") != self.config_digest:
+            raise DgmPyroError(f"{self.ckpt_path}: made with a different configuration than "
+                               f"{self.run_dir / 'config.json'}; cannot resume")
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise DgmPyroError(f"{self.ckpt_path}: checkpoint format {ckpt.get('format')} is not this version's "
+                               f"({CHECKPOINT_FORMAT}); it cannot be resumed, but its weights still load")
+        self.module.load_state_dict(ckpt["model_state"])
+        for opt, opt_state in zip(self.optimizers, ckpt["optim_state"]):
             opt.load_state_dict(opt_state)
-        state.update(ckpt["trainer_state"])
+        self.state.update(ckpt["trainer_state"])
         ranks = ckpt.get("rng_ranks")
-        if (len(ranks) if ranks else 1) != world:
-            raise DgmPyroError(f"{ckpt_path}: written by {len(ranks) if ranks else 1} process(es); resume it with "
-                               f"the same number (this run has {world})")
-        _set_rng_state(ranks[rank] if ranks else ckpt["rng"], gen)
-        if annealing is not None:
-            annealing.load_state_dict(ckpt["annealing"])
-        rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state["epoch"]]
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+        if (len(ranks) if ranks else 1) != D.world_size():
+            raise DgmPyroError(f"{self.ckpt_path}: written by {len(ranks) if ranks else 1} process(es); resume it "
+                               f"with the same number (this run has {D.world_size()})")
+        _set_rng_state(ranks[D.rank()] if ranks else ckpt["rng"], self.generator)
+        for cb in self.callbacks:
+            cb.load_state_dict(ckpt["callbacks"].get(type(cb).__name__, {}))
+        unit = self.data.unit
+        self.rows = [r for r in read_metrics(self.metrics_path) if r[unit] <= self.state[unit]]
+        self.last_checkpoint = f"{unit} {self.state[unit]}"
 
-        bar = tqdm(total=config.epochs, initial=state["epoch"], desc="train", unit="epoch", leave=False)
+    # ------------------------------------------------------------------ one optimisation step
 
-    def step(batch: tuple[torch.Tensor, ...], count: int, params: list, opts: list, check: bool, epoch: int,
-             where: int) -> float:
-        """One optimisation step of ``opts`` on ``params`` for a minibatch of ``count`` rows of which this rank
-        holds ``batch``; NaN (and no update) for a skipped bad step."""
-        for opt in optimizers:
+    def step(self, args: tuple, divisor: float, params: list, optimizers: list, check: bool, where: str,
+             kwargs: dict[str, Any]) -> float:
+        """One update of ``optimizers`` from the loss on ``args`` / ``divisor``; NaN (and no update) for a
+        skipped non-finite step. ``check`` runs Pyro's argument validation (the run's first step only: it
+        costs about a third of a step on small networks)."""
+        for opt in self.optimizers:
             opt.zero_grad()
         value = torch.zeros(())
-        if batch[0].shape[0]:
-            # Pyro's argument checks cost about a third of a step on small networks: run them on the
-            # first minibatch of the run (to catch model errors early) and not after.
-            with pyro.validation_enabled(check), \
-                    (annealing.handler() if annealing is not None else contextlib.nullcontext()):
-                value = loss.differentiable_loss(module.model, module.guide, *batch) / count
+        if len(args) == 0 or not isinstance(args[0], torch.Tensor) or args[0].shape[0]:
+            value = self._loss(args, divisor, check, kwargs)
             if torch.isfinite(value):
                 value.backward()
-        # with several ranks: the sums of the shards' losses and gradients are the minibatch's
-        value = D.all_reduce_gradients(params, value)
+        value = D.all_reduce_gradients(params, value)  # with several ranks: the sums over the shards
         bad = "loss" if not torch.isfinite(value) else None
-        if bad is None:
-            norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-            bad = "gradient norm" if not torch.isfinite(norm) else None
+        if bad is None and not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, self.clip_norm)):
+            bad = "gradient norm"
         if bad is not None:
-            # no update from a non-finite step: skip it (when allowed) or stop with the last checkpoint
-            state["skipped_steps"] += 1
-            if state["skipped_steps"] > config.skip_bad_steps:
-                raise _non_finite(bad, f"epoch {epoch}, step {where}", config.skip_bad_steps, ckpt_path,
-                                  f"epoch {state['epoch']}" if state["epoch"] else None)
+            self.state["skipped_steps"] += 1
+            if self.state["skipped_steps"] > self.skip_bad_steps:
+                raise self._non_finite(bad, where)
             return math.nan
-        for opt in opts:
+        for opt in optimizers:
             opt.step()
         return float(value.detach())
 
-    while state["epoch"] < config.epochs and not state["stopped"]:
-        epoch = state["epoch"] + 1
-        start = time.perf_counter()
-        module.train()
-        perm = torch.randperm(n, generator=gen)
-        total, counted = 0.0, 0
-        betas = []
-        aggressive_now = state["aggressive"]
+    def _loss(self, args: tuple, divisor: float, check: bool, kwargs: dict[str, Any]) -> torch.Tensor:
+        contexts = [cb.step_context(self) for cb in self.callbacks]
+        with contextlib.ExitStack() as stack:
+            for c in contexts:
+                stack.enter_context(c)
+            try:
+                with pyro.validation_enabled(check):
+                    return self.loss.differentiable_loss(self.module.model, self.module.guide, *args, **kwargs) / divisor
+            except ValueError:
+                if not check:
+                    raise
+                # argument validation rejected a distribution parameter: a non-finite step if the same
+                # loss without validation is not finite, else a genuine error in the model
+                with pyro.validation_enabled(False), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Pyro's NaN warning: the NaN is what is being checked
+                    value = self.loss.differentiable_loss(self.module.model, self.module.guide, *args, **kwargs)
+                if torch.isfinite(value):
+                    raise
+                return value.detach() * math.nan
 
-        for i in range(0, n, config.batch_size):
-            idx = perm[i : i + config.batch_size]
-            batch = tuple(t[idx[rank::world]] for t in train)
-            first, where = epoch == 1 and i == 0, i // config.batch_size + 1
-            betas.append(annealing.beta if annealing is not None else 1.0)
-            if aggressive_now:
-                window, previous = 0.0, math.inf
-                for j in range(1, AGGRESSIVE_MAX_INNER + 1):
-                    inner = torch.randint(n, (config.batch_size,), generator=gen)
-                    window += step(tuple(t[inner] for t in train), len(inner), enc_params, [enc_opt],
-                                   first and j == 1, epoch, where)
-                    if j % AGGRESSIVE_WINDOW == 0:
-                        if window >= previous:
-                            break
-                        window, previous = 0.0, window
-                value = step(batch, len(idx), gen_params, [gen_opt], False, epoch, where)
-            else:
-                value = step(batch, len(idx), all_params, optimizers, first, epoch, where)
-            if annealing is not None:
-                annealing.step()
+    def _non_finite(self, what: str, where: str) -> DgmPyroError:
+        kept = (f"the last good checkpoint is {self.ckpt_path} ({self.last_checkpoint})" if self.last_checkpoint
+                else "no checkpoint was written yet")
+        skipped = f"; more than {self.skip_bad_steps} bad steps were skipped" if self.skip_bad_steps else ""
+        return DgmPyroError(f"the {what} became non-finite at {where}{skipped}; training stopped and {kept}; try a "
+                            "lower learning rate (lr) or a smaller clip_norm, or allow a few bad steps (skip_bad_steps)")
+
+    # ------------------------------------------------------------------ intervals
+
+    def _train_interval(self) -> tuple[float, float]:
+        """Optimise over one interval; (weighted mean of the finite step losses, total weight)."""
+        total, counted = 0.0, 0.0
+        for args, weight, where in self.data.interval(self):
+            for cb in self.callbacks:
+                cb.on_batch_start(self)
+            kwargs = {k: v for cb in self.callbacks for k, v in cb.loss_kwargs(self).items()}
+            check = self.state["steps"] == 0
+            value = None
+            for cb in self.callbacks:
+                value = cb.train_batch(self, args, weight, check, where, kwargs)
+                if value is not None:
+                    break
+            if value is None:
+                value = self.step(args, weight, self.params, self.optimizers, check, where, kwargs)
+            self.state["steps"] += 1
+            for cb in self.callbacks:
+                cb.on_batch_end(self)
             if math.isfinite(value):
-                total += value * len(idx)
-                counted += len(idx)
+                w = weight if isinstance(self.data, Minibatches) else 1.0
+                total, counted = total + value * w, counted + w
+        return (total / counted if counted else math.nan), counted
+
+    def _checkpoint(self, rng: dict[str, Any], all_rng: Optional[list]) -> None:
+        # metrics first, checkpoint second: on resume, rows past the checkpoint's interval are dropped
+        _write_metrics(self.metrics_path, self.rows, self.fields)
+        ckpt = {"format": CHECKPOINT_FORMAT, "model_state": self.module.state_dict(),
+                "optim_state": [opt.state_dict() for opt in self.optimizers], "trainer_state": dict(self.state),
+                "rng": rng, "config_digest": self.config_digest, "versions": environment(),
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
+        if all_rng is not None:
+            ckpt["rng_ranks"] = all_rng
+        if self.improved:
+            save_checkpoint(ckpt, self.run_dir / "best.pt")
+        save_checkpoint(ckpt, self.ckpt_path)
+
+    def _interval(self) -> dict[str, float]:
+        start = time.perf_counter()
+        self.module.train()
+        self.improved = False
+        train_loss, _ = self._train_interval()
         train_seconds = time.perf_counter() - start
-        module.eval()
-        # rank 0 validates and tells the others, so that every rank takes the same decisions
-        checked = None
-        if rank == 0:
-            checked = (*_validate(module, valid, config.valid_particles),
-                       _collapse_stats(module, valid, collapse_groups) if track else {})
-        valid_elbo, valid_ll, collapse = D.broadcast_object(checked)
-        if aggressive_now:
-            if collapse["valid_mi"] > state["best_valid_mi"]:
-                state["best_valid_mi"] = collapse["valid_mi"]
-            else:
-                state["aggressive"] = False  # the mutual information stopped rising: joint updates from now
-        improved = valid_elbo > state["best_valid_elbo"]
-        state.update(epoch=epoch)
-        if improved:
-            state.update(best_valid_elbo=valid_elbo, best_epoch=epoch, bad_epochs=0)
-        elif annealing is None or annealing.settled:
-            # while beta is still moving the objective changes under the model: patience waits for it
-            state["bad_epochs"] += 1
-            if state["bad_epochs"] >= config.patience:
-                state["stopped"] = "early"
-        row = {"epoch": epoch, "train_loss": total / counted if counted else math.nan,
-               "beta_mean": sum(betas) / len(betas), "beta_last": betas[-1],
-               "valid_elbo": valid_elbo, "valid_log_likelihood": valid_ll, "best": float(improved),
-               "seconds": time.perf_counter() - start, "train_seconds": train_seconds, **collapse}
-        if track:
-            row["aggressive"] = float(aggressive_now)
-        rows.append(row)
-        rng = _rng_state(gen)
-        all_rng = D.gather_objects(rng) if world > 1 else None
-        if rank == 0:
-            # metrics first, checkpoint second: on resume, rows past the checkpoint's epoch are dropped
-            _write_metrics(metrics_path, rows, fields)
-            ckpt = {"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
-                    "optim_state": [opt.state_dict() for opt in optimizers],
-                    "trainer_state": dict(state), "rng": rng, "config_digest": config.digest(),
-                    "annealing": annealing.state_dict() if annealing is not None else {},
-                    "versions": environment()}
-            if all_rng is not None:
-                ckpt["rng_ranks"] = all_rng
-            if improved:
-                save_checkpoint(ckpt, run_dir / "best.pt")
-            save_checkpoint(ckpt, ckpt_path)
+        self.data.advance(self.state)
+        self.module.eval()
+        row: dict[str, float] = {self.data.unit: self.state[self.data.unit], "train_loss": train_loss}
+        for cb in self.callbacks:
+            cb.on_interval_end(self, row)
+        row.update(seconds=time.perf_counter() - start, train_seconds=train_seconds)
+        self.rows.append(row)
+        rng = _rng_state(self.generator)
+        all_rng = D.gather_objects(rng) if D.world_size() > 1 else None
+        if D.rank() == 0:
+            self._checkpoint(rng, all_rng)
+        self.last_checkpoint = f"{self.data.unit} {self.state[self.data.unit]}"
         D.barrier()
-        if on_epoch is not None and rank == 0:
-            on_epoch(row)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['train_loss']:.2f}", valid_elbo=f"{valid_elbo:.2f}")
-    if bar is not None:
-        bar.close()
-    return {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-            "best_valid_elbo": state["best_valid_elbo"], "stopped": state["stopped"] or "max_epochs",
-            "skipped_steps": state["skipped_steps"],
-            "objective": describe_objective(loss), "annealing": repr(annealing.schedule) if annealing is not None else "none"}
+        if D.rank() == 0:
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, row)
+        return row
 
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``data.total`` epochs/steps or a callback stops early (resuming from ``checkpoint.pt``
+        with ``resume``). Returns ``{"<unit>s_run", "stopped", "skipped_steps", "final_loss", "objective"}``
+        plus each callback's ``summary()``."""
+        self._setup()
+        if resume:
+            self._restore()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        unit = self.data.unit
+        bar = None
+        if self.progress and D.rank() == 0:
+            from tqdm.auto import tqdm
 
-SEQUENCE_FIELDS = ["step", "train_loss", "teacher_forcing", "seconds"]
-
-
-def fit_sequence(module: torch.nn.Module, args: tuple, config: Any, run_dir: str | Path, loss: Optional[Any] = None,
-                 resume: bool = False, progress: bool = False, normaliser: float = 1.0,
-                 on_checkpoint: Optional[Callable[[dict[str, float]], None]] = None) -> dict[str, Any]:
-    """Full-batch SVI of ``module.model(*args, teacher_forcing=eps)`` / ``module.guide`` on one sequence.
-
-    Runs ``config.steps`` Adam steps with gradient-norm clipping; eps follows ``config.scheduled_sampling``
-    (seed P4.5). Every ``config.checkpoint_every`` steps a metrics row (mean loss / ``normaliser`` over the
-    interval) and a weights-only checkpoint with every random-number state are written, so that a run
-    resumed from any checkpoint ends with the same parameters as an uninterrupted one. Non-finite losses
-    or gradients stop training (or are skipped ``config.skip_bad_steps`` times) as in :func:`fit`.
-
-    Returns ``{"steps_run", "final_loss", "skipped_steps", "objective", "teacher_forcing"}``.
-    """
-    from .infer.scheduled_sampling import parse_teacher_forcing
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loss = loss if loss is not None else Trace_ELBO()
-    schedule = parse_teacher_forcing(config.scheduled_sampling)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)  # unused by the loop; kept for the shared RNG record
-    params = list(module.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
-    state: dict[str, Any] = {"step": 0, "skipped_steps": 0}
-    rows: list[dict[str, float]] = []
-    ckpt_path, metrics_path = run_dir / "checkpoint.pt", run_dir / "metrics.csv"
-    if resume:
-        ckpt = _resume_checkpoint(ckpt_path, config, module)
-        opt.load_state_dict(ckpt["optim_state"][0])
-        state.update(ckpt["trainer_state"])
-        _set_rng_state(ckpt["rng"], gen)
-        rows = [r for r in read_metrics(metrics_path) if r["step"] <= state["step"]]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=state["step"], desc="train", unit="step", leave=False)
-    module.train()
-    with deterministic_algorithms():
-        while state["step"] < config.steps:
-            start = time.perf_counter()
-            values, eps = [], 1.0
-            for _ in range(min(config.checkpoint_every, config.steps - state["step"])):
-                eps = schedule(state["step"])
-                opt.zero_grad()
-                try:
-                    with pyro.validation_enabled(state["step"] == 0):
-                        value = loss.differentiable_loss(module.model, module.guide, *args,
-                                                         teacher_forcing=eps) / normaliser
-                except ValueError as e:
-                    if "invalid values" not in str(e):  # a NaN distribution parameter caught by Pyro's checks
-                        raise
-                    value = torch.tensor(math.nan)
-                bad = "loss" if not torch.isfinite(value) else None
-                if bad is None:
-                    value.backward()
-                    if not torch.isfinite(torch.nn.utils.clip_grad_norm_(params, config.clip_norm)):
-                        bad = "gradient norm"
-                state["step"] += 1
-                if bad is not None:
-                    state["skipped_steps"] += 1
-                    if state["skipped_steps"] > config.skip_bad_steps:
-                        done = [r["step"] for r in rows]
-                        raise _non_finite(bad, f"step {state['step']}", config.skip_bad_steps, ckpt_path,
-                                          f"step {int(done[-1])}" if done else None)
-                    continue
-                opt.step()
-                values.append(float(value.detach()))
+            bar = tqdm(total=self.data.total, initial=self.state[unit], desc="train", unit=unit, leave=False)
+        with deterministic_algorithms() if self.deterministic else contextlib.nullcontext():
+            while self.state[unit] < self.data.total and not self.state["stopped"]:
+                before = self.state[unit]
+                row = self._interval()
                 if bar is not None:
-                    bar.update(1)
-            row = {"step": state["step"], "train_loss": sum(values) / len(values) if values else math.nan,
-                   "teacher_forcing": eps, "seconds": time.perf_counter() - start}
-            rows.append(row)
-            _write_metrics(metrics_path, rows, SEQUENCE_FIELDS)
-            save_checkpoint({"format": CHECKPOINT_FORMAT, "model_state": module.state_dict(),
-                             "optim_state": [opt.state_dict()], "trainer_state": dict(state), "rng": _rng_state(gen),
-                             "config_digest": config.digest(), "versions": environment()}, ckpt_path)
-            if on_checkpoint is not None:
-                on_checkpoint(row)
-    if bar is not None:
-        bar.close()
-    module.eval()
-    return {"steps_run": state["step"], "final_loss": rows[-1]["train_loss"] if rows else math.nan,
-            "skipped_steps": state["skipped_steps"], "objective": describe_objective(loss),
-            "teacher_forcing": repr(schedule)}
+                    bar.update(self.state[unit] - before)
+                    bar.set_postfix(loss=f"{row['train_loss']:.2f}")
+        if bar is not None:
+            bar.close()
+        summary = {f"{unit}s_run": self.state[unit], "stopped": self.state["stopped"] or f"max_{unit}s",
+                   "skipped_steps": self.state["skipped_steps"],
+                   "final_loss": self.rows[-1]["train_loss"] if self.rows else math.nan,
+                   "objective": describe_objective(self.loss)}
+        for cb in self.callbacks:
+            summary.update(cb.summary())
+        return summary

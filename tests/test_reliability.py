@@ -18,7 +18,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from dgm_pyro.checkpoint import load_checkpoint
-from dgm_pyro.config import TrainConfig
+from dgm_pyro.runs import TrainConfig
 from dgm_pyro.errors import DgmPyroError
 
 KILLS = 20 if os.environ.get("DGM_PYRO_FULL_TESTS") == "1" else 4
@@ -93,17 +93,16 @@ SMALL = dict(dataset="digits", epochs=3, hidden_dims=[32], latent_dim=4, batch_s
 
 def _fit(tmp_path, loss, **options):
     from dgm_pyro.data import load_dataset
-    from dgm_pyro.runs import build_model
-    from dgm_pyro.training import fit
+    from dgm_pyro.runs import CVAEKind, build_model
 
     cfg = TrainConfig(**{**SMALL, **options})
     ds = load_dataset("digits")
-    return fit(build_model(cfg, ds), ds.splits["train"], ds.splits["valid"], cfg, tmp_path, loss=loss)
+    return CVAEKind().fit(cfg, ds, build_model(cfg, ds), tmp_path, loss=loss)
 
 
 def test_nan_loss_stops_cleanly_with_the_last_good_checkpoint(tmp_path):
     # 5 steps per epoch: step 7 is the third step of epoch 2
-    with pytest.raises(DgmPyroError, match=r"epoch 2, step 3.*last good checkpoint.*epoch 1.*lower --lr"):
+    with pytest.raises(DgmPyroError, match=r"epoch 2, step 3.*last good checkpoint.*epoch 1.*lower learning rate"):
         _fit(tmp_path, _NaNAt({7}))
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["trainer_state"]["epoch"] == 1

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dgm_pyro.checkpoint import load_checkpoint, save_checkpoint
-from dgm_pyro.config import TrainConfig
 from dgm_pyro.errors import DgmPyroError
-from dgm_pyro.runs import load_run, train_run
+from dgm_pyro.callbacks import OnInterval
+from dgm_pyro.runs import TrainConfig, load_run, train_run
 from dgm_pyro.training import read_metrics
 
 SMALL = dict(dataset="digits", epochs=4, hidden_dims=[32], latent_dim=4, batch_size=200, valid_particles=3, seed=3)
@@ -47,7 +47,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, options):
     full, cut = tmp_path / "full", tmp_path / "cut"
     train_run(TrainConfig(**SMALL, **options), full)
     with pytest.raises(Stop):
-        train_run(TrainConfig(**SMALL, **options), cut, on_epoch=_stop_after(2))
+        train_run(TrainConfig(**SMALL, **options), cut, callbacks=[OnInterval(_stop_after(2))])
     assert len(read_metrics(cut / "metrics.csv")) == 2
     train_run(None, cut, resume=True)
     for name in ("checkpoint.pt", "best.pt"):
@@ -74,7 +74,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
     assert summary["stopped"] == "early" and len(rows) < 40
     best = max(rows, key=lambda r: r["valid_elbo"])
     assert summary["best_epoch"] == best["epoch"]
-    assert load_checkpoint(tmp_path / "r" / "best.pt")["trainer_state"]["best_epoch"] == best["epoch"]
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["callbacks"]["Validation"]["best_epoch"] == best["epoch"]
     # the last `patience` epochs did not improve
     assert all(r["best"] == 0.0 for r in rows[-2:])
 
@@ -155,7 +155,7 @@ def test_beta_per_epoch_in_metrics_follows_the_schedule(tmp_path):
         assert r["beta_mean"] == pytest.approx(sum(c(t) for t in steps) / 5)
         assert r["beta_last"] == pytest.approx(c(steps[-1]))
     ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
-    assert ckpt["annealing"] == {"step": 20, "schedule": "Cyclical(total_steps=20, cycles=2, ratio=0.5)"}
+    assert ckpt["callbacks"]["KLAnnealing"] == {"step": 20, "schedule": "Cyclical(total_steps=20, cycles=2, ratio=0.5)"}
     plain = TrainConfig(**SMALL)
     train_run(plain, tmp_path / "p")
     assert all(r["beta_mean"] == 1.0 for r in read_metrics(tmp_path / "p" / "metrics.csv"))
@@ -164,10 +164,10 @@ def test_beta_per_epoch_in_metrics_follows_the_schedule(tmp_path):
 def test_early_stopping_waits_for_the_schedule_to_settle(tmp_path, monkeypatch):
     """With validation getting worse every epoch and patience 1, a plain run stops after epoch 2; with a
     warm-up of 15 steps (3 epochs of 5 steps) the epochs before it ends do not count, so it stops after 3."""
-    import dgm_pyro.training as training
+    from dgm_pyro.callbacks import Validation
 
     scores = iter(range(0, -100, -1))
-    monkeypatch.setattr(training, "_validate", lambda module, data, particles: (float(next(scores)), 0.0))
+    monkeypatch.setattr(Validation, "_measure", lambda self, module: (float(next(scores)), 0.0, {}))
     cfg = dict(SMALL, epochs=8, patience=1)
     assert train_run(TrainConfig(**cfg), tmp_path / "plain")["epochs_run"] == 2
     scores = iter(range(0, -100, -1))
@@ -184,15 +184,16 @@ def test_tracking_collapse_does_not_change_the_run(tmp_path):
 
 
 def test_aggressive_updates_the_encoder_more_and_stops_when_mi_stops_rising(tmp_path, monkeypatch):
-    import dgm_pyro.training as training
+    from dgm_pyro import callbacks
 
     mis = iter([1.0, 0.5, 0.7, 0.9])  # rises once, then falls: aggressive in epochs 1 and 2 only
-    real = training._collapse_stats
+    real = callbacks.Validation._measure
 
-    def fake(module, valid, groups):
-        return {**real(module, valid, groups), "valid_mi": next(mis)}
+    def fake(self, module):
+        elbo, ll, collapse = real(self, module)
+        return elbo, ll, {**collapse, "valid_mi": next(mis)}
 
-    monkeypatch.setattr(training, "_collapse_stats", fake)
+    monkeypatch.setattr(callbacks.Validation, "_measure", fake)
     train_run(TrainConfig(**{**SMALL, "epochs": 4}, aggressive=True), tmp_path / "r")
     rows = read_metrics(tmp_path / "r" / "metrics.csv")
     assert [r["aggressive"] for r in rows] == [1.0, 1.0, 0.0, 0.0]
@@ -200,4 +201,4 @@ def test_aggressive_updates_the_encoder_more_and_stops_when_mi_stops_rising(tmp_
     gen_steps = {int(v["step"]) for v in gen_state["state"].values()}
     enc_steps = {int(v["step"]) for v in enc_state["state"].values()}
     # 5 steps per epoch: the decoder took 20; the encoder at least 10 per decoder step while aggressive
-    assert gen_steps == {20} and min(enc_steps) >= 2 * 5 * training.AGGRESSIVE_WINDOW + 2 * 5
+    assert gen_steps == {20} and min(enc_steps) >= 2 * 5 * callbacks.AGGRESSIVE_WINDOW + 2 * 5

@@ -11,7 +11,6 @@ from .dataset import LIKELIHOODS, ConditionalDataset
 from .digits import DIGITS_SPLIT, load_digits
 from .graphs import (
     GRAPH_DATASETS,
-    DSBMOracle,
     GraphSequence,
     dynamic_sbm,
     load_collegemsg,
@@ -36,7 +35,6 @@ __all__ = [
     "BUILTIN_DATASETS",
     "GraphSequence",
     "dynamic_sbm",
-    "DSBMOracle",
     "load_collegemsg",
     "load_graph_csv",
     "load_graph_pt",
@@ -80,5 +78,5 @@ def load_dataset(spec: str, likelihood: str | None = None) -> ConditionalDataset
     else:
         builtin = load_digits(int(spec[-1]) if spec != "digits" else 0)
     if likelihood is not None and likelihood != builtin.likelihood:
-        raise DgmPyroError(f"dataset '{spec}' has a fixed likelihood '{builtin.likelihood}'; drop --likelihood")
+        raise DgmPyroError(f"dataset '{spec}' has a fixed likelihood '{builtin.likelihood}'; leave likelihood unset")
     return builtin

@@ -69,7 +69,7 @@ def _finish(name, x, y, cond, k, image_shape, likelihood, parts, description) ->
 
 def _check_likelihood(name: str, x: torch.Tensor, likelihood: str) -> None:
     if likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
-        raise DgmPyroError(f"{name}: the Bernoulli likelihood needs x in {{0, 1}}; binarise the data or use --likelihood gaussian")
+        raise DgmPyroError(f"{name}: the Bernoulli likelihood needs x in {{0, 1}}; binarise the data or use the gaussian likelihood")
     if likelihood == "categorical" and not bool(((x == x.round()) & (x >= 0)).all()):
         raise DgmPyroError(f"{name}: the categorical likelihood needs integer levels >= 0 in x")
 

@@ -20,8 +20,8 @@ import torch
 
 from ..errors import DgmPyroError
 
-__all__ = ["GraphSequence", "dynamic_sbm", "DSBMOracle", "load_collegemsg", "load_graph_csv", "load_graph_pt",
-           "load_graph_dataset", "GRAPH_DATASETS", "degree_features", "pair_index"]
+__all__ = ["GraphSequence", "dynamic_sbm", "load_collegemsg", "load_graph_csv", "load_graph_pt",
+           "load_graph_dataset", "GRAPH_DATASETS", "degree_features", "pair_index", "dsbm_step", "canonical_edges"]
 
 GRAPH_DATASETS = {
     "dsbm": "attributed dynamic stochastic block model (N=200, 4 communities, T=30, 4 features), with an oracle",
@@ -108,7 +108,7 @@ class GraphSequence:
     def split(self, test_steps: int) -> tuple["GraphSequence", "GraphSequence"]:
         """(history, held-out future): the last ``test_steps`` snapshots are held out."""
         if not 1 <= test_steps < self.num_steps - 1:
-            raise DgmPyroError(f"--test-steps must be between 1 and {self.num_steps - 2} for {self.num_steps} "
+            raise DgmPyroError(f"test_steps must be between 1 and {self.num_steps - 2} for {self.num_steps} "
                                f"snapshots; got {test_steps}")
         cut = self.num_steps - test_steps
         return self.slice(0, cut), self.slice(cut, self.num_steps)
@@ -120,7 +120,7 @@ class GraphSequence:
                 "edges_min": min(e), "edges_max": max(e)}
 
 
-def _canonical(edges: torch.Tensor, num_nodes: int, directed: bool) -> torch.Tensor:
+def canonical_edges(edges: torch.Tensor, num_nodes: int, directed: bool) -> torch.Tensor:
     """Drop duplicates; for undirected graphs order each pair as u < v."""
     if edges.numel() == 0:
         return torch.zeros(2, 0, dtype=torch.long)
@@ -149,7 +149,7 @@ def dynamic_sbm(num_nodes: int = 200, num_communities: int = 4, num_steps: int =
 
     with r = ``persistence``, centres mu_k ~ N(0, spread^2 I) and a correlated noise factor L (so a
     full covariance matters). ``truth`` holds ``communities`` (T, N) and every parameter; the
-    :class:`DSBMOracle` forecasts with them.
+    :class:`dgm_pyro.models.DSBMOracle` forecasts with them.
     """
     for name, p in (("p_in", p_in), ("p_out", p_out), ("switch_prob", switch_prob), ("persistence", persistence)):
         if not 0 <= p <= 1:
@@ -172,7 +172,7 @@ def dynamic_sbm(num_nodes: int = 200, num_communities: int = 4, num_steps: int =
     x = centres[c] + torch.randn(num_nodes, f, generator=g) @ noise_tril.T
     comms, feats, edges = [], [], []
     for _ in range(num_steps):
-        c, x, e = _dsbm_step(c, x, params, g)
+        c, x, e = dsbm_step(c, x, params, g)
         comms.append(c)
         feats.append(x)
         edges.append(e)
@@ -180,7 +180,7 @@ def dynamic_sbm(num_nodes: int = 200, num_communities: int = 4, num_steps: int =
     return GraphSequence(torch.stack(feats), edges, directed=False, name="dsbm", truth=truth)
 
 
-def _dsbm_step(c: torch.Tensor, x: torch.Tensor, params: dict[str, Any],
+def dsbm_step(c: torch.Tensor, x: torch.Tensor, params: dict[str, Any],
                g: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of the DSBM from communities ``c`` (..., N) and features ``x`` (..., N, F)."""
     trans = params["transition"]
@@ -193,40 +193,6 @@ def _dsbm_step(c: torch.Tensor, x: torch.Tensor, params: dict[str, Any],
     prob = params["blocks"][c[..., pairs[0]], c[..., pairs[1]]]
     keep = torch.rand(prob.shape, generator=g) < prob
     return c, x, pairs[:, keep] if c.dim() == 1 else keep
-
-
-class DSBMOracle:
-    """The forecaster that knows the DSBM's parameters and its true state at the forecast origin.
-
-    Its edge probabilities are exact: with p_{v,h} = onehot(c_{v,T}) Pi^h the community distribution of v
-    after h steps (nodes switch independently), P(A_{uv,T+h} = 1) = p_{u,h}^T B p_{v,h}. Its feature
-    samples are draws of the true process. No model can be better calibrated on this data.
-    """
-
-    def __init__(self, history: GraphSequence):
-        if "blocks" not in history.truth:
-            raise DgmPyroError("the oracle needs a dynamic-SBM sequence with its truth")
-        self.params = history.truth
-        self.c_last = history.truth["communities"][-1]
-        self.x_last = history.x[-1]
-
-    def forecast(self, horizon: int, num_samples: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        """``{"X": (S, H, N, F), "edge_prob": (H, N, N)}``."""
-        g = torch.Generator().manual_seed(seed)
-        p = self.params
-        n = self.c_last.shape[0]
-        c = self.c_last.expand(num_samples, n).clone()
-        x = self.x_last.expand(num_samples, *self.x_last.shape).clone()
-        xs, probs = [], []
-        dist_c = torch.nn.functional.one_hot(self.c_last, p["blocks"].shape[0]).float()
-        for _ in range(horizon):
-            c, x, _ = _dsbm_step(c, x, p, g)
-            xs.append(x)
-            dist_c = dist_c @ p["transition"]
-            prob = dist_c @ p["blocks"] @ dist_c.T
-            prob.fill_diagonal_(0.0)
-            probs.append(prob)
-        return {"X": torch.stack(xs, 1), "edge_prob": torch.stack(probs)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,7 +216,7 @@ def _from_events(src: np.ndarray, dst: np.ndarray, time: np.ndarray, width: floa
                  allow_self_loops: bool = False) -> GraphSequence:
     """Bin timed events into snapshots of ``width`` time units (the first snapshot starts at the first event)."""
     if not width > 0 or not math.isfinite(width):
-        raise DgmPyroError(f"--snapshot-width must be a positive number; got {width}")
+        raise DgmPyroError(f"snapshot_width must be a positive number; got {width}")
     n = len(node_ids)
     loops = src == dst
     if loops.any():
@@ -261,19 +227,19 @@ def _from_events(src: np.ndarray, dst: np.ndarray, time: np.ndarray, width: floa
     step = np.floor((time - time.min()) / width).astype(np.int64)
     num_steps = int(step.max()) + 1
     if num_steps < 3:
-        raise DgmPyroError(f"{name}: only {num_steps} snapshot(s) with --snapshot-width {width:g}; need at least 3, "
+        raise DgmPyroError(f"{name}: only {num_steps} snapshot(s) with snapshot_width {width:g}; need at least 3, "
                            "use a smaller width")
     if num_steps > 10_000:
-        raise DgmPyroError(f"{name}: {num_steps} snapshots with --snapshot-width {width:g}; use a larger width")
+        raise DgmPyroError(f"{name}: {num_steps} snapshots with snapshot_width {width:g}; use a larger width")
     counts = np.bincount(step, minlength=num_steps)
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         raise DgmPyroError(f"{name}: snapshot(s) {', '.join(map(str, empty[:5].tolist()))} have no edges with "
-                           f"--snapshot-width {width:g}; use a larger width")
+                           f"snapshot_width {width:g}; use a larger width")
     order = np.argsort(step, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
     s, d = torch.as_tensor(src[order]), torch.as_tensor(dst[order])
-    edges = [_canonical(torch.stack([s[bounds[t]:bounds[t + 1]], d[bounds[t]:bounds[t + 1]]]), n, directed)
+    edges = [canonical_edges(torch.stack([s[bounds[t]:bounds[t + 1]], d[bounds[t]:bounds[t + 1]]]), n, directed)
              for t in range(num_steps)]
     x = features if features is not None else degree_features(edges, n, directed)
     if x.dim() == 2:
@@ -484,7 +450,7 @@ def load_graph_pt(path: str | Path, directed: bool = False) -> GraphSequence:
             raise DgmPyroError(f"{path}: snapshot {t} has self-loops; remove them")
         if e.shape[1] == 0:
             raise DgmPyroError(f"{path}: snapshot {t} has no edges")
-        edges.append(_canonical(e.long(), n, directed))
+        edges.append(canonical_edges(e.long(), n, directed))
     xs = [getattr(d, "x", None) for d in obj]
     if all(x is None for x in xs):
         x = degree_features(edges, n, directed)
@@ -506,10 +472,10 @@ def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, direct
     if kind == "pt" and path:
         return load_graph_pt(path, directed=directed)
     if directed and spec in ("dsbm", "collegemsg"):
-        raise DgmPyroError(f"dataset '{spec}' is undirected; drop --directed")
+        raise DgmPyroError(f"dataset '{spec}' is undirected; leave directed unset")
     if spec == "dsbm":
         if snapshot_width is not None:
-            raise DgmPyroError("dataset 'dsbm' is already in snapshots; drop --snapshot-width")
+            raise DgmPyroError("dataset 'dsbm' is already in snapshots; leave snapshot_width unset")
         return dynamic_sbm(seed=seed)
     if spec == "collegemsg":
         return load_collegemsg(snapshot_days=snapshot_width or 7.0)

@@ -2,10 +2,10 @@
 
 from .baseline import NNBaseline
 from .cvae import CVAE
-from .graph_baselines import GCNGRUForecaster, HistoricalMean, Persistence
+from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
 from .graph_ssm import GraphSSM
 from .linear_gaussian import LinearGaussianCVAE
 from .nn import MLP
 
 __all__ = ["CVAE", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
-           "GCNGRUForecaster"]
+           "GCNGRUForecaster", "DSBMOracle"]

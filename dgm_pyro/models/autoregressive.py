@@ -128,12 +128,12 @@ class AutoregressiveLikelihood(TorchDistribution):
         """Ancestral sampling in raster order. With ``mean=True`` each pixel is set to its conditional
         mean given the pixels drawn so far (a smooth picture for display; not a sample)."""
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        x = torch.zeros(shape)
+        x = torch.zeros(shape, device=self.x_shift.device)
         for i in range(self.x_dim):
             step = self.conditionals(x).base_dist
             if mean:
                 if self.likelihood == "categorical":
-                    value = (step.probs[..., i, :] * torch.arange(self.levels, dtype=x.dtype)).sum(-1)
+                    value = (step.probs[..., i, :] * torch.arange(self.levels, dtype=x.dtype, device=x.device)).sum(-1)
                 else:
                     value = step.probs[..., i]
             else:

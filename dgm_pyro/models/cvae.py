@@ -134,7 +134,7 @@ class CVAE(PyroModule):
         def logits(x: torch.Tensor) -> torch.Tensor:
             x_in = (x.to(context.dtype) - self.x_shift) / self.x_scale
             if self.training and self.decoder_dropout > 0:
-                keep = torch.rand(x_in.shape[-1:] if x_in.dim() == 1 else x_in.shape) >= self.decoder_dropout
+                keep = torch.rand(x_in.shape[-1:] if x_in.dim() == 1 else x_in.shape, device=x_in.device) >= self.decoder_dropout
                 x_in = x_in * keep
             return self.decoder(x_in, context)
 

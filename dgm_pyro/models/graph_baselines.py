@@ -5,13 +5,21 @@ Each has ``forecast(history, horizon, num_samples) -> {"X": (S, H, N, F), "edge_
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.nn import PyroModule
 from torch import nn
 
-from ..data.graphs import GraphSequence, pair_index
+from ..errors import DgmPyroError
+from ..data.graphs import GraphSequence, dsbm_step, pair_index
 from .gnn import SnapshotEncoder
 
-__all__ = ["Persistence", "HistoricalMean", "GCNGRUForecaster"]
+__all__ = ["Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle"]
 
 
 class Persistence:
@@ -37,17 +45,23 @@ class HistoricalMean:
                 "edge_prob": freq.expand(horizon, -1, -1).clone()}
 
 
-class GCNGRUForecaster(nn.Module):
+class GCNGRUForecaster(PyroModule):
     """Deterministic GCN + GRU predictor: a GCN encodes each snapshot, a GRU per node carries the history, and
     linear heads predict the next features and edge embeddings (edge probability sigma(<e_u, e_v> + b)).
-    Trained on one-step-ahead squared error plus edge cross-entropy; for h > 1 it feeds back its own
-    feature predictions with the last observed edges. Its feature forecast is a point (S = 1)."""
+
+    Trained one step ahead on the mean squared error of the standardised features plus the mean edge
+    cross-entropy, written as a Pyro program without latent variables (``model`` observes ``x_{t}`` and
+    ``a_{t}`` for t = 2..T with scales that make -log p equal that loss up to a constant; ``guide`` is empty),
+    so the one training loop trains it. For h > 1 it feeds back its own feature predictions with the last
+    observed edges. Its feature forecast is a point (S = 1).
+    """
 
     name = "GCN+GRU"
 
     def __init__(self, num_nodes: int, num_features: int, hidden: int = 64, directed: bool = False,
-                 embedding_dim: int = 16):
-        super().__init__()
+                 embedding_dim: int = 16, feature_shift: Optional[torch.Tensor] = None,
+                 feature_scale: Optional[torch.Tensor] = None, pyro_name: str = "gcn_gru"):
+        super().__init__(pyro_name)
         self.num_nodes, self.num_features, self.directed = num_nodes, num_features, directed
         self.embedding = nn.Parameter(0.1 * torch.randn(num_nodes, embedding_dim))
         self.encoder = SnapshotEncoder(num_features + embedding_dim, hidden, "gcn")
@@ -55,8 +69,8 @@ class GCNGRUForecaster(nn.Module):
         self.feature_head = nn.Linear(hidden, num_features)
         self.edge_head = nn.Linear(hidden, 16)
         self.edge_bias = nn.Parameter(torch.tensor(-3.0))
-        self.register_buffer("shift", torch.zeros(num_features))
-        self.register_buffer("scale", torch.ones(num_features))
+        self.register_buffer("shift", torch.zeros(num_features) if feature_shift is None else feature_shift.float())
+        self.register_buffer("scale", torch.ones(num_features) if feature_scale is None else feature_scale.float())
 
     def _step(self, state: torch.Tensor, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
         msg = e if self.directed else torch.cat([e, e.flip(0)], 1)
@@ -67,38 +81,70 @@ class GCNGRUForecaster(nn.Module):
     def _logits(self, emb: torch.Tensor) -> torch.Tensor:
         return emb @ emb.T + self.edge_bias
 
-    def fit(self, history: GraphSequence, steps: int = 300, lr: float = 1e-2, seed: int = 0) -> "GCNGRUForecaster":
-        """One-step-ahead training on the whole history."""
-        torch.manual_seed(seed)
-        self.shift = history.x.mean((0, 1))
-        self.scale = history.x.std((0, 1)).clamp_min(1e-6)
-        u, v = pair_index(self.num_nodes, self.directed)
-        targets = [history.adjacency(t)[u, v] for t in range(1, history.num_steps)]
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            state = torch.zeros(self.num_nodes, self.cell.hidden_size)
-            loss = torch.zeros(())
-            for t in range(history.num_steps - 1):
-                state, x_hat, emb = self._step(state, history.x[t], history.edges[t])
-                if self.num_features:
-                    loss = loss + (((x_hat - history.x[t + 1]) / self.scale) ** 2).mean()
-                loss = loss + nn.functional.binary_cross_entropy_with_logits(self._logits(emb)[u, v], targets[t])
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.parameters(), 10.0)
-            opt.step()
-        return self
+    def model(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
+        """One-step-ahead predictions of snapshots 2..T from 1..T-1: x (T, N, F), T edge indices (2, E_t)."""
+        pyro.module(self._pyro_name, self)
+        n, f = self.num_nodes, self.num_features
+        u, v = pair_index(n, self.directed).to(x.device)
+        state = x.new_zeros(n, self.cell.hidden_size)
+        for t in range(len(edges) - 1):
+            state, x_hat, emb = self._step(state, x[t], edges[t])
+            if f:
+                # N(x_hat, scale^2 / 2): -log p = mean squared standardised error + const under the scale 1/(N F)
+                with poutine.scale(scale=1.0 / (n * f)):
+                    pyro.sample(f"x_{t + 2}", dist.Normal(x_hat, self.scale / math.sqrt(2)).to_event(2), obs=x[t + 1])
+            e = edges[t + 1]
+            obs = torch.isin(u * n + v, e[0] * n + e[1]).to(x.dtype)
+            with poutine.scale(scale=1.0 / u.shape[0]):
+                pyro.sample(f"a_{t + 2}", dist.Bernoulli(logits=self._logits(emb)[u, v]).to_event(1), obs=obs)
+
+    def guide(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
+        """No latent variables: the empty guide."""
 
     @torch.no_grad()
     def forecast(self, history: GraphSequence, horizon: int, num_samples: int = 1) -> dict[str, torch.Tensor]:
-        state = torch.zeros(self.num_nodes, self.cell.hidden_size)
+        state = history.x.new_zeros(self.num_nodes, self.cell.hidden_size)
         for t in range(history.num_steps):
             state, x_hat, emb = self._step(state, history.x[t], history.edges[t])
         xs, probs = [], []
         last_edges = history.edges[-1]
         for _ in range(horizon):
             xs.append(x_hat)
-            p = torch.sigmoid(self._logits(emb)) * (1 - torch.eye(self.num_nodes))
+            p = torch.sigmoid(self._logits(emb)) * (1 - torch.eye(self.num_nodes, device=emb.device))
             probs.append(p)
             state, x_hat, emb = self._step(state, x_hat, last_edges)
         return {"X": torch.stack(xs).unsqueeze(0), "edge_prob": torch.stack(probs)}
+
+
+class DSBMOracle:
+    """The forecaster that knows the DSBM's parameters and its true state at the forecast origin.
+
+    Its edge probabilities are exact: with p_{v,h} = onehot(c_{v,T}) Pi^h the community distribution of v
+    after h steps (nodes switch independently), P(A_{uv,T+h} = 1) = p_{u,h}^T B p_{v,h}. Its feature
+    samples are draws of the true process. No model can be better calibrated on this data.
+    """
+
+    def __init__(self, history: GraphSequence):
+        if "blocks" not in history.truth:
+            raise DgmPyroError("the oracle needs a dynamic-SBM sequence with its truth")
+        self.params = history.truth
+        self.c_last = history.truth["communities"][-1]
+        self.x_last = history.x[-1]
+
+    def forecast(self, horizon: int, num_samples: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """``{"X": (S, H, N, F), "edge_prob": (H, N, N)}``."""
+        g = torch.Generator().manual_seed(seed)
+        p = self.params
+        n = self.c_last.shape[0]
+        c = self.c_last.expand(num_samples, n).clone()
+        x = self.x_last.expand(num_samples, *self.x_last.shape).clone()
+        xs, probs = [], []
+        dist_c = torch.nn.functional.one_hot(self.c_last, p["blocks"].shape[0]).float()
+        for _ in range(horizon):
+            c, x, _ = dsbm_step(c, x, p, g)
+            xs.append(x)
+            dist_c = dist_c @ p["transition"]
+            prob = dist_c @ p["blocks"] @ dist_c.T
+            prob.fill_diagonal_(0.0)
+            probs.append(prob)
+        return {"X": torch.stack(xs, 1), "edge_prob": torch.stack(probs)}

@@ -65,6 +65,8 @@ class GraphSSM(PyroModule):
         deterministic_features: replace the learned feature covariance by ``fixed_scale``^2 I (P4.3): only to
             show what a (near-)deterministic decoder breaks.
         fixed_scale: that scale.
+        name: prefix of the parameters in Pyro's parameter store (``model`` and ``guide`` register every
+            parameter there with ``pyro.module``, so ``SVI`` with ``pyro.optim`` trains them).
         feature_shift, feature_scale: per-feature centring and scaling of x (F,), used inside the networks; the
             likelihood stays on the original scale.
     """
@@ -73,8 +75,8 @@ class GraphSSM(PyroModule):
                  directed: bool = False, gnn: str = "gcn", edge_likelihood: str = "dense",
                  negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
-                 embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True):
-        super().__init__()
+                 embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True, name: str = "graph_ssm"):
+        super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
         n, f, d = num_nodes, num_features, latent_dim
@@ -123,7 +125,7 @@ class GraphSSM(PyroModule):
         out = self.feature_net(z)
         loc = self.feature_shift + self.feature_scale * out[..., :f]
         if self.deterministic_features:
-            tril = self.fixed_scale * torch.eye(f).expand(*loc.shape, f)
+            tril = self.fixed_scale * torch.eye(f, device=loc.device).expand(*loc.shape, f)
         else:
             tril = vec_to_tril_matrix(out[..., f:])
             diag = nn.functional.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
@@ -160,14 +162,14 @@ class GraphSSM(PyroModule):
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
             logits = logits + self._memory_term(*memory)
-        return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes))
+        return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes, device=logits.device))
 
     def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(A_T, M_T) as dense (N, N) tensors after the snapshots ``edges`` (symmetric when undirected)."""
-        n = self.num_nodes
-        last, decayed = torch.zeros(n, n), torch.zeros(n, n)
+        n, device = self.num_nodes, self.z0.device
+        last, decayed = torch.zeros(n, n, device=device), torch.zeros(n, n, device=device)
         for e in edges:
-            last = torch.zeros(n, n)
+            last = torch.zeros(n, n, device=device)
             last[e[0], e[1]] = 1.0
             if not self.directed:
                 last[e[1], e[0]] = 1.0
@@ -201,7 +203,7 @@ class GraphSSM(PyroModule):
                 pyro.sample(f"x_{t}", dist.MultivariateNormal(loc, scale_tril=tril), obs=x)
         n = self.num_nodes
         if self.edge_likelihood == "dense":
-            pairs = pair_index(n, self.directed)
+            pairs = pair_index(n, self.directed).to(e.device)
             obs = torch.isin(pairs[0] * n + pairs[1], e[0] * n + e[1]).float()
             with pyro.plate(f"pairs_{t}", self.num_pairs):
                 pyro.sample(f"a_{t}", dist.Bernoulli(logits=self.edge_logits(z, pairs[0], pairs[1], past)),
@@ -210,16 +212,16 @@ class GraphSSM(PyroModule):
         num_edges = e.shape[1]
         with pyro.plate(f"edges_{t}", num_edges):
             pyro.sample(f"a_{t}_edges", dist.Bernoulli(logits=self.edge_logits(z, e[0], e[1], past)),
-                        obs=torch.ones(num_edges))
+                        obs=e.new_ones(num_edges, dtype=torch.float))
         num_non = self.num_pairs - num_edges
         m = min(num_non, max(100, int(self.negatives_per_edge * num_edges)))
         if m > 0:
             src, dst = self.sample_nonedges(e, m)
             # the plate's scale num_non / m makes the sampled terms an unbiased estimate of the sum over
             # all non-edges
-            with pyro.plate(f"nonedges_{t}", num_non, subsample=torch.arange(m)):
+            with pyro.plate(f"nonedges_{t}", num_non, subsample=torch.arange(m, device=e.device)):
                 pyro.sample(f"a_{t}_nonedges", dist.Bernoulli(logits=self.edge_logits(z, src, dst, past)),
-                            obs=torch.zeros(m))
+                            obs=e.new_zeros(m, dtype=torch.float))
 
     def sample_nonedges(self, e: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``m`` pairs drawn uniformly (with replacement) from the pairs that are not edges of ``e``."""
@@ -228,7 +230,7 @@ class GraphSSM(PyroModule):
         src_out, dst_out, have = [], [], 0
         while have < m:
             k = int(1.2 * (m - have)) + 16
-            u, v = torch.randint(n, (k,)), torch.randint(n, (k,))
+            u, v = torch.randint(n, (k,), device=e.device), torch.randint(n, (k,), device=e.device)
             if not self.directed:
                 u, v = torch.minimum(u, v), torch.maximum(u, v)
             ok = (u != v) & ~torch.isin(u * n + v, taken)
@@ -247,6 +249,7 @@ class GraphSSM(PyroModule):
                 otherwise it is fed its own prediction Z^_t ~ p(Z_t | Z~_{t-1}) (a reparameterised draw, so the
                 objective is the ELBO only at eps = 1).
         """
+        pyro.module(self._pyro_name, self)
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         z, z_hat = self.z0, None
         history = PairHistory(edges, self.num_nodes, self.memory_decay) if self.edge_memory else None
@@ -255,7 +258,7 @@ class GraphSSM(PyroModule):
             if history is not None:
                 history.advance()
             z_in = z
-            if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand(())) >= teacher_forcing:
+            if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand((), device=z.device)) >= teacher_forcing:
                 z_in = z_hat
             loc, scale = self.transition(z_in)
             with nodes:
@@ -265,6 +268,7 @@ class GraphSSM(PyroModule):
 
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
         """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1)."""
+        pyro.module(self._pyro_name, self)
         s = self.summaries(x, edges)
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         z = self.z0
@@ -302,7 +306,7 @@ class GraphSSM(PyroModule):
                 loc, tril = self.feature_params(z)
                 x_draw = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
             else:
-                x_draw = torch.zeros(num_samples, self.num_nodes, 0)
+                x_draw = z.new_zeros(num_samples, self.num_nodes, 0)
             p = self.edge_probabilities(z, memory)
             a = torch.bernoulli(p)
             if not self.directed:
@@ -341,13 +345,13 @@ class GraphSSM(PyroModule):
     def _emission_log_prob(self, step: dict[str, Any], x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """log p(X, A | Z, memory) of one true snapshot for each path of a rollout step: shape (S,)."""
         z = step["z"]
-        total = torch.zeros(z.shape[0])
+        total = z.new_zeros(z.shape[0])
         if self.num_features:
             loc, tril = self.feature_params(z)
             total = total + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(x).sum(-1)
-        u, v = pair_index(self.num_nodes, self.directed)
+        u, v = pair_index(self.num_nodes, self.directed).to(z.device)
         p = step["edge_prob"][:, u, v].clamp(1e-7, 1 - 1e-7)
-        obs = torch.zeros(self.num_nodes, self.num_nodes)
+        obs = z.new_zeros(self.num_nodes, self.num_nodes)
         obs[e[0], e[1]] = 1.0
         obs = obs[u, v]
         return total + (obs * p.log() + (1 - obs) * torch.log1p(-p)).sum(-1)
@@ -363,14 +367,15 @@ class PairHistory:
     def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor):
         self.num_nodes, self.decay = num_nodes, decay
         keys = [e[0] * num_nodes + e[1] for e in edges]
-        self.keys = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long)
+        device = decay.device
+        self.keys = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long, device=device)
         self.presence = []
         for k in keys:
-            v = torch.zeros(self.keys.shape[0])
+            v = torch.zeros(self.keys.shape[0], device=device)
             v[torch.searchsorted(self.keys, k)] = 1.0
             self.presence.append(v)
-        self.last = torch.zeros(self.keys.shape[0])
-        self.decayed = torch.zeros(self.keys.shape[0])
+        self.last = torch.zeros(self.keys.shape[0], device=device)
+        self.decayed = torch.zeros(self.keys.shape[0], device=device)
         self.step = 0
 
     def advance(self) -> None:
@@ -383,7 +388,7 @@ class PairHistory:
         """(last edge, decayed count) of the pairs (src[i], dst[i]) after the snapshots taken in so far."""
         query = src * self.num_nodes + dst
         if self.keys.numel() == 0 or self.step == 0:
-            zero = torch.zeros(query.shape)
+            zero = torch.zeros(query.shape, device=query.device)
             return zero, zero
         idx = torch.searchsorted(self.keys, query).clamp(max=self.keys.shape[0] - 1)
         found = (self.keys[idx] == query).float()

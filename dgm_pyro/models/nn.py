@@ -66,6 +66,6 @@ def likelihood_mean(d: dist.Distribution, likelihood: str) -> torch.Tensor:
     """E[x] under a likelihood made by :func:`make_likelihood`; for categorical, the mean grey level."""
     base = d.base_dist
     if likelihood == "categorical":
-        levels = torch.arange(base.probs.shape[-1], dtype=base.probs.dtype)
+        levels = torch.arange(base.probs.shape[-1], dtype=base.probs.dtype, device=base.probs.device)
         return (base.probs * levels).sum(-1)
     return base.mean

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -46,6 +47,21 @@ def test_train_json_and_run_folder(trained):
     # importance sampling with K >= 1 particles is never below the ELBO estimate from the same draws
     assert test["log_evidence"] >= test["elbo"]
     assert json.loads((path / "config.json").read_text())["epochs"] == 2
+    # --device auto (the default) picks the CPU on a machine without a GPU
+    env = json.loads((path / "environment.json").read_text())
+    assert env["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_each_model_help_shows_its_own_defaults_only():
+    cvae = run("train", "cvae", "--help").output
+    graph = run("train", "graph-ssm", "--help").output
+    assert "--epochs" in cvae and "--steps" not in cvae and "--objective" in cvae
+    assert "--steps" in graph and "--epochs" not in graph and "--objective" not in graph
+    lr = {name: text.split("--lr", 1)[1].split("]", 1)[0] for name, text in (("cvae", cvae), ("graph", graph))}
+    assert "default: 0.001" in lr["cvae"] and "default: 0.01" in lr["graph"]
+    assert "default: meanfield" in " ".join(cvae.split())  # the measured default objective (docs/benchmarks.md)
+    # `dgm-pyro train` alone is `dgm-pyro train cvae`
+    assert "cvae" in run("train", "--help").output and "graph-ssm" in run("train", "--help").output
 
 
 def test_evaluate_json_and_text(trained):
@@ -126,7 +142,7 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["evaluate", f"{tmp}/none"], "no such run folder"),
         (["evaluate", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
         (["evaluate", str(run_dir), "--particles", "0"], "--particles"),
-        (["sample", str(run_dir), "--label", "12"], "--label"),
+        (["sample", str(run_dir), "--label", "12"], "label must be between"),
         (["sample", str(run_dir), "--condition", f"{tmp}/none.npz"], "no such file"),
         (["sample", str(run_dir), "--condition", f"{tmp}/cond.npz"], "shape"),
         (["sample", str(run_dir), "--out", f"{tmp}/x.jpg"], ".png or .npz"),
@@ -148,7 +164,16 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["train", "--dataset", "linear-gaussian", "--decoder", "autoregressive"], "categorical or binary"),
         (["train", "--decoder-dropout", "1"], "--decoder-dropout"),
         (["nonsense"], "No such command"),
-    ]
+        (["train", "nope"], "unknown model 'nope'; registered models: cvae, graph-ssm"),
+        (["train", "cvae", "--steps", "3"], "--steps is an option of 'dgm-pyro train graph-ssm'"),
+        (["train", "--device", "tpu"], "unknown device 'tpu'"),
+        (["evaluate", str(run_dir), "--device", "cuda:x"], "unknown device 'cuda:x'"),
+    ] + ([] if torch.cuda.is_available() else [
+        (["train", "--device", "cuda"], "device 'cuda' asked for, but"),
+        (["evaluate", str(run_dir), "--device", "cuda"], "device 'cuda' asked for, but"),
+        (["sample", str(run_dir), "--device", "cuda:0"], "device 'cuda:0' asked for, but"),
+        (["diagnose", str(run_dir), "--device", "cuda"], "device 'cuda' asked for, but"),
+    ])
 
 
 def test_bad_inputs_exit_2_one_line_nothing_modified(trained, tmp_path):
@@ -191,8 +216,8 @@ def test_installed_entry_point_subprocess(tmp_path):
 def test_cli_resume_after_interruption_matches_uninterrupted(tmp_path):
     import torch
 
-    from dgm_pyro.config import TrainConfig
-    from dgm_pyro.runs import train_run
+    from dgm_pyro.callbacks import OnInterval
+    from dgm_pyro.runs import TrainConfig, train_run
 
     cfg = dict(epochs=3, hidden_dims=[32], latent_dim=4, batch_size=200, eval_particles=20)
 
@@ -204,7 +229,7 @@ def test_cli_resume_after_interruption_matches_uninterrupted(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train_run(TrainConfig(**cfg), tmp_path / "cut", on_epoch=stop)
+        train_run(TrainConfig(**cfg), tmp_path / "cut", callbacks=[OnInterval(stop)])
     r = run("train", "--resume", tmp_path / "cut", "--json")
     assert r.exit_code == 0, r.output
     full = run("train", "--epochs", "3", "--hidden", "32", "--latent-dim", "4", "--batch-size", "200",
@@ -226,7 +251,7 @@ def test_train_with_each_objective_then_evaluate(tmp_path, options):
     info = json.loads(r.stdout)
     config = json.loads((Path(info["run"]) / "config.json").read_text())
     flags = dict(zip(options[::2], options[1::2]))
-    assert config["objective"] == flags.get("--objective", "elbo")
+    assert config["objective"] == flags.get("--objective", "meanfield")
     assert config["anneal"] == flags.get("--anneal", "none")
     assert info["train"]["objective"].startswith({"meanfield": "TraceMeanField_ELBO", "cs": "CSELBO(lam=0.5",
                                                    "free-bits": "FreeBitsELBO(lam=0.3"}.get(config["objective"],

@@ -12,10 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from dgm_pyro.config import GraphConfig
 from dgm_pyro.errors import DgmPyroError
-from dgm_pyro.graph_runs import build_graph_model, load_graph_sequence
-from dgm_pyro.training import fit_sequence
+from dgm_pyro.callbacks import OnInterval
+from dgm_pyro.runs import GraphConfig, GraphSSMKind, build_graph_model, load_graph_sequence
 
 TINY = ["--steps", "4", "--checkpoint-every", "2", "--baseline-steps", "2", "--test-steps", "3", "--hidden", "16"]
 
@@ -41,8 +40,8 @@ def test_train_writes_a_graph_run(graph_run):
     cfg = json.loads((graph_run / "config.json").read_text())
     assert cfg["model"] == "graph-ssm" and cfg["steps"] == 4 and cfg["hidden"] == 16 and cfg["lr"] == 0.01
     rows = (graph_run / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "step,train_loss,teacher_forcing,seconds" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
-    for name in ("checkpoint.pt", "baseline.pt", "plots/training.png"):
+    assert rows[0] == "step,train_loss,teacher_forcing,seconds,train_seconds" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    for name in ("checkpoint.pt", "baseline/checkpoint.pt", "baseline/metrics.csv", "plots/training.png"):
         assert (graph_run / name).is_file()
 
 
@@ -96,7 +95,7 @@ def test_resume_reproduces_uninterrupted_graph_run(tmp_path):
 
     pyro.set_rng_seed(cfg.seed)
     whole = build_graph_model(cfg, history)
-    fit_sequence(whole, args, cfg, tmp_path / "a")
+    GraphSSMKind().fit(cfg, args, whole, tmp_path / "a")
 
     class Crash(Exception):
         pass
@@ -108,10 +107,10 @@ def test_resume_reproduces_uninterrupted_graph_run(tmp_path):
     pyro.set_rng_seed(cfg.seed)
     first = build_graph_model(cfg, history)
     with pytest.raises(Crash):
-        fit_sequence(first, args, cfg, tmp_path / "b", on_checkpoint=crash)
+        GraphSSMKind().fit(cfg, args, first, tmp_path / "b", callbacks=[OnInterval(crash)])
     torch.manual_seed(123)  # a different state in between must not matter
     resumed = build_graph_model(cfg, history)
-    fit_sequence(resumed, args, cfg, tmp_path / "b", resume=True)
+    GraphSSMKind().fit(cfg, args, resumed, tmp_path / "b", resume=True)
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     assert (tmp_path / "a" / "metrics.csv").read_text().splitlines()[1:] != []
@@ -123,7 +122,7 @@ def test_non_finite_loss_stops_with_one_line(tmp_path):
     m = build_graph_model(cfg, history)
     m.edge_bias.data.fill_(float("nan"))
     with pytest.raises(DgmPyroError, match="non-finite at step 1.*no checkpoint was written yet"):
-        fit_sequence(m, (history.x[:4], history.edges[:4]), cfg, tmp_path / "nan")
+        GraphSSMKind().fit(cfg, (history.x[:4], history.edges[:4]), m, tmp_path / "nan")
 
 
 def _bad_cases(graph_run, tmp_path):
@@ -137,17 +136,17 @@ def _bad_cases(graph_run, tmp_path):
         (["forecast", graph_run, "--horizon", 2, "--out", tmp_path / "nodir" / "f.nc"], "no such directory"),
         (["forecast", graph_run, "--horizon", 2, "--stationarity", 5], "at least 20 steps"),
         (["forecast", tmp_path / "nothing", "--horizon", 2], "no such run folder"),
-        (["forecast", cvae_dir, "--horizon", 2], "not a graph-ssm run"),
+        (["forecast", cvae_dir, "--horizon", 2], "a cvae run has no 'forecast'"),
         (["evaluate", graph_run], "a graph-ssm run"),
         (["sample", graph_run], "a graph-ssm run"),
         (["diagnose", graph_run], "a graph-ssm run"),
-        (["train", "graph-ssm", "--epochs", 3, "--out", tmp_path], "do not apply to graph-ssm"),
-        (["train", "--steps", 3, "--out", tmp_path], "only apply to 'dgm-pyro train graph-ssm'"),
+        (["train", "graph-ssm", "--epochs", 3, "--out", tmp_path], "--epochs is an option of 'dgm-pyro train cvae'"),
+        (["train", "--steps", 3, "--out", tmp_path], "--steps is an option of 'dgm-pyro train graph-ssm'"),
         (["train", "graph-ssm", "--dataset", "csv:" + str(tmp_path / "none"), "--out", tmp_path], "no such folder"),
         (["train", "graph-ssm", "--dataset", "digits", "--out", tmp_path], "unknown graph dataset"),
         (["train", "graph-ssm", "--scheduled-sampling", "cosine:3", "--out", tmp_path], "scheduled-sampling"),
-        (["train", "graph-ssm", "--test-steps", 40, "--out", tmp_path], "--test-steps must be between"),
-        (["train", "graph-ssm", "--hidden", "64,64", "--out", tmp_path], "one width"),
+        (["train", "graph-ssm", "--test-steps", 40, "--out", tmp_path], "test_steps must be between"),
+        (["train", "graph-ssm", "--hidden", "64,64", "--out", tmp_path], "--hidden"),
         (["train", "graph-ssm", "--resume", graph_run, "--steps", 9], "drop --steps"),
     ]
 

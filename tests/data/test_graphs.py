@@ -5,7 +5,8 @@ import pickle
 import pytest
 import torch
 
-from dgm_pyro.data.graphs import (DSBMOracle, GraphSequence, dynamic_sbm, load_collegemsg, load_graph_csv,
+from dgm_pyro.models import DSBMOracle
+from dgm_pyro.data.graphs import (GraphSequence, dynamic_sbm, load_collegemsg, load_graph_csv,
                                   load_graph_dataset, load_graph_pt)
 from dgm_pyro.errors import DgmPyroError
 
@@ -29,7 +30,7 @@ def test_oracle_edge_probabilities_match_simulation():
                       p_out=0.1, seed=1)
     oracle = DSBMOracle(seq)
     prob = oracle.forecast(horizon=3, num_samples=2)["edge_prob"]
-    from dgm_pyro.data.graphs import _dsbm_step
+    from dgm_pyro.data.graphs import dsbm_step
 
     g = torch.Generator().manual_seed(0)
     s = 20000
@@ -37,7 +38,7 @@ def test_oracle_edge_probabilities_match_simulation():
     x = seq.x[-1].expand(s, 6, 2).clone()
     iu = torch.triu_indices(6, 6, 1)
     for h in range(3):
-        c, x, keep = _dsbm_step(c, x, seq.truth, g)
+        c, x, keep = dsbm_step(c, x, seq.truth, g)
         freq = keep.float().mean(0)
         want = prob[h][iu[0], iu[1]]
         se = (want * (1 - want) / s).sqrt()
@@ -62,7 +63,7 @@ def test_split_and_adjacency():
     assert torch.equal(fut.truth["communities"], seq.truth["communities"][5:])
     a = seq.adjacency(0)
     assert torch.equal(a, a.T) and a.sum() == 2 * seq.edges[0].shape[1]
-    with pytest.raises(DgmPyroError, match="--test-steps"):
+    with pytest.raises(DgmPyroError, match="test_steps must be between"):
         seq.split(7)
 
 
@@ -166,7 +167,7 @@ def test_unknown_and_mismatched_specs():
         load_graph_dataset("digits")
     with pytest.raises(DgmPyroError, match="undirected"):
         load_graph_dataset("dsbm", directed=True)
-    with pytest.raises(DgmPyroError, match="snapshot-width"):
+    with pytest.raises(DgmPyroError, match="snapshot_width"):
         load_graph_dataset("dsbm", snapshot_width=2.0)
     with pytest.raises(DgmPyroError, match="shape"):
         GraphSequence(torch.zeros(3, 4), [])

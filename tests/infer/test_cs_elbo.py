@@ -164,9 +164,8 @@ def test_repr_and_bad_arguments():
 
 
 def test_svi_trains_the_cvae_end_to_end():
-    from dgm_pyro.config import TrainConfig
     from dgm_pyro.data import load_digits
-    from dgm_pyro.runs import build_model
+    from dgm_pyro.runs import TrainConfig, build_model
 
     ds = load_digits()
     cvae = build_model(TrainConfig(hidden_dims=[64], latent_dim=4), ds)

@@ -104,15 +104,15 @@ def test_autoregressive_decoder_collapses_and_the_mlp_decoder_does_not(tmp_path,
     each): with the vanilla ELBO the MADE decoder ignores z (MI, KL near 0, at most one active unit) while
     the MLP decoder, whose pixels are independent given z, keeps information in z. The class-conditional
     CVAE (standard prior) runs by default; the plain VAE with DGM_PYRO_FULL_TESTS=1."""
-    from dgm_pyro.config import TrainConfig
-    from dgm_pyro.runs import diagnose_run, load_run, train_run
+    from dgm_pyro.runs import TrainConfig, load_run, train_run
 
     reports = {}
     for decoder in ("autoregressive", "mlp"):
         config = TrainConfig(dataset=dataset, prior="standard", hidden_dims=[512, 512], lr=lr, epochs=100,
-                             patience=30, latent_dim=8, decoder=decoder, seed=0)
+                             patience=30, latent_dim=8, decoder=decoder, seed=0, objective="elbo")
         train_run(config, tmp_path / decoder)
-        reports[decoder] = diagnose_run(load_run(tmp_path / decoder), particles=100, seed=0)
+        run = load_run(tmp_path / decoder)
+        reports[decoder] = run.kind.diagnose(run, particles=100, seed=0)
     ar, mlp = reports["autoregressive"], reports["mlp"]
     assert ar.mutual_information < 0.05 and ar.kl < 0.1 and ar.active_units <= 1
     assert mlp.mutual_information > 0.5 and mlp.kl > 0.5 and mlp.active_units >= 1

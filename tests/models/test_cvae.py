@@ -5,13 +5,11 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO
 
-from dgm_pyro.config import TrainConfig
 from dgm_pyro.data import load_linear_gaussian
 from dgm_pyro.infer import log_evidence
 from dgm_pyro.models import CVAE, NNBaseline
 from dgm_pyro.models.nn import make_likelihood
-from dgm_pyro.runs import build_model
-from dgm_pyro.training import fit
+from dgm_pyro.runs import CVAEKind, TrainConfig, build_model
 
 
 @pytest.mark.parametrize("likelihood,levels", [("bernoulli", None), ("gaussian", None), ("categorical", 5)])
@@ -69,7 +67,7 @@ def test_trained_cvae_approaches_true_evidence_on_linear_gaussian(tmp_path):
     cfg = TrainConfig(dataset="linear-gaussian", latent_dim=2, hidden_dims=[16], epochs=100, lr=3e-3, patience=15)
     pyro.set_rng_seed(0)
     m = build_model(cfg, ds)
-    fit(m, ds.splits["train"], ds.splits["valid"], cfg, tmp_path)
+    CVAEKind().fit(cfg, ds, m, tmp_path)
     m.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model_state"])
     x, y = ds.splits["test"]
     res = log_evidence(m.model, m.guide, x, y, num_particles=500, warn=False)

@@ -163,7 +163,7 @@ def test_other_gnn_encoders(gnn):
 
 
 def test_backtest_one_dict_per_window():
-    from dgm_pyro.graph_runs import backtest
+    from dgm_pyro.metrics import backtest
 
     seq = dynamic_sbm(num_nodes=15, num_steps=12, seed=0)
     m = GraphSSM(15, seq.num_features, latent_dim=3, hidden=8)

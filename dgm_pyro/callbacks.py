@@ -1,0 +1,242 @@
+"""Callbacks of the training loop (:class:`~dgm_pyro.training.Trainer`): what differs between models.
+
+A callback sees the trainer at fixed points (start, each minibatch or step, the end of each interval),
+may add columns to the interval's ``metrics.csv`` row, and keeps a state that is saved in every
+checkpoint and restored on resume, so that resumed runs stay exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, ContextManager, Optional
+
+import torch
+
+from . import distributed as D
+from .errors import DgmPyroError
+from .infer.annealing import Annealing, Schedule
+from .infer.evidence import log_evidence
+
+__all__ = ["Callback", "Validation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling", "OnInterval",
+           "AGGRESSIVE_MAX_INNER", "AGGRESSIVE_WINDOW"]
+
+#: aggressive training (He et al. 2019): at most this many encoder steps per decoder step, and the
+#: encoder loss is compared over windows of this many steps (stop when a window is no better)
+AGGRESSIVE_MAX_INNER, AGGRESSIVE_WINDOW = 100, 10
+
+
+class Callback:
+    """Does nothing; subclasses override the hooks they need. ``fields`` are the metric columns it adds."""
+
+    fields: tuple[str, ...] = ()
+
+    def on_train_start(self, trainer: Any) -> None: ...
+
+    def on_batch_start(self, trainer: Any) -> None: ...
+
+    def loss_kwargs(self, trainer: Any) -> dict[str, Any]:
+        """Keyword arguments for the model and guide at this step."""
+        return {}
+
+    def step_context(self, trainer: Any) -> ContextManager:
+        """A context (for example an effect handler) around every loss evaluation."""
+        return contextlib.nullcontext()
+
+    def train_batch(self, trainer: Any, args: tuple, weight: float, check: bool, where: str,
+                    kwargs: dict[str, Any]) -> Optional[float]:
+        """Take over the update for this minibatch (return its loss), or ``None`` for the usual joint step."""
+        return None
+
+    def on_batch_end(self, trainer: Any) -> None: ...
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, trainer: Any, row: dict[str, float]) -> None:
+        """After the interval's row and checkpoint are written (rank 0 only)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
+class KLAnnealing(Callback):
+    """beta-scaling of the latent sites by ``schedule`` per optimisation step (seed P3.5); records the mean
+    and last beta of each interval. With ``schedule=None`` beta stays 1 (the columns are still written)."""
+
+    fields = ("beta_mean", "beta_last")
+
+    def __init__(self, schedule: Optional[Schedule]):
+        self.annealing = Annealing(schedule) if schedule is not None else None
+        self.betas: list[float] = []
+
+    @property
+    def settled(self) -> bool:
+        return self.annealing is None or self.annealing.settled
+
+    def on_batch_start(self, trainer: Any) -> None:
+        self.betas.append(self.annealing.beta if self.annealing is not None else 1.0)
+
+    def step_context(self, trainer: Any) -> ContextManager:
+        return self.annealing.handler() if self.annealing is not None else contextlib.nullcontext()
+
+    def on_batch_end(self, trainer: Any) -> None:
+        if self.annealing is not None:
+            self.annealing.step()
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
+        row.update(beta_mean=sum(self.betas) / len(self.betas), beta_last=self.betas[-1])
+        self.betas = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.annealing.state_dict() if self.annealing is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.annealing is not None:
+            self.annealing.load_state_dict(state)
+
+    def summary(self) -> dict[str, Any]:
+        return {"annealing": repr(self.annealing.schedule) if self.annealing is not None else "none"}
+
+
+class Validation(Callback):
+    """Validation ELBO and K-particle importance-sampled log-likelihood after every interval, the best
+    interval (``best.pt``) and early stopping after ``patience`` intervals without improvement (delayed while
+    ``annealing`` is still moving beta). With ``track_collapse`` also the validation KL, mutual information
+    (per group of ``groups``) and active units, computed without touching the training random state.
+    Rank 0 validates and tells the others, so every rank takes the same decisions."""
+
+    def __init__(self, data: tuple[torch.Tensor, ...], particles: int, patience: int,
+                 annealing: Optional[KLAnnealing] = None, track_collapse: bool = False,
+                 groups: Optional[torch.Tensor] = None):
+        self.data, self.particles, self.patience = data, particles, patience
+        self.annealing, self.track, self.groups = annealing, track_collapse, groups
+        self.fields = ("valid_elbo", "valid_log_likelihood", "best") + (
+            ("valid_kl", "valid_mi", "valid_au") if track_collapse else ())
+        self.state = {"best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0}
+
+    def _measure(self, module: Any) -> tuple[float, float, dict[str, float]]:
+        res = log_evidence(module.model, module.guide, *self.data, num_particles=self.particles, diagnostics=False,
+                           warn=False)
+        collapse: dict[str, float] = {}
+        if self.track:
+            from .diagnostics import collapse_report
+
+            with torch.random.fork_rng():
+                report = collapse_report(module.model, module.guide, *self.data, groups=self.groups, num_samples=10,
+                                         particles=0)
+            collapse = {"valid_kl": report.kl, "valid_mi": report.mutual_information,
+                        "valid_au": float(report.active_units)}
+        return float(res.elbo.mean()), float(res.log_evidence.mean()), collapse
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
+        measured = self._measure(trainer.module) if D.rank() == 0 else None
+        valid_elbo, valid_ll, collapse = D.broadcast_object(measured)
+        improved = valid_elbo > self.state["best_valid_elbo"]
+        if improved:
+            self.state.update(best_valid_elbo=valid_elbo, best_epoch=int(row[trainer.data.unit]), bad_epochs=0)
+        elif self.annealing is None or self.annealing.settled:
+            # while beta is still moving the objective changes under the model: patience waits for it
+            self.state["bad_epochs"] += 1
+            if self.state["bad_epochs"] >= self.patience:
+                trainer.state["stopped"] = "early"
+        trainer.improved = improved
+        row.update(valid_elbo=valid_elbo, valid_log_likelihood=valid_ll, best=float(improved), **collapse)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.update(state)
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_epoch": self.state["best_epoch"], "best_valid_elbo": self.state["best_valid_elbo"]}
+
+
+class AggressiveTraining(Callback):
+    """Aggressive inference-network training (He et al. 2019, "Lagging inference networks and posterior
+    collapse"; seed P3.5). Before each decoder update the encoder alone (``module.guide_parameters()``) is
+    updated on fresh random minibatches until its loss stops improving (compared over windows of
+    ``AGGRESSIVE_WINDOW`` steps, at most ``AGGRESSIVE_MAX_INNER`` steps); the run leaves aggressive mode
+    for joint updates after the first interval whose validation mutual information (``valid_mi``, from a
+    :class:`Validation` with collapse tracking placed before this callback) is not higher than the best
+    so far. With ``enabled=False`` it only writes the ``aggressive`` column (0)."""
+
+    fields = ("aggressive",)
+
+    def __init__(self, enabled: bool = True):
+        self.state = {"aggressive": bool(enabled), "best_valid_mi": -math.inf}
+        self.now = self.state["aggressive"]
+
+    def on_train_start(self, trainer: Any) -> None:
+        if self.state["aggressive"]:
+            if D.world_size() > 1:
+                raise DgmPyroError("aggressive training is not supported with several processes (its inner loop "
+                                   "is sequential)")
+            if trainer.guide_optimizer is None:
+                raise DgmPyroError("aggressive training needs a module with guide_parameters() (the encoder's "
+                                   "parameters)")
+
+    def train_batch(self, trainer: Any, args: tuple, weight: float, check: bool, where: str,
+                    kwargs: dict[str, Any]) -> Optional[float]:
+        self.now = self.state["aggressive"]
+        if not self.now:
+            return None
+        window, previous = 0.0, math.inf
+        for j in range(1, AGGRESSIVE_MAX_INNER + 1):
+            inner, count = trainer.data.random_batch(trainer.generator)
+            window += trainer.step(inner, count, trainer.guide_params, [trainer.guide_optimizer], check and j == 1,
+                                   where, kwargs)
+            if j % AGGRESSIVE_WINDOW == 0:
+                if window >= previous:
+                    break
+                window, previous = 0.0, window
+        return trainer.step(args, weight, trainer.model_params, [trainer.model_optimizer], False, where, kwargs)
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
+        row["aggressive"] = float(self.now)
+        if self.now:
+            if row["valid_mi"] > self.state["best_valid_mi"]:
+                self.state["best_valid_mi"] = row["valid_mi"]
+            else:
+                self.state["aggressive"] = False  # the mutual information stopped rising: joint updates from now
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.update(state)
+        self.now = self.state["aggressive"]
+
+
+class ScheduledSampling(Callback):
+    """Passes ``teacher_forcing=eps`` to the model and guide, with eps = ``schedule(step)`` (seed P4.5)."""
+
+    fields = ("teacher_forcing",)
+
+    def __init__(self, schedule: Schedule):
+        self.schedule, self.eps = schedule, 1.0
+
+    def loss_kwargs(self, trainer: Any) -> dict[str, Any]:
+        self.eps = self.schedule(trainer.state["steps"])
+        return {"teacher_forcing": self.eps}
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
+        row["teacher_forcing"] = self.eps
+
+    def summary(self) -> dict[str, Any]:
+        return {"teacher_forcing": repr(self.schedule)}
+
+
+class OnInterval(Callback):
+    """Calls ``fn(row)`` with each interval's metrics row once it is written (for progress reports)."""
+
+    def __init__(self, fn: Callable[[dict[str, float]], None]):
+        self.fn = fn
+
+    def on_checkpoint(self, trainer: Any, row: dict[str, float]) -> None:
+        self.fn(row)

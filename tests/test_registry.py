@@ -1,0 +1,166 @@
+"""A model registered from outside the package trains, resumes exactly and evaluates through the CLI, and
+the registry's errors are one line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from click.testing import CliRunner
+from pyro.nn import PyroModule
+from torch import nn
+
+from cli.main import cli
+from dgm_pyro import registry
+from dgm_pyro.config import option
+from dgm_pyro.errors import DgmPyroError
+from dgm_pyro.infer import log_evidence
+from dgm_pyro.registry import get_model, model_names, register_model
+from dgm_pyro.runs import DatasetConfig, DatasetModelKind, load_run
+
+
+class LinearVAE(PyroModule):
+    """A third party's model: z ~ N(A y, I), x ~ N(W z + V y + c, diag s^2), guide N(linear(x, y), diag)."""
+
+    def __init__(self, x_dim: int, y_dim: int, latent_dim: int):
+        super().__init__("linear_vae")
+        self.latent_dim = latent_dim
+        self.prior_map = nn.Linear(y_dim, latent_dim)
+        self.decoder = nn.Linear(latent_dim + y_dim, x_dim)
+        self.log_scale = nn.Parameter(torch.zeros(x_dim))
+        self.encoder = nn.Linear(x_dim + y_dim, 2 * latent_dim)
+
+    def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> None:
+        pyro.module("linear_vae", self)
+        with pyro.plate("data", y.shape[0]):
+            z = pyro.sample("z", dist.Normal(self.prior_map(y), 1.0).to_event(1))
+            loc = self.decoder(torch.cat([z, y.expand(*z.shape[:-1], y.shape[-1])], -1))
+            pyro.sample("x", dist.Normal(loc, self.log_scale.exp()).to_event(1), obs=x)
+
+    def guide(self, x: Optional[torch.Tensor], y: torch.Tensor) -> None:
+        pyro.module("linear_vae", self)
+        loc, raw = self.encoder(torch.cat([x, y], -1)).chunk(2, -1)
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+@dataclass
+class LinearVAEConfig(DatasetConfig):
+    model: str = option("linear-vae", "registered model name", cli=False)
+    dataset: str = option("linear-gaussian", "an (x, y) dataset with Gaussian x.")
+    latent_dim: int = option(2, "Dimension of z.", min=1)
+
+
+class LinearVAEKind(DatasetModelKind):
+    name: ClassVar[str] = "linear-vae"
+    config_class: ClassVar[type] = LinearVAEConfig
+    description: ClassVar[str] = "a linear Gaussian VAE registered by a test"
+
+    def build(self, config: LinearVAEConfig, data) -> LinearVAE:
+        return LinearVAE(data.x_dim, data.y_dim, config.latent_dim)
+
+
+@pytest.fixture()
+def registered():
+    register_model(LinearVAEKind)
+    yield LinearVAEKind
+    registry._REGISTRY.pop("linear-vae", None)
+
+
+ARGS = ["--epochs", "4", "--batch-size", "250", "--particles", "30", "--seed", "5", "--json"]
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_outside_model_trains_resumes_and_evaluates_through_the_cli(registered, tmp_path, monkeypatch):
+    r = _cli("train", "linear-vae", "--help")
+    assert r.exit_code == 0 and "--latent-dim" in r.output and "--decoder" not in r.output
+    r = _cli("train", "linear-vae", "--out", tmp_path / "whole", *ARGS)
+    assert r.exit_code == 0, r.output
+    whole = json.loads(r.stdout)
+    assert whole["train"]["epochs_run"] == 4 and json.loads(
+        (tmp_path / "whole").glob("linear-vae-*").__next__().joinpath("config.json").read_text())["model"] == "linear-vae"
+
+    # the same run, crashed after its second epoch, then resumed from the checkpoint
+    from dgm_pyro.training import Trainer
+
+    real, calls = Trainer._interval, []
+
+    def crash_after_two(self):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_interval", crash_after_two)
+    r = _cli("train", "linear-vae", "--out", tmp_path / "crashed", *ARGS)
+    assert r.exit_code != 0
+    monkeypatch.setattr(Trainer, "_interval", real)
+    (crashed,) = (tmp_path / "crashed").glob("linear-vae-*")
+    assert len((crashed / "metrics.csv").read_text().splitlines()) == 3  # header and two epochs
+    r = _cli("train", "--resume", crashed, "--json")
+    assert r.exit_code == 0, r.output
+    (done,) = (tmp_path / "whole").glob("linear-vae-*")
+    a = torch.load(done / "checkpoint.pt", weights_only=True)["model_state"]
+    b = torch.load(crashed / "checkpoint.pt", weights_only=True)["model_state"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads(r.stdout)["test"]["log_evidence"] == whole["test"]["log_evidence"]
+
+    r = _cli("evaluate", crashed, "--particles", "40", "--json")
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.stdout)
+    run = load_run(crashed)
+    pyro.set_rng_seed(0)
+    direct = log_evidence(run.module.model, run.module.guide, *run.dataset.splits["test"], num_particles=40,
+                          warn=False)
+    assert ev["log_evidence"] == pytest.approx(float(direct.log_evidence.mean()), abs=1e-9)
+    assert ev["true_log_likelihood"] == pytest.approx(float(run.dataset.true_log_likelihood(
+        *run.dataset.splits["test"]).mean()))
+    assert ev["log_evidence"] < ev["true_log_likelihood"] + 0.5  # a model fit cannot beat the generator by much
+    r = _cli("diagnose", crashed, "--particles", "0", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["latent_dim"] == 2
+    r = _cli("sample", crashed)
+    assert r.exit_code == 2 and "a linear-vae run has no 'sample'" in r.stderr
+
+
+def test_entry_point_group_registers_a_model(monkeypatch):
+    class EntryPoint:
+        name = "linear-vae"
+
+        @staticmethod
+        def load():
+            return LinearVAEKind
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points",
+                        lambda group: [EntryPoint()] if group == registry.ENTRY_POINT_GROUP else [])
+    try:
+        assert "linear-vae" in model_names() and isinstance(get_model("linear-vae"), LinearVAEKind)
+    finally:
+        registry._REGISTRY.pop("linear-vae", None)
+
+
+def test_registry_errors():
+    with pytest.raises(DgmPyroError, match="unknown model 'nope'; registered models: cvae, graph-ssm"):
+        get_model("nope")
+
+    class Clash(DatasetModelKind):
+        name = "cvae"
+
+    with pytest.raises(DgmPyroError, match="already registered"):
+        register_model(Clash)
+
+    class Nameless(DatasetModelKind):
+        pass
+
+    with pytest.raises(DgmPyroError, match="needs a non-empty string 'name'"):
+        register_model(Nameless)
