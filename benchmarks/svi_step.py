@@ -2,7 +2,7 @@
 
 Interleaved paired runs (Pyro block, then PyTorch block, repeated); prints the median of the per-pair
 time ratios. Goal: at most 1.10x. Digits, batch 100, Adam, gradient clipping in both. Pyro's argument
-validation is off, as in ``dgm_pyro.training.fit`` after its first minibatch; ``--validation`` turns it
+validation is off, as in ``dgm_pyro.training.Trainer`` after its first step; ``--validation`` turns it
 on to show its cost.
 
     python benchmarks/svi_step.py --pairs 30 --steps 20

@@ -68,11 +68,11 @@ def kl_per_dimension(posteriors: Distribution, prior: Distribution) -> torch.Ten
                                                                              posteriors.event_shape).mean(0)
 
 
-def _groups(groups: Optional[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(group id 0..G-1 of each datapoint, membership matrix (G, N))."""
+def _groups(groups: Optional[torch.Tensor], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(group id 0..G-1 of each datapoint, membership matrix (G, N)) on ``device``."""
     if groups is None:
-        return torch.zeros(n, dtype=torch.long), torch.ones(1, n, dtype=torch.bool)
-    groups = torch.as_tensor(groups)
+        return torch.zeros(n, dtype=torch.long, device=device), torch.ones(1, n, dtype=torch.bool, device=device)
+    groups = torch.as_tensor(groups, device=device)
     if groups.shape != (n,):
         raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}")
     values, inverse = torch.unique(groups, return_inverse=True)
@@ -86,7 +86,7 @@ def _aggregate_terms(posteriors: Distribution, prior: Optional[Distribution], nu
     n = _check(posteriors)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    gid, member = _groups(groups, n)
+    gid, member = _groups(groups, n, posteriors.mean.device)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         z = posteriors.sample((num_samples,))  # (S, N, d)
@@ -228,7 +228,7 @@ def _collapse_report(model, guide, args, kwargs, site, groups, num_samples, mini
     conditional = len(p.batch_shape) == 1
     au, activity = active_units(q, threshold=threshold, prior=p if conditional else None)
     kl_dim = kl_per_dimension(q, p)
-    sizes = _groups(groups, n)[1].sum(1).double()
+    sizes = _groups(groups, n, q.mean.device)[1].sum(1).double()
     ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
     terms = _aggregate_terms(q, p, num_samples, groups, seed)  # shared by MI and aggregate KL (P3.3)
     report = CollapseReport(

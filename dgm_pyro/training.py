@@ -278,7 +278,7 @@ class Trainer:
         costs about a third of a step on small networks)."""
         for opt in self.optimizers:
             opt.zero_grad()
-        value = torch.zeros(())
+        value = torch.zeros((), device=self.params[0].device if self.params else None)
         if len(args) == 0 or not isinstance(args[0], torch.Tensor) or args[0].shape[0]:
             value = self._loss(args, divisor, check, kwargs)
             if torch.isfinite(value):

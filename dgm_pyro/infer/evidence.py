@@ -121,7 +121,7 @@ def _site_log_prob(site: dict, keep_dims: set[int], nesting: int) -> torch.Tenso
     lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     lp = scale_and_mask(lp, scale=1.0, mask=site["mask"])
     if not torch.is_tensor(lp):
-        lp = torch.tensor(float(lp))
+        lp = torch.as_tensor(float(lp), device=site["value"].device)
     while lp.dim() < nesting + 1:
         lp = lp.unsqueeze(0)
     for d in range(-nesting, 0):

@@ -14,7 +14,7 @@ examples), which costs one parameter-store lookup per tensor instead of the per-
 recursively converted ``PyroModule`` (a third of an SVI step on these small networks). As with any
 Pyro module, parameters live in the global parameter store under ``<name>.<network>$$$<layer>``: give two
 live models different ``name`` values, or clear the store between them, when training with
-``pyro.optim``; ``dgm_pyro.training.fit`` optimises ``module.parameters()`` directly.
+``pyro.optim``; ``dgm_pyro.training.Trainer`` optimises ``module.parameters()`` directly.
 """
 
 from __future__ import annotations
