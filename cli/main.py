@@ -37,7 +37,8 @@ def _print_evaluation(ev: dict[str, Any]) -> None:
         ("datapoints", ev["num_datapoints"]),
         ("particles K", ev["num_particles"]),
         ("ELBO (nats/datapoint)", ev["elbo"]),
-        ("log-likelihood, importance-sampled", ev["log_evidence"]),
+        ("log-likelihood, " + ("annealed (AIS)" if ev.get("method") == "ais" else "importance-sampled"),
+         ev["log_evidence"]),
         ("  standard error", ev["log_evidence_stderr"]),
         ("ESS mean / min", f"{_fmt(ev['ess_mean'])} / {_fmt(ev['ess_min'])}"),
         ("PSIS k-hat max", ev["khat_max"]),
@@ -163,8 +164,9 @@ def _print_training(run: Any, summary: dict[str, Any]) -> None:
     click.echo(f"objective: {summary['objective']}" + (f"; annealing: {summary['annealing']}" if "annealing" in summary
                                                        else ""))
     if "epochs_run" in summary:
-        click.echo(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best valid ELBO "
-                   f"{summary['best_valid_elbo']:.3f} at epoch {summary['best_epoch']}")
+        best = next(k for k in summary if k.startswith("best_valid_"))
+        click.echo(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best valid "
+                   f"{best[len('best_valid_'):].replace('_', '-')} {summary[best]:.3f} at epoch {summary['best_epoch']}")
     else:
         click.echo(f"trained {summary['steps_run']} steps; final negative ELBO per snapshot {summary['final_loss']:.2f}"
                    + (f"; teacher forcing {summary['teacher_forcing']}" if "teacher_forcing" in summary else ""))
@@ -218,12 +220,18 @@ def _load(run_dir: str, command: str, device: str) -> Any:
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--method", type=click.Choice(["is", "ais"]), default="is", show_default=True,
+              help="Importance sampling with the encoder as proposal, or annealed importance sampling (HMC) from it.")
+@click.option("--ais-steps", type=click.IntRange(min=1), default=100, show_default=True, metavar="T",
+              help="Temperatures of --method ais (cost: about 6 T times importance sampling's).")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
-def evaluate(run_dir: str, particles: int, split: str, seed: int, json_out: bool, device: str) -> None:
-    """Test ELBO, importance-sampled log-likelihood and PSIS k-hat of a trained run."""
+def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, ais_steps: int, json_out: bool,
+             device: str) -> None:
+    """Test ELBO, importance-sampled (or annealed) log-likelihood and PSIS k-hat of a trained run."""
     run = _load(run_dir, "evaluate", device)
-    ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out))
+    ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out),
+                           method=method, ais_steps=ais_steps)
     _emit_json(ev) if json_out else _print_evaluation(ev)
 
 

@@ -106,18 +106,22 @@ class KLAnnealing(Callback):
 class Validation(Callback):
     """Validation ELBO and K-particle importance-sampled log-likelihood after every interval, the best
     interval (``best.pt``) and early stopping after ``patience`` intervals without improvement (delayed while
-    ``annealing`` is still moving beta). With ``track_collapse`` also the validation KL, mutual information
+    ``annealing`` is still moving beta). The criterion is the ELBO, or with ``criterion="log_likelihood"``
+    the importance-sampled log-likelihood (for importance-weighted objectives, whose models need not have a
+    good ELBO). With ``track_collapse`` also the validation KL, mutual information
     (per group of ``groups``) and active units, computed without touching the training random state.
     Rank 0 validates and tells the others, so every rank takes the same decisions."""
 
     def __init__(self, data: tuple[torch.Tensor, ...], particles: int, patience: int,
                  annealing: Optional[KLAnnealing] = None, track_collapse: bool = False,
-                 groups: Optional[torch.Tensor] = None):
-        self.data, self.particles, self.patience = data, particles, patience
+                 groups: Optional[torch.Tensor] = None, criterion: str = "elbo"):
+        if criterion not in ("elbo", "log_likelihood"):
+            raise ValueError(f"criterion must be 'elbo' or 'log_likelihood', got {criterion!r}")
+        self.data, self.particles, self.patience, self.criterion = data, particles, patience, criterion
         self.annealing, self.track, self.groups = annealing, track_collapse, groups
         self.fields = ("valid_elbo", "valid_log_likelihood", "best") + (
             ("valid_kl", "valid_mi", "valid_au") if track_collapse else ())
-        self.state = {"best_valid_elbo": -math.inf, "best_epoch": 0, "bad_epochs": 0}
+        self.state = {"best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0}
 
     def _measure(self, module: Any) -> tuple[float, float, dict[str, float]]:
         res = log_evidence(module.model, module.guide, *self.data, num_particles=self.particles, diagnostics=False,
@@ -136,9 +140,10 @@ class Validation(Callback):
     def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
         measured = self._measure(trainer.module) if D.rank() == 0 else None
         valid_elbo, valid_ll, collapse = D.broadcast_object(measured)
-        improved = valid_elbo > self.state["best_valid_elbo"]
+        score = valid_elbo if self.criterion == "elbo" else valid_ll
+        improved = score > self.state["best_score"]
         if improved:
-            self.state.update(best_valid_elbo=valid_elbo, best_epoch=int(row[trainer.data.unit]), bad_epochs=0)
+            self.state.update(best_score=score, best_epoch=int(row[trainer.data.unit]), bad_epochs=0)
         elif self.annealing is None or self.annealing.settled:
             # while beta is still moving the objective changes under the model: patience waits for it
             self.state["bad_epochs"] += 1
@@ -154,7 +159,7 @@ class Validation(Callback):
         self.state.update(state)
 
     def summary(self) -> dict[str, Any]:
-        return {"best_epoch": self.state["best_epoch"], "best_valid_elbo": self.state["best_valid_elbo"]}
+        return {"best_epoch": self.state["best_epoch"], f"best_valid_{self.criterion}": self.state["best_score"]}
 
 
 class AggressiveTraining(Callback):

@@ -40,15 +40,21 @@ __all__ = ["Trainer", "Minibatches", "FullBatch", "build_objective", "describe_o
 
 CHECKPOINT_FORMAT = 4
 #: the objectives a configuration can name, and the Pyro loss each builds
-OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits")
+OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits", "iwae", "dreg")
 
 
 def build_objective(name: str = "elbo", num_particles: int = 1, lam: float = 1.0, free_bits: float = 0.0,
                     free_bits_per: str = "dim") -> ELBO:
     """The Pyro loss called ``name``: ``elbo`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``cs``
-    (:class:`~dgm_pyro.infer.CSELBO` with weight ``lam``) or ``free-bits`` (:class:`~dgm_pyro.infer.FreeBitsELBO`)."""
+    (:class:`~dgm_pyro.infer.CSELBO` with weight ``lam``), ``free-bits`` (:class:`~dgm_pyro.infer.FreeBitsELBO`),
+    or the importance-weighted bound with ``num_particles`` particles (:class:`~dgm_pyro.infer.IWELBO`) with
+    the IWAE gradient (``iwae``) or doubly-reparameterised gradients (``dreg``)."""
     from .infer.cs_elbo import CSELBO
     from .infer.free_bits import FreeBitsELBO
+    from .infer.iwelbo import IWELBO
+
+    if name in ("iwae", "dreg"):
+        return IWELBO(num_particles, estimator=name)
 
     common = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
     if name == "meanfield":

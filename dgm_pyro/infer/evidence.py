@@ -12,8 +12,13 @@ every sample site shares (as ``pyro.infer.RenyiELBO`` keeps per-plate bounds), s
 a plate of any name works, unlike ``pyro.infer.importance.vectorized_importance_weights``, which sums
 the whole batch into one joint estimate.
 
-The estimator always runs at scale 1: ``poutine.scale`` (KL annealing) and subsampling scales are
-ignored, masks are honoured.
+The estimator always runs at scale 1: ``poutine.scale`` (KL annealing) and the scale of a subsampled
+batch plate are ignored, and masks
+(``poutine.mask``, ``obs_mask``, ``pyro.deterministic``) are honoured. A model latent that the guide does
+not sample is drawn from its prior inside the proposal, so its prior term cancels from the weight (the
+proposal is q(z|x) p(w|z)); a guide site that the model lacks, and a site in a subsampled plate that is
+summed within a datapoint, are refused with a one-line error (a subsample's scaled sum is unbiased for
+log p, not for p).
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from typing import Any, Callable, Optional
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import DgmPyroError
 
-__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN"]
+__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "log_importance_weights", "batch_plates", "check_model_and_guide",
+           "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
 
 #: Pareto k-hat above which importance-sampling estimates are unreliable (Vehtari et al. 2024).
 KHAT_WARN = 0.7
@@ -113,7 +119,7 @@ def _shared_plates(traces: list[poutine.Trace]) -> tuple[list[tuple[str, int]], 
     return sorted(shared or (), key=lambda nd: nd[1]), nesting
 
 
-def _site_log_prob(site: dict, keep_dims: set[int], nesting: int) -> torch.Tensor:
+def site_log_prob(site: dict, keep_dims: set[int], nesting: int) -> torch.Tensor:
     """log q or log p of one site at scale 1 (mask applied), summed over every non-kept plate dim.
 
     Returns a tensor with ``nesting + 1`` dims (particles first), size 1 in summed dims.
@@ -122,35 +128,104 @@ def _site_log_prob(site: dict, keep_dims: set[int], nesting: int) -> torch.Tenso
     lp = scale_and_mask(lp, scale=1.0, mask=site["mask"])
     if not torch.is_tensor(lp):
         lp = torch.as_tensor(float(lp), device=site["value"].device)
-    while lp.dim() < nesting + 1:
-        lp = lp.unsqueeze(0)
+    return reduce_to_batch(lp, keep_dims, nesting)
+
+
+def reduce_to_batch(t: torch.Tensor, keep_dims: set[int], nesting: int) -> torch.Tensor:
+    """Sum a per-site tensor (batch dims only) over every plate dim but the kept (batch) ones: ``nesting + 1``
+    dims, particles first, size 1 in summed dims."""
+    while t.dim() < nesting + 1:
+        t = t.unsqueeze(0)
     for d in range(-nesting, 0):
-        if d not in keep_dims and lp.shape[d] != 1:
-            lp = lp.sum(d, keepdim=True)
-    return lp
+        if d not in keep_dims and t.shape[d] != 1:
+            t = t.sum(d, keepdim=True)
+    return t
 
 
-def _log_weights(model: Callable, guide: Callable, args, kwargs, num: int, vectorize: bool,
-                 keep_dims: set[int], nesting: int) -> torch.Tensor:
-    """(num, ...) log-weights log p(x, z|y) - log q(z|x,y) with size-1 dims where plates were summed."""
+def sample_sites(tr: poutine.Trace) -> dict[str, dict]:
+    return {n: s for n, s in tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
+
+
+def latent_sites(tr: poutine.Trace) -> set[str]:
+    return {n for n, s in sample_sites(tr).items() if not s["is_observed"]}
+
+
+def check_model_and_guide(model_tr: poutine.Trace, guide_tr: poutine.Trace, batch_plates: set[str]) -> None:
+    """Refuse, with one line naming the sites, what importance sampling cannot estimate correctly: guide
+    sites the model lacks (or observes), and sites in subsampled plates other than the batch plates (a
+    subsampled batch plate is fine: each datapoint of the subsample gets its own estimate)."""
+    model_sites, guide_latents = sample_sites(model_tr), latent_sites(guide_tr)
+    missing = sorted(guide_latents - set(model_sites))
+    if missing:
+        raise DgmPyroError(f"guide site(s) {', '.join(map(repr, missing))} have no site of that name in the model "
+                           f"(model latent sites: {', '.join(map(repr, sorted(latent_sites(model_tr)))) or 'none'}); the "
+                           "guide must sample the model's latent sites under the same names")
+    observed = sorted(n for n in guide_latents if model_sites[n]["is_observed"])
+    if observed:
+        raise DgmPyroError(f"guide site(s) {', '.join(map(repr, observed))} are observed in the model; a guide "
+                           "samples latent sites only")
+    sub = sorted({(n, f.name) for tr in (model_tr, guide_tr) for n, s in sample_sites(tr).items()
+                  for f in s["cond_indep_stack"]
+                  if f.full_size is not None and f.size != f.full_size and f.name not in batch_plates})
+    if sub:
+        names = ", ".join(f"'{n}' (plate '{p}')" for n, p in sub[:4]) + (", ..." if len(sub) > 4 else "")
+        raise DgmPyroError(f"site(s) {names} are subsampled: per-datapoint evidence needs every likelihood term (a "
+                           "subsample's scaled sum is unbiased for log p, not for p); use the full plate (for "
+                           "GraphSSM, the dense edge likelihood)")
+
+
+def log_importance_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int, vectorize: bool,
+                           keep_dims: set[int], nesting: int, detach_guide: bool = False
+                           ) -> tuple[torch.Tensor, list[poutine.Trace]]:
+    """(num, ...) log-weights log p(x, z|y) - log q(z|x,y), with size-1 dims where plates were summed, and the
+    guide traces they came from (one vectorised trace, or ``num`` traces).
+
+    Model latents without a guide site are drawn from their prior under replay: they are part of the
+    proposal, and their prior terms cancel, so neither side counts them. With ``detach_guide`` log q is
+    evaluated with the guide's distribution parameters detached (the gradient then reaches the guide only
+    through the reparameterised draws, as doubly-reparameterised estimators need).
+    """
+    traces = []
 
     def once(m, g):
         guide_tr = poutine.trace(g).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(m, trace=guide_tr)).get_trace(*args, **kwargs)
+        traces.append(guide_tr)
+        proposed = latent_sites(guide_tr)
         lw = 0.0
-        for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
-            for site in tr.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site) and not (sign < 0 and site["is_observed"]):
-                    lw = lw + sign * _site_log_prob(site, keep_dims, nesting)
+        for name, site in sample_sites(model_tr).items():
+            if site["is_observed"] or name in proposed:
+                lw = lw + site_log_prob(site, keep_dims, nesting)
+        for name in proposed:
+            site = guide_tr.nodes[name]
+            if detach_guide:
+                site = {**site, "fn": detach(site["fn"])}
+            lw = lw - site_log_prob(site, keep_dims, nesting)
         return lw
 
     if vectorize:
         plate = pyro.plate(_PARTICLE_PLATE, num, dim=-(nesting + 1))
-        return once(plate(model), plate(guide)).expand(num, *([-1] * nesting))
-    return torch.cat([once(model, guide) for _ in range(num)], dim=0)
+        return once(plate(model), plate(guide)).expand(num, *([-1] * nesting)), traces
+    return torch.cat([once(model, guide) for _ in range(num)], dim=0), traces
 
 
-def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
+def batch_plates(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[list[tuple[str, int]], int, int]:
+    """The batch plates (name, dim) of a model/guide pair (the plates every sample site shares, outermost
+    first), its plate nesting and the number of datapoints, from one checked trace (see
+    :func:`check_model_and_guide`)."""
+    with torch.no_grad():
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    shared, nesting = _shared_plates([model_tr, guide_tr])
+    check_model_and_guide(model_tr, guide_tr, {name for name, _ in shared})
+    size = 1
+    for name, _ in shared:
+        size *= next(f.size for s in model_tr.nodes.values() if s["type"] == "sample" for f in s["cond_indep_stack"]
+                     if f.name == name)
+    return shared, nesting, size
+
+
+def psis_khat(log_w: torch.Tensor) -> torch.Tensor:
     """PSIS k-hat for each datapoint of (K, B) log-weights via ``arviz.psislw``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -165,13 +240,15 @@ def _psis_khat(log_w: torch.Tensor) -> torch.Tensor:
 
 def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1000,
                  chunk_size: Optional[int] = None, vectorize: bool = True, diagnostics: bool = True,
-                 keep_log_weights: bool = False, warn: bool = True, progress: bool = False,
-                 **kwargs) -> EvidenceResult:
-    """Importance-sampled per-datapoint log evidence with the guide as proposal (seed P1.7).
+                 keep_log_weights: bool = False, warn: bool = True, progress: bool = False, method: str = "is",
+                 num_steps: int = 100, hmc_steps: int = 5, step_size: float = 0.5, **kwargs) -> EvidenceResult:
+    """Importance-sampled per-datapoint log evidence with the guide as proposal (seed P1.7), or annealed
+    importance sampling from the guide to the posterior (``method="ais"``, :mod:`dgm_pyro.infer.ais`).
 
     Args:
         model, guide: a Pyro model and guide taking ``*args, **kwargs``. Every sample site of both must
-            sit in the batch plate(s) (found automatically: the plates all sites share).
+            sit in the batch plate(s) (found automatically: the plates all sites share). Model latents the
+            guide does not sample are proposed from their prior.
         num_particles: K, the number of importance samples per datapoint.
         chunk_size: particles drawn at once (default: about 1e5 / batch size), bounding memory so that
             K = 5000 fits; results do not depend on it beyond random draws.
@@ -181,23 +258,22 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         keep_log_weights: keep the (K, *batch) log-weights in the result.
         warn: warn when any datapoint has k-hat > 0.7.
         progress: show a progress bar over particles.
+        method: ``"is"`` (importance sampling) or ``"ais"`` (annealed importance sampling with ``num_steps``
+            temperatures and HMC transitions of ``hmc_steps`` leapfrog steps of initial size ``step_size`` in
+            the guide's scale; continuous latents, each with a guide site; always vectorised).
 
     Returns:
         :class:`EvidenceResult` with per-datapoint ``log_evidence``, ``stderr``, ``elbo``, ``ess``, ``khat``.
     """
     if num_particles < 1:
         raise DgmPyroError(f"num_particles must be >= 1, got {num_particles}")
+    if method not in ("is", "ais"):
+        raise DgmPyroError(f"method must be 'is' or 'ais', got '{method}'")
+    shared, nesting, numel = batch_plates(model, guide, args, kwargs)
+    keep = {d for _, d in shared}
     with torch.no_grad():
-        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
-        shared, nesting = _shared_plates([model_tr, guide_tr])
-        keep = {d for _, d in shared}
-        batch_numel = 1
-        for name, d in shared:
-            batch_numel *= next(f.size for s in model_tr.nodes.values() if s["type"] == "sample"
-                                for f in s["cond_indep_stack"] if f.name == name)
         if chunk_size is None:
-            chunk_size = max(1, 100_000 // batch_numel)
+            chunk_size = max(1, 100_000 // numel)
         chunks = []
         done = 0
         bar = None
@@ -210,7 +286,14 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
             # the trace above ran with the caller's validation setting; argument checks on every
             # chunk would cost a third of the time (constraint checks over K x N x D tensors)
             with pyro.validation_enabled(False):
-                chunks.append(_log_weights(model, guide, args, kwargs, k, vectorize, keep, nesting).double())
+                if method == "ais":
+                    from .ais import ais_log_weights
+
+                    lw = ais_log_weights(model, guide, args, kwargs, k, keep, nesting, num_steps=num_steps,
+                                         hmc_steps=hmc_steps, step_size=step_size)
+                else:
+                    lw = log_importance_weights(model, guide, args, kwargs, k, vectorize, keep, nesting)[0]
+                chunks.append(lw.double())
             done += k
             if bar is not None:
                 bar.update(k)
@@ -233,7 +316,7 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         stderr = elbo_stderr = torch.full_like(log_ev, math.nan)
     flat = log_w.reshape(K, -1)
     if diagnostics and K >= MIN_PARTICLES_FOR_KHAT:
-        khat = _psis_khat(flat).reshape(log_ev.shape)
+        khat = psis_khat(flat).reshape(log_ev.shape)
     else:
         khat = torch.full_like(log_ev, math.nan)
     if warn and bool((khat > KHAT_WARN).any()):

@@ -23,26 +23,31 @@ class FreeBitsELBO(RegularisedELBO):
     group below ``lam`` nats gets no gradient pushing it further towards the prior. The regulariser
     is therefore at least (number of groups) x lam per datapoint.
 
-    The KL is in closed form where ``torch.distributions.kl_divergence`` has one and otherwise a
-    one-sample estimate log q(z) - log p(z) at the guide's value. ``per="dim"`` needs factorised
+    The KL is in closed form where ``torch.distributions.kl_divergence`` has one; elsewhere, with
+    ``mc_samples=N``, a Monte Carlo estimate from N fresh draws of q (the clamp at ``lam`` makes any noisy
+    estimate biased upwards, E max(lam, X) >= max(lam, E X), so a larger N is better), and without it a
+    ``NotImplementedError`` names the site. ``per="dim"`` needs factorised
     sites (``Normal(...).to_event(1)`` and the like). The scale of a site (subsampling, annealing)
     multiplies its term; a tensor scale enters through its mean over the batch.
 
     Args:
         lam: free nats per group, >= 0 (``lam=0`` is the ELBO with a closed-form KL).
         per: ``"dim"`` or ``"site"``.
+        mc_samples: draws for sites without a closed-form KL (see above).
         num_particles, vectorize_particles, max_plate_nesting: as in ``Trace_ELBO``.
     """
 
     def __init__(self, lam: float = 0.5, per: str = "dim", num_particles: int = 1, vectorize_particles: bool = False,
-                 max_plate_nesting: float = float("inf")):
+                 max_plate_nesting: float = float("inf"), mc_samples: int | None = None):
         if not lam >= 0:
             raise ValueError(f"FreeBitsELBO: lam must be >= 0, got {lam}")
         if per not in ("dim", "site"):
             raise ValueError(f"FreeBitsELBO: per must be 'dim' or 'site', got {per!r}")
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles,
                          max_plate_nesting=max_plate_nesting)
-        self.lam, self.per = float(lam), per
+        if mc_samples is not None and mc_samples < 1:
+            raise ValueError(f"FreeBitsELBO: mc_samples must be >= 1, got {mc_samples}")
+        self.lam, self.per, self.mc_samples = float(lam), per, mc_samples
 
     def _elementwise_kl(self, name: str, q: Distribution, p: Distribution, value: torch.Tensor) -> torch.Tensor:
         """KL with shape batch_shape (``per="site"``) or batch_shape + event_shape (``per="dim"``)."""
@@ -56,7 +61,11 @@ class FreeBitsELBO(RegularisedELBO):
         try:
             kl = kl_divergence(q, p)
         except NotImplementedError:
-            kl = q.log_prob(value) - p.log_prob(value)
+            if self.mc_samples is None:
+                raise NotImplementedError(f"FreeBitsELBO: no closed-form KL for site {name!r} ({type(q).__name__} vs "
+                                          f"{type(p).__name__}); pass mc_samples=N for a Monte Carlo estimate") from None
+            z = q.rsample((self.mc_samples,)) if q.has_rsample else q.sample((self.mc_samples,))
+            kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
         return kl.expand(shape)
 
     def _site_regulariser(self, name: str, guide_site: dict[str, Any], model_site: dict[str, Any]) -> torch.Tensor:
@@ -67,8 +76,8 @@ class FreeBitsELBO(RegularisedELBO):
         group_ndim = kl.dim() - batch_ndim  # 0 for per="site", the site's event dims for per="dim"
         weight = torch.ones(batch_shape, dtype=kl.dtype, device=kl.device)
         mask = site_mask(guide_site, model_site)
-        if mask is not None:
-            weight = weight * mask.to(kl.dtype)
+        if mask is not None:  # a tensor, or a Python bool from poutine.mask(mask=False)
+            weight = weight * torch.as_tensor(mask, device=kl.device).to(kl.dtype)
         scale = guide_site["scale"]
         if torch.is_tensor(scale):
             scale = (torch.broadcast_to(scale, batch_shape) * weight).sum() / weight.sum().clamp_min(1.0)

@@ -40,8 +40,8 @@ def test_exact_posterior_gives_exact_evidence_for_any_K(lg, K):
     assert res.log_evidence.shape == (40,)
     assert torch.allclose(res.log_evidence, exact, atol=1e-4, rtol=0)
     assert torch.allclose(res.elbo, exact, atol=1e-4, rtol=0)  # the bound is tight (P1.5)
-    if K >= 100:
-        assert bool((res.khat < 0.5).all())
+    if K >= 100:  # constant weights: no tail at all (k-hat -inf by construction) and the full sample size
+        assert bool(torch.isinf(res.khat).all())
         assert torch.allclose(res.ess, torch.full_like(res.ess, K))
 
 
@@ -60,8 +60,8 @@ def test_wrong_guide_ordering_and_gap_shrinks(lg):
     gaps = {}
     for K in (10, 100, 3000):
         res = log_evidence(truth.model, guide, x, y, num_particles=K, warn=False)
-        # ELBO < IWAE estimate <= exact (within three standard errors), per datapoint on average
-        assert float(res.elbo.mean()) < float(res.log_evidence.mean())
+        # the ELBO is below the exact value by the KL gap (P1.5), the estimate never above it beyond 3 SE
+        assert float(res.elbo.mean()) < float(exact.mean()) - 0.1
         assert float((res.log_evidence - exact).mean()) <= 3 * float(res.stderr.pow(2).mean().sqrt())
         gaps[K] = float((exact - res.log_evidence).mean())
     assert gaps[10] > gaps[100] > gaps[3000] - 0.02
@@ -185,3 +185,175 @@ def test_summary_is_plain_floats(lg):
     assert math.isclose(s["log_evidence"], float(truth.log_marginal(x, y).mean()), abs_tol=1e-4)
     assert s["khat_max"] is None  # constant weights: no tail (k-hat = -inf)
     assert s["khat_frac_above_0.7"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------------
+# every valid Pyro program: exact values for unguided latents, discrete guides, masks, deterministic sites
+
+
+def _within(res, exact, sigmas=4.0, floor=0.0):
+    """Each datapoint's estimate within `sigmas` of its own standard error (plus `floor`) of the exact value."""
+    err = (res.log_evidence - exact).abs()
+    return bool((err <= sigmas * res.stderr + floor).all()), err, res.stderr
+
+
+def test_model_latent_without_guide_site_is_proposed_from_its_prior():
+    """w ~ N(0, 1), x ~ N(w, 1) with an empty guide: the proposal is the prior, the weight p(x|w), and the
+    estimate is log N(x; 0, 2)."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.tensor([0.5, -1.2, 2.0], dtype=torch.float64)
+    res = log_evidence(model, guide, x, num_particles=20000, warn=False)
+    exact = dist.Normal(0.0, 2 ** 0.5).log_prob(x)
+    ok, err, se = _within(res, exact)
+    assert ok, (err, se)
+    # counting log p(w) without a matching log q (the earlier behaviour) is off by E_prior[log p(w)] = -1.42
+    assert float((res.log_evidence - exact).abs().max()) < 0.1
+
+
+def test_partly_guided_chain_of_latents():
+    """z ~ N(0, 1), w ~ N(z, 1), x ~ N(w, 1); the guide samples z only (from its exact posterior given x,
+    N(x/3, 2/3)): w is drawn from p(w|z) inside the proposal and the estimate is log N(x; 0, 3)."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            w = pyro.sample("w", dist.Normal(z, 1.0))
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 3, (2 / 3) ** 0.5))
+
+    x = torch.tensor([0.3, -2.5, 1.7, 4.0], dtype=torch.float64)
+    res = log_evidence(model, guide, x, num_particles=20000, warn=False)
+    ok, err, se = _within(res, dist.Normal(0.0, 3 ** 0.5).log_prob(x))
+    assert ok, (err, se)
+
+
+def test_discrete_latent_in_the_guide():
+    """c ~ Categorical(0.3, 0.7), x ~ N(mu_c, 1); a uniform guide over c: the estimate is the exact mixture
+    density log sum_c p(c) N(x; mu_c, 1) (K = 4000, within 4 standard errors)."""
+    mu = torch.tensor([-2.0, 1.5], dtype=torch.float64)
+    prior = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(prior))
+            pyro.sample("x", dist.Normal(mu[c], 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(torch.full((2,), 0.5, dtype=torch.float64)))
+
+    x = torch.tensor([-2.2, 0.0, 1.0, 3.0], dtype=torch.float64)
+    res = log_evidence(model, guide, x, num_particles=4000, warn=False)
+    exact = torch.logsumexp(prior.log() + dist.Normal(mu, 1.0).log_prob(x[:, None]), -1)
+    ok, err, se = _within(res, exact)
+    assert ok, (err, se)
+    # with only two values of c the estimate is close to exact, and the ELBO is well below it somewhere
+    assert float((exact - res.elbo).max()) > 0.3
+
+
+def test_masks_obs_mask_and_deterministic_sites():
+    """z ~ N(0, 1), x1 ~ N(z, 1), x2 ~ N(z, 1) with x2 hidden by poutine.mask (a Python bool and a per-datapoint
+    tensor), or by obs_mask, plus a pyro.deterministic site: each evidence is that of what is observed."""
+    x = torch.tensor([[0.4, 1.0], [-1.5, 2.0], [2.2, -0.3]], dtype=torch.float64)
+    both = dist.MultivariateNormal(torch.zeros(2, dtype=torch.float64),
+                                   torch.eye(2, dtype=torch.float64) + 1.0).log_prob(x)
+    first = dist.Normal(0.0, 2 ** 0.5).log_prob(x[:, 0])
+
+    def model(x, mask):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.deterministic("z2", 2 * z)
+            pyro.sample("x1", dist.Normal(z, 1.0), obs=x[:, 0])
+            with poutine.mask(mask=mask):
+                pyro.sample("x2", dist.Normal(z, 1.0), obs=x[:, 1])
+
+    def guide(x, mask):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    for mask, exact in ((True, both), (False, first), (torch.tensor([True, False, True]),
+                                                       torch.where(torch.tensor([True, False, True]), both, first))):
+        res = log_evidence(model, guide, x, mask, num_particles=20000, warn=False)
+        ok, err, se = _within(res, exact)
+        assert ok, (mask, err, se)
+
+    def obs_mask_model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 1, dtype=x.dtype), 1.0))
+            with pyro.plate("feature", 2, dim=-1):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x, obs_mask=torch.tensor([True, False]))
+
+    def obs_mask_guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 1, dtype=x.dtype), 1.0))
+
+    res = log_evidence(obs_mask_model, obs_mask_guide, x, num_particles=20000, warn=False)
+    ok, err, se = _within(res, first)
+    assert ok, (err, se)
+
+
+def test_guide_site_missing_from_the_model_is_refused_with_the_names():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("zz", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(DgmPyroError, match=r"guide site\(s\) 'zz' have no site of that name in the model \(model "
+                                           r"latent sites: 'z'\)"):
+        log_evidence(model, guide, torch.zeros(3), num_particles=10)
+
+
+def test_subsampled_inner_plate_is_refused():
+    """A likelihood estimated from a subsample of an inner plate (the sparse GraphSSM's non-edges) has no
+    unbiased importance-sampled evidence: refused with one line."""
+    def model(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("items", x.shape[0], subsample_size=3):
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:3])
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(DgmPyroError, match=r"site\(s\) 'x' \(plate 'items'\) are subsampled"):
+        log_evidence(model, guide, torch.zeros(10), num_particles=10)
+
+
+def test_sparse_graph_ssm_is_refused_and_dense_graph_ssm_runs():
+    from dgm_pyro.runs import GraphConfig, build_graph_model, load_graph_sequence
+
+    cfg = GraphConfig(hidden=8, latent_dim=2).validate()
+    history, _ = load_graph_sequence(cfg)
+    args = (history.x[:3], history.edges[:3])
+    sparse = build_graph_model(GraphConfig(hidden=8, latent_dim=2, edge_likelihood="sparse").validate(), history)
+    with pytest.raises(DgmPyroError, match="subsampled"):
+        log_evidence(sparse.model, sparse.guide, *args, num_particles=2)
+    dense = build_graph_model(cfg, history)
+    dense.load_state_dict(sparse.state_dict())  # the same weights
+    res = log_evidence(dense.model, dense.guide, *args, num_particles=2, warn=False, vectorize=False)
+    assert res.log_evidence.shape == () and bool(torch.isfinite(res.log_evidence))
+
+
+@pytest.mark.parametrize("k", [0.2, 0.6, 0.9])
+def test_psis_khat_recovers_the_tail_shape_of_pareto_weights(k):
+    """Weights with a generalised-Pareto tail of shape k (w = (U^-k - 1) / k + 1), 16 datapoints of 20 000 draws:
+    the mean k-hat is within 0.05 of k and every datapoint's within 0.2 (PSIS fits the largest 3 sqrt(K) weights)."""
+    from dgm_pyro.infer.evidence import psis_khat
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(20000, 16, generator=g, dtype=torch.float64)
+    khat = psis_khat(((u.pow(-k) - 1) / k + 1).log())
+    assert abs(float(khat.mean()) - k) < 0.05, khat
+    assert bool(((khat - k).abs() < 0.2).all()), khat

@@ -1,6 +1,6 @@
 """The plain-Pyro contract, for every registered model and every Pyro program it trains: ``SVI`` with
 ``pyro.optim`` trains every learnable tensor, ``Predictive`` works, ``poutine.trace`` shows the documented
-site names, and ``log_evidence`` runs. Nothing here goes through dgm-pyro's own trainer."""
+site names, and ``log_evidence`` runs (or, for a subsampled likelihood, refuses in one line). Nothing here goes through dgm-pyro's own trainer."""
 
 import math
 
@@ -12,6 +12,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from dgm_pyro.data import load_dataset
+from dgm_pyro.errors import DgmPyroError
 from dgm_pyro.infer import log_evidence
 from dgm_pyro.registry import model_names
 from dgm_pyro.runs import CVAEConfig, GraphConfig, build_baseline, build_model, build_graph_model, \
@@ -92,6 +93,10 @@ def test_trains_with_pyro_optim_and_works_with_predictive_trace_and_evidence(nam
     for site in latents:
         assert pred[site].shape[0] == 2 and torch.isfinite(pred[site]).all()
 
+    if name == "graph-ssm sparse":  # a subsampled likelihood has no unbiased evidence: refused in one line
+        with pytest.raises(DgmPyroError, match="subsampled"):
+            log_evidence(module.model, module.guide, *args, num_particles=3, vectorize=False)
+        return
     res = log_evidence(module.model, module.guide, *args, num_particles=3, diagnostics=False, warn=False,
                        vectorize=False)
     assert torch.isfinite(res.log_evidence).all() and torch.isfinite(res.elbo).all()

@@ -126,13 +126,24 @@ def test_forecast_samples_follow_the_emission():
 
 
 def test_teacher_forcing_one_is_the_elbo():
+    """At eps = 1 every transition is fed the guide's Z: the loss is minus log p(X, A, Z) - log q(Z) on the
+    guide's draws, computed here from the traces by hand; and eps just below 1 (never switching, but drawing
+    the model's own predictions) gives the same value, so the scheduled-sampling path reduces to the ELBO."""
     x, edges = _tiny(n=6, t=4)
     m = GraphSSM(6, 2, latent_dim=3, hidden=8)
     pyro.set_rng_seed(3)
-    a = Trace_ELBO().differentiable_loss(m.model, m.guide, x, edges)
+    loss = Trace_ELBO().differentiable_loss(m.model, m.guide, x, edges, teacher_forcing=1.0)
     pyro.set_rng_seed(3)
-    b = Trace_ELBO().differentiable_loss(m.model, m.guide, x, edges, teacher_forcing=1.0)
-    assert torch.equal(a, b)
+    guide_tr = poutine.trace(m.guide).get_trace(x, edges, teacher_forcing=1.0)
+    model_tr = poutine.trace(poutine.replay(m.model, trace=guide_tr)).get_trace(x, edges, teacher_forcing=1.0)
+    for t in range(2, 5):  # the transition to z_t is centred on the guide's z_{t-1}
+        loc = model_tr.nodes[f"z_{t}"]["fn"].base_dist.loc
+        assert torch.allclose(loc, m.transition(guide_tr.nodes[f"z_{t - 1}"]["value"])[0])
+    elbo = model_tr.log_prob_sum() - guide_tr.log_prob_sum()
+    assert float(loss.detach()) == pytest.approx(-float(elbo.detach()), rel=1e-6)
+    pyro.set_rng_seed(3)
+    almost = Trace_ELBO().differentiable_loss(m.model, m.guide, x, edges, teacher_forcing=1.0 - 1e-12)
+    assert float(almost.detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
 
 
 def test_scheduled_sampling_feeds_the_models_own_prediction():
