@@ -17,7 +17,7 @@ import click
 from dgm_pyro.checkpoint import jsonable
 from dgm_pyro.errors import DgmPyroError
 
-from .options import TrainGroup, config_options, given_settings, resolve_config
+from .options import ModelCommand, TrainGroup, config_options, given_settings, resolve_config
 
 
 def _emit_json(obj: Any) -> None:
@@ -174,8 +174,6 @@ def _print_training(run: Any, summary: dict[str, Any]) -> None:
 
 def _model_command(kind: Any) -> click.Command:
     """``dgm-pyro train NAME`` for a registered model kind: its configuration's options plus the common ones."""
-    from .options import ModelCommand
-
     @click.pass_context
     def callback(ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str], json_out: bool,
                  device: str, **_: Any) -> None:

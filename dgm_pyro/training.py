@@ -150,6 +150,7 @@ class Minibatches:
     """
 
     unit = "epoch"
+    weighted = True  # the interval's train_loss weighs each step by its minibatch size
 
     def __init__(self, data: Sequence[torch.Tensor], batch_size: int, epochs: int):
         self.data, self.batch_size, self.total = tuple(data), int(batch_size), int(epochs)
@@ -169,9 +170,8 @@ class Minibatches:
         idx = torch.randint(self.num_rows, (self.batch_size,), generator=generator)
         return tuple(t[idx] for t in self.data), len(idx)
 
-    def advance(self, state: dict[str, Any]) -> int:
+    def advance(self, state: dict[str, Any]) -> None:
         state["epoch"] += 1
-        return 1
 
 
 class FullBatch:
@@ -180,6 +180,7 @@ class FullBatch:
     Each step's loss is divided by ``normaliser`` (for example the number of snapshots)."""
 
     unit = "step"
+    weighted = False
 
     def __init__(self, args: Sequence[Any], steps: int, every: int, normaliser: float = 1.0):
         self.args, self.total, self.every, self.normaliser = tuple(args), int(steps), int(every), float(normaliser)
@@ -189,10 +190,8 @@ class FullBatch:
         for i in range(min(self.every, self.total - start)):
             yield self.args, self.normaliser, f"step {start + i + 1}"
 
-    def advance(self, state: dict[str, Any]) -> int:
-        done = state["steps"] - state["step"]
+    def advance(self, state: dict[str, Any]) -> None:
         state["step"] = state["steps"]
-        return done
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,8 +330,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ intervals
 
-    def _train_interval(self) -> tuple[float, float]:
-        """Optimise over one interval; (weighted mean of the finite step losses, total weight)."""
+    def _train_interval(self) -> float:
+        """Optimise over one interval; the weighted mean of its finite step losses (NaN if none)."""
         total, counted = 0.0, 0.0
         for args, weight, where in self.data.interval(self):
             for cb in self.callbacks:
@@ -350,9 +349,9 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_batch_end(self)
             if math.isfinite(value):
-                w = weight if isinstance(self.data, Minibatches) else 1.0
+                w = weight if self.data.weighted else 1.0
                 total, counted = total + value * w, counted + w
-        return (total / counted if counted else math.nan), counted
+        return total / counted if counted else math.nan
 
     def _checkpoint(self, rng: dict[str, Any], all_rng: Optional[list]) -> None:
         # metrics first, checkpoint second: on resume, rows past the checkpoint's interval are dropped
@@ -371,7 +370,7 @@ class Trainer:
         start = time.perf_counter()
         self.module.train()
         self.improved = False
-        train_loss, _ = self._train_interval()
+        train_loss = self._train_interval()
         train_seconds = time.perf_counter() - start
         self.data.advance(self.state)
         self.module.eval()

@@ -292,7 +292,15 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
                     lw = ais_log_weights(model, guide, args, kwargs, k, keep, nesting, num_steps=num_steps,
                                          hmc_steps=hmc_steps, step_size=step_size)
                 else:
-                    lw = log_importance_weights(model, guide, args, kwargs, k, vectorize, keep, nesting)[0]
+                    try:
+                        lw = log_importance_weights(model, guide, args, kwargs, k, vectorize, keep, nesting)[0]
+                    except (RuntimeError, ValueError) as e:
+                        if not vectorize:
+                            raise
+                        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                        raise DgmPyroError(f"the vectorised pass over particles failed ({first}); the model or guide "
+                                           "may not broadcast over a leading particle dimension: pass "
+                                           "vectorize=False") from e
                 chunks.append(lw.double())
             done += k
             if bar is not None:

@@ -357,3 +357,23 @@ def test_psis_khat_recovers_the_tail_shape_of_pareto_weights(k):
     khat = psis_khat(((u.pow(-k) - 1) / k + 1).log())
     assert abs(float(khat.mean()) - k) < 0.05, khat
     assert bool(((khat - k).abs() < 0.2).all()), khat
+
+
+def test_a_model_that_does_not_broadcast_gets_a_hint_and_works_unvectorised():
+    """A model written for one particle (it reshapes z to the batch size) fails in the vectorised pass with a
+    torch shape error: log_evidence says so in one line and names vectorize=False, which then works."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.reshape(x.shape[0]), 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5))  # the exact posterior
+
+    x = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(DgmPyroError, match="vectorised pass over particles failed.*vectorize=False"):
+        log_evidence(model, guide, x, num_particles=10)
+    res = log_evidence(model, guide, x, num_particles=10, vectorize=False)
+    assert torch.allclose(res.log_evidence, dist.Normal(0.0, 2 ** 0.5).log_prob(x), atol=1e-6)
+
