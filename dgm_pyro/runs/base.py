@@ -1,0 +1,210 @@
+"""The run-folder lifecycle shared by every model: train into ``runs/<model>-<timestamp>/``, resume, load.
+
+A run folder holds ``config.json`` (the resolved configuration, with the model's registered name),
+``environment.json`` (versions, seed, threads, processes, device, data summary), ``metrics.csv``,
+``checkpoint.pt`` (latest, for resume), ``best.pt`` where the model validates, ``plots/`` and what later
+commands write. What differs between models is a :class:`ModelKind`, found in the registry
+(:mod:`dgm_pyro.registry`) by the model name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Optional
+
+import pyro
+import torch
+
+from .. import distributed as D
+from ..checkpoint import load_checkpoint, read_json, write_json
+from ..config import ConfigBase
+from ..errors import DgmPyroError
+from ..registry import get_model
+from ..training import environment, read_metrics
+
+__all__ = ["ModelKind", "Run", "train_run", "load_run", "read_run_config", "new_run_dir", "require_run_dir",
+           "restart_in_place", "load_weights"]
+
+
+@dataclass
+class Run:
+    """A loaded run folder: its configuration, data and trained module (``kind.checkpoint`` weights).
+    Model kinds add what their commands need (the dataset, held-out snapshots, baselines)."""
+
+    path: Path
+    config: Any
+    module: torch.nn.Module
+    kind: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelKind:
+    """How one model is configured, built, trained and evaluated in a run folder; subclass and register
+    with :func:`dgm_pyro.registry.register_model`.
+
+    Class attributes:
+        name: the registered name (``dgm-pyro train NAME``, ``config.json``'s ``model``).
+        config_class: the configuration dataclass (fields made with :func:`dgm_pyro.config.option`; it
+            needs ``model``, ``dataset`` and ``seed`` fields).
+        description: one line for ``dgm-pyro train --help``.
+        commands: the later commands its runs support (``evaluate``, ``sample``, ``diagnose``, ``forecast``),
+            each a method of the same name taking the :class:`Run` first.
+        checkpoint: the weights that ``load`` restores (``best.pt`` or ``checkpoint.pt``).
+        distributed: whether it trains data-parallel under ``torchrun``.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = ConfigBase
+    description: ClassVar[str] = ""
+    commands: ClassVar[tuple[str, ...]] = ()
+    checkpoint: ClassVar[str] = "checkpoint.pt"
+    distributed: ClassVar[bool] = False
+
+    def load_data(self, config: Any) -> Any:
+        """The data the configuration names (checked: a bad dataset raises :class:`DgmPyroError`)."""
+        raise NotImplementedError
+
+    def check(self, config: Any, data: Any) -> None:
+        """Checks of the configuration against the data, before any folder is made."""
+
+    def build(self, config: Any, data: Any) -> torch.nn.Module:
+        """The module the configuration describes, sized for the data (weights from Pyro's seeded RNG)."""
+        raise NotImplementedError
+
+    def data_summary(self, data: Any) -> dict[str, Any]:
+        return {}
+
+    def train(self, config: Any, data: Any, module: torch.nn.Module, run_dir: Path, resume: bool, progress: bool,
+              callbacks: list[Any], device: torch.device) -> dict[str, Any]:
+        """Train ``module`` into ``run_dir`` (and any baseline); returns the training summary."""
+        raise NotImplementedError
+
+    def make_run(self, path: Path, config: Any, data: Any, module: torch.nn.Module,
+                 device: torch.device) -> Run:
+        """The loaded :class:`Run` (subclasses add baselines and data fields)."""
+        return Run(path, config, module, self)
+
+    def final_evaluation(self, run: Run, progress: bool = False) -> Optional[dict[str, Any]]:
+        """What ``dgm-pyro train`` evaluates and reports once training ends (``None``: nothing)."""
+        return None
+
+    def unsupported(self, command: str, path: Path) -> DgmPyroError:
+        hint = {"forecast": "dgm-pyro forecast RUN --horizon H", "evaluate": "dgm-pyro evaluate RUN"}
+        others = [hint.get(c, f"dgm-pyro {c} RUN") for c in self.commands]
+        return DgmPyroError(f"{path}: a {self.name} run has no '{command}'" + (f"; use '{others[0]}'" if others else ""))
+
+
+def new_run_dir(root: str | Path, model: str) -> Path:
+    """``root/<model>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that exists already."""
+    root = Path(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{model}-{stamp}"
+    i = 1
+    while path.exists():
+        path = root / f"{model}-{stamp}-{i}"
+        i += 1
+    return path
+
+
+def require_run_dir(path: Path) -> None:
+    """One-line errors for a missing folder or one without ``config.json``."""
+    if not path.is_dir():
+        raise DgmPyroError(f"{path}: no such run folder")
+    if not (path / "config.json").is_file():
+        raise DgmPyroError(f"{path}: not a dgm-pyro run folder (no config.json)")
+
+
+def restart_in_place(run_dir: Path) -> bool:
+    """Whether a run to resume was killed before its first checkpoint (then it starts again in place).
+
+    A kill between writing an interval's metrics row and its checkpoint leaves at most one row ahead, so
+    more rows without a checkpoint mean the checkpoint was lost: refused."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return False
+    if len(read_metrics(run_dir / "metrics.csv")) > 1:
+        raise DgmPyroError(f"{run_dir}: has rows in metrics.csv but no checkpoint.pt to resume from; "
+                           "restore the checkpoint or start a new run")
+    return True
+
+
+def read_run_config(path: str | Path) -> tuple[ModelKind, Any]:
+    """The model kind and validated configuration of a run folder, from ``config.json``'s model name."""
+    path = Path(path)
+    require_run_dir(path)
+    raw = read_json(path / "config.json")
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
+        raise DgmPyroError(f"{path / 'config.json'}: has no model name")
+    kind = get_model(raw["model"])
+    return kind, kind.config_class.from_dict(raw, source=str(path / "config.json")).validate()
+
+
+def load_weights(module: torch.nn.Module, ckpt_path: Path) -> None:
+    """Restore a module's weights from a weights-only checkpoint (written on any device)."""
+    ckpt = load_checkpoint(ckpt_path)
+    try:
+        module.load_state_dict(ckpt["model_state"])
+    except RuntimeError:
+        raise DgmPyroError(f"{ckpt_path}: weights do not fit the model described by config.json") from None
+
+
+def _start_folder(kind: ModelKind, config: Any, data: Any, run_dir: Path, device: torch.device) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise DgmPyroError(f"{run_dir}: exists and is not empty; choose another output folder or resume it")
+    D.barrier()  # every rank has checked before rank 0 makes the folder
+    if D.rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config.to_dict())
+        write_json(run_dir / "environment.json", {**environment(), "seed": config.seed,
+                                                  "torch_threads": torch.get_num_threads(),
+                                                  "processes": D.world_size(), "device": str(device),
+                                                  "data": kind.data_summary(data)})
+    D.barrier()
+
+
+def train_run(config: Optional[Any], run_dir: str | Path, resume: bool = False, progress: bool = False,
+              on_start: Optional[Callable[[Path], None]] = None, callbacks: Optional[list[Any]] = None,
+              device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train the configured model into ``run_dir`` (made here; it must not exist or be empty).
+
+    With ``resume=True`` the configuration is read from ``run_dir/config.json`` (``config`` is ignored)
+    and training continues from the last checkpoint; a run killed before its first checkpoint starts again
+    in place. ``on_start(run_dir)`` is called once the inputs are checked and the folder exists;
+    ``callbacks`` are extra :class:`~dgm_pyro.callbacks.Callback` objects. Returns the training summary.
+    """
+    run_dir = Path(run_dir)
+    restart = False
+    if resume:
+        kind, config = read_run_config(run_dir)
+        restart = restart_in_place(run_dir)
+    else:
+        kind = get_model(config.model)
+        config.validate()
+    if D.world_size() > 1 and not kind.distributed:
+        raise DgmPyroError(f"{kind.name} trains on one process; run it without torchrun")
+    device = torch.device(device)
+    data = kind.load_data(config)
+    kind.check(config, data)
+    pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
+    module = kind.build(config, data)
+    if not resume:
+        _start_folder(kind, config, data, run_dir, device)
+    if on_start is not None and D.rank() == 0:
+        on_start(run_dir)
+    summary = kind.train(config, data, module.to(device), run_dir, resume and not restart, progress,
+                         list(callbacks or []), device)
+    summary["data"] = kind.data_summary(data)
+    return summary
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load a run folder (weights only, onto ``device``) with its data, whatever model made it."""
+    path = Path(path)
+    kind, config = read_run_config(path)
+    data = kind.load_data(config)
+    pyro.clear_param_store()
+    module = kind.build(config, data)
+    load_weights(module, path / kind.checkpoint)
+    device = torch.device(device)
+    return kind.make_run(path, config, data, module.to(device).eval(), device)

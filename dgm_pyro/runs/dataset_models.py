@@ -1,0 +1,212 @@
+"""Models of (x, y) datasets trained by minibatch SVI: the configuration fields and run commands they share.
+
+:class:`DatasetModelKind` trains any ``module.model(x, y)`` / ``module.guide(x, y)`` pair on a
+:class:`~dgm_pyro.data.ConditionalDataset` with validation, early stopping and KL annealing, and gives
+its runs ``evaluate`` (importance-sampled log p(x|y), seed P1.7) and ``diagnose`` (posterior collapse,
+P3). A new model of this family subclasses it with its configuration (extending
+:class:`DatasetConfig`) and ``build``; see ``tests/test_registry.py`` for one written outside the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence
+
+import pyro
+import torch
+
+from .. import distributed as D
+from ..callbacks import KLAnnealing, Validation
+from ..checkpoint import write_json
+from ..config import ConfigBase, option
+from ..data import LIKELIHOODS, ConditionalDataset, load_dataset
+from ..diagnostics import CollapseReport, collapse_report
+from ..device import to_device
+from ..errors import DgmPyroError
+from ..infer.annealing import parse_schedule
+from ..infer.evidence import log_evidence
+from ..plotting import plot_collapse_over_training, plot_kl_per_dimension, plot_training_curves
+from ..training import OBJECTIVES, Minibatches, Trainer, build_objective, steps_per_epoch
+from .base import ModelKind, Run
+
+__all__ = ["DatasetConfig", "DatasetModelKind", "DatasetRun"]
+
+
+@dataclass
+class DatasetConfig(ConfigBase):
+    """The options of every minibatch model of an (x, y) dataset."""
+
+    model: str = option("", "registered model name", cli=False)
+    dataset: str = option("digits", "digits, digits-q1..3, digits-unconditional, linear-gaussian, npz:PATH, idx:DIR.")
+    likelihood: Optional[str] = option(None, "Override for user files (default: inferred from the values).",
+                                       choices=LIKELIHOODS)
+    epochs: int = option(60, "Maximum number of epochs.", min=1)
+    batch_size: int = option(100, "Minibatch size.", min=1)
+    lr: float = option(1e-3, "Adam learning rate.", min=0, min_open=True)
+    patience: int = option(10, "Early-stopping patience (epochs without a better validation ELBO).", min=1)
+    clip_norm: float = option(10.0, "Gradient-norm clip.", min=0, min_open=True)
+    num_particles: int = option(1, "Particles per training step (vectorised); K of the iwae and dreg objectives.",
+                                flag="--particles-train", min=1)
+    valid_particles: int = option(10, "Importance samples for the validation log-likelihood each epoch.", min=1)
+    eval_particles: int = option(1000, "Importance samples for the final test log-likelihood.", flag="--particles",
+                                 min=1)
+    seed: int = option(0, "Seed of the data split, the weights and every draw.", min=0)
+    objective: str = option("meanfield", "meanfield (TraceMeanField_ELBO: closed-form KL), elbo (Trace_ELBO), "
+                            "cs (CSELBO), free-bits (FreeBitsELBO), iwae or dreg (IWELBO with --particles-train K "
+                            "particles: IWAE or doubly-reparameterised gradients).", choices=OBJECTIVES)
+    lam: float = option(1.0, "Weight of D_CS for objective cs.", min=0)
+    free_bits: float = option(0.0, "Free nats per group for objective free-bits.", min=0, metavar="NATS")
+    free_bits_per: str = option("dim", "Free-bits groups: each latent dimension or each latent site.",
+                                choices=("dim", "site"))
+    anneal: str = option("none", "KL annealing of the latent terms per optimisation step: none, constant:BETA, "
+                         "linear:START:STEPS, cyclical:CYCLES:RATIO, sigmoid:STEPS[:STEEPNESS].", metavar="SCHEDULE")
+    skip_bad_steps: int = option(0, "Skip up to N optimisation steps whose loss or gradient is NaN/inf before "
+                                 "stopping.", min=0, metavar="N")
+
+    def validate(self) -> "DatasetConfig":
+        self.check_fields()
+        self.require([
+            (self.lam == 1.0 or self.objective == "cs", "lam is the weight of D_CS: it needs objective 'cs'"),
+            (self.objective != "free-bits" or self.free_bits > 0, "objective 'free-bits' needs free_bits NATS > 0"),
+            (self.free_bits == 0 or self.objective == "free-bits", "free_bits needs objective 'free-bits'"),
+        ])
+        parse_schedule(self.anneal, total_steps=10**9)  # the syntax; the run's step count is checked later
+        return self
+
+    def objective_loss(self) -> Any:
+        """The Pyro loss this configuration names."""
+        return build_objective(self.objective, self.num_particles, self.lam, self.free_bits, self.free_bits_per)
+
+
+@dataclass
+class DatasetRun(Run):
+    """A loaded run of a dataset model: adds the dataset and, where trained, a baseline."""
+
+    dataset: Optional[ConditionalDataset] = None
+    baseline: Optional[torch.nn.Module] = None
+
+
+class DatasetModelKind(ModelKind):
+    """A model of an (x, y) dataset trained by minibatch SVI with validation (``best.pt``), early stopping,
+    KL annealing and data-parallel training under ``torchrun``. Subclasses set ``name``, ``config_class``
+    (a :class:`DatasetConfig`) and ``build``."""
+
+    config_class: ClassVar[type] = DatasetConfig
+    commands: ClassVar[tuple[str, ...]] = ("evaluate", "diagnose")
+    checkpoint: ClassVar[str] = "best.pt"
+    distributed: ClassVar[bool] = True
+
+    def load_data(self, config: DatasetConfig) -> ConditionalDataset:
+        return load_dataset(config.dataset, likelihood=config.likelihood)
+
+    def check(self, config: DatasetConfig, data: ConditionalDataset) -> None:
+        if config.batch_size > data.sizes()["train"]:
+            raise DgmPyroError(f"batch size {config.batch_size} exceeds the {data.sizes()['train']} training rows")
+        self.annealing_schedule(config, data)  # checks the schedule against the run's step count
+
+    def data_summary(self, data: ConditionalDataset) -> dict[str, Any]:
+        return {"name": data.name, "likelihood": data.likelihood, "condition": data.condition, **data.sizes()}
+
+    def annealing_schedule(self, config: DatasetConfig, data: ConditionalDataset) -> Any:
+        total = config.epochs * steps_per_epoch(data.sizes()["train"], config.batch_size)
+        return parse_schedule(config.anneal, total_steps=total)
+
+    def callbacks(self, config: DatasetConfig, data: ConditionalDataset, device: torch.device) -> list[Any]:
+        """Annealing, then validation with early stopping (subclasses add more)."""
+        annealing = KLAnnealing(self.annealing_schedule(config, data))
+        criterion = "log_likelihood" if config.objective in ("iwae", "dreg") else "elbo"
+        return [annealing, Validation(to_device(device, *data.splits["valid"]), config.valid_particles, config.patience,
+                                      annealing, criterion=criterion)]
+
+    def trainer(self, config: DatasetConfig, module: torch.nn.Module, train: tuple[torch.Tensor, ...],
+                run_dir: Path, callbacks: list[Any], progress: bool, loss: Optional[Any] = None) -> Trainer:
+        return Trainer(module, Minibatches(train, config.batch_size, config.epochs), run_dir,
+                       loss=loss if loss is not None else config.objective_loss(), lr=config.lr,
+                       clip_norm=config.clip_norm, seed=config.seed, skip_bad_steps=config.skip_bad_steps,
+                       callbacks=callbacks, config_digest=config.digest(), progress=progress)
+
+    def fit(self, config: DatasetConfig, data: ConditionalDataset, module: torch.nn.Module, run_dir: str | Path,
+            loss: Optional[Any] = None, resume: bool = False, progress: bool = False, callbacks: Sequence[Any] = (),
+            device: str | torch.device = "cpu") -> dict[str, Any]:
+        """Train ``module`` on the training split into ``run_dir`` with this model's callbacks (and
+        ``callbacks``); ``loss`` overrides the configured objective. Returns the training summary."""
+        device = torch.device(device)
+        trainer = self.trainer(config, module, to_device(device, *data.splits["train"]), Path(run_dir),
+                               self.callbacks(config, data, device) + list(callbacks), progress, loss=loss)
+        return trainer.fit(resume=resume)
+
+    def train(self, config: DatasetConfig, data: ConditionalDataset, module: torch.nn.Module, run_dir: Path,
+              resume: bool, progress: bool, callbacks: list[Any], device: torch.device) -> dict[str, Any]:
+        summary = self.fit(config, data, module, run_dir, resume=resume, progress=progress, callbacks=callbacks,
+                           device=device)
+        if D.rank() == 0:
+            plot_training_curves(run_dir)
+        return summary
+
+    def final_evaluation(self, run: DatasetRun, progress: bool = False) -> dict[str, Any]:
+        """The evaluation ``dgm-pyro train`` reports: :meth:`evaluate` with the configured particles."""
+        return self.evaluate(run, particles=run.config.eval_particles, seed=run.config.seed, progress=progress)
+
+    def make_run(self, path: Path, config: Any, data: ConditionalDataset, module: torch.nn.Module,
+                 device: torch.device) -> DatasetRun:
+        return DatasetRun(path, config, module, self, {"device": device}, dataset=data)
+
+    # ------------------------------------------------------------------ commands
+
+    def evaluate(self, run: DatasetRun, particles: int = 1000, split: str = "test", seed: int = 0,
+                 write: bool = True, progress: bool = False, method: str = "is", ais_steps: int = 100) -> dict[str, Any]:
+        """Test ELBO and importance-sampled log-likelihood (K particles) with PSIS diagnostics (seed P1.7);
+        with ``method="ais"`` the log-likelihood by annealed importance sampling over ``ais_steps`` temperatures.
+
+        Adds the exact log-likelihood of the data-generating process where known (linear-Gaussian) and,
+        where the run has one, the baseline's exact negative conditional log-likelihood. All values are nats
+        per datapoint (sums over the dimensions of x). Writes ``evaluation.json`` when ``write``.
+        """
+        if particles < 1:
+            raise DgmPyroError(f"particles must be >= 1, got {particles}")
+        pyro.set_rng_seed(seed)
+        x, y = to_device(run.extra["device"], *run.dataset.splits[split])
+        res = log_evidence(run.module.model, run.module.guide, x, y, num_particles=particles, warn=False,
+                           progress=progress, method=method, num_steps=ais_steps)
+        out: dict[str, Any] = {"run": str(run.path), "split": split, "dataset": run.config.dataset, "seed": seed,
+                               "method": method, **({"ais_steps": ais_steps} if method == "ais" else {}),
+                               **res.summary()}
+        out["nll"] = -out["log_evidence"]
+        if run.dataset.true_log_likelihood is not None:
+            out["true_log_likelihood"] = float(run.dataset.true_log_likelihood(*run.dataset.splits[split]).mean())
+        if run.baseline is not None:
+            base = log_evidence(run.baseline.model, run.baseline.guide, x, y, num_particles=1, diagnostics=False,
+                                warn=False)
+            out["baseline_ncll"] = -float(base.log_evidence.mean())
+            out["cvae_ncll"] = out["nll"]
+            out["cvae_neg_elbo"] = -out["elbo"]
+        if write:
+            write_json(run.path / "evaluation.json", out)
+        return out
+
+    def diagnose(self, run: DatasetRun, particles: int = 1000, split: str = "test", seed: int = 0,
+                 num_samples: int = 10, minibatch_size: int = 100, write: bool = True) -> CollapseReport:
+        """The posterior-collapse report (:func:`dgm_pyro.diagnostics.collapse_report`) of a run on a split.
+
+        For label-conditioned data the measures are conditional on the label (the aggregate posterior is
+        formed per class, so MI is I(x; z | y)); otherwise they are over the whole split. When ``write``,
+        writes ``diagnostics.json``, ``plots/kl_per_dimension.png`` and, for a run that tracked collapse,
+        ``plots/collapse_over_training.png``, and lists them in ``report.extra["files"]``.
+        """
+        if particles < 0:
+            raise DgmPyroError(f"particles must be >= 0, got {particles}")
+        if num_samples < 1:
+            raise DgmPyroError(f"samples must be >= 1, got {num_samples}")
+        x, y = to_device(run.extra["device"], *run.dataset.splits[split])
+        groups = y.argmax(1) if run.dataset.condition == "label" else None
+        report = collapse_report(run.module.model, run.module.guide, x, y, groups=groups, num_samples=num_samples,
+                                 minibatch_size=minibatch_size, particles=particles, seed=seed)
+        report.extra = {"run": str(run.path), "split": split, "seed": seed, "particles": particles,
+                        "conditioned_on": "label" if groups is not None else "none"}
+        if write:
+            plots = [plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png"),
+                     plot_collapse_over_training(run.path, report.latent_dim)]
+            report.extra["files"] = [str(run.path / "diagnostics.json")] + [str(p) for p in plots if p is not None]
+            write_json(run.path / "diagnostics.json", report.to_dict())
+        return report

@@ -1,0 +1,304 @@
+"""The graph state-space model in run folders (``dgm-pyro train graph-ssm``, ``dgm-pyro forecast``): its
+configuration, the data split, training (with the GCN+GRU baseline trained into ``baseline/``) and
+forecasts scored against the held-out snapshots, the baselines and, on the dynamic SBM, the oracle (P4).
+
+A graph run folder holds ``config.json``, ``environment.json``, ``metrics.csv`` (one row per checkpoint
+interval), ``checkpoint.pt``, ``baseline/`` (the GCN+GRU predictor's own run), ``plots/`` and, after
+``forecast``, ``forecast.json`` and the NetCDF forecast.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence
+
+import numpy as np
+import pyro
+import torch
+
+from ..callbacks import ScheduledSampling
+from ..checkpoint import write_json
+from ..config import ConfigBase, option
+from ..data.graphs import GraphSequence, load_graph_dataset
+from ..errors import DgmPyroError
+from ..infer.scheduled_sampling import parse_teacher_forcing
+from ..metrics import FORECAST_MAX_NODES, forecast_scores, stationarity_check
+from ..models.gnn import GNN_LAYERS
+from ..models.graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
+from ..models.graph_ssm import GraphSSM
+from ..plotting import plot_forecast, plot_graph_training
+from ..registry import register_model
+from ..training import FullBatch, Trainer, deterministic_algorithms
+from .base import ModelKind, Run, load_weights
+
+__all__ = ["GraphConfig", "GraphSSMKind", "GraphRun", "load_graph_sequence", "build_graph_model", "forecast_run",
+           "to_inference_data"]
+
+
+@dataclass
+class GraphConfig(ConfigBase):
+    """Everything that determines a :class:`~dgm_pyro.models.GraphSSM` run.
+
+    The last ``test_steps`` snapshots are held out for ``dgm-pyro forecast``. ``edge_likelihood`` ``auto``
+    is exact (dense) up to ``DENSE_MAX_NODES`` nodes and the sparse estimate above.
+    """
+
+    DENSE_MAX_NODES: ClassVar[int] = 1000
+
+    model: str = option("graph-ssm", "registered model name", cli=False)
+    dataset: str = option("dsbm", "dsbm, collegemsg, csv:DIR or pt:FILE (see 'dgm-pyro datasets').")
+    test_steps: int = option(5, "Hold out the last K snapshots for forecasting.", min=1)
+    snapshot_width: Optional[float] = option(None, "Bin event times into snapshots of this width (csv: default 1; "
+                                             "collegemsg: days, default 7).", min=0, min_open=True)
+    directed: bool = option(False, "Edges are ordered pairs (csv:/pt: data).")
+    latent_dim: int = option(8, "Per-node latent width d.", min=1)
+    hidden: int = option(64, "Width of every hidden layer and of the GNN/GRU summaries.", min=1)
+    gnn: str = option("gcn", "torch-geometric layer of the guide's snapshot encoder.", choices=GNN_LAYERS)
+    edge_likelihood: str = option("auto", "Exact over all pairs, or edges plus reweighted sampled non-edges "
+                                  "(auto: dense up to 1000 nodes).", choices=("auto", "dense", "sparse"))
+    negatives_per_edge: float = option(5.0, "Sampled non-edges per edge in sparse mode.", min=0, min_open=True)
+    scheduled_sampling: str = option("none", "Teacher-forcing probability per step: none, linear:STEPS[:END], "
+                                     "exponential:RATE[:FLOOR], inverse-sigmoid:K (seed P4.5).", metavar="SCHEDULE")
+    deterministic_decoder: bool = option(False, "Fix the feature covariance at 0.01^2 I (P4.3; shows what it "
+                                         "breaks).")
+    edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
+    steps: int = option(300, "Full-sequence SVI steps.", min=1)
+    lr: float = option(1e-2, "Adam learning rate.", min=0, min_open=True)
+    clip_norm: float = option(10.0, "Gradient-norm clip.", min=0, min_open=True)
+    checkpoint_every: int = option(25, "Steps between checkpoints and metrics rows.", min=1)
+    baseline_steps: int = option(300, "Training steps of the GCN+GRU baseline (0 skips it).", min=0)
+    seed: int = option(0, "Seed of the data (dsbm), the weights and every draw.", min=0)
+    skip_bad_steps: int = option(0, "Skip up to N optimisation steps whose loss or gradient is NaN/inf before "
+                                 "stopping.", min=0, metavar="N")
+
+    def validate(self) -> "GraphConfig":
+        self.check_fields()
+        parse_teacher_forcing(self.scheduled_sampling)
+        return self
+
+    def resolved_edge_likelihood(self, num_nodes: int) -> str:
+        if self.edge_likelihood != "auto":
+            return self.edge_likelihood
+        return "dense" if num_nodes <= self.DENSE_MAX_NODES else "sparse"
+
+
+@dataclass
+class GraphRun(Run):
+    """A loaded graph run: adds the history, the held-out future and the GCN+GRU baseline."""
+
+    history: Optional[GraphSequence] = None
+    future: Optional[GraphSequence] = None
+    baseline: Optional[GCNGRUForecaster] = None
+
+
+def load_graph_sequence(config: GraphConfig) -> tuple[GraphSequence, GraphSequence]:
+    """(history, held-out future) of the configured dataset."""
+    seq = load_graph_dataset(config.dataset, snapshot_width=config.snapshot_width, directed=config.directed,
+                             seed=config.seed)
+    return seq.split(config.test_steps)
+
+
+def _feature_standardisation(history: GraphSequence, eps: float) -> tuple[Optional[torch.Tensor], ...]:
+    x = history.x
+    return (x.mean((0, 1)), x.std((0, 1)).clamp_min(eps)) if x.shape[-1] else (None, None)
+
+
+def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
+    """The configured :class:`GraphSSM`, sized for the data, with feature scaling from the history."""
+    shift, scale = _feature_standardisation(history, 1e-3)
+    return GraphSSM(history.num_nodes, history.num_features, latent_dim=config.latent_dim, hidden=config.hidden,
+                    directed=history.directed, gnn=config.gnn,
+                    edge_likelihood=config.resolved_edge_likelihood(history.num_nodes),
+                    negatives_per_edge=config.negatives_per_edge,
+                    deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
+                    edge_memory=config.edge_memory)
+
+
+def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUForecaster:
+    """The GCN+GRU predictor with the model's hidden width and the history's feature scaling."""
+    shift, scale = _feature_standardisation(history, 1e-6)
+    return GCNGRUForecaster(history.num_nodes, history.num_features, hidden=config.hidden, directed=history.directed,
+                            feature_shift=shift, feature_scale=scale)
+
+
+def _on(device: torch.device, seq: GraphSequence) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return seq.x.to(device), [e.to(device) for e in seq.edges]
+
+
+@register_model
+class GraphSSMKind(ModelKind):
+    """Markov latent state-space model over graph sequences (seed P4), trained full-batch on the history."""
+
+    name: ClassVar[str] = "graph-ssm"
+    config_class: ClassVar[type] = GraphConfig
+    description: ClassVar[str] = "graph state-space model over snapshot sequences: dsbm, collegemsg, csv:, pt:"
+    commands: ClassVar[tuple[str, ...]] = ("forecast",)
+
+    def load_data(self, config: GraphConfig) -> tuple[GraphSequence, GraphSequence]:
+        return load_graph_sequence(config)
+
+    def build(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> GraphSSM:
+        return build_graph_model(config, data[0])
+
+    def data_summary(self, data: tuple[GraphSequence, GraphSequence]) -> dict[str, Any]:
+        return data[0].summary()
+
+    def _trainer(self, config: GraphConfig, module: torch.nn.Module, args: tuple, run_dir: Path, steps: int,
+                 lr: float, callbacks: list[Any], progress: bool, normaliser: float = 1.0) -> Trainer:
+        return Trainer(module, FullBatch(args, steps, config.checkpoint_every, normaliser), Path(run_dir), lr=lr,
+                       clip_norm=config.clip_norm, seed=config.seed, skip_bad_steps=config.skip_bad_steps,
+                       callbacks=callbacks, config_digest=config.digest(), deterministic=True, progress=progress)
+
+    def fit(self, config: GraphConfig, args: tuple, module: torch.nn.Module, run_dir: str | Path,
+            resume: bool = False, progress: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        """Full-batch SVI of ``module`` on one sequence ``args = (x, edges)`` into ``run_dir``, with scheduled
+        sampling (P4.5) and ``callbacks``; the loss is reported per snapshot. Returns the training summary."""
+        schedule = ScheduledSampling(parse_teacher_forcing(config.scheduled_sampling))
+        trainer = self._trainer(config, module, args, run_dir, config.steps, config.lr, [schedule, *callbacks],
+                                progress, normaliser=len(args[1]))
+        return trainer.fit(resume=resume)
+
+    def train(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence], module: torch.nn.Module,
+              run_dir: Path, resume: bool, progress: bool, callbacks: list[Any], device: torch.device) -> dict[str, Any]:
+        history = data[0]
+        args = _on(device, history)
+        summary = self.fit(config, args, module, run_dir, resume=resume, progress=progress, callbacks=callbacks)
+        summary["edge_likelihood"] = module.edge_likelihood
+        if config.baseline_steps and history.num_nodes <= FORECAST_MAX_NODES:
+            base_dir = run_dir / "baseline"
+            pyro.set_rng_seed(config.seed)
+            baseline = build_graph_baseline(config, history).to(device)
+            # the baseline's own fixed learning rate (its published numbers), the model's clip and intervals
+            base = self._trainer(config, baseline, args, base_dir, config.baseline_steps, 1e-2, [], progress)
+            summary["baseline"] = base.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
+        plot_graph_training(run_dir)
+        return summary
+
+    def make_run(self, path: Path, config: GraphConfig, data: tuple[GraphSequence, GraphSequence],
+                 module: torch.nn.Module, device: torch.device) -> GraphRun:
+        history, future = data
+        baseline = None
+        if (path / "baseline" / "checkpoint.pt").is_file():
+            baseline = build_graph_baseline(config, history)
+            load_weights(baseline, path / "baseline" / "checkpoint.pt")
+            baseline = baseline.eval()
+        return GraphRun(path, config, module, self, {"device": device}, history=history, future=future,
+                        baseline=baseline)
+
+    def forecast(self, run: GraphRun, **options: Any) -> dict[str, Any]:
+        """See :func:`forecast_run`."""
+        return forecast_run(run, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# forecasting
+
+
+def to_inference_data(forecast: dict[str, torch.Tensor], chains: int, history: GraphSequence,
+                      future: Optional[GraphSequence] = None):
+    """An arviz ``InferenceData``: ``posterior_predictive`` ``X`` (chain, draw, horizon, node, feature),
+    ``A`` and ``edge_prob`` (chain, draw, horizon, node, node_to); ``observed_data`` the history
+    (``X_history``, time, node, feature) and, where held out, the truth ``X`` and ``A`` over the horizon."""
+    import arviz as az
+
+    s, h, n, f = forecast["X"].shape
+    draws = s // chains
+
+    def split(t: torch.Tensor, dtype: Any) -> np.ndarray:
+        return t.reshape(chains, draws, *t.shape[1:]).numpy().astype(dtype)
+
+    node_ids = [str(v) for v in history.node_ids]
+    coords = {"horizon": list(range(1, h + 1)), "node": node_ids, "node_to": node_ids, "feature": list(range(f)),
+              "time": list(range(1, history.num_steps + 1))}
+    dims = {"X": ["horizon", "node", "feature"], "A": ["horizon", "node", "node_to"],
+            "edge_prob": ["horizon", "node", "node_to"], "X_history": ["time", "node", "feature"]}
+    observed: dict[str, np.ndarray] = {"X_history": history.x.numpy()}
+    if future is not None:
+        k = min(h, future.num_steps)
+        if k == h:
+            observed["X"] = future.x[:h].numpy()
+            observed["A"] = torch.stack([future.adjacency(t) for t in range(h)]).numpy().astype(np.int8)
+    return az.from_dict(posterior_predictive={"X": split(forecast["X"], np.float32),
+                                              "A": split(forecast["A"], np.int8),
+                                              "edge_prob": split(forecast["edge_prob"], np.float32)},
+                        observed_data=observed, coords=coords, dims=dims,
+                        attrs={"model": "dgm_pyro.models.GraphSSM", "directed": int(history.directed)})
+
+
+def _write_netcdf(idata: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_netcdf(idata: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: int = 1, seed: int = 0,
+                 out: Optional[str | Path] = None, plots: bool = True,
+                 stationarity_steps: int = 0) -> dict[str, Any]:
+    """Forecast ``horizon`` snapshots after the history (P4.4) and score them where the truth is held out.
+
+    Writes the NetCDF ``InferenceData`` (default ``RUN/forecast.nc``), ``RUN/forecast.json`` and, with
+    ``plots``, ``RUN/plots/forecast_*.png``. Returns the JSON dict: ``metrics`` maps each forecaster
+    (model, baselines, oracle where known) to one row per scored horizon step.
+    """
+    if horizon < 1:
+        raise DgmPyroError(f"horizon must be >= 1, got {horizon}")
+    if num_samples < 1 or chains < 1:
+        raise DgmPyroError("samples and chains must be >= 1")
+    history, future = run.history, run.future
+    if history.num_nodes > FORECAST_MAX_NODES:
+        raise DgmPyroError(f"the graph has {history.num_nodes} nodes; forecasts are dense (N^2 edge probabilities "
+                           f"per draw and step), available up to {FORECAST_MAX_NODES} nodes")
+    out_path = Path(out) if out is not None else run.path / "forecast.nc"
+    if out_path.suffix != ".nc":
+        raise DgmPyroError(f"the forecast file must end in .nc (NetCDF); got '{out_path.name}'")
+    if not out_path.parent.is_dir():
+        raise DgmPyroError(f"{out_path.parent}: no such directory for the forecast file")
+    total = num_samples * chains
+    pyro.set_rng_seed(seed)
+    device = run.extra["device"]
+    with deterministic_algorithms():
+        fc = run.module.forecast(history.x.to(device), [e.to(device) for e in history.edges], horizon=horizon,
+                                 num_samples=total, future=(future.x.to(device), [e.to(device) for e in future.edges]))
+    fc = {k: v.cpu() for k, v in fc.items()}
+    scored = min(horizon, future.num_steps)
+    metrics: dict[str, list[dict[str, Any]]] = {"GraphSSM": forecast_scores(fc, future, history, scored)}
+    for h in range(scored):
+        metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
+    others: list[Any] = [Persistence(), HistoricalMean()] + ([run.baseline] if run.baseline is not None else [])
+    for forecaster in others:
+        metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)
+    if "blocks" in history.truth:
+        oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
+        metrics["oracle"] = forecast_scores(oracle, future, history, scored)
+    idata = to_inference_data(fc, chains, history, future if future.num_steps >= horizon else None)
+    _write_netcdf(idata, out_path)
+    result: dict[str, Any] = {"run": str(run.path), "out": str(out_path), "horizon": horizon, "samples": num_samples,
+                              "chains": chains, "seed": seed, "scored_steps": scored, "metrics": metrics}
+    if stationarity_steps:
+        result["stationarity"] = stationarity_check(run.module.cpu(), history, chains=max(chains, 4),
+                                                    steps=stationarity_steps, seed=seed)
+    if plots and scored:
+        result["plots"] = [str(p) for p in plot_forecast(history, future, fc, metrics, scored, run.path / "plots")]
+    write_json(run.path / "forecast.json", result)
+    return result
