@@ -44,7 +44,8 @@ class DatasetConfig(ConfigBase):
     epochs: int = option(60, "Maximum number of epochs.", min=1)
     batch_size: int = option(100, "Minibatch size.", min=1)
     lr: float = option(1e-3, "Adam learning rate.", min=0, min_open=True)
-    patience: int = option(10, "Early-stopping patience (epochs without a better validation ELBO).", min=1)
+    patience: int = option(10, "Early-stopping patience: epochs without a better validation ELBO (log-likelihood for "
+                                "iwae and dreg).", min=1)
     clip_norm: float = option(10.0, "Gradient-norm clip.", min=0, min_open=True)
     num_particles: int = option(1, "Particles per training step (vectorised); K of the iwae and dreg objectives.",
                                 flag="--particles-train", min=1)
