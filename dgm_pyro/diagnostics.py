@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution, kl_divergence
 
 from .divergences import univariate_base
@@ -147,6 +148,14 @@ def mutual_information_minibatch(posteriors: Distribution, batch_size: int = 100
     return float(torch.cat(terms).mean())
 
 
+def _describe_latents(tr: poutine.Trace) -> str:
+    """``'z' (batch (N,), event (d,))`` for every latent sample site of a trace."""
+    found = [f"{n!r} (batch {tuple(s['fn'].batch_shape)}, event {tuple(s['fn'].event_shape)})"
+             for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+             and not site_is_subsample(s)]
+    return ", ".join(found) or "none"
+
+
 def encoder_posteriors(model: Callable, guide: Callable, *args, site: str = "z",
                        **kwargs) -> tuple[Distribution, Distribution]:
     """The guide's and the model's distributions at latent ``site`` for a batch of data: runs the guide
@@ -156,8 +165,16 @@ def encoder_posteriors(model: Callable, guide: Callable, *args, site: str = "z",
         guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
     if site not in guide_tr.nodes or site not in model_tr.nodes:
-        raise ValueError(f"no latent site {site!r} in both the model and the guide")
+        raise ValueError(f"no latent site {site!r} in both the model and the guide; latent sites found: "
+                         f"{_describe_latents(guide_tr)} (guide), {_describe_latents(model_tr)} (model); pass site=NAME")
     q, p = guide_tr.nodes[site]["fn"], model_tr.nodes[site]["fn"]
+    if len(q.batch_shape) != 1 or len(q.event_shape) != 1:
+        hint = (f"; declare the per-datapoint dimensions as an event, e.g. Normal(...).to_event("
+                f"{len(q.batch_shape) - 1 + len(q.event_shape)}) inside the data plate only"
+                if len(q.batch_shape) > 1 else "; sample it inside a plate over the datapoints")
+        raise ValueError(f"latent site {site!r} has batch shape {tuple(q.batch_shape)} and event shape "
+                         f"{tuple(q.event_shape)} in the guide; the collapse measures need batch shape (N,) (one "
+                         f"plate over the datapoints) and event shape (d,){hint}")
     if len(p.batch_shape) == 1 and p.batch_shape != q.batch_shape:
         p = p.expand(q.batch_shape)
     return q, p

@@ -155,3 +155,23 @@ def test_collapse_report_on_a_user_model():
     exact = -float(dist.MultivariateNormal(torch.zeros(3), cov).log_prob(x).mean())
     assert report.nll == pytest.approx(exact, abs=1e-3)
     assert report.to_dict()["active_units"] == 1 and "active units" in str(report)
+
+
+def test_errors_name_the_latent_sites_and_how_to_fix_the_layout():
+    """A wrong site name lists the latent sites and their shapes; a latent laid out with a nested plate gets the
+    .to_event hint (the collapse measures need one plate over the datapoints and a vector event)."""
+    x = torch.randn(5, 3)
+
+    def model(x):
+        with pyro.plate("obs", 5, dim=-2), pyro.plate("dims", 2, dim=-1):
+            z = pyro.sample("zz", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(2), obs=x)
+
+    def guide(x):
+        with pyro.plate("obs", 5, dim=-2), pyro.plate("dims", 2, dim=-1):
+            pyro.sample("zz", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"no latent site 'z'.*'zz' \(batch \(5, 2\), event \(\)\) \(guide\)"):
+        collapse_report(model, guide, x, particles=0)
+    with pytest.raises(ValueError, match=r"batch shape \(5, 2\).*to_event\(1\) inside the data plate only"):
+        collapse_report(model, guide, x, site="zz", particles=0)
