@@ -16,7 +16,7 @@ adapted towards an acceptance rate of 0.65 from the previous transition's mean a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import pyro
 import torch
