@@ -205,12 +205,9 @@ def train() -> None:
 def _load(run_dir: str, command: str, device: str) -> Any:
     """Load a run folder for ``command``, refusing runs whose model does not support it."""
     from dgm_pyro.device import resolve_device
-    from dgm_pyro.runs import load_run, read_run_config
+    from dgm_pyro.runs import load_run
 
-    kind, _ = read_run_config(run_dir)
-    if command not in kind.commands:
-        raise kind.unsupported(command, Path(run_dir))
-    return load_run(run_dir, device=resolve_device(device))
+    return load_run(run_dir, device=resolve_device(device), command=command)
 
 
 @cli.command()

@@ -71,13 +71,8 @@ def config_options(config_class: type) -> list[click.Option]:
 
 
 def flags_of(config_class: type) -> set[str]:
-    """Every command-line flag of a configuration (both forms of a boolean)."""
-    out = set()
-    for f in dataclasses.fields(config_class):
-        if f.metadata and f.metadata.get("cli", True):
-            out.add(flag_name(f))
-            out.add("--no-" + flag_name(f)[2:])
-    return out
+    """Every command-line flag of a configuration (both forms of a boolean), from its generated options."""
+    return {flag for option in config_options(config_class) for flag in option.opts + option.secondary_opts}
 
 
 def given_settings(ctx: click.Context, config_class: type) -> dict[str, Any]:

@@ -60,8 +60,8 @@ class _Target:
         return log_p, log_q
 
 
-def _leapfrog(target: _Target, z: dict, r: dict, sd: dict, eps: torch.Tensor, beta: float, steps: int,
-              event_dims: dict) -> tuple[dict, dict, torch.Tensor]:
+def _leapfrog(target: _Target, z: dict, r: dict, sd: dict, eps: torch.Tensor, beta: float,
+              steps: int) -> tuple[dict, dict, torch.Tensor]:
     """``steps`` leapfrog steps in the scaled coordinates u = z / sd; returns (z, r, potential) at the end."""
 
     def grad(z: dict) -> tuple[torch.Tensor, dict]:
@@ -114,7 +114,7 @@ def ais_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict,
         r = {n: torch.randn_like(v) for n, v in z.items()}
         kinetic0 = sum(_per_chain(0.5 * r[n] ** 2, event_dims[n], keep_dims, nesting) for n in z)
         potential0 = -(b * log_p + (1 - b) * log_q)
-        z_new, r_new, potential1 = _leapfrog(target, z, r, sd, eps, b, hmc_steps, event_dims)
+        z_new, r_new, potential1 = _leapfrog(target, z, r, sd, eps, b, hmc_steps)
         kinetic1 = sum(_per_chain(0.5 * r_new[n] ** 2, event_dims[n], keep_dims, nesting) for n in z)
         log_accept = (potential0 + kinetic0 - potential1 - kinetic1).nan_to_num(nan=-math.inf).clamp(max=0.0)
         accept = torch.rand_like(log_accept).log() < log_accept

@@ -10,7 +10,7 @@ commands write. What differs between models is a :class:`ModelKind`, found in th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
@@ -30,14 +30,15 @@ __all__ = ["ModelKind", "Run", "train_run", "load_run", "read_run_config", "new_
 
 @dataclass
 class Run:
-    """A loaded run folder: its configuration, data and trained module (``kind.checkpoint`` weights).
-    Model kinds add what their commands need (the dataset, held-out snapshots, baselines)."""
+    """A loaded run folder: its configuration, trained module (``kind.checkpoint`` weights) on ``device`` and,
+    where trained, its baseline. Model kinds add what their commands need (the dataset, held-out snapshots)."""
 
     path: Path
     config: Any
     module: torch.nn.Module
     kind: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    baseline: Optional[torch.nn.Module] = None
 
 
 class ModelKind:
@@ -84,7 +85,7 @@ class ModelKind:
     def make_run(self, path: Path, config: Any, data: Any, module: torch.nn.Module,
                  device: torch.device) -> Run:
         """The loaded :class:`Run` (subclasses add baselines and data fields)."""
-        return Run(path, config, module, self)
+        return Run(path, config, module, self, device)
 
     def final_evaluation(self, run: Run, progress: bool = False) -> Optional[dict[str, Any]]:
         """What ``dgm-pyro train`` evaluates and reports once training ends (``None``: nothing)."""
@@ -198,10 +199,13 @@ def train_run(config: Optional[Any], run_dir: str | Path, resume: bool = False, 
     return summary
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load a run folder (weights only, onto ``device``) with its data, whatever model made it."""
+def load_run(path: str | Path, device: str | torch.device = "cpu", command: Optional[str] = None) -> Run:
+    """Load a run folder (weights only, onto ``device``) with its data, whatever model made it; with
+    ``command``, first refuse (one line) a run whose model does not support that command."""
     path = Path(path)
     kind, config = read_run_config(path)
+    if command is not None and command not in kind.commands:
+        raise kind.unsupported(command, path)
     data = kind.load_data(config)
     pyro.clear_param_store()
     module = kind.build(config, data)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional
 import pyro
 import torch
 
-from ..callbacks import AggressiveTraining, Validation
+from ..callbacks import AggressiveTraining
 from ..config import option
 from ..data import ConditionalDataset
 from ..device import to_device
@@ -104,14 +104,11 @@ class CVAEKind(DatasetModelKind):
     def wants_baseline(self, config: CVAEConfig, data: ConditionalDataset) -> bool:
         return config.baseline and data.condition == "quadrant"
 
-    def callbacks(self, config: CVAEConfig, data: ConditionalDataset, device: torch.device) -> list[Any]:
-        annealing, validation = super().callbacks(config, data, device)
-        if not (config.track_collapse or config.aggressive):
-            return [annealing, validation]
-        groups = data.splits["valid"][1].argmax(1).to(device) if data.condition == "label" else None
-        tracking = Validation(validation.data, config.valid_particles, config.patience, annealing,
-                              track_collapse=True, groups=groups, criterion=validation.criterion)
-        return [annealing, tracking, AggressiveTraining(enabled=config.aggressive)]
+    def callbacks(self, config: CVAEConfig, data: ConditionalDataset, device: torch.device,
+                  track_collapse: bool = False) -> list[Any]:
+        track = track_collapse or config.track_collapse or config.aggressive
+        callbacks = super().callbacks(config, data, device, track_collapse=track)
+        return callbacks + [AggressiveTraining(enabled=config.aggressive)] if track else callbacks
 
     def train(self, config: CVAEConfig, data: ConditionalDataset, module: torch.nn.Module, run_dir: Path,
               resume: bool, progress: bool, callbacks: list[Any], device: torch.device) -> dict[str, Any]:
@@ -124,7 +121,7 @@ class CVAEKind(DatasetModelKind):
             base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none",
                                               aggressive=False, track_collapse=False)
             trainer = self.trainer(base_config, baseline, to_device(device, *data.splits["train"]), base_dir,
-                                   DatasetModelKind.callbacks(self, base_config, data, device), progress)
+                                   self.callbacks(base_config, data, device), progress)
             summary["baseline"] = trainer.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
         return summary
 
@@ -173,7 +170,7 @@ def generate(run: DatasetRun, label: Optional[int] = None, condition: Optional[t
         raise DgmPyroError(f"condition must have shape (N, {ds.y_dim}); got {tuple(condition.shape)}")
     if not torch.isfinite(condition).all():
         raise DgmPyroError("condition contains NaN or infinite values")
-    y = condition.repeat_interleave(num, 0).to(run.extra["device"])
+    y = condition.repeat_interleave(num, 0).to(run.device)
     x = run.module.sample(y, mean=mean).cpu()
     return x.reshape(condition.shape[0], num, -1), condition
 

@@ -82,10 +82,9 @@ class DatasetConfig(ConfigBase):
 
 @dataclass
 class DatasetRun(Run):
-    """A loaded run of a dataset model: adds the dataset and, where trained, a baseline."""
+    """A loaded run of a dataset model: adds the dataset."""
 
     dataset: Optional[ConditionalDataset] = None
-    baseline: Optional[torch.nn.Module] = None
 
 
 class DatasetModelKind(ModelKind):
@@ -113,12 +112,16 @@ class DatasetModelKind(ModelKind):
         total = config.epochs * steps_per_epoch(data.sizes()["train"], config.batch_size)
         return parse_schedule(config.anneal, total_steps=total)
 
-    def callbacks(self, config: DatasetConfig, data: ConditionalDataset, device: torch.device) -> list[Any]:
-        """Annealing, then validation with early stopping (subclasses add more)."""
+    def callbacks(self, config: DatasetConfig, data: ConditionalDataset, device: torch.device,
+                  track_collapse: bool = False) -> list[Any]:
+        """Annealing, then validation with early stopping (on the log-likelihood for importance-weighted
+        objectives) and, with ``track_collapse``, collapse measures per label group (subclasses add more)."""
         annealing = KLAnnealing(self.annealing_schedule(config, data))
+        x, y = to_device(device, *data.splits["valid"])
+        groups = y.argmax(1) if track_collapse and data.condition == "label" else None
         criterion = "log_likelihood" if config.objective in ("iwae", "dreg") else "elbo"
-        return [annealing, Validation(to_device(device, *data.splits["valid"]), config.valid_particles, config.patience,
-                                      annealing, criterion=criterion)]
+        return [annealing, Validation((x, y), config.valid_particles, config.patience, annealing,
+                                      track_collapse=track_collapse, groups=groups, criterion=criterion)]
 
     def trainer(self, config: DatasetConfig, module: torch.nn.Module, train: tuple[torch.Tensor, ...],
                 run_dir: Path, callbacks: list[Any], progress: bool, loss: Optional[Any] = None) -> Trainer:
@@ -151,7 +154,7 @@ class DatasetModelKind(ModelKind):
 
     def make_run(self, path: Path, config: Any, data: ConditionalDataset, module: torch.nn.Module,
                  device: torch.device) -> DatasetRun:
-        return DatasetRun(path, config, module, self, {"device": device}, dataset=data)
+        return DatasetRun(path, config, module, self, device, dataset=data)
 
     # ------------------------------------------------------------------ commands
 
@@ -167,7 +170,7 @@ class DatasetModelKind(ModelKind):
         if particles < 1:
             raise DgmPyroError(f"particles must be >= 1, got {particles}")
         pyro.set_rng_seed(seed)
-        x, y = to_device(run.extra["device"], *run.dataset.splits[split])
+        x, y = to_device(run.device, *run.dataset.splits[split])
         res = log_evidence(run.module.model, run.module.guide, x, y, num_particles=particles, warn=False,
                            progress=progress, method=method, num_steps=ais_steps)
         out: dict[str, Any] = {"run": str(run.path), "split": split, "dataset": run.config.dataset, "seed": seed,
@@ -199,7 +202,7 @@ class DatasetModelKind(ModelKind):
             raise DgmPyroError(f"particles must be >= 0, got {particles}")
         if num_samples < 1:
             raise DgmPyroError(f"samples must be >= 1, got {num_samples}")
-        x, y = to_device(run.extra["device"], *run.dataset.splits[split])
+        x, y = to_device(run.device, *run.dataset.splits[split])
         groups = y.argmax(1) if run.dataset.condition == "label" else None
         report = collapse_report(run.module.model, run.module.guide, x, y, groups=groups, num_samples=num_samples,
                                  minibatch_size=minibatch_size, particles=particles, seed=seed)

@@ -87,11 +87,10 @@ class GraphConfig(ConfigBase):
 
 @dataclass
 class GraphRun(Run):
-    """A loaded graph run: adds the history, the held-out future and the GCN+GRU baseline."""
+    """A loaded graph run: adds the history and the held-out future (the baseline is the GCN+GRU predictor)."""
 
     history: Optional[GraphSequence] = None
     future: Optional[GraphSequence] = None
-    baseline: Optional[GCNGRUForecaster] = None
 
 
 def load_graph_sequence(config: GraphConfig) -> tuple[GraphSequence, GraphSequence]:
@@ -185,8 +184,7 @@ class GraphSSMKind(ModelKind):
             baseline = build_graph_baseline(config, history)
             load_weights(baseline, path / "baseline" / "checkpoint.pt")
             baseline = baseline.eval()
-        return GraphRun(path, config, module, self, {"device": device}, history=history, future=future,
-                        baseline=baseline)
+        return GraphRun(path, config, module, self, device, baseline, history=history, future=future)
 
     def forecast(self, run: GraphRun, **options: Any) -> dict[str, Any]:
         """See :func:`forecast_run`."""
@@ -265,7 +263,7 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         raise DgmPyroError(f"{out_path.parent}: no such directory for the forecast file")
     total = num_samples * chains
     pyro.set_rng_seed(seed)
-    device = run.extra["device"]
+    device = run.device
     with deterministic_algorithms():
         fc = run.module.forecast(history.x.to(device), [e.to(device) for e in history.edges], horizon=horizon,
                                  num_samples=total, future=(future.x.to(device), [e.to(device) for e in future.edges]))
