@@ -8,6 +8,8 @@ registered model, generated from its configuration (:mod:`cli.options`).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -61,7 +63,60 @@ def _print_evaluation(ev: dict[str, Any]) -> None:
 
 
 def _progress(json_out: bool) -> bool:
-    return not json_out and sys.stderr.isatty()
+    """A tqdm bar where stderr is a terminal (and not --quiet/--json); otherwise progress comes as log lines."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+    return not json_out and not quiet and sys.stderr.isatty()
+
+
+def _size(path: Path) -> str:
+    n = float(path.stat().st_size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _report_files(paths: list[Any]) -> None:
+    """``wrote PATH (SIZE)`` for each file written."""
+    for p in map(Path, paths):
+        if p.is_file():
+            click.echo(f"wrote {p} ({_size(p)})")
+
+
+class _EchoHandler(logging.Handler):
+    """Library log records (``dgm_pyro.*``) as lines on stderr: progress and phases at INFO, warnings prefixed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        click.echo(("warning: " + msg) if record.levelno >= logging.WARNING else msg, err=True)
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: Optional[int]) -> Optional[int]:
+    from dgm_pyro.device import set_threads
+
+    set_threads(value)
+    return value
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        root = ctx.find_root()
+        root.obj["quiet"] = True
+        root.obj["handler"].setLevel(logging.WARNING)
+    return value
+
+
+def _runtime_options(f: Any) -> Any:
+    """``--threads`` and ``--quiet``, on every command."""
+    f = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
+                     help="No progress or phase lines on stderr (warnings, errors and results still print).")(f)
+    return click.option("--threads", type=click.IntRange(min=0), default=None, metavar="N", expose_value=False,
+                        callback=_set_threads,
+                        help="CPU threads for torch in this process; 0: torch's default (one per core). Default: "
+                             "$OMP_NUM_THREADS if set, else 1, the fast choice when the cores are shared "
+                             "(docs/cli.md#threads).")(f)
 
 
 class _Group(click.Group):
@@ -99,12 +154,22 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Deep generative models written the Pyro way."""
-    ctx.ensure_object(dict)["debug"] = debug
+    obj = ctx.ensure_object(dict)
+    obj["debug"] = debug
+    handler = _EchoHandler()
+    # rank 0 speaks for a torchrun job
+    handler.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    logger = logging.getLogger("dgm_pyro")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    obj["handler"] = handler
+    ctx.call_on_close(lambda: logger.removeHandler(handler))
 
 
 def _device_option(f: Any) -> Any:
-    return click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-                        help="Where to run: auto picks CUDA when a GPU is present.")(f)
+    f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                     help="Where to run: auto picks CUDA when a GPU is present.")(f)
+    return _runtime_options(f)
 
 
 def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str],
@@ -112,28 +177,25 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
     """``dgm-pyro train MODEL``: resolve the configuration, train, report (rank 0 under torchrun)."""
     from dgm_pyro import distributed as D
     from dgm_pyro.device import resolve_device
-    from dgm_pyro.runs import load_run, new_run_dir, read_run_config, train_run
+    from dgm_pyro.runs import load_run, new_run_dir, train_run
 
     dev = resolve_device(device)
+    distributed = D.init_from_env()  # launched by torchrun: one run folder for all ranks, rank 0's
+    if distributed and dev.type != "cpu":
+        if device != "auto":
+            raise DgmPyroError("data-parallel training under torchrun runs on CPU (gloo); use --device cpu")
+        dev = resolve_device("cpu")
     if resume is not None:
-        extra = ["--" + k.replace("_", "-") for k in given_settings(ctx, kind.config_class)]
-        if extra or config_file:
-            raise DgmPyroError(f"with --resume the configuration comes from {resume}/config.json; drop "
-                               f"{', '.join(extra + (['--config'] if config_file else []))}")
-        run_kind, _ = read_run_config(resume)
-        if run_kind.name != kind.name:
-            raise DgmPyroError(f"{resume}: a {run_kind.name} run; resume it with 'dgm-pyro train --resume {resume}'")
         config, run_dir = None, Path(resume)
+        if not _prepare_resume(kind, ctx, config_file, run_dir, json_out):
+            D.shutdown()
+            return
     else:
         config = resolve_config(kind, ctx, config_file)
         if Path(out).is_file():
             raise DgmPyroError(f"{out}: is a file; --out takes a folder")
         run_dir = new_run_dir(out, kind.name)
-    if D.init_from_env():  # launched by torchrun: one run folder for all ranks, rank 0's
-        if dev.type != "cpu":
-            if device != "auto":
-                raise DgmPyroError("data-parallel training under torchrun runs on CPU (gloo); use --device cpu")
-            dev = resolve_device("cpu")
+    if distributed:
         run_dir = D.broadcast_object(run_dir)
     announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
     rank = D.rank()
@@ -152,15 +214,50 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
     _print_training(run, summary)
     if ev is not None:
         _print_evaluation(ev)
+    _report_files(sorted(p for p in run_dir.rglob("*") if p.is_file() and p.parent.name != "__pycache__"))
     click.echo("next: " + "   |   ".join(f"dgm-pyro {c} {run_dir}" + (" --horizon 5" if c == "forecast" else "")
                                         for c in run.kind.commands))
 
 
+def _prepare_resume(kind: Any, ctx: click.Context, config_file: Optional[str], run_dir: Path, json_out: bool) -> bool:
+    """Check a ``--resume``: only the run's length (``--epochs``/``--steps``) may be given, which extends
+    it. Returns ``False`` (after saying so) when the run is complete and nothing asks for more."""
+    from dgm_pyro import distributed as D
+    from dgm_pyro.runs import extend_run, read_run_config, training_state
+
+    given = given_settings(ctx, kind.config_class)
+    length_field = kind.config_class.LENGTH
+    length = given.pop(length_field, None)
+    extra = ["--" + k.replace("_", "-") for k in given]
+    if extra or config_file:
+        raise DgmPyroError(f"with --resume the configuration comes from {run_dir}/config.json (only --{length_field} "
+                           f"may be raised); drop {', '.join(extra + (['--config'] if config_file else []))}")
+    run_kind, config = read_run_config(run_dir)
+    if run_kind.name != kind.name:
+        raise DgmPyroError(f"{run_dir}: a {run_kind.name} run; resume it with 'dgm-pyro train --resume {run_dir}'")
+    if length is not None:
+        if D.rank() == 0:
+            extend_run(run_dir, length)
+        D.barrier()
+        return True
+    if run_kind.unfinished(config, run_dir):
+        return True
+    state = training_state(run_dir / "checkpoint.pt") or {}
+    unit = length_field[:-1]
+    if state.get("stopped"):
+        msg = (f"{run_dir}: training is complete (stopped early at {unit} {state.get(unit)}: no better validation "
+               "score within its patience); nothing was changed")
+    else:
+        msg = (f"{run_dir}: training is complete ({state.get(unit)} {length_field}); nothing was changed. To train "
+               f"further: dgm-pyro train --resume {run_dir} --{length_field} N")
+    if D.rank() == 0:
+        _emit_json({"run": str(run_dir), "complete": True}) if json_out else click.echo(msg)
+    return False
+
+
 def _print_training(run: Any, summary: dict[str, Any]) -> None:
-    d = summary.get("data", {})
-    if "snapshots" in d:
-        click.echo(f"data: {d['name']}, {d['snapshots']} history snapshots of {d['nodes']} nodes, {d['features']} "
-                   f"feature(s), {d['edges_mean']:.0f} edges on average; edge likelihood {summary['edge_likelihood']}")
+    if "edge_likelihood" in summary:
+        click.echo(f"edge likelihood: {summary['edge_likelihood']}")
     click.echo(f"objective: {summary['objective']}" + (f"; annealing: {summary['annealing']}" if "annealing" in summary
                                                        else ""))
     if "epochs_run" in summary:
@@ -227,7 +324,11 @@ def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, a
     run = _load(run_dir, "evaluate", device)
     ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out),
                            method=method, ais_steps=ais_steps)
-    _emit_json(ev) if json_out else _print_evaluation(ev)
+    if json_out:
+        _emit_json(ev)
+        return
+    _print_evaluation(ev)
+    _report_files([ev["file"]])
 
 
 def _read_condition(path: str, ds) -> "Any":
@@ -295,7 +396,11 @@ def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: in
 
         atomic_replace(out_path, lambda f: np.savez(f, x=x.numpy(), y=y.numpy()))
     info = {"out": str(out_path), "conditions": int(x.shape[0]), "per_condition": num, "mode": mode, "seed": seed}
-    _emit_json(info) if json_out else click.echo(f"wrote {x.shape[0]} x {num} samples ({mode}) to {out_path}")
+    if json_out:
+        _emit_json(info)
+        return
+    click.echo(f"{x.shape[0]} condition(s) x {num} samples ({mode})")
+    _report_files([out_path])
 
 
 @cli.command()
@@ -322,7 +427,7 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
     given = "conditional on the label" if report.conditional else "unconditional"
     click.echo(f"posterior-collapse report, {split} split ({given}), nats per datapoint:")
     click.echo(str(report))
-    click.echo("wrote " + ", ".join(report.extra["files"]))
+    _report_files(report.extra["files"])
 
 
 @cli.command()
@@ -354,7 +459,7 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
     if json_out:
         _emit_json(res)
         return
-    click.echo(f"wrote {res['out']} ({chains} chain(s) x {samples} draws, horizon {horizon})")
+    click.echo(f"forecast: {chains} chain(s) x {samples} draws, horizon {horizon}")
     if res["scored_steps"]:
         cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
                 ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90")]
@@ -364,6 +469,10 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
         for name, rows in res["metrics"].items():
             for r in rows:
                 click.echo(f"  {name:<{width}}  {r['h']}  " + "  ".join(f"{_fmt(r[c[0]]):>7}" for c in cols))
+        for name, why in res["not_scored"].items():
+            click.echo(f"  {name}: no row; {why}")
+        for note in res["notes"]:
+            click.echo(f"  note: {note}")
     else:
         click.echo("no held-out snapshots to score (train with --test-steps K to hold some out)")
     st = res.get("stationarity")
@@ -371,12 +480,12 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
         verdict = "stationary" if st["stationary"] else "NOT stationary (R-hat >= 1.05)"
         click.echo(f"long-run rollout, {st['chains']} chains x {st['steps']} steps: {verdict}; R-hat edge density "
                    f"{_fmt(st['edge_density']['rhat'])}, mean feature {_fmt(st['mean_feature']['rhat'])}")
-    for p in res.get("plots", []):
-        click.echo(f"plot: {p}")
+    _report_files(res["files"])
 
 
 @cli.command()
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
+@_runtime_options
 def datasets(json_out: bool) -> None:
     """List the built-in datasets and the file formats accepted by --dataset."""
     from dgm_pyro.data import BUILTIN_DATASETS

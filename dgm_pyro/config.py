@@ -14,7 +14,7 @@ import math
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 from .errors import DgmPyroError
 
@@ -65,7 +65,12 @@ def _range_text(meta: dict[str, Any]) -> str:
 
 class ConfigBase:
     """Dict/TOML round trips, type and range checks and the hash stored in checkpoints, shared by the run
-    configurations (dataclasses whose fields are made with :func:`option`)."""
+    configurations (dataclasses whose fields are made with :func:`option`).
+
+    ``LENGTH`` names the field that says how long training runs (``epochs``, ``steps``): a resumed run may
+    raise it (``dgm-pyro train --resume RUN --epochs N``), so it is left out of :meth:`digest`."""
+
+    LENGTH: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,5 +143,7 @@ class ConfigBase:
                 raise DgmPyroError(f"bad configuration: {msg}")
 
     def digest(self) -> str:
-        """SHA-256 of the configuration, stored in checkpoints to detect a mismatch on resume."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """SHA-256 of the configuration but its ``LENGTH`` field, stored in checkpoints to detect a mismatch
+        on resume."""
+        d = {k: v for k, v in self.to_dict().items() if k != self.LENGTH}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,12 +1,19 @@
-"""Choosing the torch device a command runs on."""
+"""Choosing the torch device a command runs on, and how many CPU threads it uses."""
 
 from __future__ import annotations
+
+import os
+from typing import Optional
 
 import torch
 
 from .errors import DgmPyroError
 
-__all__ = ["resolve_device", "to_device", "DEVICES"]
+__all__ = ["resolve_device", "to_device", "set_threads", "DEVICES"]
+
+#: torch's own intra-op thread count in this process before :func:`set_threads` changed it (one per core,
+#: or ``OMP_NUM_THREADS``)
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 #: the device names a command accepts (``cuda:N`` picks one GPU)
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,3 +42,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 def to_device(device: str | torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The tensors on ``device`` (the same objects where they are there already)."""
     return tuple(t.to(device) for t in tensors)
+
+
+def set_threads(threads: Optional[int] = None) -> int:
+    """Set torch's intra-op CPU threads for this process and return the number set.
+
+    ``None`` (the commands' default) takes ``$OMP_NUM_THREADS`` when it is set, else **1**; ``0`` takes
+    torch's default (one per core). One thread is the default because these models are small: on 2 idle
+    cores two threads train the default CVAE 1.35x and the graph model 1.1x faster, but when another
+    process shares the cores the threads of both spin against each other and a step becomes 4-35x slower
+    (measurements in docs/cli.md, "Threads"). Each process (each ``torchrun`` worker) sets its own.
+    """
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else 1
+    if threads < 0:
+        raise DgmPyroError(f"threads must be >= 0 (0: torch's default), got {threads}")
+    n = threads or TORCH_DEFAULT_THREADS
+    torch.set_num_threads(n)
+    return n

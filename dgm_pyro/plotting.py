@@ -161,7 +161,7 @@ def plot_graph_training(run_dir: Path) -> Optional[Path]:
 
 
 def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metrics: dict[str, list[dict[str, Any]]],
-                  scored: int, out_dir: Path) -> list[Path]:
+                  scored: int, out_dir: Path, prefix: str = "forecast") -> list[Path]:
     """``out_dir/forecast_features.png`` (fan charts of feature 0 for the first nodes), ``forecast_edges.png``
     (forecast edge probabilities beside the observed edges, nodes in spectral order) and
     ``forecast_metrics.png`` (AUC and CRPS per horizon step of every forecaster)."""
@@ -188,7 +188,7 @@ def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metric
             ax.set_xlabel("snapshot")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        paths.append(save_figure(fig, out_dir / "forecast_features.png"))
+        paths.append(save_figure(fig, out_dir / f"{prefix}_features.png"))
     # edge probability maps, nodes in a spectral order of the history so that communities show as blocks
     order = node_order(history)
     steps = sorted({0, scored - 1})
@@ -203,7 +203,7 @@ def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metric
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / "forecast_edges.png"))
+    paths.append(save_figure(fig, out_dir / f"{prefix}_edges.png"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for name, rows in metrics.items():
         hs = [r["h"] for r in rows]
@@ -215,7 +215,7 @@ def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metric
         ax.set_xlabel("horizon h")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / "forecast_metrics.png"))
+    paths.append(save_figure(fig, out_dir / f"{prefix}_metrics.png"))
     return paths
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import math
 import random
 import time
@@ -37,6 +38,8 @@ from .errors import DgmPyroError
 
 __all__ = ["Trainer", "Minibatches", "FullBatch", "build_objective", "describe_objective", "OBJECTIVES",
            "steps_per_epoch", "read_metrics", "environment", "deterministic_algorithms", "CHECKPOINT_FORMAT"]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 4
 #: the objectives a configuration can name, and the Pyro loss each builds
@@ -165,6 +168,9 @@ class Minibatches:
             idx = perm[i:i + self.batch_size]
             yield tuple(t[idx[rank::world]] for t in self.data), len(idx), f"epoch {epoch}, step {i // self.batch_size + 1}"
 
+    def total_steps(self) -> int:
+        return self.total * steps_per_epoch(self.num_rows, self.batch_size)
+
     def random_batch(self, generator: torch.Generator) -> tuple[tuple, int]:
         """A minibatch drawn with replacement (aggressive training's extra encoder steps)."""
         idx = torch.randint(self.num_rows, (self.batch_size,), generator=generator)
@@ -190,8 +196,75 @@ class FullBatch:
         for i in range(min(self.every, self.total - start)):
             yield self.args, self.normaliser, f"step {start + i + 1}"
 
+    def total_steps(self) -> int:
+        return self.total
+
     def advance(self, state: dict[str, Any]) -> None:
         state["step"] = state["steps"]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class _Progress:
+    """What a :class:`Trainer` shows while it runs: a tqdm bar (``bar``, for a terminal) or, otherwise, log
+    lines on the ``dgm_pyro.training`` logger at level INFO: one per interval (epoch or checkpoint) with the
+    loss, the validation criterion and an ETA, and a heartbeat when an interval runs longer than
+    ``heartbeat`` seconds. Rank 0 only."""
+
+    def __init__(self, trainer: "Trainer", bar: bool, heartbeat: float = 30.0):
+        self.trainer, self.heartbeat = trainer, heartbeat
+        self.active = D.rank() == 0
+        self.bar = None
+        data = trainer.data
+        self.total_steps, self.unit = data.total_steps(), data.unit
+        self.start_steps = trainer.state["steps"]
+        self.start = self.last = time.perf_counter()
+        if bar and self.active:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=data.total, initial=trainer.state[self.unit], desc=trainer.label, unit=self.unit,
+                            leave=False)
+
+    def _eta(self) -> str:
+        done = self.trainer.state["steps"] - self.start_steps
+        elapsed = time.perf_counter() - self.start
+        if done <= 0:
+            return f"{_duration(elapsed)} elapsed"
+        left = max(self.total_steps - self.trainer.state["steps"], 0) * elapsed / done
+        return f"{_duration(elapsed)} elapsed, ETA {_duration(left)}" + (" or less (early stopping)"
+                                                                        if self.unit == "epoch" else "")
+
+    def step(self) -> None:
+        now = time.perf_counter()
+        if self.active and self.bar is None and now - self.last >= self.heartbeat:
+            self.last = now
+            st = self.trainer.state
+            log.info("%s: %s %d of %d in progress, step %d of %d; %s", self.trainer.label, self.unit,
+                     st[self.unit] + 1, self.trainer.data.total, st["steps"], self.total_steps, self._eta())
+
+    def interval(self, before: int, row: dict[str, float]) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.update(self.trainer.state[self.unit] - before)
+            self.bar.set_postfix(loss=f"{row['train_loss']:.2f}")
+            return
+        self.last = time.perf_counter()
+        extra = "".join(f", {k.replace('_', ' ')} {row[k]:.3f}" for k in ("valid_elbo", "valid_log_likelihood")
+                        if k in row and math.isfinite(row[k]))
+        log.info("%s: %s %d/%d, loss %.3f%s; %s", self.trainer.label, self.unit, self.trainer.state[self.unit],
+                 self.trainer.data.total, row["train_loss"], extra, self._eta())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,18 +288,20 @@ class Trainer:
         callbacks: :class:`~dgm_pyro.callbacks.Callback` objects, called in order.
         config_digest: stored in checkpoints; a resume with another digest is refused.
         deterministic: run under :func:`deterministic_algorithms`.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (for a terminal); otherwise one log line per interval goes to the
+            ``dgm_pyro.training`` logger at level INFO (the CLI prints them on stderr).
+        label: names this training in progress lines (``train``, ``baseline``).
     """
 
     def __init__(self, module: torch.nn.Module, data: Minibatches | FullBatch, run_dir: str | Path, *,
                  loss: Optional[Any] = None, lr: float = 1e-3, clip_norm: float = 10.0, seed: int = 0,
                  skip_bad_steps: int = 0, callbacks: Sequence[Any] = (), config_digest: str = "",
-                 deterministic: bool = False, progress: bool = False):
+                 deterministic: bool = False, progress: bool = False, label: str = "train"):
         self.module, self.data, self.run_dir = module, data, Path(run_dir)
         self.loss = loss if loss is not None else Trace_ELBO()
         self.lr, self.clip_norm, self.seed, self.skip_bad_steps = lr, clip_norm, seed, skip_bad_steps
         self.callbacks, self.config_digest = list(callbacks), config_digest
-        self.deterministic, self.progress = deterministic, progress
+        self.deterministic, self.progress, self.label = deterministic, progress, label
         self.state: dict[str, Any] = {data.unit: 0, "steps": 0, "skipped_steps": 0, "stopped": ""}
         self.rows: list[dict[str, float]] = []
         self.improved = False  # set by a callback when this interval is the best so far (best.pt)
@@ -346,6 +421,7 @@ class Trainer:
             if value is None:
                 value = self.step(args, weight, self.params, self.optimizers, check, where, kwargs)
             self.state["steps"] += 1
+            self._progress.step()
             for cb in self.callbacks:
                 cb.on_batch_end(self)
             if math.isfinite(value):
@@ -400,20 +476,15 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         unit = self.data.unit
-        bar = None
-        if self.progress and D.rank() == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.data.total, initial=self.state[unit], desc="train", unit=unit, leave=False)
-        with deterministic_algorithms() if self.deterministic else contextlib.nullcontext():
-            while self.state[unit] < self.data.total and not self.state["stopped"]:
-                before = self.state[unit]
-                row = self._interval()
-                if bar is not None:
-                    bar.update(self.state[unit] - before)
-                    bar.set_postfix(loss=f"{row['train_loss']:.2f}")
-        if bar is not None:
-            bar.close()
+        self._progress = _Progress(self, bar=self.progress)
+        try:
+            with deterministic_algorithms() if self.deterministic else contextlib.nullcontext():
+                while self.state[unit] < self.data.total and not self.state["stopped"]:
+                    before = self.state[unit]
+                    row = self._interval()
+                    self._progress.interval(before, row)
+        finally:
+            self._progress.close()
         summary = {f"{unit}s_run": self.state[unit], "stopped": self.state["stopped"] or f"max_{unit}s",
                    "skipped_steps": self.state["skipped_steps"],
                    "final_loss": self.rows[-1]["train_loss"] if self.rows else math.nan,

@@ -68,6 +68,9 @@ def load_dataset(spec: str, likelihood: str | None = None) -> ConditionalDataset
     kind, _, path = spec.partition(":")
     if kind in ("npz", "idx") and path:
         return (load_npz if kind == "npz" else load_idx)(path, likelihood=likelihood)
+    if spec in GRAPH_DATASETS or kind in ("csv", "pt"):
+        raise DgmPyroError(f"'{spec}' is a graph dataset; train the graph model with 'dgm-pyro train graph-ssm "
+                           f"--dataset {spec}'")
     if spec not in BUILTIN_DATASETS:
         raise DgmPyroError(f"unknown dataset '{spec}'; choose one of {', '.join(BUILTIN_DATASETS)}, npz:PATH or idx:DIR "
                            "(see 'dgm-pyro datasets')")

@@ -479,4 +479,9 @@ def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, direct
         return dynamic_sbm(seed=seed)
     if spec == "collegemsg":
         return load_collegemsg(snapshot_days=snapshot_width or 7.0)
+    from . import BUILTIN_DATASETS
+
+    if spec in BUILTIN_DATASETS or kind in ("npz", "idx"):
+        raise DgmPyroError(f"'{spec}' is not a graph dataset; train a model of (x, y) data with 'dgm-pyro train cvae "
+                           f"--dataset {spec}'")
     raise DgmPyroError(f"unknown graph dataset '{spec}'; choose dsbm, collegemsg, csv:DIR or pt:FILE")

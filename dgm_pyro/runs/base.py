@@ -9,6 +9,8 @@ commands write. What differs between models is a :class:`ModelKind`, found in th
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,9 @@ from ..registry import get_model
 from ..training import environment, read_metrics
 
 __all__ = ["ModelKind", "Run", "train_run", "load_run", "read_run_config", "new_run_dir", "require_run_dir",
-           "restart_in_place", "load_weights"]
+           "restart_in_place", "load_weights", "run_data", "training_state", "unfinished_training", "extend_run"]
+
+log = logging.getLogger("dgm_pyro.runs")
 
 
 @dataclass
@@ -76,6 +80,19 @@ class ModelKind:
 
     def data_summary(self, data: Any) -> dict[str, Any]:
         return {}
+
+    def describe_data(self, data: Any) -> str:
+        """One line about the data, announced before training starts."""
+        return ", ".join(f"{k} {v}" for k, v in self.data_summary(data).items())
+
+    def unfinished(self, config: Any, run_dir: Path) -> list[str]:
+        """What training of a run still has to do, one phrase per part (empty: the run is complete).
+        Kinds that train a baseline into ``run_dir/baseline`` add it."""
+        part = unfinished_training(run_dir, config, "training")
+        return [part] if part else []
+
+    def check_extension(self, config: Any) -> None:
+        """Refuse (:class:`DgmPyroError`) to raise the ``LENGTH`` of a run whose configuration depends on it."""
 
     def train(self, config: Any, data: Any, module: torch.nn.Module, run_dir: Path, resume: bool, progress: bool,
               callbacks: list[Any], device: torch.device) -> dict[str, Any]:
@@ -141,6 +158,61 @@ def read_run_config(path: str | Path) -> tuple[ModelKind, Any]:
     return kind, kind.config_class.from_dict(raw, source=str(path / "config.json")).validate()
 
 
+def run_data(run_dir: Path) -> dict[str, Any]:
+    """The data summary recorded in a run's ``environment.json`` (empty where unreadable)."""
+    try:
+        data = read_json(Path(run_dir) / "environment.json").get("data")
+    except (DgmPyroError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def training_state(ckpt_path: Path) -> Optional[dict[str, Any]]:
+    """The loop state stored in a checkpoint (``epoch``/``step``, ``steps``, ``stopped``), or ``None``."""
+    return load_checkpoint(ckpt_path)["trainer_state"] if Path(ckpt_path).is_file() else None
+
+
+def unfinished_training(run_dir: Path, config: Any, what: str, total: Optional[int] = None) -> Optional[str]:
+    """``None`` when the training in ``run_dir`` (a run or its ``baseline/``) ran its ``total`` epochs or
+    steps (default: the configuration's ``LENGTH``) or stopped early; else what is left, in words."""
+    field = config.LENGTH
+    if not field:
+        return None  # the configuration does not say how long training runs
+    unit, total = field[:-1], getattr(config, field) if total is None else total
+    state = training_state(Path(run_dir) / "checkpoint.pt")
+    if state is None:
+        return f"{what} has no checkpoint yet"
+    if state.get("stopped") or state[unit] >= total:
+        return None
+    return f"{what} is at {unit} {state[unit]} of {total}"
+
+
+def extend_run(run_dir: str | Path, length: int) -> Any:
+    """Raise a run's ``epochs`` or ``steps`` (its configuration's ``LENGTH``) to ``length`` in ``config.json``
+    so that resuming trains further; returns the new configuration. Refused for a run that stopped early,
+    one that has trained ``length`` already, or a configuration that depends on the length (a cyclical
+    annealing schedule)."""
+    run_dir = Path(run_dir)
+    kind, config = read_run_config(run_dir)
+    field = config.LENGTH
+    if not field:
+        raise DgmPyroError(f"{run_dir}: a {kind.name} run has no length option to extend")
+    if getattr(config, field) == length:
+        return config
+    state = training_state(run_dir / "checkpoint.pt") or {}
+    done = state.get(field[:-1], 0)
+    if state.get("stopped"):
+        raise DgmPyroError(f"{run_dir}: stopped early at {field[:-1]} {done} (no better validation score for "
+                           f"'patience' {field}); more {field} would not train it further")
+    if length <= done:
+        raise DgmPyroError(f"{run_dir}: has trained {done} {field} already; --{field} must be more than that")
+    kind.check_extension(config)
+    new = dataclasses.replace(config, **{field: length}).validate()
+    write_json(run_dir / "config.json", new.to_dict())
+    log.info("%s: %s raised from %d to %d in config.json", run_dir, field, getattr(config, field), length)
+    return new
+
+
 def load_weights(module: torch.nn.Module, ckpt_path: Path) -> None:
     """Restore a module's weights from a weights-only checkpoint (written on any device)."""
     ckpt = load_checkpoint(ckpt_path)
@@ -193,6 +265,10 @@ def train_run(config: Optional[Any], run_dir: str | Path, resume: bool = False, 
         _start_folder(kind, config, data, run_dir, device)
     if on_start is not None and D.rank() == 0:
         on_start(run_dir)
+    if D.rank() == 0:
+        log.info("data: %s", kind.describe_data(data))
+        length = f"up to {getattr(config, config.LENGTH)} {config.LENGTH} " if config.LENGTH else ""
+        log.info("training %s: %son %s", kind.name, length, device)
     summary = kind.train(config, data, module.to(device), run_dir, resume and not restart, progress,
                          list(callbacks or []), device)
     summary["data"] = kind.data_summary(data)

@@ -5,6 +5,7 @@ sampled from (seed P1.8)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -20,10 +21,12 @@ from ..errors import DgmPyroError
 from ..models import CVAE, NNBaseline
 from ..models.cvae import DECODERS, PRIORS
 from ..registry import register_model
-from .base import load_weights
+from .base import load_weights, run_data, unfinished_training
 from .dataset_models import DatasetConfig, DatasetModelKind, DatasetRun
 
 __all__ = ["CVAEConfig", "TrainConfig", "CVAEKind", "build_model", "build_baseline", "generate"]
+
+log = logging.getLogger("dgm_pyro.runs")
 
 
 @dataclass
@@ -104,6 +107,13 @@ class CVAEKind(DatasetModelKind):
     def wants_baseline(self, config: CVAEConfig, data: ConditionalDataset) -> bool:
         return config.baseline and data.condition == "quadrant"
 
+    def unfinished(self, config: CVAEConfig, run_dir: Path) -> list[str]:
+        parts = super().unfinished(config, run_dir)
+        if config.baseline and run_data(run_dir).get("condition") == "quadrant":
+            part = unfinished_training(Path(run_dir) / "baseline", config, "the NN baseline")
+            parts += [part] if part else []
+        return parts
+
     def callbacks(self, config: CVAEConfig, data: ConditionalDataset, device: torch.device,
                   track_collapse: bool = False) -> list[Any]:
         track = track_collapse or config.track_collapse or config.aggressive
@@ -115,13 +125,14 @@ class CVAEKind(DatasetModelKind):
         summary = super().train(config, data, module, run_dir, resume, progress, callbacks, device)
         if self.wants_baseline(config, data):
             base_dir = run_dir / "baseline"
+            log.info("training the NN baseline p(x|y) into %s", base_dir)
             pyro.set_rng_seed(config.seed)
             baseline = build_baseline(config, data).to(device)
             # the baseline has no latent variable: the objective and annealing options do not apply to it
             base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none",
                                               aggressive=False, track_collapse=False)
             trainer = self.trainer(base_config, baseline, to_device(device, *data.splits["train"]), base_dir,
-                                   self.callbacks(base_config, data, device), progress)
+                                   self.callbacks(base_config, data, device), progress, label="baseline")
             summary["baseline"] = trainer.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
         return summary
 

@@ -9,6 +9,8 @@ P3). A new model of this family subclasses it with its configuration (extending
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
@@ -32,11 +34,31 @@ from .base import ModelKind, Run
 
 __all__ = ["DatasetConfig", "DatasetModelKind", "DatasetRun"]
 
+log = logging.getLogger("dgm_pyro.runs")
+
+
+def _evaluation_path(run_dir: Path, ev: dict[str, Any]) -> Path:
+    """``evaluation.json``, unless it holds an evaluation of the same split and method with more particles."""
+    path = run_dir / "evaluation.json"
+    try:
+        old = json.loads(path.read_text())
+        better = (old.get("split"), old.get("method", "is")) == (ev["split"], ev["method"]) and \
+            int(old.get("num_particles", 0)) > ev["num_particles"]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return path
+    if not better:
+        return path
+    mine = run_dir / f"evaluation-{ev['split']}-{ev['method']}-K{ev['num_particles']}.json"
+    log.warning("%s holds an evaluation with %d particles; kept it, and wrote this one (%d particles) to %s", path,
+                int(old["num_particles"]), ev["num_particles"], mine.name)
+    return mine
+
 
 @dataclass
 class DatasetConfig(ConfigBase):
     """The options of every minibatch model of an (x, y) dataset."""
 
+    LENGTH: ClassVar[str] = "epochs"
     model: str = option("", "registered model name", cli=False)
     dataset: str = option("digits", "digits, digits-q1..3, digits-unconditional, linear-gaussian, npz:PATH, idx:DIR.")
     likelihood: Optional[str] = option(None, "Override for user files (default: inferred from the values).",
@@ -108,6 +130,16 @@ class DatasetModelKind(ModelKind):
     def data_summary(self, data: ConditionalDataset) -> dict[str, Any]:
         return {"name": data.name, "likelihood": data.likelihood, "condition": data.condition, **data.sizes()}
 
+    def describe_data(self, data: ConditionalDataset) -> str:
+        sizes = data.sizes()
+        return (f"{data.name}, {data.likelihood} likelihood, condition {data.condition}; {sizes['train']} train, "
+                f"{sizes['valid']} valid, {sizes['test']} test rows")
+
+    def check_extension(self, config: DatasetConfig) -> None:
+        if config.anneal.startswith("cyclical"):
+            raise DgmPyroError(f"the cyclical annealing schedule '{config.anneal}' spans the run's whole length; a run "
+                               "that uses it cannot be extended")
+
     def annealing_schedule(self, config: DatasetConfig, data: ConditionalDataset) -> Any:
         total = config.epochs * steps_per_epoch(data.sizes()["train"], config.batch_size)
         return parse_schedule(config.anneal, total_steps=total)
@@ -124,11 +156,12 @@ class DatasetModelKind(ModelKind):
                                       track_collapse=track_collapse, groups=groups, criterion=criterion)]
 
     def trainer(self, config: DatasetConfig, module: torch.nn.Module, train: tuple[torch.Tensor, ...],
-                run_dir: Path, callbacks: list[Any], progress: bool, loss: Optional[Any] = None) -> Trainer:
+                run_dir: Path, callbacks: list[Any], progress: bool, loss: Optional[Any] = None,
+                label: str = "train") -> Trainer:
         return Trainer(module, Minibatches(train, config.batch_size, config.epochs), run_dir,
                        loss=loss if loss is not None else config.objective_loss(), lr=config.lr,
                        clip_norm=config.clip_norm, seed=config.seed, skip_bad_steps=config.skip_bad_steps,
-                       callbacks=callbacks, config_digest=config.digest(), progress=progress)
+                       callbacks=callbacks, config_digest=config.digest(), progress=progress, label=label)
 
     def fit(self, config: DatasetConfig, data: ConditionalDataset, module: torch.nn.Module, run_dir: str | Path,
             loss: Optional[Any] = None, resume: bool = False, progress: bool = False, callbacks: Sequence[Any] = (),
@@ -150,6 +183,8 @@ class DatasetModelKind(ModelKind):
 
     def final_evaluation(self, run: DatasetRun, progress: bool = False) -> dict[str, Any]:
         """The evaluation ``dgm-pyro train`` reports: :meth:`evaluate` with the configured particles."""
+        log.info("evaluating: importance-sampled log-likelihood of the test split, %d particles",
+                 run.config.eval_particles)
         return self.evaluate(run, particles=run.config.eval_particles, seed=run.config.seed, progress=progress)
 
     def make_run(self, path: Path, config: Any, data: ConditionalDataset, module: torch.nn.Module,
@@ -165,7 +200,9 @@ class DatasetModelKind(ModelKind):
 
         Adds the exact log-likelihood of the data-generating process where known (linear-Gaussian) and,
         where the run has one, the baseline's exact negative conditional log-likelihood. All values are nats
-        per datapoint (sums over the dimensions of x). Writes ``evaluation.json`` when ``write``.
+        per datapoint (sums over the dimensions of x). When ``write``, writes ``evaluation.json``, unless that
+        holds an evaluation of the same split and method with more particles: then this one goes to
+        ``evaluation-<split>-<method>-K<particles>.json`` beside it, with a warning. ``out["file"]`` names it.
         """
         if particles < 1:
             raise DgmPyroError(f"particles must be >= 1, got {particles}")
@@ -186,7 +223,8 @@ class DatasetModelKind(ModelKind):
             out["cvae_ncll"] = out["nll"]
             out["cvae_neg_elbo"] = -out["elbo"]
         if write:
-            write_json(run.path / "evaluation.json", out)
+            out["file"] = str(_evaluation_path(run.path, out))
+            write_json(out["file"], out)
         return out
 
     def diagnose(self, run: DatasetRun, particles: int = 1000, split: str = "test", seed: int = 0,

@@ -9,6 +9,7 @@ interval), ``checkpoint.pt``, ``baseline/`` (the GCN+GRU predictor's own run), `
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from ..models.graph_ssm import GraphSSM
 from ..plotting import plot_forecast, plot_graph_training
 from ..registry import register_model
 from ..training import FullBatch, Trainer, deterministic_algorithms
-from .base import ModelKind, Run, load_weights
+from .base import ModelKind, Run, load_weights, run_data, unfinished_training
 
 __all__ = ["GraphConfig", "GraphSSMKind", "GraphRun", "load_graph_sequence", "build_graph_model", "forecast_run",
            "to_inference_data"]
+
+log = logging.getLogger("dgm_pyro.runs")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class GraphConfig(ConfigBase):
     """
 
     DENSE_MAX_NODES: ClassVar[int] = 1000
+    LENGTH: ClassVar[str] = "steps"
 
     model: str = option("graph-ssm", "registered model name", cli=False)
     dataset: str = option("dsbm", "dsbm, collegemsg, csv:DIR or pt:FILE (see 'dgm-pyro datasets').")
@@ -145,11 +149,29 @@ class GraphSSMKind(ModelKind):
     def data_summary(self, data: tuple[GraphSequence, GraphSequence]) -> dict[str, Any]:
         return data[0].summary()
 
+    def describe_data(self, data: tuple[GraphSequence, GraphSequence]) -> str:
+        d, held = data[0].summary(), data[1].num_steps
+        return (f"{d['name']}, {d['snapshots']} history snapshots (+{held} held out) of {d['nodes']} nodes, "
+                f"{d['features']} feature(s), {d['edges_mean']:.0f} edges on average")
+
+    def wants_baseline(self, config: GraphConfig, num_nodes: int) -> bool:
+        return bool(config.baseline_steps) and num_nodes <= FORECAST_MAX_NODES
+
+    def unfinished(self, config: GraphConfig, run_dir: Path) -> list[str]:
+        parts = super().unfinished(config, run_dir)
+        if self.wants_baseline(config, int(run_data(run_dir).get("nodes", 0))):
+            part = unfinished_training(Path(run_dir) / "baseline", config, "the GCN+GRU baseline",
+                                       total=config.baseline_steps)
+            parts += [part] if part else []
+        return parts
+
     def _trainer(self, config: GraphConfig, module: torch.nn.Module, args: tuple, run_dir: Path, steps: int,
-                 lr: float, callbacks: list[Any], progress: bool, normaliser: float = 1.0) -> Trainer:
+                 lr: float, callbacks: list[Any], progress: bool, normaliser: float = 1.0,
+                 label: str = "train") -> Trainer:
         return Trainer(module, FullBatch(args, steps, config.checkpoint_every, normaliser), Path(run_dir), lr=lr,
                        clip_norm=config.clip_norm, seed=config.seed, skip_bad_steps=config.skip_bad_steps,
-                       callbacks=callbacks, config_digest=config.digest(), deterministic=True, progress=progress)
+                       callbacks=callbacks, config_digest=config.digest(), deterministic=True, progress=progress,
+                       label=label)
 
     def fit(self, config: GraphConfig, args: tuple, module: torch.nn.Module, run_dir: str | Path,
             resume: bool = False, progress: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -166,12 +188,14 @@ class GraphSSMKind(ModelKind):
         args = _on(device, history)
         summary = self.fit(config, args, module, run_dir, resume=resume, progress=progress, callbacks=callbacks)
         summary["edge_likelihood"] = module.edge_likelihood
-        if config.baseline_steps and history.num_nodes <= FORECAST_MAX_NODES:
+        if self.wants_baseline(config, history.num_nodes):
             base_dir = run_dir / "baseline"
+            log.info("training the GCN+GRU baseline: %d steps into %s", config.baseline_steps, base_dir)
             pyro.set_rng_seed(config.seed)
             baseline = build_graph_baseline(config, history).to(device)
             # the baseline's own fixed learning rate (its published numbers), the model's clip and intervals
-            base = self._trainer(config, baseline, args, base_dir, config.baseline_steps, 1e-2, [], progress)
+            base = self._trainer(config, baseline, args, base_dir, config.baseline_steps, 1e-2, [], progress,
+                                 label="baseline")
             summary["baseline"] = base.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
         plot_graph_training(run_dir)
         return summary
@@ -244,9 +268,12 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
                  stationarity_steps: int = 0) -> dict[str, Any]:
     """Forecast ``horizon`` snapshots after the history (P4.4) and score them where the truth is held out.
 
-    Writes the NetCDF ``InferenceData`` (default ``RUN/forecast.nc``), ``RUN/forecast.json`` and, with
-    ``plots``, ``RUN/plots/forecast_*.png``. Returns the JSON dict: ``metrics`` maps each forecaster
-    (model, baselines, oracle where known) to one row per scored horizon step.
+    Writes the NetCDF ``InferenceData`` ``out`` (default ``RUN/forecast.nc``), the scores beside it
+    (``forecast.json`` for ``forecast.nc``) and, with ``plots``, ``plots/<stem>_*.png`` in the same folder.
+    Returns the JSON dict: ``metrics`` maps each forecaster (model, baselines, oracle where known) to one row
+    per scored horizon step, ``not_scored`` says why a forecaster has no row, ``notes`` why a value is NaN,
+    ``files`` lists what was written. A run whose training is not finished is forecast from its last
+    checkpoint with a warning (``unfinished`` says what is left).
     """
     if horizon < 1:
         raise DgmPyroError(f"horizon must be >= 1, got {horizon}")
@@ -261,6 +288,12 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         raise DgmPyroError(f"the forecast file must end in .nc (NetCDF); got '{out_path.name}'")
     if not out_path.parent.is_dir():
         raise DgmPyroError(f"{out_path.parent}: no such directory for the forecast file")
+    if out_path.with_suffix(".json") == run.path / "config.json":
+        raise DgmPyroError(f"{out_path}: its scores would overwrite the run's config.json; choose another name")
+    unfinished = run.kind.unfinished(run.config, run.path)
+    if unfinished:
+        log.warning("%s: training is not finished (%s); forecasting from its last checkpoint", run.path,
+                    "; ".join(unfinished))
     total = num_samples * chains
     pyro.set_rng_seed(seed)
     device = run.device
@@ -273,6 +306,7 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     for h in range(scored):
         metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
     others: list[Any] = [Persistence(), HistoricalMean()] + ([run.baseline] if run.baseline is not None else [])
+    not_scored = {} if run.baseline is not None else {"GCN+GRU": _why_no_baseline(run)}
     for forecaster in others:
         metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)
     if "blocks" in history.truth:
@@ -280,12 +314,28 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         metrics["oracle"] = forecast_scores(oracle, future, history, scored)
     idata = to_inference_data(fc, chains, history, future if future.num_steps >= horizon else None)
     _write_netcdf(idata, out_path)
+    notes = [] if total >= 10 else [f"coverage is NaN: intervals need at least 10 draws, this forecast has {total} "
+                                    "(raise --samples)"]
     result: dict[str, Any] = {"run": str(run.path), "out": str(out_path), "horizon": horizon, "samples": num_samples,
-                              "chains": chains, "seed": seed, "scored_steps": scored, "metrics": metrics}
+                              "chains": chains, "seed": seed, "scored_steps": scored, "metrics": metrics,
+                              "not_scored": not_scored, "notes": notes, "unfinished": unfinished}
     if stationarity_steps:
         result["stationarity"] = stationarity_check(run.module.cpu(), history, chains=max(chains, 4),
                                                     steps=stationarity_steps, seed=seed)
+    files = [out_path]
     if plots and scored:
-        result["plots"] = [str(p) for p in plot_forecast(history, future, fc, metrics, scored, run.path / "plots")]
-    write_json(run.path / "forecast.json", result)
+        result["plots"] = [str(p) for p in plot_forecast(history, future, fc, metrics, scored, out_path.parent / "plots",
+                                                         prefix=out_path.stem)]
+        files += [Path(p) for p in result["plots"]]
+    json_path = out_path.with_suffix(".json")
+    result["files"] = [str(f) for f in files + [json_path]]
+    write_json(json_path, result)
     return result
+
+
+def _why_no_baseline(run: GraphRun) -> str:
+    if not run.config.baseline_steps:
+        return "not trained (the run was trained with --baseline-steps 0)"
+    if run.history.num_nodes > FORECAST_MAX_NODES:
+        return f"not trained: the graph has more than {FORECAST_MAX_NODES} nodes"
+    return f"its training has not written {run.path / 'baseline' / 'checkpoint.pt'} yet"

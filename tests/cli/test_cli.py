@@ -146,7 +146,12 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["train", "--config", f"{tmp}/typed.toml"], "must be of type"),
         (["train", "--config", f"{tmp}/none.toml"], "no such config"),
         (["train", "--resume", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
-        (["train", "--resume", str(run_dir), "--epochs", "9"], "drop --epochs"),
+        (["train", "--resume", str(run_dir), "--lr", "0.1"], "drop --lr"),
+        (["train", "--resume", str(run_dir), "--epochs", "1"], "has trained 2 epochs already"),
+        (["train", "--dataset", "dsbm"], "train the graph model with 'dgm-pyro train graph-ssm --dataset dsbm'"),
+        (["train", "graph-ssm", "--dataset", "digits"], "'dgm-pyro train cvae --dataset digits'"),
+        (["train", "--threads", "-1"], "--threads"),
+        (["evaluate", str(run_dir), "--threads", "x"], "--threads"),
         (["train", "--out", str(run_dir / "config.json")], "is a file"),
         (["evaluate", f"{tmp}/none"], "no such run folder"),
         (["evaluate", f"{tmp}/notrun"], "not a dgm-pyro run folder"),
@@ -248,7 +253,8 @@ def test_cli_resume_after_interruption_matches_uninterrupted(tmp_path):
     a = torch.load(Path(json.loads(full.stdout)["run"]) / "best.pt", weights_only=True)["model_state"]
     b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads(r.stdout)["test"] == {**json.loads(full.stdout)["test"], "run": str(tmp_path / "cut")}
+    assert json.loads(r.stdout)["test"] == {**json.loads(full.stdout)["test"], "run": str(tmp_path / "cut"),
+                                            "file": str(tmp_path / "cut" / "evaluation.json")}
 
 
 @pytest.mark.parametrize("options", [["--objective", "meanfield"], ["--objective", "cs", "--lam", "0.5"],
@@ -336,3 +342,99 @@ def test_evaluate_with_annealed_importance_sampling(trained, tmp_path):
     assert ev["log_evidence"] is not None and ev["log_evidence"] < 0
     r = run("evaluate", path, "--method", "ais", "--ais-steps", "2", "--particles", "2", "--split", "valid")
     assert r.exit_code == 0 and "annealed (AIS)" in r.stdout
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_extend_it(trained, tmp_path):
+    """A finished run says so and is left as it is; ``--epochs`` raises its length, and the extended run is the
+    run trained for that many epochs from the start (bit for bit on CPU)."""
+    import torch
+
+    run_dir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = _digest(copy)
+    r = run("train", "--resume", copy)
+    assert r.exit_code == 0 and "training is complete (2 epochs); nothing was changed" in r.stdout
+    assert "--epochs N" in r.stdout and _digest(copy) == before
+    r = run("train", "--resume", copy, "--epochs", "3", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((copy / "config.json").read_text())["epochs"] == 3
+    full = run("train", *TINY[:1], "3", *TINY[2:], "--out", tmp_path / "full", "--json")
+    full_dir = Path(json.loads(full.stdout)["run"])
+    a = torch.load(full_dir / "checkpoint.pt", weights_only=True)["model_state"]
+    b = torch.load(copy / "checkpoint.pt", weights_only=True)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (copy / "metrics.csv").read_text().splitlines()[-1].split(",")[:2] == \
+        (full_dir / "metrics.csv").read_text().splitlines()[-1].split(",")[:2]
+
+
+def test_extending_a_cyclically_annealed_run_is_refused(tmp_path):
+    r = run("train", "--out", tmp_path, "--json", *TINY, "--anneal", "cyclical:2:0.5")
+    run_dir = Path(json.loads(r.stdout)["run"])
+    before = _digest(run_dir)
+    r = run("train", "--resume", run_dir, "--epochs", "4")
+    assert r.exit_code == 2 and "spans the run's whole length" in r.stderr and _digest(run_dir) == before
+
+
+def test_an_evaluation_with_more_particles_is_kept(trained, tmp_path):
+    run_dir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert run("evaluate", copy, "--particles", "40").exit_code == 0
+    kept = (copy / "evaluation.json").read_text()
+    r = run("evaluate", copy, "--particles", "10")
+    assert r.exit_code == 0
+    assert (f"warning: {copy / 'evaluation.json'} holds an evaluation with 40 particles; kept it, and wrote this one "
+            "(10 particles) to evaluation-test-is-K10.json") in r.stderr
+    assert (copy / "evaluation.json").read_text() == kept
+    assert json.loads((copy / "evaluation-test-is-K10.json").read_text())["num_particles"] == 10
+    assert f"wrote {copy / 'evaluation-test-is-K10.json'} (" in r.stdout
+    # another split is another evaluation: it replaces the file
+    assert run("evaluate", copy, "--particles", "10", "--split", "valid").exit_code == 0
+    assert json.loads((copy / "evaluation.json").read_text())["split"] == "valid"
+
+
+def test_progress_lines_without_a_terminal_and_quiet(tmp_path):
+    """Not a terminal (CliRunner): the data summary, the phases and one line per epoch with an ETA on stderr,
+    in that order; ``--quiet`` silences them; stdout keeps the results and lists the files with sizes."""
+    r = run("train", "--out", tmp_path / "a", *TINY)
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("data: digits, categorical likelihood, condition label; 1000 train")
+    assert lines[1] == "training cvae: up to 2 epochs on cpu"
+    assert lines[2].startswith("train: epoch 1/2, loss ") and "valid elbo" in lines[2] and "ETA" in lines[2]
+    assert lines[3].startswith("train: epoch 2/2, loss ")
+    assert lines[4] == "evaluating: importance-sampled log-likelihood of the test split, 20 particles"
+    assert "wrote " in r.stdout and "/best.pt (" in r.stdout and "kB)" in r.stdout
+    r = run("train", "--out", tmp_path / "b", *TINY, "--quiet")
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_threads_option_sets_and_records_torch_threads(tmp_path, threads):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        r = run("train", "--out", tmp_path, "--json", *TINY, "--threads", threads)
+        assert r.exit_code == 0, r.output
+        env = json.loads((Path(json.loads(r.stdout)["run"]) / "environment.json").read_text())
+        assert env["torch_threads"] == int(threads) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_threads_is_one_unless_omp_num_threads_is_set(monkeypatch):
+    import torch
+
+    from dgm_pyro.device import TORCH_DEFAULT_THREADS, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert set_threads(None) == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert set_threads(None) == 3 == torch.get_num_threads()
+        assert set_threads(0) == TORCH_DEFAULT_THREADS
+    finally:
+        torch.set_num_threads(before)

@@ -69,7 +69,11 @@ def test_forecast_netcdf_and_scores(graph_run, tmp_path):
     assert all(row["auc_new"] == 0.5 for row in res["metrics"]["persistence"])
     st = res["stationarity"]
     assert st["chains"] == 4 and st["kept_steps"] == 15 and st["edge_density"]["rhat"] > 0
-    assert (graph_run / "forecast.json").is_file() and (graph_run / "plots" / "forecast_edges.png").is_file()
+    # every output goes where --out says: the scores beside the NetCDF, the plots in its folder's plots/
+    assert json.loads((tmp_path / "f.json").read_text())["metrics"] == res["metrics"]
+    assert (tmp_path / "plots" / "f_edges.png").is_file() and not (graph_run / "forecast.json").exists()
+    assert res["files"][0] == str(out) and res["files"][-1] == str(tmp_path / "f.json")
+    assert res["not_scored"] == {} and res["notes"] == [] and res["unfinished"] == []
     # the same seed gives the same numbers
     again = json.loads(run("forecast", graph_run, "--horizon", 3, "--chains", 2, "--samples", 5, "--out", out,
                            "--json", "--no-plots").stdout)
@@ -80,10 +84,40 @@ def test_forecast_past_the_held_out_steps(graph_run, tmp_path):
     r = run("forecast", graph_run, "--horizon", 5, "--samples", 4, "--out", tmp_path / "g.nc", "--no-plots")
     assert r.exit_code == 0, r.output
     assert "truth for h <= 3" in r.output
+    # 4 draws: the coverage columns are NaN, and the output says why; every file written is listed with its size
+    assert "note: coverage is NaN: intervals need at least 10 draws, this forecast has 4" in r.stdout
+    assert f"wrote {tmp_path / 'g.nc'} (" in r.stdout and f"wrote {tmp_path / 'g.json'} (" in r.stdout
     import arviz as az
 
     idata = az.from_netcdf(tmp_path / "g.nc")
     assert "X" not in idata.observed_data and idata.posterior_predictive["X"].shape[2] == 5
+
+
+def test_forecast_of_an_unfinished_run_warns_and_says_why_a_row_is_missing(tmp_path):
+    from dgm_pyro.runs import train_run
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    cfg = GraphConfig(steps=4, checkpoint_every=2, baseline_steps=2, test_steps=3, hidden=8).validate()
+    with pytest.raises(Stop):
+        train_run(cfg, tmp_path / "cut", callbacks=[OnInterval(stop)])
+    r = run("forecast", tmp_path / "cut", "--horizon", 1, "--samples", 10, "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert (f"warning: {tmp_path / 'cut'}: training is not finished (training is at step 2 of 4; the GCN+GRU "
+            "baseline has no checkpoint yet); forecasting from its last checkpoint") in r.stderr
+    assert f"GCN+GRU: no row; its training has not written {tmp_path / 'cut' / 'baseline' / 'checkpoint.pt'} yet" \
+        in r.stdout
+    assert (tmp_path / "cut" / "forecast.nc").is_file() and (tmp_path / "cut" / "forecast.json").is_file()
+    # resuming finishes it (model and baseline); a second resume says it is complete and changes nothing
+    assert run("train", "--resume", tmp_path / "cut", "--json").exit_code == 0
+    before = _digest(tmp_path / "cut")
+    r = run("train", "--resume", tmp_path / "cut")
+    assert r.exit_code == 0 and "training is complete (4 steps); nothing was changed" in r.stdout
+    assert _digest(tmp_path / "cut") == before
 
 
 def test_resume_reproduces_uninterrupted_graph_run(tmp_path):
@@ -143,11 +177,13 @@ def _bad_cases(graph_run, tmp_path):
         (["train", "graph-ssm", "--epochs", 3, "--out", tmp_path], "--epochs is an option of 'dgm-pyro train cvae'"),
         (["train", "--steps", 3, "--out", tmp_path], "--steps is an option of 'dgm-pyro train graph-ssm'"),
         (["train", "graph-ssm", "--dataset", "csv:" + str(tmp_path / "none"), "--out", tmp_path], "no such folder"),
-        (["train", "graph-ssm", "--dataset", "digits", "--out", tmp_path], "unknown graph dataset"),
+        (["train", "graph-ssm", "--dataset", "digits", "--out", tmp_path], "'dgm-pyro train cvae --dataset digits'"),
+        (["train", "graph-ssm", "--dataset", "mnist", "--out", tmp_path], "unknown graph dataset"),
         (["train", "graph-ssm", "--scheduled-sampling", "cosine:3", "--out", tmp_path], "scheduled-sampling"),
         (["train", "graph-ssm", "--test-steps", 40, "--out", tmp_path], "test_steps must be between"),
         (["train", "graph-ssm", "--hidden", "64,64", "--out", tmp_path], "--hidden"),
-        (["train", "graph-ssm", "--resume", graph_run, "--steps", 9], "drop --steps"),
+        (["train", "graph-ssm", "--resume", graph_run, "--lr", 0.1], "drop --lr"),
+        (["train", "graph-ssm", "--resume", graph_run, "--steps", 3], "has trained 4 steps already"),
     ]
 
 
