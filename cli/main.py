@@ -390,7 +390,9 @@ def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: in
     cond = _read_condition(condition, ds) if condition else None
     x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed)
     if out_path.suffix == ".png":
-        save_sample_grid(x, y, ds, out_path)
+        # the default conditions of quadrant completion are the first test images: show their truth
+        truth = ds.splits["test"][0][:x.shape[0]] if ds.condition == "quadrant" and cond is None else None
+        save_sample_grid(x, y, ds, out_path, truth=truth)
     else:
         import numpy as np
 

@@ -41,30 +41,53 @@ def assemble_images(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset) ->
     return full.reshape(*x.shape[:-1], *ds.image_shape).clamp(0, 1)
 
 
-def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, path: str | Path) -> Path:
-    """Write a PNG grid: one row per condition (C, S, x_dim), one column per sample."""
+def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, path: str | Path,
+                     truth: Optional[torch.Tensor] = None) -> Path:
+    """Write a PNG grid: one row per condition (C, S, x_dim), one column per sample.
+
+    For quadrant completion the given part of every image is shaded red and, with ``truth`` (C, x_dim),
+    the true completion comes first in each row, so the generated part can be compared with it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     imgs = assemble_images(x, y, ds)
+    quadrant = ds.condition == "quadrant"
+    if truth is not None:
+        imgs = torch.cat([assemble_images(truth.unsqueeze(1).float(), y, ds), imgs], 1)
     rows, cols = imgs.shape[0], imgs.shape[1]
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 0.6, rows * 0.8), squeeze=False)
+    given = None
+    if quadrant:
+        given = torch.zeros(ds.x_dim + ds.y_dim)
+        given[ds.y_index] = 1.0
+        given = given.reshape(ds.image_shape).numpy()
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 0.6, rows * 0.8 + (0.3 if quadrant else 0)),
+                             squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
             ax.imshow(imgs[r, c].numpy(), cmap="gray_r", vmin=0, vmax=1)
+            if given is not None:  # the given part shaded red, with its border
+                ax.imshow(np.ma.masked_where(given == 0, given), cmap="Reds", alpha=0.3, vmin=0, vmax=1.5)
+                ax.contour(given, levels=[0.5], colors="red", linewidths=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
         if ds.condition == "label":
             axes[r][0].set_ylabel(str(int(y[r].argmax())), rotation=0, labelpad=12)
+    if quadrant:
+        axes[0][0].set_title("truth" if truth is not None else "sample 1", fontsize=8)
+        if truth is not None and cols > 1:
+            axes[0][1].set_title("samples", fontsize=8)
+        fig.supxlabel("shaded red: given; the rest: generated", fontsize=7)
     fig.tight_layout(pad=0.2)
     return save_figure(fig, path, dpi=80)
 
 
 def plot_training_curves(run_dir: str | Path) -> Optional[Path]:
-    """Write ``plots/training.png``: training loss and validation ELBO / log-likelihood per epoch."""
+    """Write ``plots/training.png``: training objective and validation ELBO / log-likelihood for every epoch
+    (no epoch cut off; a symmetric-log axis when early epochs are far below the rest) and, for an annealed
+    run, the KL weight beta on a second axis."""
     rows = read_metrics(Path(run_dir) / "metrics.csv")
     if not rows:
         return None
@@ -78,13 +101,21 @@ def plot_training_curves(run_dir: str | Path) -> Optional[Path]:
     ax.plot(ep, [-r["train_loss"] for r in rows], label="train objective (minibatch, at the epoch's beta)")
     ax.plot(ep, [r["valid_elbo"] for r in rows], label="valid ELBO")
     ax.plot(ep, [r["valid_log_likelihood"] for r in rows], label="valid log-likelihood (IWAE)")
-    finite = [v for r in rows for v in (r["valid_elbo"], -r["train_loss"]) if math.isfinite(v)]
-    if finite:
-        lo = sorted(finite)[len(finite) // 10]
-        ax.set_ylim(bottom=lo)
+    finite = sorted(v for r in rows for v in (r["valid_elbo"], -r["train_loss"]) if math.isfinite(v))
+    if finite and finite[-1] - finite[0] > 10 * max(finite[-1] - finite[len(finite) // 10], 1.0):
+        ax.set_yscale("symlog", linthresh=max(abs(finite[-1]), 1.0))  # every epoch visible, the end resolved
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per datapoint")
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    betas = [r.get("beta_mean", 1.0) for r in rows]
+    if any(b != 1.0 for b in betas):
+        twin = ax.twinx()
+        twin.plot(ep, betas, color="C3", ls="--", label="KL weight beta (epoch mean)")
+        twin.set_ylabel("beta", color="C3")
+        twin.set_ylim(-0.05, max(1.05, max(betas) + 0.05))
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, Path(run_dir) / "plots" / "training.png")
 
@@ -162,46 +193,52 @@ def plot_graph_training(run_dir: Path) -> Optional[Path]:
 
 def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metrics: dict[str, list[dict[str, Any]]],
                   scored: int, out_dir: Path, prefix: str = "forecast") -> list[Path]:
-    """``out_dir/forecast_features.png`` (fan charts of feature 0 for the first nodes), ``forecast_edges.png``
-    (forecast edge probabilities beside the observed edges, nodes in spectral order) and
-    ``forecast_metrics.png`` (AUC and CRPS per horizon step of every forecaster)."""
+    """``out_dir/<prefix>_features.png`` (fan charts of the first forecast (non-static) feature, by its name,
+    for the first nodes), ``<prefix>_edges.png`` (forecast edge probabilities beside the observed edges,
+    each with its colour bar, nodes ordered by community (:func:`node_order`)) and ``<prefix>_metrics.png``
+    (AUC and CRPS per horizon step of every forecaster)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    if history.num_features:
+    dynamic = [i for i, st in enumerate(history.static) if not st]
+    if dynamic:
+        k, name = dynamic[0], history.feature_names[dynamic[0]]
         nodes = list(range(min(4, history.num_nodes)))
         fig, axes = plt.subplots(1, len(nodes), figsize=(3.2 * len(nodes), 2.8), squeeze=False)
         t_hist = np.arange(1, history.num_steps + 1)
         t_fc = np.arange(history.num_steps + 1, history.num_steps + 1 + fc["X"].shape[1])
         for ax, v in zip(axes[0], nodes):
-            draws = fc["X"][:, :, v, 0].numpy()
+            draws = fc["X"][:, :, v, k].numpy()
             for lo, hi, alpha in ((5, 95, 0.2), (25, 75, 0.35)):
                 ax.fill_between(t_fc, np.percentile(draws, lo, 0), np.percentile(draws, hi, 0), color="C0",
                                 alpha=alpha, lw=0)
             ax.plot(t_fc, np.median(draws, 0), color="C0", label="median, 50% and 90% bands")
-            ax.plot(t_hist, history.x[:, v, 0].numpy(), color="k", lw=1, label="history")
-            ax.plot(t_fc[:scored], future.x[:scored, v, 0].numpy(), "o", color="C3", ms=3, label="truth")
-            ax.set_title(f"node {history.node_ids[v]}, feature 0", fontsize=9)
+            ax.plot(t_hist, history.x[:, v, k].numpy(), color="k", lw=1, label="history")
+            ax.plot(t_fc[:scored], future.x[:scored, v, k].numpy(), "o", color="C3", ms=3, label="truth")
+            ax.set_title(f"node {history.node_ids[v]}: {name}", fontsize=9)
             ax.set_xlabel("snapshot")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         paths.append(save_figure(fig, out_dir / f"{prefix}_features.png"))
-    # edge probability maps, nodes in a spectral order of the history so that communities show as blocks
+    # edge probability maps, nodes in community order so that blocks show as squares in both panels
     order = node_order(history)
     steps = sorted({0, scored - 1})
-    fig, axes = plt.subplots(len(steps), 2, figsize=(6.4, 3.2 * len(steps)), squeeze=False)
+    fig, axes = plt.subplots(len(steps), 2, figsize=(7.6, 3.2 * len(steps)), squeeze=False)
     prob = fc["edge_prob"].mean(0)
     for row, h in zip(axes, steps):
-        row[0].imshow(prob[h][order][:, order].numpy(), cmap="viridis", vmin=0, vmax=float(prob.max()))
+        im = row[0].imshow(prob[h][order][:, order].numpy(), cmap="viridis", vmin=0, vmax=float(prob.max()))
+        fig.colorbar(im, ax=row[0], fraction=0.046, pad=0.04, label="P(edge)")
         row[0].set_title(f"forecast edge probability, h={h + 1}", fontsize=9)
-        row[1].imshow(future.adjacency(h)[order][:, order].numpy(), cmap="Greys")
+        im = row[1].imshow(future.adjacency(h)[order][:, order].numpy(), cmap="Greys", vmin=0, vmax=1)
+        fig.colorbar(im, ax=row[1], fraction=0.046, pad=0.04, ticks=[0, 1], label="edge observed")
         row[1].set_title(f"observed edges, h={h + 1}", fontsize=9)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_xlabel("nodes in community order", fontsize=7)
     fig.tight_layout()
     paths.append(save_figure(fig, out_dir / f"{prefix}_edges.png"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -220,10 +257,15 @@ def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metric
 
 
 def node_order(history: Any) -> np.ndarray:
-    """Nodes ordered by the leading non-trivial eigenvector of the summed adjacency, so blocks show as squares."""
+    """Nodes ordered by community so that blocks show as squares: by the true community at the last history
+    step where the data has one (the dynamic SBM), else by the two leading non-trivial eigenvectors of the
+    normalised summed adjacency (spectral clustering's embedding)."""
     a = sum(history.adjacency(t) for t in range(history.num_steps)).double()
     a = a + a.T if history.directed else a
     deg = a.sum(1).clamp_min(1e-9)
     norm = a / deg.sqrt()[:, None] / deg.sqrt()[None, :]
     _, vecs = torch.linalg.eigh(norm)
-    return np.lexsort((vecs[:, -3].numpy(), vecs[:, -2].numpy()))
+    keys = [vecs[:, -3].numpy(), vecs[:, -2].numpy()]
+    if "communities" in history.truth:
+        keys.append(np.asarray(history.truth["communities"][-1]))
+    return np.lexsort(keys)

@@ -51,6 +51,9 @@ class GraphSequence:
         name: where the data came from.
         node_ids: the original node identifiers (length N).
         truth: for synthetic data, the generating state (for example ``communities`` (T, N)).
+        feature_names: one name per feature (default ``feature 0``, ...; ``nodes.csv``'s column names).
+        static: one flag per feature: declared static by the data (``nodes.csv`` without a ``time``
+            column), so a model conditions on it instead of forecasting it.
     """
 
     x: torch.Tensor
@@ -59,6 +62,8 @@ class GraphSequence:
     name: str = "graphs"
     node_ids: list[Any] = field(default_factory=list)
     truth: dict[str, Any] = field(default_factory=dict)
+    feature_names: list[str] = field(default_factory=list)
+    static: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.x.dim() != 3:
@@ -67,6 +72,13 @@ class GraphSequence:
             raise DgmPyroError(f"{len(self.edges)} edge snapshots for {self.x.shape[0]} feature snapshots")
         if not self.node_ids:
             self.node_ids = list(range(self.num_nodes))
+        if not self.feature_names:
+            self.feature_names = [f"feature {i}" for i in range(self.num_features)]
+        if not self.static:
+            self.static = [False] * self.num_features
+        if len(self.feature_names) != self.num_features or len(self.static) != self.num_features:
+            raise DgmPyroError(f"{self.num_features} features but {len(self.feature_names)} names and "
+                               f"{len(self.static)} static flags")
 
     @property
     def num_steps(self) -> int:
@@ -103,7 +115,7 @@ class GraphSequence:
         """Snapshots ``start:stop`` (truth arrays with a time axis are sliced too)."""
         truth = {k: (v[start:stop] if k in self.truth.get("_time_axis", ()) else v) for k, v in self.truth.items()}
         return GraphSequence(self.x[start:stop], self.edges[start:stop], self.directed, self.name,
-                             list(self.node_ids), truth)
+                             list(self.node_ids), truth, list(self.feature_names), list(self.static))
 
     def split(self, test_steps: int) -> tuple["GraphSequence", "GraphSequence"]:
         """(history, held-out future): the last ``test_steps`` snapshots are held out."""
@@ -199,6 +211,10 @@ def dsbm_step(c: torch.Tensor, x: torch.Tensor, params: dict[str, Any],
 # real and user data
 
 
+#: the names of :func:`degree_features`, undirected and directed
+DEGREE_FEATURES = {False: ["log(1 + degree)"], True: ["log(1 + out-degree)", "log(1 + in-degree)"]}
+
+
 def degree_features(edges: list[torch.Tensor], num_nodes: int, directed: bool) -> torch.Tensor:
     """log(1 + degree) per node and snapshot (T, N, 1), or (T, N, 2) out/in for directed graphs: the node
     features of graphs that come without any."""
@@ -244,7 +260,8 @@ def _from_events(src: np.ndarray, dst: np.ndarray, time: np.ndarray, width: floa
     x = features if features is not None else degree_features(edges, n, directed)
     if x.dim() == 2:
         x = x.expand(num_steps, *x.shape).clone()
-    return GraphSequence(x.float(), edges, directed=directed, name=name, node_ids=node_ids)
+    return GraphSequence(x.float(), edges, directed=directed, name=name, node_ids=node_ids,
+                         feature_names=DEGREE_FEATURES[directed] if features is None else [])
 
 
 def load_collegemsg(snapshot_days: float = 7.0, max_nodes: int = 300) -> GraphSequence:
@@ -347,10 +364,10 @@ def load_graph_csv(folder: str | Path, snapshot_width: float = 1.0, directed: bo
         src_raw = [s for s, k in zip(src_raw, keep) if k]
         dst_raw = [d for d, k in zip(dst_raw, keep) if k]
         time = time[keep]
-    features = None
+    features, names = None, []
     node_file = folder / "nodes.csv"
     if node_file.is_file():
-        node_ids, features = _read_nodes(node_file, time, snapshot_width)
+        node_ids, features, names = _read_nodes(node_file, time, snapshot_width)
     else:
         node_ids = sorted(set(src_raw) | set(dst_raw), key=lambda s: (not s.lstrip("-").isdigit(), _sort_key(s)))
     index = {v: i for i, v in enumerate(node_ids)}
@@ -364,6 +381,8 @@ def load_graph_csv(folder: str | Path, snapshot_width: float = 1.0, directed: bo
         if features.dim() == 3 and features.shape[0] != seq.num_steps:
             raise DgmPyroError(f"{node_file}: features for {features.shape[0]} snapshots, edges.csv has {seq.num_steps}")
         seq.x = (features if features.dim() == 3 else features.expand(seq.num_steps, *features.shape)).float().clone()
+        # features without a time column are static node covariates
+        seq.feature_names, seq.static = names, [features.dim() == 2] * len(names)
     return seq
 
 
@@ -371,26 +390,28 @@ def _sort_key(s: str) -> Any:
     return (int(s),) if s.lstrip("-").isdigit() else (0, s)
 
 
-def _read_nodes(path: Path, edge_times: np.ndarray, width: float) -> tuple[list[str], torch.Tensor]:
+def _read_nodes(path: Path, edge_times: np.ndarray, width: float) -> tuple[list[str], torch.Tensor, list[str]]:
     header, body = _read_csv(path, ["node"])
     if not body:
         raise DgmPyroError(f"{path}: no nodes")
     col = {h: i for i, h in enumerate(header)}
     feat_cols = [h for h in header if h not in ("node", "time")]
-    blocks = []
+    blocks, names = [], []
     for h in feat_cols:
         values = [r[col[h]].strip() for r in body]
         if all(_is_float(v) for v in values):
             blocks.append(_numbers(path, h, values)[:, None])
+            names.append(h)
         else:
             levels = sorted(set(values))
             blocks.append(np.array([[v == lev for lev in levels] for v in values], dtype=np.float64))
+            names += [f"{h}={lev}" for lev in levels]
     feats = np.concatenate(blocks, 1) if blocks else np.zeros((len(body), 0))
     ids = [r[col["node"]].strip() for r in body]
     if "time" not in col:
         if len(set(ids)) != len(ids):
             raise DgmPyroError(f"{path}: node ids repeat; add a 'time' column for features that change")
-        return ids, torch.as_tensor(feats)
+        return ids, torch.as_tensor(feats), names
     times = _numbers(path, "time", [r[col["time"]] for r in body])
     node_ids = sorted(set(ids), key=_sort_key)
     index = {v: i for i, v in enumerate(node_ids)}
@@ -406,7 +427,7 @@ def _read_nodes(path: Path, edge_times: np.ndarray, width: float) -> tuple[list[
         t, v = map(int, np.argwhere(np.isnan(out).any(-1))[0])
         raise DgmPyroError(f"{path}: no features for node '{node_ids[v]}' in snapshot {t}; time-varying features "
                            "need a row per node and snapshot")
-    return node_ids, torch.as_tensor(out)
+    return node_ids, torch.as_tensor(out), names
 
 
 def load_graph_pt(path: str | Path, directed: bool = False) -> GraphSequence:
@@ -452,15 +473,16 @@ def load_graph_pt(path: str | Path, directed: bool = False) -> GraphSequence:
             raise DgmPyroError(f"{path}: snapshot {t} has no edges")
         edges.append(canonical_edges(e.long(), n, directed))
     xs = [getattr(d, "x", None) for d in obj]
+    names: list[str] = []
     if all(x is None for x in xs):
-        x = degree_features(edges, n, directed)
+        x, names = degree_features(edges, n, directed), DEGREE_FEATURES[directed]
     elif any(x is None or x.shape[0] != n for x in xs) or len({tuple(x.shape) for x in xs}) != 1:
         raise DgmPyroError(f"{path}: every snapshot needs an x of the same shape (N, F), or none")
     else:
         x = torch.stack([x.float() for x in xs])
         if not torch.isfinite(x).all():
             raise DgmPyroError(f"{path}: node features contain NaN or infinite values")
-    return GraphSequence(x, edges, directed=directed, name=f"pt:{path}")
+    return GraphSequence(x, edges, directed=directed, name=f"pt:{path}", feature_names=names)
 
 
 def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, directed: bool = False,

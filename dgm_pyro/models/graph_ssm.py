@@ -29,7 +29,7 @@ Site names: latents ``z_{t}``, features ``x_{t}``, edges ``a_{t}`` (dense) or ``
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -69,13 +69,18 @@ class GraphSSM(PyroModule):
             parameter there with ``pyro.module``, so ``SVI`` with ``pyro.optim`` trains them).
         feature_shift, feature_scale: per-feature centring and scaling of x (F,), used inside the networks; the
             likelihood stays on the original scale.
+        static: which of the F features are static node covariates (a bool per feature; default none): they
+            are conditioned on, not modelled. The emission networks read [z_v, c_v] with c_v the node's
+            (scaled) static features, only the other F_d features have a likelihood, and forecasts repeat
+            the static values.
     """
 
     def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
                  directed: bool = False, gnn: str = "gcn", edge_likelihood: str = "dense",
                  negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
-                 embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True, name: str = "graph_ssm"):
+                 embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
+                 static: Optional[Sequence[bool]] = None, name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
@@ -86,17 +91,23 @@ class GraphSSM(PyroModule):
         self.deterministic_features, self.fixed_scale = deterministic_features, float(fixed_scale)
         self.register_buffer("feature_shift", torch.zeros(f) if feature_shift is None else feature_shift.float())
         self.register_buffer("feature_scale", torch.ones(f) if feature_scale is None else feature_scale.float())
+        mask = torch.zeros(f, dtype=torch.bool) if static is None else torch.as_tensor(list(static), dtype=torch.bool)
+        if mask.shape != (f,):
+            raise ValueError(f"static needs one flag per feature ({f}); got {tuple(mask.shape)}")
+        self.register_buffer("static_mask", mask)
+        self.num_static = fs = int(mask.sum())
+        self.num_dynamic = fd = f - fs
         self.num_pairs = n * (n - 1) if directed else n * (n - 1) // 2
         # Z_0 (P4.1): learned, one row per node
         self.z0 = nn.Parameter(0.1 * torch.randn(n, d))
         # transition p(Z_t | Z_{t-1}) with a pooled context
         self.context = MLP(d, [hidden], hidden)
         self.transition_net = MLP(d + hidden, [hidden], 2 * d)
-        # emission p(X_t, A_t | Z_{t-1})
-        tril = f * (f + 1) // 2
-        self.feature_net = MLP(d, [hidden], f + tril) if f else None
-        self.edge_src = MLP(d, [hidden], edge_dim)
-        self.edge_dst = MLP(d, [hidden], edge_dim) if directed else None
+        # emission p(X_t, A_t | Z_{t-1}, static covariates)
+        tril = fd * (fd + 1) // 2
+        self.feature_net = MLP(d + fs, [hidden], fd + tril) if fd else None
+        self.edge_src = MLP(d + fs, [hidden], edge_dim)
+        self.edge_dst = MLP(d + fs, [hidden], edge_dim) if directed else None
         self.edge_weight = nn.Parameter(torch.ones(edge_dim))
         self.edge_bias = nn.Parameter(torch.tensor(-3.0))
         self.edge_memory = edge_memory
@@ -119,18 +130,32 @@ class GraphSSM(PyroModule):
         delta, raw = out.split(self.latent_dim, -1)
         return z + delta, nn.functional.softplus(raw - 2.0) + _MIN_SCALE
 
+    def emission_input(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[z_v, c_v] (..., N, d + F_s): the latents with the nodes' scaled static features from ``x`` (..., N, F)
+        (any snapshot: they do not change); ``z`` itself for a model without static features."""
+        if not self.num_static:
+            return z
+        c = ((x - self.feature_shift) / self.feature_scale)[..., self.static_mask]
+        return cat_broadcast(z, c)
+
+    def dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        """The modelled (non-static) features of ``x`` (..., F) -> (..., F_d)."""
+        return x[..., ~self.static_mask] if self.num_static else x
+
     def feature_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (..., N, F) and Cholesky factor (..., N, F, F) of p(x_v | z_v) (P4.2, node term)."""
-        f = self.num_features
+        """Mean (..., N, F_d) and Cholesky factor (..., N, F_d, F_d) of p(x_v | z_v, c_v) (P4.2, node term) for
+        the emission input ``z`` = [z_v, c_v] of :meth:`emission_input`."""
+        f = self.num_dynamic
         out = self.feature_net(z)
-        loc = self.feature_shift + self.feature_scale * out[..., :f]
+        shift, scale = self.dynamic(self.feature_shift), self.dynamic(self.feature_scale)
+        loc = shift + scale * out[..., :f]
         if self.deterministic_features:
             tril = self.fixed_scale * torch.eye(f, device=loc.device).expand(*loc.shape, f)
         else:
             tril = vec_to_tril_matrix(out[..., f:])
             diag = nn.functional.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
             tril = tril.tril(-1) + torch.diag_embed(diag)
-            tril = self.feature_scale.unsqueeze(-1) * tril
+            tril = scale.unsqueeze(-1) * tril
         return loc, tril
 
     def _edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,11 +221,12 @@ class GraphSSM(PyroModule):
 
     def _emit(self, t: int, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor, nodes: pyro.plate,
               past: Optional["PairHistory"]) -> None:
-        """Observe X_t and A_t given Z_{t-1} and the past edges (P4.2)."""
-        if self.num_features:
+        """Observe X_t and A_t given Z_{t-1}, the static covariates and the past edges (P4.2)."""
+        z = self.emission_input(z, x)
+        if self.num_dynamic:
             loc, tril = self.feature_params(z)
             with nodes:
-                pyro.sample(f"x_{t}", dist.MultivariateNormal(loc, scale_tril=tril), obs=x)
+                pyro.sample(f"x_{t}", dist.MultivariateNormal(loc, scale_tril=tril), obs=self.dynamic(x))
         n = self.num_nodes
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(e.device)
@@ -297,22 +323,23 @@ class GraphSSM(PyroModule):
         (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}) it used. Filters Z_T with the guide first,
         then alternately emits from Z and moves Z ~ p(Z' | Z), feeding the sampled edges back."""
         z = self.filter(x, edges, num_samples)
+        last_x = x[-1]
         memory = None
         if self.edge_memory:
             last, decayed = self.dense_memory(edges)
             memory = (last.expand(num_samples, -1, -1), decayed.expand(num_samples, -1, -1))
         for _ in range(steps):
-            if self.num_features:
-                loc, tril = self.feature_params(z)
-                x_draw = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
-            else:
-                x_draw = z.new_zeros(num_samples, self.num_nodes, 0)
-            p = self.edge_probabilities(z, memory)
+            h = self.emission_input(z, last_x)
+            x_draw = last_x.expand(num_samples, *last_x.shape).clone()  # static features stay as they are
+            if self.num_dynamic:
+                loc, tril = self.feature_params(h)
+                x_draw[..., ~self.static_mask] = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
+            p = self.edge_probabilities(h, memory)
             a = torch.bernoulli(p)
             if not self.directed:
                 a = a.triu(1)
                 a = a + a.transpose(-1, -2)
-            yield {"z": z, "x": x_draw, "edge_prob": p, "A": a, "memory": memory}
+            yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory}
             if memory is not None:
                 memory = (a, self.memory_decay * memory[1] + a)
             loc, scale = self.transition(z)
@@ -346,9 +373,9 @@ class GraphSSM(PyroModule):
         """log p(X, A | Z, memory) of one true snapshot for each path of a rollout step: shape (S,)."""
         z = step["z"]
         total = z.new_zeros(z.shape[0])
-        if self.num_features:
-            loc, tril = self.feature_params(z)
-            total = total + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(x).sum(-1)
+        if self.num_dynamic:
+            loc, tril = self.feature_params(step["h"])
+            total = total + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(self.dynamic(x)).sum(-1)
         u, v = pair_index(self.num_nodes, self.directed).to(z.device)
         p = step["edge_prob"][:, u, v].clamp(1e-7, 1 - 1e-7)
         obs = z.new_zeros(self.num_nodes, self.num_nodes)

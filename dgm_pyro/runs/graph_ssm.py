@@ -69,6 +69,9 @@ class GraphConfig(ConfigBase):
     deterministic_decoder: bool = option(False, "Fix the feature covariance at 0.01^2 I (P4.3; shows what it "
                                          "breaks).")
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
+    static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
+                                  "gives without a time column), none, or comma-separated feature names.",
+                                  metavar="auto|none|NAMES")
     steps: int = option(300, "Full-sequence SVI steps.", min=1)
     lr: float = option(1e-2, "Adam learning rate.", min=0, min_open=True)
     clip_norm: float = option(10.0, "Gradient-norm clip.", min=0, min_open=True)
@@ -109,6 +112,28 @@ def _feature_standardisation(history: GraphSequence, eps: float) -> tuple[Option
     return (x.mean((0, 1)), x.std((0, 1)).clamp_min(eps)) if x.shape[-1] else (None, None)
 
 
+def static_features(config: GraphConfig, history: GraphSequence) -> list[bool]:
+    """Which features are static: the data's own declaration (``auto``), none, or the named ones, each of
+    which must be constant over the history for every node."""
+    spec = config.static_features.strip()
+    if spec == "auto":
+        return list(history.static)
+    if spec == "none":
+        return [False] * history.num_features
+    names = [n.strip() for n in spec.split(",")]
+    unknown = [n for n in names if n not in history.feature_names]
+    if unknown:
+        raise DgmPyroError(f"static_features: no feature named '{unknown[0]}'; the features are "
+                           f"{', '.join(history.feature_names) or 'none'}")
+    mask = [name in names for name in history.feature_names]
+    for i, name in enumerate(history.feature_names):
+        changing = int((history.x[:, :, i] != history.x[:1, :, i]).any(0).sum())
+        if mask[i] and changing:
+            raise DgmPyroError(f"static_features: feature '{name}' changes over time for {changing} node(s); only "
+                               "constant features can be static")
+    return mask
+
+
 def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
     """The configured :class:`GraphSSM`, sized for the data, with feature scaling from the history."""
     shift, scale = _feature_standardisation(history, 1e-3)
@@ -117,7 +142,7 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     edge_likelihood=config.resolved_edge_likelihood(history.num_nodes),
                     negatives_per_edge=config.negatives_per_edge,
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
-                    edge_memory=config.edge_memory)
+                    edge_memory=config.edge_memory, static=static_features(config, history))
 
 
 def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUForecaster:
@@ -143,6 +168,9 @@ class GraphSSMKind(ModelKind):
     def load_data(self, config: GraphConfig) -> tuple[GraphSequence, GraphSequence]:
         return load_graph_sequence(config)
 
+    def check(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> None:
+        static_features(config, data[0])
+
     def build(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> GraphSSM:
         return build_graph_model(config, data[0])
 
@@ -151,8 +179,9 @@ class GraphSSMKind(ModelKind):
 
     def describe_data(self, data: tuple[GraphSequence, GraphSequence]) -> str:
         d, held = data[0].summary(), data[1].num_steps
+        names = ", ".join(n + (" (static)" if st else "") for n, st in zip(data[0].feature_names, data[0].static))
         return (f"{d['name']}, {d['snapshots']} history snapshots (+{held} held out) of {d['nodes']} nodes, "
-                f"{d['features']} feature(s), {d['edges_mean']:.0f} edges on average")
+                f"{d['features']} feature(s){': ' + names if names else ''}, {d['edges_mean']:.0f} edges on average")
 
     def wants_baseline(self, config: GraphConfig, num_nodes: int) -> bool:
         return bool(config.baseline_steps) and num_nodes <= FORECAST_MAX_NODES
@@ -220,10 +249,12 @@ class GraphSSMKind(ModelKind):
 
 
 def to_inference_data(forecast: dict[str, torch.Tensor], chains: int, history: GraphSequence,
-                      future: Optional[GraphSequence] = None):
+                      future: Optional[GraphSequence] = None, static: Sequence[bool] = ()):
     """An arviz ``InferenceData``: ``posterior_predictive`` ``X`` (chain, draw, horizon, node, feature),
     ``A`` and ``edge_prob`` (chain, draw, horizon, node, node_to); ``observed_data`` the history
-    (``X_history``, time, node, feature) and, where held out, the truth ``X`` and ``A`` over the horizon."""
+    (``X_history``, time, node, feature) and, where held out, the truth ``X`` and ``A`` over the horizon. The
+    ``feature`` coordinate holds the feature names; the ``static_features`` attribute names those that were
+    conditioned on (``static``: a flag per feature), whose draws repeat their last value."""
     import arviz as az
 
     s, h, n, f = forecast["X"].shape
@@ -233,7 +264,8 @@ def to_inference_data(forecast: dict[str, torch.Tensor], chains: int, history: G
         return t.reshape(chains, draws, *t.shape[1:]).numpy().astype(dtype)
 
     node_ids = [str(v) for v in history.node_ids]
-    coords = {"horizon": list(range(1, h + 1)), "node": node_ids, "node_to": node_ids, "feature": list(range(f)),
+    coords = {"horizon": list(range(1, h + 1)), "node": node_ids, "node_to": node_ids,
+              "feature": list(history.feature_names),
               "time": list(range(1, history.num_steps + 1))}
     dims = {"X": ["horizon", "node", "feature"], "A": ["horizon", "node", "node_to"],
             "edge_prob": ["horizon", "node", "node_to"], "X_history": ["time", "node", "feature"]}
@@ -247,7 +279,8 @@ def to_inference_data(forecast: dict[str, torch.Tensor], chains: int, history: G
                                               "A": split(forecast["A"], np.int8),
                                               "edge_prob": split(forecast["edge_prob"], np.float32)},
                         observed_data=observed, coords=coords, dims=dims,
-                        attrs={"model": "dgm_pyro.models.GraphSSM", "directed": int(history.directed)})
+                        attrs={"model": "dgm_pyro.models.GraphSSM", "directed": int(history.directed),
+                               "static_features": ",".join(n for n, st in zip(history.feature_names, static) if st)})
 
 
 def _write_netcdf(idata: Any, path: Path) -> None:
@@ -312,7 +345,8 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     if "blocks" in history.truth:
         oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
         metrics["oracle"] = forecast_scores(oracle, future, history, scored)
-    idata = to_inference_data(fc, chains, history, future if future.num_steps >= horizon else None)
+    idata = to_inference_data(fc, chains, history, future if future.num_steps >= horizon else None,
+                              static=run.module.static_mask.tolist())
     _write_netcdf(idata, out_path)
     notes = [] if total >= 10 else [f"coverage is NaN: intervals need at least 10 draws, this forecast has {total} "
                                     "(raise --samples)"]

@@ -204,3 +204,56 @@ def test_installed_entry_point_refuses_horizon_zero(graph_run):
     exe = Path(sys.executable).parent / "dgm-pyro"
     p = subprocess.run([str(exe), "forecast", str(graph_run), "--horizon", "0"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip() == "error: --horizon must be >= 1, got 0" and p.stdout == ""
+
+
+def _contacts(folder: Path, time_column: bool) -> Path:
+    """12 nodes over 10 snapshots: random contacts, a constant 'age' per node and an 'activity' that changes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    rows = ["src,dst,time"] + [f"{u},{v},{t}" for t in range(10) for u, v in rng.integers(0, 12, (15, 2)) if u != v]
+    (folder / "edges.csv").write_text("\n".join(rows) + "\n")
+    ages = rng.integers(20, 60, 12)
+    if time_column:
+        nodes = ["node,time,age,activity"] + [f"{v},{t},{ages[v]},{rng.normal():.3f}" for v in range(12)
+                                              for t in range(10)]
+    else:
+        nodes = ["node,age"] + [f"{v},{ages[v]}" for v in range(12)]
+    (folder / "nodes.csv").write_text("\n".join(nodes) + "\n")
+    return folder
+
+
+def test_static_features_are_conditioned_on_not_forecast(tmp_path):
+    """'age' is constant: declared static it is repeated exactly in every forecast draw (CRPS 0, as persistence)
+    while 'activity' is forecast; left dynamic (--static-features none) it is forecast and drifts."""
+    import arviz as az
+
+    data = f"csv:{_contacts(tmp_path / 'g', time_column=True)}"
+    common = ["--dataset", data, "--test-steps", 2, "--steps", 4, "--checkpoint-every", 2, "--baseline-steps", 0,
+              "--hidden", 8, "--json"]
+    for static in ("age", "none"):
+        r = run("train", "graph-ssm", "--out", tmp_path / static, "--static-features", static, *common)
+        assert r.exit_code == 0, r.output
+        run_dir = Path(json.loads(r.stdout)["run"])
+        f = run("forecast", run_dir, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
+        assert f.exit_code == 0, f.output
+        idata = az.from_netcdf(run_dir / "forecast.nc")
+        assert list(idata.posterior_predictive["X"].coords["feature"].values) == ["age", "activity"]
+        age = idata.posterior_predictive["X"].sel(feature="age").values
+        truth = idata.observed_data["X"].sel(feature="age").values
+        exact = bool((age == truth[None, None]).all())
+        assert exact == (static == "age")
+        assert idata.attrs["static_features"] == ("age" if static == "age" else "")
+    # without a time column nodes.csv's features are static by default ("auto")
+    r = run("train", "graph-ssm", "--out", tmp_path / "auto", *common[:1],
+            f"csv:{_contacts(tmp_path / 'h', time_column=False)}", *common[2:])
+    assert r.exit_code == 0, r.output
+    from dgm_pyro.runs import load_run
+
+    assert load_run(json.loads(r.stdout)["run"]).module.static_mask.tolist() == [True]
+    bad = run("train", "graph-ssm", "--out", tmp_path / "bad", "--static-features", "activity", *common)
+    assert bad.exit_code == 2 and "feature 'activity' changes over time for 12 node(s)" in bad.stderr
+    bad = run("train", "graph-ssm", "--out", tmp_path / "bad", "--static-features", "height", *common)
+    assert bad.exit_code == 2 and "no feature named 'height'; the features are age, activity" in bad.stderr
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

@@ -94,6 +94,9 @@ def test_csv_folder_round_trip(tmp_path):
     assert seq.edges[2].tolist() == [[0], [2]]  # the weight-0 row is not an edge
     # numeric column kept, text column one-hot (blue, red)
     assert seq.x[0].tolist() == [[1.5, 0.0, 1.0], [2.0, 1.0, 0.0], [-1.0, 0.0, 1.0]]
+    # nodes.csv without a time column: static node covariates, named after their columns
+    assert seq.feature_names == ["size", "colour=blue", "colour=red"] and seq.static == [True, True, True]
+    assert seq.split(1)[0].feature_names == seq.feature_names and seq.split(1)[1].static == seq.static
     directed = load_graph_csv(d, snapshot_width=1.0, directed=True)
     assert directed.edges[0].tolist() == [[0, 1], [1, 0]]
 
@@ -103,6 +106,9 @@ def test_csv_time_varying_features(tmp_path):
                "node,time,f\n" + "".join(f"{v},{t},{v * 10 + t}\n" for v in (1, 2, 3) for t in (0, 1, 2)))
     seq = load_graph_csv(d)
     assert seq.x[:, :, 0].tolist() == [[10, 20, 30], [11, 21, 31], [12, 22, 32]]
+    assert seq.feature_names == ["f"] and seq.static == [False]
+    assert load_graph_csv(_write(tmp_path / "h", "src,dst,time\n1,2,0\n2,3,1\n1,3,2\n")).feature_names == \
+        ["log(1 + degree)"]
 
 
 BAD_CSV = [
@@ -164,6 +170,8 @@ def test_malicious_pt_is_refused(tmp_path):
 
 def test_unknown_and_mismatched_specs():
     with pytest.raises(DgmPyroError, match="unknown graph dataset"):
+        load_graph_dataset("mnist")
+    with pytest.raises(DgmPyroError, match="'digits' is not a graph dataset; .* 'dgm-pyro train cvae --dataset digits'"):
         load_graph_dataset("digits")
     with pytest.raises(DgmPyroError, match="undirected"):
         load_graph_dataset("dsbm", directed=True)

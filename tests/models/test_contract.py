@@ -42,6 +42,19 @@ def _graph(edge_likelihood="dense"):
     return build_graph_model(cfg, history), args, {f"z_{t}" for t in range(1, 5)}, {f"x_{t}" for t in range(1, 5)} | edges
 
 
+def _graph_static():
+    """GraphSSM with a static covariate (feature 0 held constant over time): x_t observes the other 3."""
+    from dgm_pyro.models import GraphSSM
+
+    cfg = GraphConfig().validate()
+    history, _ = load_graph_sequence(cfg)
+    x = history.x[:4].clone()
+    x[:, :, 0] = x[0, :, 0]
+    module = GraphSSM(history.num_nodes, 4, latent_dim=2, hidden=8, static=[True, False, False, False])
+    return module, (x, history.edges[:4]), {f"z_{t}" for t in range(1, 5)}, \
+        {f"{s}_{t}" for t in range(1, 5) for s in ("x", "a")}
+
+
 def _graph_baseline():
     cfg = GraphConfig(hidden=8).validate()
     history, _ = load_graph_sequence(cfg)
@@ -58,6 +71,7 @@ PROGRAMS = {
     "cvae NN baseline (quadrants)": _quadrant_baseline,
     "graph-ssm dense": lambda: _graph("dense"),
     "graph-ssm sparse": lambda: _graph("sparse"),
+    "graph-ssm static covariates": _graph_static,
     "graph-ssm GCN+GRU baseline": _graph_baseline,
 }
 #: which registered model each program belongs to (a newly registered model must add its programs here)

@@ -185,3 +185,32 @@ def test_backtest_one_dict_per_window():
 
     with pytest.raises(DgmPyroError, match="origin 11"):
         backtest(m, seq, origins=[11], horizon=2)
+
+
+def test_static_covariates_are_inputs_not_observations():
+    """With feature 0 static, each x_t site observes the 3 other features only, the emission networks read
+    [z_v, c_v], and the log-likelihood depends on the static values only through them (changing them changes
+    the density of the others)."""
+    import pyro
+    import pyro.poutine as poutine
+
+    from dgm_pyro.models import GraphSSM
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 4)
+    x[:, :, 0] = x[0, :, 0]
+    edges = [torch.tensor([[0, 1], [2, 3]])] * 3
+    m = GraphSSM(6, 4, latent_dim=2, hidden=8, static=[True, False, False, False])
+    assert m.num_static == 1 and m.num_dynamic == 3 and m.edge_src[0].in_features == 3
+    pyro.set_rng_seed(0)
+    guide = poutine.trace(m.guide).get_trace(x, edges)
+    tr = poutine.trace(poutine.replay(m.model, trace=guide)).get_trace(x, edges)
+    assert tr.nodes["x_1"]["value"].shape == (6, 3)
+    assert torch.equal(tr.nodes["x_2"]["value"], x[1, :, 1:])
+    x2 = x.clone()
+    x2[:, :, 0] += 1.0
+    tr2 = poutine.trace(poutine.replay(m.model, trace=guide)).get_trace(x2, edges)
+    assert not torch.allclose(tr.log_prob_sum(), tr2.log_prob_sum())
+    fc = m.forecast(x, edges, horizon=2, num_samples=5)
+    assert torch.equal(fc["X"][..., 0], x[-1, :, 0].expand(5, 2, 6))
+    assert not torch.equal(fc["X"][:, 0, :, 1], fc["X"][:, 1, :, 1])
