@@ -173,7 +173,7 @@ def _device_option(f: Any) -> Any:
 
 
 def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str],
-               json_out: bool, device: str) -> None:
+               json_out: bool, device: str, name: Optional[str] = None) -> None:
     """``dgm-pyro train MODEL``: resolve the configuration, train, report (rank 0 under torchrun)."""
     from dgm_pyro import distributed as D
     from dgm_pyro.device import resolve_device
@@ -185,6 +185,9 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
         if device != "auto":
             raise DgmPyroError("data-parallel training under torchrun runs on CPU (gloo); use --device cpu")
         dev = resolve_device("cpu")
+    if name is not None and (resume is not None or not name.strip() or Path(name).name != name or name in (".", "..")):
+        raise DgmPyroError("--name takes a plain folder name (no '/'), and not with --resume" if resume is None
+                           else "--name names a new run; with --resume the run folder is given already")
     if resume is not None:
         config, run_dir = None, Path(resume)
         if not _prepare_resume(kind, ctx, config_file, run_dir, json_out):
@@ -194,7 +197,7 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
         config = resolve_config(kind, ctx, config_file)
         if Path(out).is_file():
             raise DgmPyroError(f"{out}: is a file; --out takes a folder")
-        run_dir = new_run_dir(out, kind.name)
+        run_dir = Path(out) / name if name else new_run_dir(out, kind.name)
     if distributed:
         run_dir = D.broadcast_object(run_dir)
     announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
@@ -272,13 +275,15 @@ def _print_training(run: Any, summary: dict[str, Any]) -> None:
 def _model_command(kind: Any) -> click.Command:
     """``dgm-pyro train NAME`` for a registered model kind: its configuration's options plus the common ones."""
     @click.pass_context
-    def callback(ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str], json_out: bool,
-                 device: str, **_: Any) -> None:
-        _run_train(kind, ctx, out, config_file, resume, json_out, device)
+    def callback(ctx: click.Context, out: str, name: Optional[str], config_file: Optional[str], resume: Optional[str],
+                 json_out: bool, device: str, **_: Any) -> None:
+        _run_train(kind, ctx, out, config_file, resume, json_out, device, name=name)
 
     common = [
         click.Option(["--out"], type=click.Path(), default="runs", show_default=True,
                      help="Folder in which the run folder <model>-<timestamp> is made."),
+        click.Option(["--name"], default=None, metavar="NAME",
+                     help="Call the run folder OUT/NAME instead (it must not exist or must be empty)."),
         click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), default=None,
                      help="TOML file of options (flags given on the command line win)."),
         click.Option(["--resume"], type=click.Path(file_okay=False), default=None,

@@ -49,9 +49,9 @@ def set_threads(threads: Optional[int] = None) -> int:
 
     ``None`` (the commands' default) takes ``$OMP_NUM_THREADS`` when it is set, else **1**; ``0`` takes
     torch's default (one per core). One thread is the default because these models are small: on 2 idle
-    cores two threads train the default CVAE 1.35x and the graph model 1.1x faster, but when another
-    process shares the cores the threads of both spin against each other and a step becomes 4-35x slower
-    (measurements in docs/cli.md, "Threads"). Each process (each ``torchrun`` worker) sets its own.
+    cores two threads train the CVAE 1.19x faster and the graph model no faster, but beside another
+    training process the threads spin against each other and training becomes 4-22x slower
+    (``benchmarks/threads.py``, docs/cli.md "Threads"). Each process (each ``torchrun`` worker) sets its own.
     """
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,16 +18,28 @@ ARGS = ["--epochs", "6", "--hidden", "64", "--latent-dim", "4", "--particles", "
 
 
 def _torchrun(out, *extra, wait=True):
+    """``torchrun --nproc-per-node 2 -m cli.main train ...``; each rank's stdout and stderr go to files under a
+    log folder (``--redirects 3``), and a failure shows all of them, whole."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cli.main",
-           "train", *extra]
+    logs = Path(tempfile.mkdtemp(prefix="ddp-logs-"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--log-dir", str(logs), "--redirects", "3", "-m", "cli.main", "train", *extra]
     p = subprocess.Popen(cmd + (["--out", str(out)] if "--resume" not in extra else []), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          cwd=Path(__file__).parents[1])
+    p.logs = logs
     if wait:
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr
+        stdout, stderr = p.communicate(timeout=900)
+        assert p.returncode == 0, _all_output(p.returncode, stderr, logs)
     return p
+
+
+def _all_output(code, stderr, logs):
+    """torchrun's own stderr and every rank's full stdout and stderr, for the failure message."""
+    parts = [f"torchrun exit code {code}", "== torchrun stderr ==", stderr]
+    for f in sorted(Path(logs).rglob("*.log")):
+        parts += [f"== {f.relative_to(logs)} ==", f.read_text(errors="replace")]
+    return "\n".join(parts)
 
 
 def _rows(run):

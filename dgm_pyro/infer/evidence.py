@@ -209,15 +209,23 @@ def log_importance_weights(model: Callable, guide: Callable, args: tuple, kwargs
     return torch.cat([once(model, guide) for _ in range(num)], dim=0), traces
 
 
-def batch_plates(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[list[tuple[str, int]], int, int]:
+def batch_plates(model: Callable, guide: Callable, args: tuple, kwargs: dict,
+                 warn: bool = False) -> tuple[list[tuple[str, int]], int, int]:
     """The batch plates (name, dim) of a model/guide pair (the plates every sample site shares, outermost
     first), its plate nesting and the number of datapoints, from one checked trace (see
-    :func:`check_model_and_guide`)."""
+    :func:`check_model_and_guide`). With ``warn``, model latents without a guide site are named in a
+    warning: they are proposed from their prior, which is correct but can be a poor proposal (or a guide
+    site under another name)."""
     with torch.no_grad():
         guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
     shared, nesting = _shared_plates([model_tr, guide_tr])
     check_model_and_guide(model_tr, guide_tr, {name for name, _ in shared})
+    unguided = sorted(latent_sites(model_tr) - latent_sites(guide_tr))
+    if warn and unguided:
+        warnings.warn(f"model latent site(s) {', '.join(map(repr, unguided))} have no guide site: they are drawn from "
+                      "their prior as part of the proposal (their prior terms cancel, so the estimate stays correct, "
+                      "but it needs many particles when the prior is far from their posterior)", stacklevel=3)
     size = 1
     for name, _ in shared:
         size *= next(f.size for s in model_tr.nodes.values() if s["type"] == "sample" for f in s["cond_indep_stack"]
@@ -269,7 +277,7 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         raise DgmPyroError(f"num_particles must be >= 1, got {num_particles}")
     if method not in ("is", "ais"):
         raise DgmPyroError(f"method must be 'is' or 'ais', got '{method}'")
-    shared, nesting, numel = batch_plates(model, guide, args, kwargs)
+    shared, nesting, numel = batch_plates(model, guide, args, kwargs, warn=warn)
     keep = {d for _, d in shared}
     with torch.no_grad():
         if chunk_size is None:

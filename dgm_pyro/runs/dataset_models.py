@@ -135,6 +135,12 @@ class DatasetModelKind(ModelKind):
         return (f"{data.name}, {data.likelihood} likelihood, condition {data.condition}; {sizes['train']} train, "
                 f"{sizes['valid']} valid, {sizes['test']} test rows")
 
+    def unfinished(self, config: DatasetConfig, run_dir: Path) -> list[str]:
+        parts = super().unfinished(config, run_dir)
+        if not parts and not (Path(run_dir) / "evaluation.json").is_file():
+            parts.append("the final evaluation is not written")  # killed while evaluating: resume evaluates
+        return parts
+
     def check_extension(self, config: DatasetConfig) -> None:
         if config.anneal.startswith("cyclical"):
             raise DgmPyroError(f"the cyclical annealing schedule '{config.anneal}' spans the run's whole length; a run "

@@ -151,6 +151,9 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["train", "--dataset", "dsbm"], "train the graph model with 'dgm-pyro train graph-ssm --dataset dsbm'"),
         (["train", "graph-ssm", "--dataset", "digits"], "'dgm-pyro train cvae --dataset digits'"),
         (["train", "--threads", "-1"], "--threads"),
+        (["train", "--name", "a/b"], "--name takes a plain folder name"),
+        (["train", "--resume", str(run_dir), "--name", "x"], "--name names a new run"),
+        (["train", "--out", str(run_dir.parent), "--name", run_dir.name], "exists and is not empty"),
         (["evaluate", str(run_dir), "--threads", "x"], "--threads"),
         (["train", "--out", str(run_dir / "config.json")], "is a file"),
         (["evaluate", f"{tmp}/none"], "no such run folder"),
@@ -356,6 +359,12 @@ def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_extend_it(trai
     r = run("train", "--resume", copy)
     assert r.exit_code == 0 and "training is complete (2 epochs); nothing was changed" in r.stdout
     assert "--epochs N" in r.stdout and _digest(copy) == before
+    # killed during the final evaluation (no evaluation.json): resume trains nothing and evaluates
+    (copy / "evaluation.json").unlink()
+    r = run("train", "--resume", copy, "--json")
+    assert r.exit_code == 0 and (copy / "evaluation.json").is_file()
+    assert {k: v for k, v in _digest(copy).items() if k != "evaluation.json"} == \
+        {k: v for k, v in before.items() if k != "evaluation.json"}
     r = run("train", "--resume", copy, "--epochs", "3", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads((copy / "config.json").read_text())["epochs"] == 3

@@ -210,6 +210,8 @@ def test_model_latent_without_guide_site_is_proposed_from_its_prior():
 
     x = torch.tensor([0.5, -1.2, 2.0], dtype=torch.float64)
     res = log_evidence(model, guide, x, num_particles=20000, warn=False)
+    with pytest.warns(UserWarning, match="model latent site\\(s\\) 'w' have no guide site: they are drawn from"):
+        log_evidence(model, guide, x, num_particles=10)
     exact = dist.Normal(0.0, 2 ** 0.5).log_prob(x)
     ok, err, se = _within(res, exact)
     assert ok, (err, se)
