@@ -35,6 +35,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from . import distributed as D
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import DgmPyroError
+from .progress import Heartbeat
 
 __all__ = ["Trainer", "Minibatches", "FullBatch", "build_objective", "describe_objective", "OBJECTIVES",
            "steps_per_epoch", "read_metrics", "environment", "deterministic_algorithms", "CHECKPOINT_FORMAT"]
@@ -203,15 +204,6 @@ class FullBatch:
         state["step"] = state["steps"]
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 class _Progress:
     """What a :class:`Trainer` shows while it runs: a tqdm bar (``bar``, for a terminal) or, otherwise, log
     lines on the ``dgm_pyro.training`` logger at level INFO: one per interval (epoch or checkpoint) with the
@@ -219,48 +211,39 @@ class _Progress:
     ``heartbeat`` seconds. Rank 0 only."""
 
     def __init__(self, trainer: "Trainer", bar: bool, heartbeat: float = 30.0):
-        self.trainer, self.heartbeat = trainer, heartbeat
+        self.trainer = trainer
         self.active = D.rank() == 0
         self.bar = None
         data = trainer.data
         self.total_steps, self.unit = data.total_steps(), data.unit
-        self.start_steps = trainer.state["steps"]
-        self.start = self.last = time.perf_counter()
+        self.clock = Heartbeat(log, self.total_steps, start=trainer.state["steps"], every=heartbeat,
+                               eta_note=" or less (early stopping)" if self.unit == "epoch" else "")
         if bar and self.active:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=data.total, initial=trainer.state[self.unit], desc=trainer.label, unit=self.unit,
                             leave=False)
 
-    def _eta(self) -> str:
-        done = self.trainer.state["steps"] - self.start_steps
-        elapsed = time.perf_counter() - self.start
-        if done <= 0:
-            return f"{_duration(elapsed)} elapsed"
-        left = max(self.total_steps - self.trainer.state["steps"], 0) * elapsed / done
-        return f"{_duration(elapsed)} elapsed, ETA {_duration(left)}" + (" or less (early stopping)"
-                                                                        if self.unit == "epoch" else "")
-
     def step(self) -> None:
-        now = time.perf_counter()
-        if self.active and self.bar is None and now - self.last >= self.heartbeat:
-            self.last = now
+        if self.active and self.bar is None:
             st = self.trainer.state
-            log.info("%s: %s %d of %d in progress, step %d of %d; %s", self.trainer.label, self.unit,
-                     st[self.unit] + 1, self.trainer.data.total, st["steps"], self.total_steps, self._eta())
+            where = (f"step {st['steps']} of {self.total_steps}" if self.unit == "step" else
+                     f"epoch {st['epoch'] + 1} of {self.trainer.data.total} in progress, step {st['steps']} of "
+                     f"{self.total_steps}")
+            self.clock.beat(st["steps"], f"{self.trainer.label}: {where}")
 
     def interval(self, before: int, row: dict[str, float]) -> None:
         if not self.active:
             return
+        st = self.trainer.state
         if self.bar is not None:
-            self.bar.update(self.trainer.state[self.unit] - before)
+            self.bar.update(st[self.unit] - before)
             self.bar.set_postfix(loss=f"{row['train_loss']:.2f}")
             return
-        self.last = time.perf_counter()
         extra = "".join(f", {k.replace('_', ' ')} {row[k]:.3f}" for k in ("valid_elbo", "valid_log_likelihood")
                         if k in row and math.isfinite(row[k]))
-        log.info("%s: %s %d/%d, loss %.3f%s; %s", self.trainer.label, self.unit, self.trainer.state[self.unit],
-                 self.trainer.data.total, row["train_loss"], extra, self._eta())
+        self.clock.beat(st["steps"], f"{self.trainer.label}: {self.unit} {st[self.unit]}/{self.trainer.data.total}, "
+                        f"loss {row['train_loss']:.3f}{extra}", force=True)
 
     def close(self) -> None:
         if self.bar is not None:

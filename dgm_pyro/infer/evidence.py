@@ -23,6 +23,7 @@ log p, not for p).
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import DgmPyroError
+from ..progress import Heartbeat
 
 __all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "log_importance_weights", "batch_plates", "check_model_and_guide",
            "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
+
+log = logging.getLogger(__name__)
 
 #: Pareto k-hat above which importance-sampling estimates are unreliable (Vehtari et al. 2024).
 KHAT_WARN = 0.7
@@ -265,7 +269,8 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         diagnostics: estimate the PSIS k-hat with arviz (needs K >= 100).
         keep_log_weights: keep the (K, *batch) log-weights in the result.
         warn: warn when any datapoint has k-hat > 0.7.
-        progress: show a progress bar over particles.
+        progress: show a progress bar over particles (for a terminal); without it a line goes to the
+            ``dgm_pyro.infer.evidence`` logger (INFO) every 30 s of a long run.
         method: ``"is"`` (importance sampling) or ``"ais"`` (annealed importance sampling with ``num_steps``
             temperatures and HMC transitions of ``hmc_steps`` leapfrog steps of initial size ``step_size`` in
             the guide's scale; continuous latents, each with a guide site; always vectorised).
@@ -289,6 +294,8 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
             from tqdm.auto import tqdm
 
             bar = tqdm(total=num_particles, desc="importance sampling", unit="particle", leave=False)
+        what = "annealed importance sampling" if method == "ais" else "importance sampling"
+        clock = Heartbeat(log, num_particles)  # without a bar: a log line every 30 s
         while done < num_particles:
             k = min(chunk_size, num_particles - done)
             # the trace above ran with the caller's validation setting; argument checks on every
@@ -313,6 +320,8 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
             done += k
             if bar is not None:
                 bar.update(k)
+            elif done < num_particles:
+                clock.beat(done, f"{what}: {done} of {num_particles} particles for {numel} datapoint(s)")
         if bar is not None:
             bar.close()
         log_w = torch.cat(chunks, 0)

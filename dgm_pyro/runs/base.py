@@ -188,9 +188,10 @@ def unfinished_training(run_dir: Path, config: Any, what: str, total: Optional[i
 
 
 def extend_run(run_dir: str | Path, length: int) -> Any:
-    """Raise a run's ``epochs`` or ``steps`` (its configuration's ``LENGTH``) to ``length`` in ``config.json``
-    so that resuming trains further; returns the new configuration. Refused for a run that stopped early,
-    one that has trained ``length`` already, or a configuration that depends on the length (a cyclical
+    """Set a run's ``epochs`` or ``steps`` (its configuration's ``LENGTH``) to ``length`` in ``config.json``
+    so that resuming trains further; returns the new configuration. An ``evaluation.json`` of the weights
+    before is renamed ``evaluation-<epochs|steps><done>.json``. Refused for a run that stopped early, one
+    that has trained ``length`` already, or a configuration that depends on the length (a cyclical
     annealing schedule)."""
     run_dir = Path(run_dir)
     kind, config = read_run_config(run_dir)
@@ -209,7 +210,12 @@ def extend_run(run_dir: str | Path, length: int) -> Any:
     kind.check_extension(config)
     new = dataclasses.replace(config, **{field: length}).validate()
     write_json(run_dir / "config.json", new.to_dict())
-    log.info("%s: %s raised from %d to %d in config.json", run_dir, field, getattr(config, field), length)
+    log.info("%s: %s set from %d to %d in config.json", run_dir, field, getattr(config, field), length)
+    old_eval = run_dir / "evaluation.json"
+    if old_eval.is_file():  # it describes the weights before the extension: kept under another name
+        kept = run_dir / f"evaluation-{field}{done}.json"
+        old_eval.replace(kept)
+        log.info("%s: the evaluation of the run before the extension is now %s", run_dir, kept.name)
     return new
 
 

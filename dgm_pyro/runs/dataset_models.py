@@ -189,8 +189,6 @@ class DatasetModelKind(ModelKind):
 
     def final_evaluation(self, run: DatasetRun, progress: bool = False) -> dict[str, Any]:
         """The evaluation ``dgm-pyro train`` reports: :meth:`evaluate` with the configured particles."""
-        log.info("evaluating: importance-sampled log-likelihood of the test split, %d particles",
-                 run.config.eval_particles)
         return self.evaluate(run, particles=run.config.eval_particles, seed=run.config.seed, progress=progress)
 
     def make_run(self, path: Path, config: Any, data: ConditionalDataset, module: torch.nn.Module,
@@ -214,6 +212,8 @@ class DatasetModelKind(ModelKind):
             raise DgmPyroError(f"particles must be >= 1, got {particles}")
         pyro.set_rng_seed(seed)
         x, y = to_device(run.device, *run.dataset.splits[split])
+        log.info("evaluating: %s log-likelihood of the %s split, %d %s", "annealed (AIS)" if method == "ais" else
+                 "importance-sampled", split, particles, "chains" if method == "ais" else "particles")
         res = log_evidence(run.module.model, run.module.guide, x, y, num_particles=particles, warn=False,
                            progress=progress, method=method, num_steps=ais_steps)
         out: dict[str, Any] = {"run": str(run.path), "split": split, "dataset": run.config.dataset, "seed": seed,

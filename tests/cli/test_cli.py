@@ -365,9 +365,13 @@ def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_extend_it(trai
     assert r.exit_code == 0 and (copy / "evaluation.json").is_file()
     assert {k: v for k, v in _digest(copy).items() if k != "evaluation.json"} == \
         {k: v for k, v in before.items() if k != "evaluation.json"}
+    old_eval = (copy / "evaluation.json").read_text()
     r = run("train", "--resume", copy, "--epochs", "3", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads((copy / "config.json").read_text())["epochs"] == 3
+    # the evaluation of the 2-epoch weights is kept under its own name; evaluation.json is the new one
+    assert (copy / "evaluation-epochs2.json").read_text() == old_eval
+    assert json.loads((copy / "evaluation.json").read_text()) == json.loads(r.stdout)["test"]
     full = run("train", *TINY[:1], "3", *TINY[2:], "--out", tmp_path / "full", "--json")
     full_dir = Path(json.loads(full.stdout)["run"])
     a = torch.load(full_dir / "checkpoint.pt", weights_only=True)["model_state"]
