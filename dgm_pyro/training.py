@@ -42,7 +42,8 @@ __all__ = ["Trainer", "Minibatches", "FullBatch", "build_objective", "describe_o
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 4
+#: 5: the configuration digest leaves out the run's length (epochs/steps), which a resume may raise
+CHECKPOINT_FORMAT = 5
 #: the objectives a configuration can name, and the Pyro loss each builds
 OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits", "iwae", "dreg")
 
@@ -311,12 +312,12 @@ class Trainer:
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
-        if ckpt.get("config_digest") != self.config_digest:
-            raise DgmPyroError(f"{self.ckpt_path}: made with a different configuration than "
-                               f"{self.run_dir / 'config.json'}; cannot resume")
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise DgmPyroError(f"{self.ckpt_path}: checkpoint format {ckpt.get('format')} is not this version's "
                                f"({CHECKPOINT_FORMAT}); it cannot be resumed, but its weights still load")
+        if ckpt.get("config_digest") != self.config_digest:
+            raise DgmPyroError(f"{self.ckpt_path}: made with a different configuration than "
+                               f"{self.run_dir / 'config.json'}; cannot resume")
         self.module.load_state_dict(ckpt["model_state"])
         for opt, opt_state in zip(self.optimizers, ckpt["optim_state"]):
             opt.load_state_dict(opt_state)

@@ -3,7 +3,6 @@
 import logging
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from dgm_pyro import progress
@@ -22,18 +21,13 @@ def test_heartbeat_eta_extrapolates_the_rate(monkeypatch):
 
 
 def test_log_evidence_logs_a_line_per_beat_without_a_bar(monkeypatch, caplog):
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    from dgm_pyro.data.synthetic import LinearGaussianCVAE
 
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x / 2, 0.7))
-
+    lg = LinearGaussianCVAE()
+    y = torch.eye(3)[[0, 1, 2, 0]]
     monkeypatch.setattr(progress.Heartbeat, "due", lambda self: True)  # every chunk is a beat
-    with caplog.at_level(logging.INFO, logger="dgm_pyro"):
-        log_evidence(model, guide, torch.zeros(4), num_particles=30, chunk_size=10, warn=False)
+    with caplog.at_level(logging.INFO, logger="dgm_pyro"):  # the guide is empty: z is proposed from its prior
+        log_evidence(lg.model, lambda x, y: None, torch.zeros(4, 8), y, num_particles=30, chunk_size=10, warn=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "dgm_pyro.infer.evidence"]
     assert [ln.split(";")[0] for ln in lines] == ["importance sampling: 10 of 30 particles for 4 datapoint(s)",
                                                   "importance sampling: 20 of 30 particles for 4 datapoint(s)"]

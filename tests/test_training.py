@@ -86,6 +86,11 @@ def test_resume_refuses_changed_config_and_missing_checkpoint(tmp_path):
     (run / "config.json").write_text(text)
     with pytest.raises(DgmPyroError, match="different configuration"):
         train_run(None, run, resume=True)
+    # a checkpoint of an older format (before the digest left out the length) is named as such
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({**ckpt, "format": 4}, run / "checkpoint.pt")
+    with pytest.raises(DgmPyroError, match="checkpoint format 4 is not this version's .* its weights still load"):
+        train_run(None, run, resume=True)
     with pytest.raises(DgmPyroError, match="not empty"):
         train_run(TrainConfig(**SMALL), run)
     run2 = tmp_path / "r2"

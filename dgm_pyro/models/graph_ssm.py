@@ -121,6 +121,11 @@ class GraphSSM(PyroModule):
         self.rnn = nn.GRU(hidden, hidden)
         self.posterior_net = MLP(hidden + d, [hidden], 2 * d)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights saved before static covariates existed have no mask: every feature was modelled
+        state_dict.setdefault(prefix + "static_mask", torch.zeros(self.num_features, dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------ networks
 
     def transition(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

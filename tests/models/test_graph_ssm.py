@@ -214,3 +214,13 @@ def test_static_covariates_are_inputs_not_observations():
     fc = m.forecast(x, edges, horizon=2, num_samples=5)
     assert torch.equal(fc["X"][..., 0], x[-1, :, 0].expand(5, 2, 6))
     assert not torch.equal(fc["X"][:, 0, :, 1], fc["X"][:, 1, :, 1])
+
+
+def test_weights_saved_before_static_covariates_still_load():
+    from dgm_pyro.models import GraphSSM
+
+    m = GraphSSM(5, 2, latent_dim=2, hidden=4)
+    old = {k: v for k, v in m.state_dict().items() if k != "static_mask"}
+    fresh = GraphSSM(5, 2, latent_dim=2, hidden=4)
+    fresh.load_state_dict(old)
+    assert fresh.static_mask.tolist() == [False, False] and torch.equal(fresh.z0, m.z0)
