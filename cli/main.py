@@ -71,11 +71,13 @@ def _progress(json_out: bool) -> bool:
 
 def _size(path: Path) -> str:
     n = float(path.stat().st_size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
         n /= 1000
-    return ""
+        if n < 1000 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def _report_files(paths: list[Any]) -> None:

@@ -126,9 +126,9 @@ def static_features(config: GraphConfig, history: GraphSequence) -> list[bool]:
         raise DgmPyroError(f"static_features: no feature named '{unknown[0]}'; the features are "
                            f"{', '.join(history.feature_names) or 'none'}")
     mask = [name in names for name in history.feature_names]
-    for i, name in enumerate(history.feature_names):
-        changing = int((history.x[:, :, i] != history.x[:1, :, i]).any(0).sum())
-        if mask[i] and changing:
+    for i in (i for i, static in enumerate(mask) if static):
+        name, changing = history.feature_names[i], int((history.x[:, :, i] != history.x[:1, :, i]).any(0).sum())
+        if changing:
             raise DgmPyroError(f"static_features: feature '{name}' changes over time for {changing} node(s); only "
                                "constant features can be static")
     return mask
@@ -321,8 +321,8 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         raise DgmPyroError(f"the forecast file must end in .nc (NetCDF); got '{out_path.name}'")
     if not out_path.parent.is_dir():
         raise DgmPyroError(f"{out_path.parent}: no such directory for the forecast file")
-    if out_path.with_suffix(".json") == run.path / "config.json":
-        raise DgmPyroError(f"{out_path}: its scores would overwrite the run's config.json; choose another name")
+    if out_path.with_suffix(".json") in (run.path / "config.json", run.path / "environment.json"):
+        raise DgmPyroError(f"{out_path}: its scores would overwrite the run's {out_path.stem}.json; choose another name")
     unfinished = run.kind.unfinished(run.config, run.path)
     if unfinished:
         log.warning("%s: training is not finished (%s); forecasting from its last checkpoint", run.path,
@@ -368,8 +368,7 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
 
 
 def _why_no_baseline(run: GraphRun) -> str:
-    if not run.config.baseline_steps:
-        return "not trained (the run was trained with --baseline-steps 0)"
-    if run.history.num_nodes > FORECAST_MAX_NODES:
-        return f"not trained: the graph has more than {FORECAST_MAX_NODES} nodes"
+    if not run.kind.wants_baseline(run.config, run.history.num_nodes):
+        return ("not trained (the run was trained with --baseline-steps 0)" if not run.config.baseline_steps else
+                f"not trained: the graph has more than {FORECAST_MAX_NODES} nodes")
     return f"its training has not written {run.path / 'baseline' / 'checkpoint.pt'} yet"

@@ -183,6 +183,8 @@ def _bad_cases(graph_run, tmp_path):
         (["train", "graph-ssm", "--test-steps", 40, "--out", tmp_path], "test_steps must be between"),
         (["train", "graph-ssm", "--hidden", "64,64", "--out", tmp_path], "--hidden"),
         (["train", "graph-ssm", "--resume", graph_run, "--lr", 0.1], "drop --lr"),
+        (["forecast", graph_run, "--horizon", 1, "--out", graph_run / "environment.nc"],
+         "would overwrite the run's environment.json"),
         (["train", "graph-ssm", "--resume", graph_run, "--steps", 3], "has trained 4 steps already"),
     ]
 
