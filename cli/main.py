@@ -366,9 +366,32 @@ def _read_condition(path: str, ds) -> "Any":
     return torch.as_tensor(y, dtype=torch.float32)
 
 
+def _read_prompts(texts: tuple[str, ...], text_file: Optional[str]) -> Optional[list[str]]:
+    """The prompts of ``--text`` and ``--text-file`` (one per non-blank line, UTF-8), or ``None`` for neither."""
+    prompts = list(texts)
+    if text_file is not None:
+        p = Path(text_file)
+        if not p.is_file():
+            raise DgmPyroError(f"{p}: no such caption file")
+        try:
+            lines = p.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise DgmPyroError(f"{p}: not UTF-8 text (byte {e.start}); save the caption file as UTF-8") from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise DgmPyroError(f"{p}: the caption file is empty; write one prompt per line")
+        prompts += from_file
+    return prompts if texts or text_file is not None else None
+
+
 @cli.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option("--label", type=int, default=None, help="Class to generate (label-conditioned data); default: all.")
+@click.option("--text", "texts", multiple=True, metavar="PROMPT",
+              help="A text description to generate from (text-conditioned runs; repeat for several); default: the "
+                   "first 8 test captions.")
+@click.option("--text-file", type=click.Path(dir_okay=False), default=None,
+              help="UTF-8 file of prompts, one per line (text-conditioned runs).")
 @click.option("--condition", type=click.Path(dir_okay=False), default=None,
               help=".npz with 'y' (N, y_dim) conditions, or 'images' whose given quadrants are kept.")
 @click.option("--num", type=click.IntRange(min=1, max=1000), default=8, show_default=True, help="Samples per condition.")
@@ -379,12 +402,14 @@ def _read_condition(path: str, ds) -> "Any":
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
-def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: int, mode: str, out: Optional[str],
-           seed: int, json_out: bool, device: str) -> None:
-    """Generate from the conditional prior for a new condition (seed P1.8)."""
+def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file: Optional[str],
+           condition: Optional[str], num: int, mode: str, out: Optional[str], seed: int, json_out: bool,
+           device: str) -> None:
+    """Generate from the conditional prior for a new condition or text description (seed P1.8)."""
     from dgm_pyro.checkpoint import atomic_replace
     from dgm_pyro.plotting import save_sample_grid
 
+    prompts = _read_prompts(texts, text_file)
     run = _load(run_dir, "sample", device)
     ds = run.dataset
     out_path = Path(out) if out else run.path / ("samples.png" if ds.image_shape else "samples.npz")
@@ -394,17 +419,21 @@ def sample(run_dir: str, label: Optional[int], condition: Optional[str], num: in
         raise DgmPyroError(f"dataset '{ds.name}' is not images; use --out FILE.npz")
     if not out_path.parent.is_dir():
         raise DgmPyroError(f"{out_path.parent}: no such directory for --out")
+    if ds.condition == "text" and prompts is None:
+        prompts = ds.extra["texts"]["test"][:8]
     cond = _read_condition(condition, ds) if condition else None
-    x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed)
+    x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed, texts=prompts)
     if out_path.suffix == ".png":
         # the default conditions of quadrant completion are the first test images: show their truth
         truth = ds.splits["test"][0][:x.shape[0]] if ds.condition == "quadrant" and cond is None else None
-        save_sample_grid(x, y, ds, out_path, truth=truth)
+        save_sample_grid(x, y, ds, out_path, truth=truth, titles=prompts)
     else:
         import numpy as np
 
-        atomic_replace(out_path, lambda f: np.savez(f, x=x.numpy(), y=y.numpy()))
-    info = {"out": str(out_path), "conditions": int(x.shape[0]), "per_condition": num, "mode": mode, "seed": seed}
+        arrays = {"x": x.numpy(), **({"text": np.array(prompts)} if prompts else {"y": y.numpy()})}
+        atomic_replace(out_path, lambda f: np.savez(f, **arrays))
+    info = {"out": str(out_path), "conditions": int(x.shape[0]), "per_condition": num, "mode": mode, "seed": seed,
+            **({"prompts": prompts} if prompts else {})}
     if json_out:
         _emit_json(info)
         return

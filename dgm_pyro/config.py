@@ -23,7 +23,7 @@ __all__ = ["ConfigBase", "option", "flag_name"]
 
 def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Optional[Sequence[str]] = None,
            min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False, max_open: bool = False,
-           metavar: Optional[str] = None, cli: bool = True) -> Any:
+           metavar: Optional[str] = None, cli: bool = True, added: bool = False) -> Any:
     """A dataclass field with its command-line description.
 
     Args:
@@ -34,9 +34,11 @@ def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Opti
         min, max, min_open, max_open: the allowed range of a number (open or closed ends).
         metavar: the placeholder shown in ``--help``.
         cli: ``False`` for fields set by the program, not the user (the model name).
+        added: a field added after runs were made: left out of :meth:`ConfigBase.digest` while it holds
+            its default, so that those runs still resume.
     """
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "min": min, "max": max,
-            "min_open": min_open, "max_open": max_open, "metavar": metavar, "cli": cli}
+            "min_open": min_open, "max_open": max_open, "metavar": metavar, "cli": cli, "added": added}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -143,7 +145,10 @@ class ConfigBase:
                 raise DgmPyroError(f"bad configuration: {msg}")
 
     def digest(self) -> str:
-        """SHA-256 of the configuration but its ``LENGTH`` field, stored in checkpoints to detect a mismatch
-        on resume."""
-        d = {k: v for k, v in self.to_dict().items() if k != self.LENGTH}
+        """SHA-256 of the configuration but its ``LENGTH`` field and the ``added`` fields at their default,
+        stored in checkpoints to detect a mismatch on resume."""
+        skip = {self.LENGTH} | {f.name for f in dataclasses.fields(self) if f.metadata.get("added")
+                                and getattr(self, f.name) == (f.default if f.default is not dataclasses.MISSING
+                                                              else f.default_factory())}
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -42,8 +42,9 @@ def assemble_images(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset) ->
 
 
 def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, path: str | Path,
-                     truth: Optional[torch.Tensor] = None) -> Path:
-    """Write a PNG grid: one row per condition (C, S, x_dim), one column per sample.
+                     truth: Optional[torch.Tensor] = None, titles: Optional[list[str]] = None) -> Path:
+    """Write a PNG grid: one row per condition (C, S, x_dim), one column per sample; ``titles`` (one per
+    row, the prompts of a text-conditioned model) are written above their rows.
 
     For quadrant completion the given part of every image is shaded red and, with ``truth`` (C, x_dim),
     the true completion comes first in each row, so the generated part can be compared with it."""
@@ -62,7 +63,8 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
         given = torch.zeros(ds.x_dim + ds.y_dim)
         given[ds.y_index] = 1.0
         given = given.reshape(ds.image_shape).numpy()
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 0.6, rows * 0.8 + (0.3 if quadrant else 0)),
+    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 0.8, 3.0 if titles else 0) + 0.6,
+                                                  rows * (1.0 if titles else 0.8) + (0.3 if quadrant else 0)),
                              squeeze=False)
     for r in range(rows):
         for c in range(cols):
@@ -75,12 +77,19 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
             ax.set_yticks([])
         if ds.condition == "label":
             axes[r][0].set_ylabel(str(int(y[r].argmax())), rotation=0, labelpad=12)
+        if titles:  # above the row, outside the layout (it may be wider than one image)
+            axes[r][0].text(0, 1.06, f"\u201c{titles[r]}\u201d", transform=axes[r][0].transAxes, ha="left", va="bottom",
+                            fontsize=8)
     if quadrant:
         axes[0][0].set_title("truth" if truth is not None else "sample 1", fontsize=8)
         if truth is not None and cols > 1:
             axes[0][1].set_title("samples", fontsize=8)
         fig.supxlabel("shaded red: given; the rest: generated", fontsize=7)
-    fig.tight_layout(pad=0.2)
+    if titles:  # the titles stand outside the axes: space the rows for them instead of a tight layout
+        fig.subplots_adjust(left=0.3 / fig.get_figwidth(), right=1 - 0.3 / fig.get_figwidth(), bottom=0.05,
+                            top=1 - 0.3 / fig.get_figheight(), hspace=0.4, wspace=0.1)
+    else:
+        fig.tight_layout(pad=0.2)
     return save_figure(fig, path, dpi=80)
 
 

@@ -47,5 +47,6 @@ def test_what_it_does_runs_top_to_bottom(tmp_path, monkeypatch):
         outputs[" ".join(args)] = r.stdout
     assert "training is complete" in outputs["train --resume runs/digits"]
     assert (tmp_path / "sevens.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "q2.png").is_file()
+    assert (tmp_path / "seven.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "runs" / "dsbm" / "forecast.nc").is_file()
     assert "oracle" in outputs["forecast runs/dsbm --horizon 5"]

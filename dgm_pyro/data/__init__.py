@@ -1,4 +1,4 @@
-"""Datasets: bundled (digits), synthetic (linear-Gaussian) and user files (.npz, IDX).
+"""Datasets: bundled (digits, digits with captions), synthetic (linear-Gaussian) and user files (.npz, IDX).
 
 Nothing is downloaded at run time. :func:`load_dataset` takes the same specification strings as the
 CLI's ``--dataset`` option.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import DgmPyroError
 from .dataset import LIKELIHOODS, ConditionalDataset
 from .digits import DIGITS_SPLIT, load_digits
+from .digits_text import load_digits_text
 from .graphs import (
     GRAPH_DATASETS,
     GraphSequence,
@@ -27,6 +28,7 @@ __all__ = [
     "DIGITS_SPLIT",
     "load_dataset",
     "load_digits",
+    "load_digits_text",
     "load_linear_gaussian",
     "load_npz",
     "load_idx",
@@ -48,6 +50,8 @@ BUILTIN_DATASETS = {
     "digits-q1": "digits quadrant completion: given the top-left quadrant, model the other three",
     "digits-q2": "digits quadrant completion: given the top half, model the bottom half",
     "digits-q3": "digits quadrant completion: given three quadrants, model the bottom-right one",
+    "digits-text": "digits with captions (\"a thick seven leaning right\"): text-conditioned generation (P1.8); "
+                   "held-out phrasings for test",
     "digits-unconditional": "the same digits and split without the label: a plain VAE (for posterior collapse)",
     "linear-gaussian": "synthetic linear-Gaussian CVAE (x 8-D, y 3-D) with exact log p(x|y) (1000/500/500)",
 }
@@ -74,7 +78,9 @@ def load_dataset(spec: str, likelihood: str | None = None) -> ConditionalDataset
     if spec not in BUILTIN_DATASETS:
         raise DgmPyroError(f"unknown dataset '{spec}'; choose one of {', '.join(BUILTIN_DATASETS)}, npz:PATH or idx:DIR "
                            "(see 'dgm-pyro datasets')")
-    if spec == "linear-gaussian":
+    if spec == "digits-text":
+        builtin = load_digits_text()
+    elif spec == "linear-gaussian":
         builtin = load_linear_gaussian()
     elif spec == "digits-unconditional":
         builtin = load_digits(unconditional=True)

@@ -75,10 +75,12 @@ def _check_likelihood(name: str, x: torch.Tensor, likelihood: str) -> None:
 
 
 def load_npz(path: str | Path, likelihood: str | None = None) -> ConditionalDataset:
-    """Load ``x`` (N, ...) and optional ``y`` from an ``.npz`` file, split 80/10/10 with a fixed seed.
+    """Load ``x`` (N, ...) and optional ``y`` or ``text`` from an ``.npz`` file, split 80/10/10 with a fixed seed.
 
-    ``y`` may be 1-D integer class labels (one-hot encoded) or (N, ...) real covariates. The archive is
-    read with ``allow_pickle=False``: object arrays are refused, never unpickled.
+    ``y`` may be 1-D integer class labels (one-hot encoded) or (N, ...) real covariates. ``text`` is one
+    caption per row (a numpy string array, ``np.array(list_of_str)``): the dataset is then text-conditioned
+    (``condition == "text"``, captions in ``extra["texts"][split]``). The archive is read with
+    ``allow_pickle=False``: object arrays are refused, never unpickled.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,6 +102,10 @@ def load_npz(path: str | Path, likelihood: str | None = None) -> ConditionalData
     _check_finite("x", x, path)
     image_shape = tuple(x.shape[1:]) if x.ndim == 3 else None
     x_t = torch.as_tensor(x.reshape(x.shape[0], -1), dtype=torch.float32)
+    if "text" in arrays:
+        if "y" in arrays:
+            raise DgmPyroError(f"{path}: has both 'y' and 'text'; a model is conditioned on one of them")
+        return _captioned(path, x_t, arrays["text"], image_shape, likelihood)
     if "y" in arrays:
         y = arrays["y"]
         if y.shape[0] != x.shape[0]:
@@ -110,6 +116,26 @@ def load_npz(path: str | Path, likelihood: str | None = None) -> ConditionalData
         y_t, cond, k = torch.zeros(x.shape[0], 0), "none", None
     return _finish(f"npz:{path}", x_t, y_t, cond, k, image_shape, likelihood, _split(x.shape[0]),
                    f"user data from {path.name}")
+
+
+def _captioned(path: Path, x: torch.Tensor, text: np.ndarray, image_shape, likelihood) -> ConditionalDataset:
+    if text.dtype.kind not in "US" or text.ndim != 1:
+        raise DgmPyroError(f"{path}: 'text' must be a 1-D array of strings (np.array(list_of_str)); got dtype "
+                           f"{text.dtype}, shape {text.shape}")
+    if text.shape[0] != x.shape[0]:
+        raise DgmPyroError(f"{path}: 'text' has {text.shape[0]} captions but 'x' has {x.shape[0]} rows; they must match")
+    try:
+        captions = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in text.tolist()]
+    except UnicodeDecodeError:
+        raise DgmPyroError(f"{path}: 'text' holds bytes that are not UTF-8") from None
+    empty = [i for i, t in enumerate(captions) if not any(ch.isalnum() for ch in t)]
+    if empty:
+        raise DgmPyroError(f"{path}: {len(empty)} caption(s) in 'text' have no word or number (first: row {empty[0]})")
+    parts = _split(x.shape[0])
+    ds = _finish(f"npz:{path}", x, torch.zeros(x.shape[0], 0), "text", None, image_shape, likelihood, parts,
+                 f"captioned user data from {path.name}")
+    ds.extra["texts"] = {s: [captions[i] for i in idx.tolist()] for s, idx in parts.items()}
+    return ds
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

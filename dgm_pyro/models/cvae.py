@@ -65,12 +65,15 @@ class CVAE(PyroModule):
             the pixels in raster order, conditioned on [z, y]: strong enough to ignore z, seed P3.4).
         decoder_dropout: for the autoregressive decoder, the probability of zeroing each pixel of its
             autoregressive input during training (weakens the decoder, seed P3.5); 0 by default.
+        condition_net: a module that turns the raw condition y (N, ...) into the features c (N, y_dim) that
+            the three networks read, trained with them (for text, a
+            :class:`~dgm_pyro.models.text.HashedNgramEncoder` on feature ids); ``None``: c = y.
     """
 
     def __init__(self, x_dim: int, y_dim: int, latent_dim: int = 8, hidden_dims: Sequence[int] = (256, 256),
                  likelihood: str = "bernoulli", levels: Optional[int] = None, prior: str = "learned",
                  x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
-                 decoder: str = "mlp", decoder_dropout: float = 0.0):
+                 decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None):
         super().__init__(name)
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got '{prior}'")
@@ -83,6 +86,7 @@ class CVAE(PyroModule):
         self.likelihood, self.levels, self.prior_kind = likelihood, levels, prior
         self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
         self.register_buffer("x_scale", torch.as_tensor(x_scale, dtype=torch.float32).expand(x_dim).clone())
+        self.condition_net = condition_net
         self.prior_net: Optional[nn.Module] = None
         if prior == "learned":
             self.prior_net = MLP(y_dim, hidden_dims, 2 * latent_dim) if y_dim else _LearnedConstant(2 * latent_dim)
@@ -100,6 +104,10 @@ class CVAE(PyroModule):
         """The inference network's parameters (the encoder), for aggressive training."""
         return self.encoder.parameters()
 
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        """The condition features c (N, y_dim) the networks read: ``condition_net(y)``, or y itself."""
+        return y if self.condition_net is None else self.condition_net(y)
+
     def _register(self, *names: str) -> None:
         """Register the networks a program uses in Pyro's parameter store (for ``pyro.optim``)."""
         for n in names:
@@ -113,7 +121,8 @@ class CVAE(PyroModule):
         return dist.Normal(loc, nn.functional.softplus(raw_scale) + 1e-4).to_event(1)
 
     def prior(self, y: torch.Tensor) -> dist.Distribution:
-        """p(z|y): batch shape ``y.shape[:-1]``, event shape ``(latent_dim,)``."""
+        """p(z|y): batch shape ``y.shape[:-1]``, event shape ``(latent_dim,)``. Here and in :meth:`posterior`
+        and :meth:`decode`, ``y`` is the features :meth:`features` makes of the condition."""
         if self.prior_net is None:
             zeros = y.new_zeros(*y.shape[:-1], self.latent_dim)
             return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
@@ -143,20 +152,22 @@ class CVAE(PyroModule):
 
     def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """p(x, z | y) = p(x|y,z) p(z|y) (seed P1.2) for a batch: x (N, x_dim) or None, y (N, y_dim)."""
-        self._register("prior_net", "decoder")
+        self._register("condition_net", "prior_net", "decoder")
         if self.likelihood == "categorical" and x is not None:
             x = x.long()
         with pyro.plate("data", y.shape[0]):
+            y = self.features(y)
             z = pyro.sample("z", self.prior(y))
             return pyro.sample("x", self.decode(z, y), obs=x)
 
     def guide(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """q(z|x,y) (seed P1.6); with ``x=None`` it falls back to the prior p(z|y) for generation (P1.8)."""
         with pyro.plate("data", y.shape[0]):
+            y = self.features(y)
             if x is None:
-                self._register("prior_net")
+                self._register("condition_net", "prior_net")
                 return pyro.sample("z", self.prior(y))
-            self._register("encoder")
+            self._register("condition_net", "encoder")
             return pyro.sample("z", self.posterior(x, y))
 
     @torch.no_grad()
@@ -164,11 +175,12 @@ class CVAE(PyroModule):
         """Generate x for each condition row of y (seed P1.8): z ~ p(z|y), then the decoder's mean or a draw.
 
         Args:
-            y: conditions, shape (N, y_dim).
+            y: conditions, shape (N, y_dim) (for a ``condition_net``, what it takes).
             mean: return E[x|y,z] (default) instead of a sample x ~ p(x|y,z).
         Returns:
             (N, x_dim) tensor.
         """
+        y = self.features(y)
         z = self.prior(y).sample()
         d = self.decode(z, y)
         if isinstance(d, AutoregressiveLikelihood):

