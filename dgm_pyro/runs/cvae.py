@@ -57,8 +57,8 @@ class CVAEConfig(DatasetConfig):
                                "(pretrained all-MiniLM-L6-v2, frozen; needs the [text] extra).", choices=TEXT_ENCODERS,
                                added=True)
     text_dim: int = option(64, "Embedding size of the builtin text encoder.", min=1, added=True)
-    text_dropout: float = option(0.0, "Probability of dropping each caption feature in training (builtin text "
-                                 "encoder).", min=0, max=1, max_open=True, metavar="RATE", added=True)
+    text_dropout: float = option(0.25, "Probability of dropping each caption feature in training (builtin text "
+                                 "encoder; measured in docs/text.md).", min=0, max=1, max_open=True, metavar="RATE", added=True)
     text_pooling: str = option("sum", "How the builtin text encoder pools a caption's words: sum (measured better, "
                                "docs/text.md) or mean.", choices=POOLINGS, added=True)
 
