@@ -22,8 +22,10 @@ Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
 (GCNConv, GATConv or SAGEConv) of the node features and a learned node embedding.
 
-Site names: latents ``z_{t}``, features ``x_{t}``, edges ``a_{t}`` (dense) or ``a_{t}_edges`` and
-``a_{t}_nonedges`` (sparse). The ELBO of P4.1 is Pyro's ``Trace_ELBO`` on this model and guide.
+Site names: latents ``z_{t}`` (one per snapshot, in plate ``nodes``, sampled in order under ``pyro.markov``);
+given them the emissions of all snapshots are conditionally independent and observed in batched sites:
+features ``x`` (T, N, F) in plates ``time`` x ``nodes``, edges ``a`` (T, P) in ``time`` x ``pairs`` (dense) or
+``a_edges`` and ``a_nonedges`` (sparse). The ELBO of P4.1 is Pyro's ``Trace_ELBO`` on this model and guide.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, Iterator, Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
@@ -175,13 +178,14 @@ class GraphSSM(PyroModule):
     def _memory_term(self, last: torch.Tensor, decayed: torch.Tensor) -> torch.Tensor:
         return self.memory_last * last + self.memory_weight * torch.log1p(decayed)
 
-    def edge_logits(self, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+    def edge_logits(self, z: torch.Tensor, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                     history: Optional["PairHistory"] = None) -> torch.Tensor:
-        """Logits (..., P) of the pairs (src[i], dst[i]) given latents (..., N, d) and the edge history so far."""
+        """Logits (M,) of the pairs (src[i], dst[i]) in snapshots ``time[i]`` (0-based), given the emission
+        inputs (T, N, d) of every snapshot and the edge history before each."""
         g, h = self._edge_factors(z)
-        logits = (g[..., src, :] * h[..., dst, :]).sum(-1) + self.edge_bias
+        logits = (g[time, src] * h[time, dst]).sum(-1) + self.edge_bias
         if self.edge_memory and history is not None:
-            logits = logits + self._memory_term(*history.lookup(src, dst))
+            logits = logits + self._memory_term(*history.at(time, src, dst))
         return logits
 
     def edge_probabilities(self, z: torch.Tensor,
@@ -207,11 +211,20 @@ class GraphSSM(PyroModule):
         return last, decayed
 
     def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
-        """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t."""
+        """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t. Snapshots are encoded a few
+        at a time (about 1000 nodes per call), as one graph of disjoint copies of the nodes (exact: messages
+        never cross snapshots); on CPU that measured faster than one call per snapshot or one for all."""
+        n, num_t = self.num_nodes, len(edges)
         xs = (x - self.feature_shift) / self.feature_scale
-        h = [self.encoder(torch.cat([xs[t], self.embedding], -1), self._message_index(e))
-             for t, e in enumerate(edges)]
-        return self.rnn(torch.stack(h))[0]
+        per_call = max(1, 1000 // n)
+        h = []
+        for start in range(0, num_t, per_call):
+            block = edges[start:start + per_call]
+            k = len(block)
+            inputs = torch.cat([xs[start:start + k], self.embedding.expand(k, *self.embedding.shape)], -1)
+            index = torch.cat([self._message_index(e) + i * n for i, e in enumerate(block)], 1)
+            h.append(self.encoder(inputs.reshape(k * n, -1), index).reshape(k, n, -1))
+        return self.rnn(torch.cat(h))[0]
 
     def posterior(self, s: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loc and scale of q(Z_t | Z_{t-1} = z, s_t)."""
@@ -224,35 +237,60 @@ class GraphSSM(PyroModule):
 
     # ------------------------------------------------------------------ model and guide
 
-    def _emit(self, t: int, z: torch.Tensor, x: torch.Tensor, e: torch.Tensor, nodes: pyro.plate,
-              past: Optional["PairHistory"]) -> None:
-        """Observe X_t and A_t given Z_{t-1}, the static covariates and the past edges (P4.2)."""
-        z = self.emission_input(z, x)
+    def _emit_all(self, zs: torch.Tensor, x: torch.Tensor, edges: list[torch.Tensor], nodes: pyro.plate) -> None:
+        """Observe X_t and A_t given Z_{t-1}, the static covariates and the past edges (P4.2), for t = 1..T.
+
+        Given the latents ``zs`` (T, N, d) = Z_{0:T-1} the emissions of all snapshots are conditionally
+        independent, so they are computed in batched calls over time and observed as single sites: ``x``
+        (T, N, F_d) in plates ``time`` x ``nodes`` and ``a`` (T, P) in ``time`` x ``pairs`` (sparse:
+        ``a_edges`` over every edge of every snapshot, ``a_nonedges`` over the sampled non-edges)."""
+        num_t, n = len(edges), self.num_nodes
+        h = self.emission_input(zs, x)
+        time = pyro.plate("time", num_t, dim=-2)
         if self.num_dynamic:
-            loc, tril = self.feature_params(z)
-            with nodes:
-                pyro.sample(f"x_{t}", dist.MultivariateNormal(loc, scale_tril=tril), obs=self.dynamic(x))
-        n = self.num_nodes
+            loc, tril = self.feature_params(h)
+            with time, nodes:
+                pyro.sample("x", dist.MultivariateNormal(loc, scale_tril=tril), obs=self.dynamic(x))
+        history = PairHistory(edges, n, self.memory_decay) if self.edge_memory else None
         if self.edge_likelihood == "dense":
-            pairs = pair_index(n, self.directed).to(e.device)
-            obs = torch.isin(pairs[0] * n + pairs[1], e[0] * n + e[1]).float()
-            with pyro.plate(f"pairs_{t}", self.num_pairs):
-                pyro.sample(f"a_{t}", dist.Bernoulli(logits=self.edge_logits(z, pairs[0], pairs[1], past)),
-                            obs=obs)
+            pairs = pair_index(n, self.directed).to(zs.device)
+            g, hd = self._edge_factors(h)
+            logits = (g @ hd.transpose(-1, -2))[:, pairs[0], pairs[1]] + self.edge_bias  # (T, P)
+            if history is not None:
+                logits = logits + self._memory_term(*history.dense(pairs[0], pairs[1]))
+            keys = pairs[0] * n + pairs[1]  # ascending
+            edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
+            found = torch.searchsorted(keys, torch.cat([e[0] * n + e[1] for e in edges]))
+            observed = torch.zeros(num_t, self.num_pairs, device=zs.device)
+            observed[edge_time, found] = 1.0
+            with time, pyro.plate("pairs", self.num_pairs, dim=-1):
+                pyro.sample("a", dist.Bernoulli(logits=logits), obs=observed)
             return
-        num_edges = e.shape[1]
-        with pyro.plate(f"edges_{t}", num_edges):
-            pyro.sample(f"a_{t}_edges", dist.Bernoulli(logits=self.edge_logits(z, e[0], e[1], past)),
-                        obs=e.new_ones(num_edges, dtype=torch.float))
-        num_non = self.num_pairs - num_edges
-        m = min(num_non, max(100, int(self.negatives_per_edge * num_edges)))
-        if m > 0:
-            src, dst = self.sample_nonedges(e, m)
-            # the plate's scale num_non / m makes the sampled terms an unbiased estimate of the sum over
-            # all non-edges
-            with pyro.plate(f"nonedges_{t}", num_non, subsample=torch.arange(m, device=e.device)):
-                pyro.sample(f"a_{t}_nonedges", dist.Bernoulli(logits=self.edge_logits(z, src, dst, past)),
-                            obs=e.new_zeros(m, dtype=torch.float))
+        # sparse: every edge of every snapshot, and per snapshot m_t non-edges drawn uniformly from its
+        # num_non_t, each weighted num_non_t / m_t: an unbiased estimate of the sum over all non-edges
+        steps, src, dst, weights = [], [], [], []
+        for t, e in enumerate(edges):
+            num_non = self.num_pairs - e.shape[1]
+            m = min(num_non, max(100, int(self.negatives_per_edge * e.shape[1])))
+            if m > 0:
+                u, v = self.sample_nonedges(e, m)
+                steps.append(torch.full_like(u, t))
+                src.append(u)
+                dst.append(v)
+                weights.append(torch.full((m,), num_non / m, device=zs.device))
+        edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
+        edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
+        with pyro.plate("edges", edge_time.shape[0]):
+            logits = self.edge_logits(h, edge_time, edge_src, edge_dst, history)
+            pyro.sample("a_edges", dist.Bernoulli(logits=logits), obs=torch.ones_like(logits))
+        if steps:
+            non_time, weight = torch.cat(steps), torch.cat(weights)
+            total = sum(self.num_pairs - e.shape[1] for e in edges)
+            # a subsampled plate (so that the evidence estimator refuses it), rescaled per snapshot
+            with pyro.plate("nonedges", total, subsample=torch.arange(non_time.shape[0], device=zs.device)), \
+                    poutine.scale(scale=weight * non_time.shape[0] / total):
+                logits = self.edge_logits(h, non_time, torch.cat(src), torch.cat(dst), history)
+                pyro.sample("a_nonedges", dist.Bernoulli(logits=logits), obs=torch.zeros_like(logits))
 
     def sample_nonedges(self, e: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``m`` pairs drawn uniformly (with replacement) from the pairs that are not edges of ``e``."""
@@ -283,11 +321,8 @@ class GraphSSM(PyroModule):
         pyro.module(self._pyro_name, self)
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         z, z_hat = self.z0, None
-        history = PairHistory(edges, self.num_nodes, self.memory_decay) if self.edge_memory else None
+        zs = [z]
         for t in pyro.markov(range(1, len(edges) + 1)):
-            self._emit(t, z, x[t - 1], edges[t - 1], nodes, history)
-            if history is not None:
-                history.advance()
             z_in = z
             if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand((), device=z.device)) >= teacher_forcing:
                 z_in = z_hat
@@ -296,11 +331,15 @@ class GraphSSM(PyroModule):
                 z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
             if teacher_forcing < 1.0:
                 z_hat = loc + scale * torch.randn_like(loc)
+            zs.append(z)
+        # given Z_{0:T-1}, the emissions of all snapshots are batched over time
+        self._emit_all(torch.stack(zs[:-1]), x, edges, nodes)
 
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
         """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1)."""
         pyro.module(self._pyro_name, self)
-        s = self.summaries(x, edges)
+        # unbind, not s[t - 1]: the gradient of each slice would be a zero tensor the size of s (quadratic in T)
+        s = self.summaries(x, edges).unbind(0)
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         z = self.z0
         for t in pyro.markov(range(1, len(edges) + 1)):
@@ -390,38 +429,49 @@ class GraphSSM(PyroModule):
 
 
 class PairHistory:
-    """The edge history of a sequence, (A_{uv,t-1}, M_{uv,t-1}) for any pairs, advanced one snapshot at a time.
+    """The edge history before each snapshot, (A_{uv,t-1}, M_{uv,t-1}) for t = 1..T, for any pairs.
 
-    Only pairs that ever have an edge can have a non-zero history, so they are kept as sorted keys u N + v
-    with one presence vector per snapshot; a lookup is one ``searchsorted``. Cost grows with the edges, not N^2.
+    Only pairs that ever have an edge can have a non-zero history, so they are kept as K sorted keys
+    u N + v with a (T, K) presence matrix; the decayed counts before every snapshot follow from one
+    recursion over time (differentiable in rho), and a lookup is one ``searchsorted``. Cost grows with the
+    edges and T, not N^2.
     """
 
     def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor):
-        self.num_nodes, self.decay = num_nodes, decay
-        keys = [e[0] * num_nodes + e[1] for e in edges]
+        self.num_nodes = num_nodes
         device = decay.device
-        self.keys = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long, device=device)
-        self.presence = []
-        for k in keys:
-            v = torch.zeros(self.keys.shape[0], device=device)
-            v[torch.searchsorted(self.keys, k)] = 1.0
-            self.presence.append(v)
-        self.last = torch.zeros(self.keys.shape[0], device=device)
-        self.decayed = torch.zeros(self.keys.shape[0], device=device)
-        self.step = 0
+        num_t = len(edges)
+        keys = torch.cat([e[0] * num_nodes + e[1] for e in edges]) if edges else \
+            torch.zeros(0, dtype=torch.long, device=device)
+        self.keys, position = torch.unique(keys, return_inverse=True)
+        presence = torch.zeros(num_t, self.keys.shape[0], device=device)
+        presence[torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)]) if edges else position, position] = 1.0
+        # before snapshot t (0-based): the last one is presence[t - 1], and the decayed count
+        # M_t = rho M_{t-1} + presence[t - 1] (a recursion over T vectors of length K: linear in T)
+        self.last = torch.cat([presence.new_zeros(1, presence.shape[1]), presence[:-1]]) if num_t else presence
+        decayed = [presence.new_zeros(presence.shape[1])]
+        for t in range(1, num_t):
+            decayed.append(decay * decayed[-1] + presence[t - 1])
+        self.decayed = torch.stack(decayed) if num_t else presence
 
-    def advance(self) -> None:
-        """Take in the next snapshot (the first call takes in snapshot 1)."""
-        self.last = self.presence[self.step]
-        self.decayed = self.decay * self.decayed + self.last
-        self.step += 1
-
-    def lookup(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last edge, decayed count) of the pairs (src[i], dst[i]) after the snapshots taken in so far."""
+    def _index(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         query = src * self.num_nodes + dst
-        if self.keys.numel() == 0 or self.step == 0:
-            zero = torch.zeros(query.shape, device=query.device)
-            return zero, zero
+        if self.keys.numel() == 0:
+            return torch.zeros_like(query), torch.zeros(query.shape, device=query.device)
         idx = torch.searchsorted(self.keys, query).clamp(max=self.keys.shape[0] - 1)
-        found = (self.keys[idx] == query).float()
-        return found * self.last[idx], found * self.decayed[idx]
+        return idx, (self.keys[idx] == query).float()
+
+    def at(self, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last edge, decayed count) (M,) of the pairs (src[i], dst[i]) before snapshot ``time[i]`` (0-based)."""
+        idx, found = self._index(src, dst)
+        if self.keys.numel() == 0:
+            return found, found
+        return found * self.last[time, idx], found * self.decayed[time, idx]
+
+    def dense(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last edge, decayed count) (T, P) of the pairs (src, dst) before every snapshot."""
+        idx, found = self._index(src, dst)
+        if self.keys.numel() == 0:
+            zero = found.expand(self.last.shape[0], -1)
+            return zero, zero
+        return found * self.last[:, idx], found * self.decayed[:, idx]

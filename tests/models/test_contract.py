@@ -37,9 +37,8 @@ def _graph(edge_likelihood="dense"):
     cfg = GraphConfig(hidden=8, latent_dim=2, edge_likelihood=edge_likelihood).validate()
     history, _ = load_graph_sequence(cfg)
     args = (history.x[:4], history.edges[:4])
-    edges = {f"a_{t}" for t in range(1, 5)} if edge_likelihood == "dense" else \
-        {f"a_{t}_{k}" for t in range(1, 5) for k in ("edges", "nonedges")}
-    return build_graph_model(cfg, history), args, {f"z_{t}" for t in range(1, 5)}, {f"x_{t}" for t in range(1, 5)} | edges
+    edges = {"a"} if edge_likelihood == "dense" else {"a_edges", "a_nonedges"}
+    return build_graph_model(cfg, history), args, {f"z_{t}" for t in range(1, 5)}, {"x"} | edges
 
 
 def _graph_static():
@@ -51,8 +50,7 @@ def _graph_static():
     x = history.x[:4].clone()
     x[:, :, 0] = x[0, :, 0]
     module = GraphSSM(history.num_nodes, 4, latent_dim=2, hidden=8, static=[True, False, False, False])
-    return module, (x, history.edges[:4]), {f"z_{t}" for t in range(1, 5)}, \
-        {f"{s}_{t}" for t in range(1, 5) for s in ("x", "a")}
+    return module, (x, history.edges[:4]), {f"z_{t}" for t in range(1, 5)}, {"x", "a"}
 
 
 def _graph_baseline():
