@@ -530,7 +530,8 @@ def datasets(json_out: bool) -> None:
     from dgm_pyro.data.graphs import GRAPH_DATASETS
 
     info = dict(BUILTIN_DATASETS)
-    info["npz:PATH"] = "your .npz: array x (N, D) or (N, H, W), optional y (N,) labels or (N, K) covariates"
+    info["npz:PATH"] = ("your .npz: array x (N, D) or (N, H, W), optional y (N,) labels or (N, K) covariates, or "
+                        "text (N,) captions")
     info["idx:DIR"] = "MNIST-style IDX files: train-images-idx3-ubyte, train-labels-idx1-ubyte, optional t10k-*"
     info.update({f"{k} (graph-ssm)": v for k, v in GRAPH_DATASETS.items()})
     if json_out:

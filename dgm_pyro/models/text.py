@@ -139,6 +139,9 @@ class HashedNgramEncoder(nn.Module):
         dropout: in training, drop each feature with this probability (the caption's other features are
             scaled up to keep its total weight), so that no single phrasing is relied on.
         pooling: ``"sum"`` over units (default) or ``"mean"`` (the sum divided by the number of units).
+
+    The vocabulary is not part of the state dict: after loading saved weights, call
+    :meth:`fit_vocabulary` with the same training captions (run folders do this from their dataset).
     """
 
     name = "builtin"
