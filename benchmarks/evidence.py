@@ -1,5 +1,5 @@
 """``log_evidence`` (K particles, 447 test digits) against a hand-vectorised PyTorch importance sampler
-for the same networks. Interleaved paired runs; prints median ratios. Goal: at most 1.2x.
+for the same networks. Interleaved paired runs; prints median ratios. Goal: at most 1.10x.
 
     python benchmarks/evidence.py --particles 1000 --pairs 5
 """
@@ -56,7 +56,7 @@ def main() -> None:
     r_diag = statistics.median(p / h for p, h in zip(times["diag"], times["hand"]))
     print(f"K={args.particles} N={x.shape[0]} threads={torch.get_num_threads()} pairs={args.pairs}")
     print(f"median seconds: log_evidence {med['plain']:.2f}, with PSIS k-hat {med['diag']:.2f}, hand-vectorised {med['hand']:.2f}")
-    print(f"ratio log_evidence / hand: {r_plain:.3f} (with PSIS diagnostics {r_diag:.3f}); goal <= 1.2")
+    print(f"ratio log_evidence / hand: {r_plain:.3f} (with PSIS diagnostics {r_diag:.3f}); goal <= 1.10")
 
 
 if __name__ == "__main__":

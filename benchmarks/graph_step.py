@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     here, ref = Path(__file__).resolve().parents[1], Path(args.reference).resolve()
     rows = []
-    print(f"| T | N | this checkout (s/step) | reference (s/step) | speed-up |")
+    print("| T | N | this checkout (s/step) | reference (s/step) | speed-up |")
     print("|---|---|---|---|---|")
     for num_t in args.lengths:
         mine, theirs = [], []

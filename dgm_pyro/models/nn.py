@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["MLP", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast"]
+__all__ = ["MLP", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast",
+           "UnnormalizedCategorical"]
 
 
 class MLP(nn.Sequential):
@@ -22,6 +23,56 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+
+
+class UnnormalizedCategorical(dist.Categorical):
+    """``Categorical(logits=logits)`` that normalises only where it must.
+
+    torch's ``Categorical`` stores ``logits - logsumexp(logits)``, a full copy of the (..., K) logits, at
+    construction. ``log_prob(x)`` needs only ``logits[x] - logsumexp(logits)``, the same float subtraction
+    on the gathered entries, so its values (and gradients) are those of ``Categorical``; the normalised
+    tensor is made only when ``logits`` or ``probs`` is read (sampling, the mean). With 17 grey levels this
+    is most of the cost of the importance-sampled evidence of the digits CVAE.
+    """
+
+    #: the unnormalised logits are checked (any real vector), so validation makes no normalised copy either
+    arg_constraints = {"unnormalized_logits": dist.constraints.real_vector}
+
+    def __init__(self, logits: torch.Tensor, validate_args=None, _lse: Optional[torch.Tensor] = None):
+        if logits.dim() < 1:
+            raise ValueError("logits needs at least one dimension")
+        self.unnormalized_logits = logits
+        self._lse = logits.logsumexp(dim=-1, keepdim=True) if _lse is None else _lse
+        self._num_events = logits.shape[-1]
+        dist.TorchDistribution.__init__(self, logits.shape[:-1], validate_args=validate_args)
+
+    @property
+    def _param(self) -> torch.Tensor:
+        return self.unnormalized_logits
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.unnormalized_logits - self._lse
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.logits, -1)  # as torch's Categorical does, from the normalised logits
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        shape = batch_shape + (self._num_events,)
+        return UnnormalizedCategorical(self.unnormalized_logits.expand(shape), validate_args=False,
+                                       _lse=self._lse.expand(batch_shape + (1,)))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        value = value.long().unsqueeze(-1)
+        value, logits = torch.broadcast_tensors(value, self.unnormalized_logits)
+        lse = self._lse.expand(*logits.shape[:-1], 1)
+        return (logits.gather(-1, value[..., :1]) - lse).squeeze(-1)
 
 
 def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
@@ -59,7 +110,7 @@ def make_likelihood(likelihood: str, out: torch.Tensor, x_dim: int, levels: int 
         scale = (nn.functional.softplus(raw_scale) + min_scale) * x_scale
         return dist.Normal(loc * x_scale + x_shift, scale).to_event(1)
     logits = out.reshape(*out.shape[:-1], x_dim, levels)
-    return dist.Categorical(logits=logits).to_event(1)
+    return UnnormalizedCategorical(logits).to_event(1)
 
 
 def likelihood_mean(d: dist.Distribution, likelihood: str) -> torch.Tensor:

@@ -82,3 +82,27 @@ def test_baseline_evidence_is_its_exact_likelihood():
     exact = dist.Bernoulli(logits=b.net(y)).log_prob(x).sum(-1)
     res = log_evidence(b.model, b.guide, x, y, num_particles=3)
     assert torch.allclose(res.log_evidence.float(), exact, atol=1e-5)
+
+
+def test_unnormalized_categorical_is_torchs_categorical_bit_for_bit():
+    """The categorical likelihood's log_prob, gradients, probs, samples and expand match torch's Categorical
+    exactly (it only skips making the normalised copy of the logits that log_prob does not read)."""
+    from dgm_pyro.models.nn import UnnormalizedCategorical
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(4, 5, 64, 17)).requires_grad_()
+    x = torch.randint(0, 17, (5, 64))
+    ours, torchs = UnnormalizedCategorical(logits), dist.Categorical(logits=logits)
+    a, b = ours.to_event(1).log_prob(x), torchs.to_event(1).log_prob(x)
+    assert torch.equal(a, b)
+    assert torch.equal(*(torch.autograd.grad(v.sum(), logits)[0] for v in (a, b)))
+    assert torch.equal(ours.probs, torchs.probs) and torch.equal(ours.logits, torchs.logits)
+    torch.manual_seed(1)
+    s1 = ours.sample((3,))
+    torch.manual_seed(1)
+    assert torch.equal(s1, torchs.sample((3,)))
+    wide = ours.expand((2, 4, 5, 64))
+    assert torch.equal(wide.log_prob(x), torchs.expand((2, 4, 5, 64)).log_prob(x))
+    assert ours.expand((4, 5, 64)) is ours
+    with pytest.raises(ValueError):
+        UnnormalizedCategorical(torch.tensor([[float("nan"), 0.0]]), validate_args=True)
