@@ -252,6 +252,9 @@ class GraphSSM(PyroModule):
             with time, nodes:
                 pyro.sample("x", dist.MultivariateNormal(loc, scale_tril=tril), obs=self.dynamic(x))
         history = PairHistory(edges, n, self.memory_decay) if self.edge_memory else None
+        # every edge of every snapshot: its snapshot (0-based) and its two ends
+        edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
+        edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(zs.device)
             g, hd = self._edge_factors(h)
@@ -259,8 +262,7 @@ class GraphSSM(PyroModule):
             if history is not None:
                 logits = logits + self._memory_term(*history.dense(pairs[0], pairs[1]))
             keys = pairs[0] * n + pairs[1]  # ascending
-            edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
-            found = torch.searchsorted(keys, torch.cat([e[0] * n + e[1] for e in edges]))
+            found = torch.searchsorted(keys, edge_src * n + edge_dst)
             observed = torch.zeros(num_t, self.num_pairs, device=zs.device)
             observed[edge_time, found] = 1.0
             with time, pyro.plate("pairs", self.num_pairs, dim=-1):
@@ -278,8 +280,6 @@ class GraphSSM(PyroModule):
                 src.append(u)
                 dst.append(v)
                 weights.append(torch.full((m,), num_non / m, device=zs.device))
-        edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
-        edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
         with pyro.plate("edges", edge_time.shape[0]):
             logits = self.edge_logits(h, edge_time, edge_src, edge_dst, history)
             pyro.sample("a_edges", dist.Bernoulli(logits=logits), obs=torch.ones_like(logits))
