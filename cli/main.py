@@ -420,7 +420,9 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
     if not out_path.parent.is_dir():
         raise DgmPyroError(f"{out_path.parent}: no such directory for --out")
     if ds.condition == "text" and prompts is None:
-        prompts = ds.extra["texts"]["test"][:8]
+        from dgm_pyro.runs.cvae import default_prompts
+
+        prompts = default_prompts(ds)
     cond = _read_condition(condition, ds) if condition else None
     x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed, texts=prompts)
     if out_path.suffix == ".png":

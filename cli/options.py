@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from dgm_pyro.config import flag_name
+from dgm_pyro.config import field_default, flag_name
 from dgm_pyro.errors import DgmPyroError
 
 #: the model trained by ``dgm-pyro train`` without a model name
@@ -56,7 +56,7 @@ def config_options(config_class: type) -> list[click.Option]:
         if not meta or not meta.get("cli", True):
             continue
         flag, hint = flag_name(f), hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = field_default(f)
         common = {"help": meta["help"], "expose_value": True}
         if hint is bool:
             neg = "--no-" + flag[2:]
@@ -164,7 +164,7 @@ def options_markdown(config_class: type) -> str:
     for f in dataclasses.fields(config_class):
         if not f.metadata or not f.metadata.get("cli", True):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = field_default(f)
         flag = flag_name(f)
         if hints[f.name] is bool:
             flag, default = f"{flag}` / `--no-{flag[2:]}", "on" if default else "off"

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Optional, Sequence
 
 from .errors import DgmPyroError
 
-__all__ = ["ConfigBase", "option", "flag_name"]
+__all__ = ["ConfigBase", "option", "flag_name", "field_default"]
 
 
 def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Optional[Sequence[str]] = None,
@@ -47,6 +47,11 @@ def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Opti
 def flag_name(f: dataclasses.Field) -> str:
     """The command-line flag of a configuration field (``--latent-dim`` for ``latent_dim``)."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default value of a configuration field (a fresh copy for list defaults)."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def _in_range(value: Any, meta: dict[str, Any]) -> bool:
@@ -147,8 +152,7 @@ class ConfigBase:
     def digest(self) -> str:
         """SHA-256 of the configuration but its ``LENGTH`` field and the ``added`` fields at their default,
         stored in checkpoints to detect a mismatch on resume."""
-        skip = {self.LENGTH} | {f.name for f in dataclasses.fields(self) if f.metadata.get("added")
-                                and getattr(self, f.name) == (f.default if f.default is not dataclasses.MISSING
-                                                              else f.default_factory())}
+        skip = {self.LENGTH} | {f.name for f in dataclasses.fields(self)
+                                if f.metadata.get("added") and getattr(self, f.name) == field_default(f)}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

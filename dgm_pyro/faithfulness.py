@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .data.digits import load_digits
-from .data.digits_text import HELDOUT_TEMPLATES, Template, caption, digit_attributes
+from .data.digits_text import DIGIT_WORDS, HELDOUT_TEMPLATES, Template, caption, digit_attributes
+from .models.text import tokenize
 
 __all__ = ["digit_classifier", "digit_prompts", "digit_faithfulness", "attribute_pairs", "prompt_digit"]
 
@@ -108,9 +109,6 @@ def attribute_pairs(generate: Generate, num: int = 16, seed: int = 0,
 
 def prompt_digit(text: str) -> int:
     """The digit a prompt of :func:`digit_prompts` names (numeral or word)."""
-    from .data.digits_text import DIGIT_WORDS
-    from .models.text import tokenize
-
     for w in tokenize(text):
         if w.isdigit() and len(w) == 1:
             return int(w)

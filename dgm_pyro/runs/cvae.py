@@ -14,7 +14,7 @@ import pyro
 import torch
 
 from ..callbacks import AggressiveTraining
-from ..config import option
+from ..config import field_default, option
 from ..data import ConditionalDataset
 from ..device import to_device
 from ..errors import DgmPyroError
@@ -27,7 +27,7 @@ from .base import load_weights, run_data, unfinished_training
 from .dataset_models import DatasetConfig, DatasetModelKind, DatasetRun
 
 __all__ = ["CVAEConfig", "TrainConfig", "CVAEKind", "build_model", "build_baseline", "generate", "text_conditions",
-           "prompt_conditions"]
+           "prompt_conditions", "default_prompts"]
 
 log = logging.getLogger("dgm_pyro.runs")
 
@@ -145,11 +145,12 @@ class CVAEKind(DatasetModelKind):
         return text_conditions(config, super().load_data(config))
 
     def check(self, config: CVAEConfig, data: ConditionalDataset) -> None:
-        defaults = CVAEConfig()
-        text_options = ("text_encoder", "text_dim", "text_dropout", "text_pooling")
-        if data.condition != "text" and any(getattr(config, k) != getattr(defaults, k) for k in text_options):
-            raise DgmPyroError(f"the --text-* options apply to captioned data (digits-text, npz: "
-                               f"with a 'text' array); dataset '{data.name}' has condition '{data.condition}'")
+        changed = [f.name for f in dataclasses.fields(config)
+                   if f.name.startswith("text_") and getattr(config, f.name) != field_default(f)]
+        if data.condition != "text" and changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise DgmPyroError(f"{flags} apply to captioned data (digits-text, npz: with a 'text' array); dataset "
+                               f"'{data.name}' has condition '{data.condition}'")
         super().check(config, data)
 
     def data_summary(self, data: ConditionalDataset) -> dict[str, Any]:
@@ -214,6 +215,11 @@ class CVAEKind(DatasetModelKind):
         return generate(run, label=label, condition=condition, num=num, mean=mean, seed=seed, texts=texts)
 
 
+def default_prompts(ds: ConditionalDataset) -> list[str]:
+    """The prompts a text-conditioned run is sampled from when none are given: the first 8 test captions."""
+    return ds.extra["texts"]["test"][:8]
+
+
 def prompt_conditions(run: DatasetRun, texts: list[str]) -> torch.Tensor:
     """The conditions y of text prompts for a text-conditioned run (what its model takes).
 
@@ -261,7 +267,7 @@ def generate(run: DatasetRun, label: Optional[int] = None, condition: Optional[t
             raise DgmPyroError(f"{run.path}: a text-conditioned run is sampled from prompts (--text, --text-file), "
                                "not from a label or condition file" if ds.condition == "text" else
                                "give prompts or a label or a condition, not several")
-        condition = prompt_conditions(run, ds.extra["texts"]["test"][:8] if texts is None else texts)
+        condition = prompt_conditions(run, default_prompts(ds) if texts is None else texts)
     elif condition is None:
         if ds.condition == "label":
             labels = range(ds.num_classes) if label is None else [label]
