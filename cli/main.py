@@ -35,12 +35,13 @@ def _fmt(v: Any) -> str:
 
 
 def _print_evaluation(ev: dict[str, Any]) -> None:
+    from dgm_pyro.runs.dataset_models import ESTIMATORS
+
     rows = [
         ("datapoints", ev["num_datapoints"]),
         ("particles K", ev["num_particles"]),
         ("ELBO (nats/datapoint)", ev["elbo"]),
-        ("log-likelihood, " + ("annealed (AIS)" if ev.get("method") == "ais" else "importance-sampled"),
-         ev["log_evidence"]),
+        ("log-likelihood, " + ESTIMATORS[ev.get("method", "is")], ev["log_evidence"]),
         ("  standard error", ev["log_evidence_stderr"]),
         ("ESS mean / min", f"{_fmt(ev['ess_mean'])} / {_fmt(ev['ess_min'])}"),
         ("PSIS k-hat max", ev["khat_max"]),
@@ -319,18 +320,22 @@ def _load(run_dir: str, command: str, device: str) -> Any:
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--method", type=click.Choice(["is", "ais"]), default="is", show_default=True,
-              help="Importance sampling with the encoder as proposal, or annealed importance sampling (HMC) from it.")
+@click.option("--method", type=click.Choice(["is", "adaptive", "ais"]), default="is", show_default=True,
+              help="Importance sampling with the encoder as proposal; adaptive importance sampling from the encoder "
+                   "mixed with Gaussians fitted per datapoint; or annealed importance sampling (HMC) from the encoder.")
 @click.option("--ais-steps", type=click.IntRange(min=1), default=100, show_default=True, metavar="T",
               help="Temperatures of --method ais (cost: about 6 T times importance sampling's).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, metavar="R",
+              help="Adapted rounds of --method adaptive after the encoder's (cost: about 1 + 2.5 R times "
+                   "importance sampling's).")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
-def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, ais_steps: int, json_out: bool,
-             device: str) -> None:
-    """Test ELBO, importance-sampled (or annealed) log-likelihood and PSIS k-hat of a trained run."""
+def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, ais_steps: int, rounds: int,
+             json_out: bool, device: str) -> None:
+    """Test ELBO, importance-sampled (or adaptive, or annealed) log-likelihood and PSIS k-hat of a trained run."""
     run = _load(run_dir, "evaluate", device)
     ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out),
-                           method=method, ais_steps=ais_steps)
+                           method=method, ais_steps=ais_steps, rounds=rounds)
     if json_out:
         _emit_json(ev)
         return

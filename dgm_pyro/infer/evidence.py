@@ -38,7 +38,7 @@ from pyro.poutine.util import site_is_subsample
 from ..errors import DgmPyroError
 from ..progress import Heartbeat
 
-__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "log_importance_weights", "batch_plates", "check_model_and_guide",
+__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates", "check_model_and_guide",
            "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ KHAT_WARN = 0.7
 #: Fewest particles for which PSIS k-hat is estimated (below, k-hat is NaN).
 MIN_PARTICLES_FOR_KHAT = 100
 _PARTICLE_PLATE = "_dgm_pyro_evidence_particles"
+#: Estimators of :func:`log_evidence`.
+METHODS = ("is", "adaptive", "ais")
 
 
 @dataclass
@@ -57,7 +59,10 @@ class EvidenceResult:
     Attributes:
         log_evidence: log (1/K) sum_k w_k, the importance-sampled log p(x|y) (P1.7).
         stderr: delta-method standard error of ``log_evidence``: std(w) / (sqrt(K) mean(w)).
-        elbo: (1/K) sum_k log w_k, the Monte Carlo ELBO (P1.4), a lower bound in expectation.
+        elbo: (1/K) sum_k log w_k, the Monte Carlo ELBO (P1.4), a lower bound in expectation; always the
+            guide's (with ``method="adaptive"`` from its round 0; with ``"ais"`` the mean AIS log-weight).
+        The other statistics describe the weights that make ``log_evidence`` (the last round of
+        ``method="adaptive"``).
         elbo_stderr: std(log w) / sqrt(K).
         ess: effective sample size (sum w)^2 / sum w^2, between 1 and K.
         khat: PSIS Pareto shape of the weights (arviz); > 0.7 means the estimate is unreliable,
@@ -253,9 +258,12 @@ def psis_khat(log_w: torch.Tensor) -> torch.Tensor:
 def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1000,
                  chunk_size: Optional[int] = None, vectorize: bool = True, diagnostics: bool = True,
                  keep_log_weights: bool = False, warn: bool = True, progress: bool = False, method: str = "is",
-                 num_steps: int = 100, hmc_steps: int = 5, step_size: float = 0.5, **kwargs) -> EvidenceResult:
-    """Importance-sampled per-datapoint log evidence with the guide as proposal (seed P1.7), or annealed
-    importance sampling from the guide to the posterior (``method="ais"``, :mod:`dgm_pyro.infer.ais`).
+                 num_steps: int = 100, hmc_steps: int = 5, step_size: float = 0.5, num_rounds: int = 3,
+                 defensive: float = 0.2, **kwargs) -> EvidenceResult:
+    """Importance-sampled per-datapoint log evidence with the guide as proposal (seed P1.7), adaptive
+    importance sampling from the guide mixed with Gaussians fitted per datapoint (``method="adaptive"``,
+    :mod:`dgm_pyro.infer.adaptive`), or annealed importance sampling from the guide to the posterior
+    (``method="ais"``, :mod:`dgm_pyro.infer.ais`).
 
     Args:
         model, guide: a Pyro model and guide taking ``*args, **kwargs``. Every sample site of both must
@@ -271,31 +279,49 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         warn: warn when any datapoint has k-hat > 0.7.
         progress: show a progress bar over particles (for a terminal); without it a line goes to the
             ``dgm_pyro.infer.evidence`` logger (INFO) every 30 s of a long run.
-        method: ``"is"`` (importance sampling) or ``"ais"`` (annealed importance sampling with ``num_steps``
-            temperatures and HMC transitions of ``hmc_steps`` leapfrog steps of initial size ``step_size`` in
-            the guide's scale; continuous latents, each with a guide site; always vectorised).
+        method: ``"is"`` (importance sampling), ``"adaptive"`` (``num_rounds`` rounds of K particles after
+            the guide's, from the mixture of the guide, share ``defensive``, and per-datapoint Gaussians fitted
+            to the previous round's weighted draws; the last round's weights make the estimate and k-hat;
+            continuous latents, each with a guide site; always vectorised; keeps every round's draws in
+            memory) or ``"ais"`` (annealed importance sampling with ``num_steps`` temperatures and HMC
+            transitions of ``hmc_steps`` leapfrog steps of initial size ``step_size`` in the guide's scale;
+            continuous latents, each with a guide site; always vectorised).
 
     Returns:
         :class:`EvidenceResult` with per-datapoint ``log_evidence``, ``stderr``, ``elbo``, ``ess``, ``khat``.
     """
     if num_particles < 1:
         raise DgmPyroError(f"num_particles must be >= 1, got {num_particles}")
-    if method not in ("is", "ais"):
-        raise DgmPyroError(f"method must be 'is' or 'ais', got '{method}'")
+    if method not in METHODS:
+        raise DgmPyroError(f"method must be one of {', '.join(map(repr, METHODS))}, got '{method}'")
     shared, nesting, numel = batch_plates(model, guide, args, kwargs, warn=warn)
     keep = {d for _, d in shared}
     with torch.no_grad():
         if chunk_size is None:
             chunk_size = max(1, 100_000 // numel)
         chunks = []
+        guide_log_w = None  # the guide's own weights where the estimate uses another proposal (the ELBO)
         done = 0
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=num_particles, desc="importance sampling", unit="particle", leave=False)
-        what = "annealed importance sampling" if method == "ais" else "importance sampling"
+        what = {"ais": "annealed importance sampling", "adaptive": "adaptive importance sampling"}.get(
+            method, "importance sampling")
         clock = Heartbeat(log, num_particles)  # without a bar: a log line every 30 s
+        if method == "adaptive":
+            from .adaptive import adaptive_log_weights
+
+            with pyro.validation_enabled(False):
+                lw, lw_guide = adaptive_log_weights(model, guide, args, kwargs, num_particles, keep, nesting,
+                                                    num_rounds=num_rounds, defensive=defensive,
+                                                    chunk_size=chunk_size)
+            chunks.append(lw.double())
+            guide_log_w = lw_guide.double()
+            done = num_particles
+            if bar is not None:
+                bar.update(num_particles)
         while done < num_particles:
             k = min(chunk_size, num_particles - done)
             # the trace above ran with the caller's validation setting; argument checks on every
@@ -326,7 +352,9 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
             bar.close()
         log_w = torch.cat(chunks, 0)
         # drop the size-1 dims of summed plates: (K, *batch) with batch ordered outermost plate first
-        log_w = log_w.reshape(num_particles, *[log_w.shape[d] for d in range(-nesting, 0) if d in keep])
+        batch_shape = [log_w.shape[d] for d in range(-nesting, 0) if d in keep]
+        log_w = log_w.reshape(num_particles, *batch_shape)
+        guide_log_w = log_w if guide_log_w is None else guide_log_w.reshape(num_particles, *batch_shape)
 
     K = num_particles
     lse = torch.logsumexp(log_w, 0)
@@ -336,7 +364,7 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
     w_rel = torch.exp(log_w - log_w.max(0).values)
     if K > 1:
         stderr = w_rel.std(0) / (math.sqrt(K) * w_rel.mean(0))
-        elbo_stderr = log_w.std(0) / math.sqrt(K)
+        elbo_stderr = guide_log_w.std(0) / math.sqrt(K)
     else:
         stderr = elbo_stderr = torch.full_like(log_ev, math.nan)
     flat = log_w.reshape(K, -1)
@@ -349,6 +377,6 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         warnings.warn(f"PSIS k-hat > {KHAT_WARN} for {n_bad} of {khat.numel()} datapoints: their importance-sampled "
                       "evidence is unreliable (the guide is a poor proposal); use more particles or a better guide",
                       RuntimeWarning, stacklevel=2)
-    return EvidenceResult(log_evidence=log_ev, stderr=stderr, elbo=log_w.mean(0), elbo_stderr=elbo_stderr, ess=ess,
+    return EvidenceResult(log_evidence=log_ev, stderr=stderr, elbo=guide_log_w.mean(0), elbo_stderr=elbo_stderr, ess=ess,
                           khat=khat, num_particles=K, plates=tuple(n for n, _ in shared),
                           log_weights=log_w if keep_log_weights else None)

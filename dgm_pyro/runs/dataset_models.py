@@ -37,6 +37,11 @@ __all__ = ["DatasetConfig", "DatasetModelKind", "DatasetRun"]
 log = logging.getLogger("dgm_pyro.runs")
 
 
+#: How each ``method`` of :meth:`DatasetModelKind.evaluate` estimates the log-likelihood, in words.
+ESTIMATORS = {"is": "importance-sampled", "adaptive": "adaptive importance sampling",
+              "ais": "annealed (AIS)"}
+
+
 def _evaluation_path(run_dir: Path, ev: dict[str, Any]) -> Path:
     """``evaluation.json``, unless it holds an evaluation of the same split and method with more particles."""
     path = run_dir / "evaluation.json"
@@ -199,9 +204,12 @@ class DatasetModelKind(ModelKind):
     # ------------------------------------------------------------------ commands
 
     def evaluate(self, run: DatasetRun, particles: int = 1000, split: str = "test", seed: int = 0,
-                 write: bool = True, progress: bool = False, method: str = "is", ais_steps: int = 100) -> dict[str, Any]:
+                 write: bool = True, progress: bool = False, method: str = "is", ais_steps: int = 100,
+                 rounds: int = 3) -> dict[str, Any]:
         """Test ELBO and importance-sampled log-likelihood (K particles) with PSIS diagnostics (seed P1.7);
-        with ``method="ais"`` the log-likelihood by annealed importance sampling over ``ais_steps`` temperatures.
+        with ``method="adaptive"`` by adaptive importance sampling over ``rounds`` rounds after the encoder's
+        (:mod:`dgm_pyro.infer.adaptive`), with ``method="ais"`` by annealed importance sampling over
+        ``ais_steps`` temperatures.
 
         Adds the exact log-likelihood of the data-generating process where known (linear-Gaussian) and,
         where the run has one, the baseline's exact negative conditional log-likelihood. All values are nats
@@ -213,13 +221,13 @@ class DatasetModelKind(ModelKind):
             raise DgmPyroError(f"particles must be >= 1, got {particles}")
         pyro.set_rng_seed(seed)
         x, y = to_device(run.device, *run.dataset.splits[split])
-        log.info("evaluating: %s log-likelihood of the %s split, %d %s", "annealed (AIS)" if method == "ais" else
-                 "importance-sampled", split, particles, "chains" if method == "ais" else "particles")
+        log.info("evaluating: %s log-likelihood of the %s split, %d %s", ESTIMATORS[method], split, particles,
+                 "chains" if method == "ais" else "particles")
         res = log_evidence(run.module.model, run.module.guide, x, y, num_particles=particles, warn=False,
-                           progress=progress, method=method, num_steps=ais_steps)
+                           progress=progress, method=method, num_steps=ais_steps, num_rounds=rounds)
+        settings = {"ais": {"ais_steps": ais_steps}, "adaptive": {"rounds": rounds}}.get(method, {})
         out: dict[str, Any] = {"run": str(run.path), "split": split, "dataset": run.config.dataset, "seed": seed,
-                               "method": method, **({"ais_steps": ais_steps} if method == "ais" else {}),
-                               **res.summary()}
+                               "method": method, **settings, **res.summary()}
         out["nll"] = -out["log_evidence"]
         if run.dataset.true_log_likelihood is not None:
             out["true_log_likelihood"] = float(run.dataset.true_log_likelihood(*run.dataset.splits[split]).mean())

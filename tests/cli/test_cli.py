@@ -347,6 +347,31 @@ def test_evaluate_with_annealed_importance_sampling(trained, tmp_path):
     assert r.exit_code == 0 and "annealed (AIS)" in r.stdout
 
 
+def test_evaluate_with_adaptive_importance_sampling(trained, tmp_path):
+    """`evaluate --method adaptive` labels its estimate, records the rounds and reports the encoder's own ELBO
+    (round 0 draws what `--method is` draws with the same seed); one particle is refused with one line, exit 2,
+    and the evaluation file is left as it was."""
+    path = tmp_path / "copy"
+    shutil.copytree(trained[0], path)
+    r = run("evaluate", path, "--particles", "200", "--split", "valid", "--json")
+    assert r.exit_code == 0, r.output
+    plain = json.loads(r.stdout)
+    r = run("evaluate", path, "--method", "adaptive", "--rounds", "2", "--particles", "200", "--split", "valid",
+            "--json")
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.stdout)
+    assert ev["method"] == "adaptive" and ev["rounds"] == 2 and ev["num_particles"] == 200
+    assert ev["elbo"] == pytest.approx(plain["elbo"], abs=1e-9)
+    assert abs(ev["log_evidence"] - plain["log_evidence"]) < 2.0
+    before = (path / "evaluation.json").read_bytes()
+    r = run("evaluate", path, "--method", "adaptive", "--particles", "1", "--split", "valid")
+    assert r.exit_code == 2 and "num_particles >= 2" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) <= 2  # the progress line and the error
+    assert (path / "evaluation.json").read_bytes() == before
+    r = run("evaluate", path, "--method", "adaptive", "--rounds", "1", "--particles", "50", "--split", "valid")
+    assert r.exit_code == 0 and "adaptive importance sampling" in r.stdout
+
+
 def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_extend_it(trained, tmp_path):
     """A finished run says so and is left as it is; ``--epochs`` raises its length, and the extended run is the
     run trained for that many epochs from the start (bit for bit on CPU)."""
