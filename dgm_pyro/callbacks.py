@@ -18,7 +18,7 @@ from .errors import DgmPyroError
 from .infer.annealing import Annealing, Schedule
 from .infer.evidence import log_evidence
 
-__all__ = ["Callback", "Validation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling", "OnInterval",
+__all__ = ["Callback", "Validation", "ForecastValidation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling", "OnInterval",
            "AGGRESSIVE_MAX_INNER", "AGGRESSIVE_WINDOW"]
 
 #: aggressive training (He et al. 2019): at most this many encoder steps per decoder step, and the
@@ -103,7 +103,34 @@ class KLAnnealing(Callback):
         return {"annealing": repr(self.annealing.schedule) if self.annealing is not None else "none"}
 
 
-class Validation(Callback):
+class _EarlyStopping(Callback):
+    """The best interval so far (the trainer writes ``best.pt`` for it) and early stopping after
+    ``patience`` intervals without improvement of a validation score (higher is better)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.state = {"best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0}
+
+    def _update(self, trainer: Any, row: dict[str, float], score: float, counts: bool = True) -> bool:
+        """Record ``score`` for this interval; ``counts=False`` keeps a worse interval from using patience."""
+        improved = score > self.state["best_score"]
+        if improved:
+            self.state.update(best_score=score, best_epoch=int(row[trainer.data.unit]), bad_epochs=0)
+        elif counts:
+            self.state["bad_epochs"] += 1
+            if self.state["bad_epochs"] >= self.patience:
+                trainer.state["stopped"] = "early"
+        trainer.improved = improved
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.update(state)
+
+
+class Validation(_EarlyStopping):
     """Validation ELBO and K-particle importance-sampled log-likelihood after every interval, the best
     interval (``best.pt``) and early stopping after ``patience`` intervals without improvement (delayed while
     ``annealing`` is still moving beta). The criterion is the ELBO, or with ``criterion="log_likelihood"``
@@ -117,11 +144,11 @@ class Validation(Callback):
                  groups: Optional[torch.Tensor] = None, criterion: str = "elbo"):
         if criterion not in ("elbo", "log_likelihood"):
             raise ValueError(f"criterion must be 'elbo' or 'log_likelihood', got {criterion!r}")
-        self.data, self.particles, self.patience, self.criterion = data, particles, patience, criterion
+        super().__init__(patience)
+        self.data, self.particles, self.criterion = data, particles, criterion
         self.annealing, self.track, self.groups = annealing, track_collapse, groups
         self.fields = ("valid_elbo", "valid_log_likelihood", "best") + (
             ("valid_kl", "valid_mi", "valid_au") if track_collapse else ())
-        self.state = {"best_score": -math.inf, "best_epoch": 0, "bad_epochs": 0}
 
     def _measure(self, module: Any) -> tuple[float, float, dict[str, float]]:
         res = log_evidence(module.model, module.guide, *self.data, num_particles=self.particles, diagnostics=False,
@@ -141,25 +168,42 @@ class Validation(Callback):
         measured = self._measure(trainer.module) if D.rank() == 0 else None
         valid_elbo, valid_ll, collapse = D.broadcast_object(measured)
         score = valid_elbo if self.criterion == "elbo" else valid_ll
-        improved = score > self.state["best_score"]
-        if improved:
-            self.state.update(best_score=score, best_epoch=int(row[trainer.data.unit]), bad_epochs=0)
-        elif self.annealing is None or self.annealing.settled:
-            # while beta is still moving the objective changes under the model: patience waits for it
-            self.state["bad_epochs"] += 1
-            if self.state["bad_epochs"] >= self.patience:
-                trainer.state["stopped"] = "early"
-        trainer.improved = improved
+        # while beta is still moving the objective changes under the model: patience waits for it
+        improved = self._update(trainer, row, score, counts=self.annealing is None or self.annealing.settled)
         row.update(valid_elbo=valid_elbo, valid_log_likelihood=valid_ll, best=float(improved), **collapse)
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.state)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state.update(state)
 
     def summary(self) -> dict[str, Any]:
         return {"best_epoch": self.state["best_epoch"], f"best_valid_{self.criterion}": self.state["best_score"]}
+
+
+class ForecastValidation(_EarlyStopping):
+    """Early stopping of a sequence model on held-out snapshots: after every interval, the predictive
+    log-likelihood of the V snapshots that follow the training snapshots, log (1/S) sum_s p(X_{T+h}, A_{T+h} |
+    path s) averaged over h = 1..V (seed P4.4, ``module.forecast(..., future=...)``), with S paths drawn from
+    a fixed seed so that intervals are compared on the same random numbers (and the training random state is
+    left as it was). Writes ``valid_log_likelihood`` (nats per snapshot) and ``best``."""
+
+    fields = ("valid_log_likelihood", "best")
+
+    def __init__(self, history: tuple[torch.Tensor, list[torch.Tensor]],
+                 held_out: tuple[torch.Tensor, list[torch.Tensor]], patience: int, num_samples: int = 20,
+                 seed: int = 0):
+        super().__init__(patience)
+        self.history, self.held_out, self.num_samples, self.seed = history, held_out, num_samples, seed
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
+        x, edges = self.history
+        devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            fc = trainer.module.forecast(x, edges, horizon=len(self.held_out[1]), num_samples=self.num_samples,
+                                         future=self.held_out)
+        score = float(fc["log_lik"].mean())
+        improved = self._update(trainer, row, score, counts=True)
+        row.update(valid_log_likelihood=score, best=float(improved))
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_step": self.state["best_epoch"], "best_valid_log_likelihood": self.state["best_score"]}
 
 
 class AggressiveTraining(Callback):

@@ -28,7 +28,7 @@ from pyro import poutine
 from torch.distributions import biject_to
 
 from ..errors import DgmPyroError
-from .ais import _Target
+from .ais import JointDensities
 from .evidence import latent_sites, reduce_to_batch, sample_sites, site_log_prob
 
 __all__ = ["adaptive_log_weights", "FULL_COVARIANCE_MAX_DIM"]
@@ -126,7 +126,7 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
 
     def guide_round(k: int) -> tuple[torch.Tensor, dict]:
         """Round 0: importance sampling with the guide (the same draws as ``method="is"``)."""
-        target = _Target(model, guide, args, kwargs, k, keep_dims, nesting)
+        target = JointDensities(model, guide, args, kwargs, k, keep_dims, nesting)
         g_tr = poutine.trace(target.guide).get_trace(*args, **kwargs)
         m_tr = poutine.trace(poutine.replay(target.model, trace=g_tr)).get_trace(*args, **kwargs)
         if not latents:
@@ -136,7 +136,7 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
         return log_p - log_q, {n: g_tr.nodes[n]["value"] for n in latents}
 
     def mixture_round(k: int, fits: dict[str, _SiteFit], like: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        target = _Target(model, guide, args, kwargs, k, keep_dims, nesting)
+        target = JointDensities(model, guide, args, kwargs, k, keep_dims, nesting)
         g_tr = poutine.trace(target.guide).get_trace(*args, **kwargs)
         # one mixture component per chain (particle and datapoint), shared by every site
         pick = torch.rand((k,) + like.shape[1:], device=like.device) >= defensive

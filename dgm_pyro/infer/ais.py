@@ -25,7 +25,7 @@ from pyro import poutine
 from ..errors import DgmPyroError
 from .evidence import latent_sites, reduce_to_batch, sample_sites, site_log_prob
 
-__all__ = ["ais_log_weights", "sigmoid_schedule"]
+__all__ = ["ais_log_weights", "sigmoid_schedule", "JointDensities"]
 
 _PARTICLES = "_dgm_pyro_ais_particles"
 
@@ -43,8 +43,9 @@ def _per_chain(t: torch.Tensor, event_dim: int, keep_dims: set[int], nesting: in
     return reduce_to_batch(t.sum(tuple(range(-event_dim, 0))) if event_dim else t, keep_dims, nesting)
 
 
-class _Target:
-    """log p(x, z) and log q(z|x) per chain for given latent values, with their gradients."""
+class JointDensities:
+    """log p(x, z) and log q(z|x) per chain (particle x datapoint) at given latent values, with their
+    gradients: the model and guide run under ``poutine.condition`` inside a particle plate of ``num``."""
 
     def __init__(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int, keep_dims: set[int],
                  nesting: int):
@@ -60,7 +61,7 @@ class _Target:
         return log_p, log_q
 
 
-def _leapfrog(target: _Target, z: dict, r: dict, sd: dict, eps: torch.Tensor, beta: float,
+def _leapfrog(target: JointDensities, z: dict, r: dict, sd: dict, eps: torch.Tensor, beta: float,
               steps: int) -> tuple[dict, dict, torch.Tensor]:
     """``steps`` leapfrog steps in the scaled coordinates u = z / sd; returns (z, r, potential) at the end."""
 
@@ -90,7 +91,7 @@ def ais_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     """(num, ...) AIS log-weights, with size-1 dims where plates were summed (as
     :func:`~dgm_pyro.infer.evidence.log_importance_weights`)."""
     betas = sigmoid_schedule(num_steps).tolist()
-    target = _Target(model, guide, args, kwargs, num, keep_dims, nesting)
+    target = JointDensities(model, guide, args, kwargs, num, keep_dims, nesting)
     with torch.no_grad():
         guide_tr = poutine.trace(target.guide).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(target.model, trace=guide_tr)).get_trace(*args, **kwargs)

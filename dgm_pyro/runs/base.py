@@ -34,7 +34,7 @@ log = logging.getLogger("dgm_pyro.runs")
 
 @dataclass
 class Run:
-    """A loaded run folder: its configuration, trained module (``kind.checkpoint`` weights) on ``device`` and,
+    """A loaded run folder: its configuration, trained module (``kind.weights(config)``) on ``device`` and,
     where trained, its baseline. Model kinds add what their commands need (the dataset, held-out snapshots)."""
 
     path: Path
@@ -66,6 +66,10 @@ class ModelKind:
     commands: ClassVar[tuple[str, ...]] = ()
     checkpoint: ClassVar[str] = "checkpoint.pt"
     distributed: ClassVar[bool] = False
+
+    def weights(self, config: Any) -> str:
+        """The weights file that ``load_run`` restores for this configuration (default ``checkpoint``)."""
+        return self.checkpoint
 
     def load_data(self, config: Any) -> Any:
         """The data the configuration names (checked: a bad dataset raises :class:`DgmPyroError`)."""
@@ -291,6 +295,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", command: Opti
     data = kind.load_data(config)
     pyro.clear_param_store()
     module = kind.build(config, data)
-    load_weights(module, path / kind.checkpoint)
+    load_weights(module, path / kind.weights(config))
     device = torch.device(device)
     return kind.make_run(path, config, data, module.to(device).eval(), device)

@@ -20,7 +20,7 @@ import numpy as np
 import pyro
 import torch
 
-from ..callbacks import ScheduledSampling
+from ..callbacks import ForecastValidation, ScheduledSampling
 from ..checkpoint import write_json
 from ..config import ConfigBase, option
 from ..data.graphs import GraphSequence, load_graph_dataset
@@ -35,7 +35,8 @@ from ..registry import register_model
 from ..training import FullBatch, Trainer, deterministic_algorithms
 from .base import ModelKind, Run, load_weights, run_data, unfinished_training
 
-__all__ = ["GraphConfig", "GraphSSMKind", "GraphRun", "load_graph_sequence", "build_graph_model", "forecast_run",
+__all__ = ["GraphConfig", "GraphSSMKind", "GraphRun", "load_graph_sequence", "training_history", "build_graph_model",
+           "forecast_run",
            "to_inference_data"]
 
 log = logging.getLogger("dgm_pyro.runs")
@@ -72,7 +73,13 @@ class GraphConfig(ConfigBase):
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
-    steps: int = option(300, "Full-sequence SVI steps.", min=1)
+    steps: int = option(300, "Full-sequence SVI steps (at most, with --valid-steps).", min=1)
+    valid_steps: int = option(0, "Hold out the last V history snapshots for early stopping: train on the snapshots "
+                              "before them, score their predictive log-likelihood after every interval, keep the "
+                              "best interval (best.pt) and stop after --patience intervals without improvement "
+                              "(0: train every step on the whole history).", min=0, metavar="V", added=True)
+    patience: int = option(4, "Intervals without improvement before early stopping (with --valid-steps).", min=1,
+                           added=True)
     lr: float = option(1e-2, "Adam learning rate.", min=0, min_open=True)
     clip_norm: float = option(10.0, "Gradient-norm clip.", min=0, min_open=True)
     checkpoint_every: int = option(25, "Steps between checkpoints and metrics rows.", min=1)
@@ -134,8 +141,17 @@ def static_features(config: GraphConfig, history: GraphSequence) -> list[bool]:
     return mask
 
 
+def training_history(config: GraphConfig, history: GraphSequence) -> tuple[GraphSequence, Optional[GraphSequence]]:
+    """(the snapshots the model trains on, the ``valid_steps`` held out for early stopping or None)."""
+    if not config.valid_steps:
+        return history, None
+    return history.split(config.valid_steps)
+
+
 def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
-    """The configured :class:`GraphSSM`, sized for the data, with feature scaling from the history."""
+    """The configured :class:`GraphSSM`, sized for the data, with feature scaling from the snapshots it trains
+    on (the history before the ``valid_steps`` held out)."""
+    history = training_history(config, history)[0]
     shift, scale = _feature_standardisation(history, 1e-3)
     return GraphSSM(history.num_nodes, history.num_features, latent_dim=config.latent_dim, hidden=config.hidden,
                     directed=history.directed, gnn=config.gnn,
@@ -152,7 +168,8 @@ def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUF
                             feature_shift=shift, feature_scale=scale)
 
 
-def _on(device: torch.device, seq: GraphSequence) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def sequence_on(device: torch.device, seq: GraphSequence) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A sequence's features (T, N, F) and edge indices on ``device``: the ``(x, edges)`` models take."""
     return seq.x.to(device), [e.to(device) for e in seq.edges]
 
 
@@ -170,6 +187,12 @@ class GraphSSMKind(ModelKind):
 
     def check(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> None:
         static_features(config, data[0])
+        if config.valid_steps and config.valid_steps > data[0].num_steps - 2:
+            raise DgmPyroError(f"--valid-steps {config.valid_steps} leaves fewer than 2 of the {data[0].num_steps} "
+                               "history snapshots to train on")
+
+    def weights(self, config: GraphConfig) -> str:
+        return "best.pt" if config.valid_steps else "checkpoint.pt"
 
     def build(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> GraphSSM:
         return build_graph_model(config, data[0])
@@ -211,10 +234,23 @@ class GraphSSMKind(ModelKind):
                                 progress, normaliser=len(args[1]))
         return trainer.fit(resume=resume)
 
+    def fit_baseline(self, config: GraphConfig, args: tuple, baseline: torch.nn.Module, run_dir: str | Path,
+                     steps: int, resume: bool = False, progress: bool = False) -> dict[str, Any]:
+        """Train the GCN+GRU baseline for ``steps`` steps into ``run_dir``, at its own fixed learning rate (that
+        of its published numbers) with the model's clip and intervals. Returns the training summary."""
+        return self._trainer(config, baseline, args, Path(run_dir), steps, 1e-2, [], progress,
+                             label="baseline").fit(resume=resume)
+
     def train(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence], module: torch.nn.Module,
               run_dir: Path, resume: bool, progress: bool, callbacks: list[Any], device: torch.device) -> dict[str, Any]:
         history = data[0]
-        args = _on(device, history)
+        train_part, held_out = training_history(config, history)
+        args = sequence_on(device, train_part)
+        if held_out is not None:
+            log.info("early stopping on the predictive log-likelihood of the last %d history snapshot(s), patience "
+                     "%d intervals of %d steps", held_out.num_steps, config.patience, config.checkpoint_every)
+            callbacks = [ForecastValidation(args, sequence_on(device, held_out), config.patience, seed=config.seed),
+                         *callbacks]
         summary = self.fit(config, args, module, run_dir, resume=resume, progress=progress, callbacks=callbacks)
         summary["edge_likelihood"] = module.edge_likelihood
         if self.wants_baseline(config, history.num_nodes):
@@ -222,10 +258,9 @@ class GraphSSMKind(ModelKind):
             log.info("training the GCN+GRU baseline: %d steps into %s", config.baseline_steps, base_dir)
             pyro.set_rng_seed(config.seed)
             baseline = build_graph_baseline(config, history).to(device)
-            # the baseline's own fixed learning rate (its published numbers), the model's clip and intervals
-            base = self._trainer(config, baseline, args, base_dir, config.baseline_steps, 1e-2, [], progress,
-                                 label="baseline")
-            summary["baseline"] = base.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
+            summary["baseline"] = self.fit_baseline(config, args, baseline, base_dir, config.baseline_steps,
+                                                    resume=resume and (base_dir / "checkpoint.pt").is_file(),
+                                                    progress=progress)
         plot_graph_training(run_dir)
         return summary
 
