@@ -528,6 +528,70 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
     _report_files(res["files"])
 
 
+#: graph-ssm options that a backtest does not take: its origins split the sequence, and it does not stop early
+_NOT_IN_BACKTEST = {"test_steps", "valid_steps", "patience"}
+
+
+def _backtest_command() -> click.Command:
+    """``dgm-pyro backtest``: the graph-ssm training options plus the backtest's own."""
+    from dgm_pyro.runs.graph_ssm import GraphConfig
+
+    @click.pass_context
+    def callback(ctx: click.Context, origins: str, horizon: int, refit: bool, refit_steps: int, samples: int, out: str,
+                 config_file: Optional[str], json_out: bool, device: str, **_: Any) -> None:
+        from dgm_pyro.device import resolve_device
+        from dgm_pyro.registry import get_model
+        from dgm_pyro.runs import new_run_dir
+        from dgm_pyro.runs.graph_backtest import backtest_graph, summary_table
+
+        try:
+            points = [int(v) for v in origins.split(",") if v.strip()]
+        except ValueError:
+            raise DgmPyroError(f"--origins must be comma-separated snapshot indices like 30,35,40; got '{origins}'") \
+                from None
+        config = resolve_config(get_model("graph-ssm"), ctx, config_file)
+        if Path(out).is_file():
+            raise DgmPyroError(f"{out}: is a file; --out takes a folder")
+        folder = new_run_dir(out, "backtest")
+        res = backtest_graph(config, points, horizon, folder, refit=refit, refit_steps=refit_steps,
+                             num_samples=samples, progress=_progress(json_out), device=resolve_device(device))
+        if json_out:
+            _emit_json(res)
+            return
+        click.echo(f"backtest of graph-ssm on {config.dataset}: origins {', '.join(map(str, res['origins']))}, horizon "
+                   f"{horizon}, {'refitted (warm start, ' + str(refit_steps) + ' steps)' if refit else 'fitted once'}")
+        click.echo("mean over origins:")
+        click.echo(summary_table(res))
+        _report_files(res["files"])
+
+    own = [
+        click.Option(["--origins"], required=True, metavar="T1,T2,...",
+                     help="Snapshot indices where forecasts start; the model trains on the snapshots before each."),
+        click.Option(["--horizon"], type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Snapshots forecast and scored per origin."),
+        click.Option(["--refit/--no-refit"], default=True, show_default=True,
+                     help="Refit at every origin after the first, warm-started from the previous weights."),
+        click.Option(["--refit-steps"], type=click.IntRange(min=1), default=100, show_default=True,
+                     help="SVI steps of each refit (the first fit runs --steps)."),
+        click.Option(["--samples"], type=click.IntRange(min=1), default=100, show_default=True,
+                     help="Forecast paths per origin."),
+        click.Option(["--out"], type=click.Path(), default="runs", show_default=True,
+                     help="Folder in which the backtest folder backtest-<timestamp> is made."),
+        click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), default=None,
+                     help="TOML file of graph-ssm options (flags given on the command line win)."),
+        click.Option(["--json", "json_out"], is_flag=True, help="Print only JSON."),
+    ]
+    params = [o for o in config_options(GraphConfig) if o.name not in _NOT_IN_BACKTEST] + own
+    cmd = click.Command("backtest", callback=callback, params=params,
+                        help="Rolling-origin backtest of graph-ssm with warm-started refits: one row of metrics per "
+                             "origin, forecaster and horizon step (the shape of pyro.contrib.forecast.backtest).",
+                        short_help="Rolling-origin backtest of graph-ssm with refits.")
+    return _device_option(cmd)
+
+
+cli.add_command(_backtest_command())
+
+
 @cli.command()
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_runtime_options

@@ -18,7 +18,9 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 FULL = os.environ.get("DGM_PYRO_FULL_TESTS") == "1"
 SMALL = {"train": ["--epochs", "2", "--particles", "20", "--hidden", "32"],
          "train graph-ssm": ["--steps", "4", "--checkpoint-every", "2", "--baseline-steps", "2"],
-         "evaluate": ["--particles", "50"], "diagnose": ["--particles", "20"], "forecast": ["--samples", "10"]}
+         "evaluate": ["--particles", "50"], "diagnose": ["--particles", "20"], "forecast": ["--samples", "10"],
+         "backtest": ["--steps", "4", "--refit-steps", "2", "--checkpoint-every", "2", "--baseline-steps", "2",
+                      "--samples", "10"]}
 
 
 def _sequence() -> list[list[str]]:
@@ -50,3 +52,5 @@ def test_what_it_does_runs_top_to_bottom(tmp_path, monkeypatch):
     assert (tmp_path / "seven.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "runs" / "dsbm" / "forecast.nc").is_file()
     assert "oracle" in outputs["forecast runs/dsbm --horizon 5"]
+    assert "adaptive importance sampling" in outputs["evaluate runs/digits --method adaptive"]
+    assert len(list((tmp_path / "runs").glob("backtest-*/backtest.csv"))) == 1

@@ -259,3 +259,139 @@ def test_static_features_are_conditioned_on_not_forecast(tmp_path):
     bad = run("train", "graph-ssm", "--out", tmp_path / "bad", "--static-features", "height", *common)
     assert bad.exit_code == 2 and "no feature named 'height'; the features are age, activity" in bad.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_early_stopping_on_held_out_snapshots(tmp_path, monkeypatch):
+    """--valid-steps V trains on the history before its last V snapshots, scores their predictive
+    log-likelihood after every interval (the value a fresh forecast of the best weights gives from the same
+    seed), keeps the best interval in best.pt (what load_run restores) and stops after --patience intervals
+    without improvement; the training random state is left as it was."""
+    from dgm_pyro.callbacks import ForecastValidation
+    from dgm_pyro.checkpoint import load_checkpoint
+    from dgm_pyro.runs import load_run, training_history
+
+    r = run("train", "graph-ssm", "--out", tmp_path / "v", "--json", "--steps", "6", "--checkpoint-every", "2",
+            "--baseline-steps", "0", "--test-steps", "3", "--hidden", "16", "--valid-steps", "2")
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    rows = [row.split(",") for row in (path / "metrics.csv").read_text().splitlines()]
+    assert rows[0][:5] == ["step", "train_loss", "teacher_forcing", "valid_log_likelihood", "best"]
+    scores = [float(row[3]) for row in rows[1:]]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    ckpt = load_checkpoint(path / "best.pt")
+    assert ckpt["trainer_state"]["steps"] == 2 * (best + 1)
+    loaded = load_run(path)
+    for k, v in loaded.module.state_dict().items():
+        assert torch.equal(v, ckpt["model_state"][k]), k
+    train_part, held = training_history(loaded.config, loaded.history)
+    assert (train_part.num_steps, held.num_steps) == (loaded.history.num_steps - 2, 2)
+    torch.manual_seed(loaded.config.seed)
+    fc = loaded.module.forecast(train_part.x, train_part.edges, horizon=2, num_samples=20,
+                                future=(held.x, held.edges))
+    assert float(fc["log_lik"].mean()) == pytest.approx(scores[best], rel=1e-5)
+
+    # patience: scores 3, 5, 4, 4.5 with patience 2 stop after the fourth interval, best the second
+    class Trainer:
+        data = type("D", (), {"unit": "step"})()
+        state = {"stopped": ""}
+        improved = False
+        module = loaded.module
+
+    cb = ForecastValidation((train_part.x, train_part.edges), (held.x, held.edges), patience=2)
+    values = iter([3.0, 5.0, 4.0, 4.5])
+    monkeypatch.setattr(type(loaded.module), "forecast",
+                        lambda self, *a, **k: {"log_lik": torch.tensor([next(values)])})
+    t = Trainer()
+    before = torch.random.get_rng_state()
+    for step in (2, 4, 6, 8):
+        assert not t.state["stopped"]
+        cb.on_interval_end(t, {"step": step})
+    assert t.state["stopped"] == "early" and cb.state["best_epoch"] == 4 and cb.summary()["best_step"] == 4
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_valid_steps_that_leave_too_little_history_are_refused(tmp_path):
+    r = run("train", "graph-ssm", "--out", tmp_path / "v", *TINY, "--valid-steps", "500")
+    assert r.exit_code == 2 and "leaves fewer than 2" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
+
+
+BACKTEST = ["--steps", "4", "--refit-steps", "2", "--checkpoint-every", "2", "--baseline-steps", "2", "--hidden", "16",
+            "--samples", "10", "--horizon", "2"]
+
+
+def test_backtest_rows_refits_and_files(tmp_path):
+    """One row per origin, forecaster and h with t0/t1/t2 (pyro.contrib.forecast.backtest's shape); the GraphSSM
+    rows are the scores of the model fitted on the snapshots before each origin, reproduced here by hand: the
+    first fit from scratch, the refit warm-started from it; the CSV holds the JSON's rows."""
+    import csv
+
+    import pyro
+
+    from dgm_pyro.checkpoint import load_checkpoint
+    from dgm_pyro.data.graphs import load_graph_dataset
+    from dgm_pyro.metrics import forecast_scores
+    from dgm_pyro.runs import GraphConfig, GraphSSMKind, build_graph_model
+    from dgm_pyro.runs.graph_ssm import sequence_on
+
+    r = run("backtest", "--origins", "25,20", *BACKTEST, "--out", tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    folder = Path(res["files"][0]).parent
+    assert res["origins"] == [20, 25] and res["refit"] is True
+    rows = res["rows"]
+    names = ["GraphSSM", "persistence", "historical mean", "GCN+GRU", "oracle"]
+    assert [(x["t1"], x["forecaster"], x["h"]) for x in rows] == [(t, n, h) for t in (20, 25) for n in names
+                                                                   for h in (1, 2)]
+    assert all(x["t0"] == 0 and x["t2"] == x["t1"] + 2 for x in rows)
+    ssm = [x for x in rows if x["forecaster"] == "GraphSSM"]
+    assert [x["train_steps"] for x in ssm] == [4, 4, 2, 2] and all(x["refit"] for x in ssm)
+    with open(folder / "backtest.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert set(res["mean"]) == set(names) and res["mean"]["GraphSSM"][0]["origins"] == 2
+
+    # by hand: fit 4 steps on 0..19, then 2 warm-started steps on 0..24, forecast 25, 26
+    config = GraphConfig(steps=4, checkpoint_every=2, baseline_steps=2, hidden=16)
+    seq = load_graph_dataset("dsbm", seed=0)
+    kind = GraphSSMKind()
+    pyro.set_rng_seed(0)
+    first = build_graph_model(config, seq.slice(0, 20))
+    kind.fit(config, sequence_on(torch.device("cpu"), seq.slice(0, 20)), first, tmp_path / "a")
+    pyro.set_rng_seed(0)
+    second = build_graph_model(config, seq.slice(0, 25))
+    second.load_state_dict(first.state_dict())
+    kind.fit(GraphConfig(steps=2, checkpoint_every=2, baseline_steps=2, hidden=16),
+             sequence_on(torch.device("cpu"), seq.slice(0, 25)), second, tmp_path / "b")
+    saved = load_checkpoint(folder / "origin-25" / "checkpoint.pt")["model_state"]
+    for k, v in second.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    second.eval()
+    pyro.set_rng_seed(0)
+    hist, fut = seq.slice(0, 25), seq.slice(25, 27)
+    fc = second.forecast(hist.x, hist.edges, horizon=2, num_samples=10, future=(fut.x, fut.edges))
+    mine = forecast_scores(fc, fut, hist, 2)
+    for got, want in zip(ssm[2:], mine):
+        assert got["auc"] == pytest.approx(want["auc"], abs=1e-12) and got["crps"] == pytest.approx(want["crps"],
+                                                                                                      abs=1e-9)
+
+
+def test_backtest_without_refit_reuses_the_first_fit(tmp_path):
+    r = run("backtest", "--origins", "20,25", *BACKTEST, "--no-refit", "--baseline-steps", "0", "--out", tmp_path,
+            "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    folder = Path(res["files"][0]).parent
+    ssm = [x for x in res["rows"] if x["forecaster"] == "GraphSSM"]
+    assert [x["train_steps"] for x in ssm] == [4, 4, 0, 0] and [x["refit"] for x in ssm] == [True, True, False, False]
+    assert not (folder / "origin-25").exists() and "GCN+GRU" not in res["mean"]
+    r = run("backtest", "--origins", "20,25", *BACKTEST, "--baseline-steps", "0", "--no-refit", "--out", tmp_path)
+    assert r.exit_code == 0 and "fitted once" in r.output and "| GraphSSM | 1 |" in r.output
+
+
+@pytest.mark.parametrize("origins, message", [("1", "out of range"), ("20,59", "out of range"),
+                                               ("a,b", "comma-separated snapshot indices")])
+def test_backtest_bad_origins_are_refused_with_nothing_written(tmp_path, origins, message):
+    r = run("backtest", "--origins", origins, *BACKTEST, "--out", tmp_path / "o")
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json"))
