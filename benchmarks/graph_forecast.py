@@ -1,10 +1,13 @@
 """Probabilistic graph forecasting (seed P4): GraphSSM with and without scheduled sampling against the oracle
-and the baselines on the dynamic SBM, link prediction on CollegeMsg, and the sparse likelihood's scaling.
+and the baselines on the dynamic SBM, link prediction on CollegeMsg and the high school contacts, and the sparse
+likelihood's scaling.
 
     python benchmarks/graph_forecast.py dsbm --seeds 0 1 2 --steps 800 --schedule linear:600:0.5 --samples 500 \
         --jobs 2 --deterministic-decoder --json docs/graph_dsbm.json
     python benchmarks/graph_forecast.py collegemsg --seeds 0 1 2 --steps 400 --samples 200 --jobs 2 \
         --ablate-edge-memory --json docs/graph_collegemsg.json
+    python benchmarks/graph_forecast.py highschool --seeds 0 1 2 --steps 300 --samples 200 --ablate-edge-memory \
+        --json docs/graph_highschool.json
     python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
 
 Every run is a real ``train graph-ssm`` run folder (under a temporary folder) scored by ``forecast_run``:
@@ -121,12 +124,13 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def collegemsg(args: argparse.Namespace) -> dict:
+def real_data(args: argparse.Namespace) -> dict:
+    """A real dataset (``args.what``: collegemsg or highschool), 3 seeds, the model beside the baselines."""
     # label -> edge memory on; the baselines come from the first variant's runs
     variants = {"GraphSSM": True}
     if args.ablate_edge_memory:
         variants["GraphSSM (no edge memory)"] = False
-    configs = [GraphConfig(dataset="collegemsg", steps=args.steps, seed=seed, edge_memory=memory,
+    configs = [GraphConfig(dataset=args.what, steps=args.steps, seed=seed, edge_memory=memory,
                            baseline_steps=args.baseline_steps if memory else 0).validate()
                for seed in args.seeds for memory in variants.values()]
     labels = [(seed, label) for seed in args.seeds for label in variants]
@@ -200,7 +204,7 @@ def main() -> None:
         scaling_child(int(n), float(degree), int(steps), int(snapshots))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dsbm", "collegemsg", "scaling"])
+    p.add_argument("what", choices=["dsbm", "collegemsg", "highschool", "scaling"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--baseline-steps", type=int, default=300)
@@ -212,13 +216,13 @@ def main() -> None:
     p.add_argument("--deterministic-decoder", action="store_true",
                    help="dsbm: a third variant, scheduled sampling with the feature covariance fixed (P4.3)")
     p.add_argument("--ablate-edge-memory", action="store_true",
-                   help="collegemsg: a second variant without the edge-memory terms (--no-edge-memory)")
-    p.add_argument("--jobs", type=int, default=1, help="dsbm, collegemsg: runs in parallel (one thread each when > 1)")
+                   help="collegemsg, highschool: a second variant without the edge-memory terms (--no-edge-memory)")
+    p.add_argument("--jobs", type=int, default=1, help="dsbm, collegemsg, highschool: runs in parallel (one thread each when > 1)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
     if args.what == "scaling" and args.steps == 600:
         args.steps = 3
-    result = {"dsbm": dsbm, "collegemsg": collegemsg, "scaling": scaling}[args.what](args)
+    result = {"dsbm": dsbm, "collegemsg": real_data, "highschool": real_data, "scaling": scaling}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
 

