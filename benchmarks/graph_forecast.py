@@ -36,7 +36,7 @@ KEYS = ("auc", "auc_new", "ap", "brier", "ece", "density_error", "crps", "energy
 
 def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict:
     variant = (config.scheduled_sampling.replace(":", "_") + ("-deterministic" if config.deterministic_decoder else "")
-               + ("" if config.edge_memory else "-no-memory"))
+               + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else ""))
     run_dir = root / f"{config.dataset}-{variant}-seed{config.seed}"
     start = time.perf_counter()
     train_run(config, run_dir)
@@ -126,13 +126,16 @@ def torch_threads() -> int:
 
 def real_data(args: argparse.Namespace) -> dict:
     """A real dataset (``args.what``: collegemsg or highschool), 3 seeds, the model beside the baselines."""
-    # label -> edge memory on; the baselines come from the first variant's runs
-    variants = {"GraphSSM": True}
+    # label -> (edge memory, edge frequency); the baselines come from the first variant's runs
+    variants = {"GraphSSM": (True, False)}
+    if args.edge_frequency:
+        variants["GraphSSM, --edge-frequency"] = (True, True)
     if args.ablate_edge_memory:
-        variants["GraphSSM (no edge memory)"] = False
-    configs = [GraphConfig(dataset=args.what, steps=args.steps, seed=seed, edge_memory=memory,
-                           baseline_steps=args.baseline_steps if memory else 0).validate()
-               for seed in args.seeds for memory in variants.values()]
+        variants["GraphSSM (no edge memory)"] = (False, False)
+    first = next(iter(variants.values()))
+    configs = [GraphConfig(dataset=args.what, steps=args.steps, seed=seed, edge_memory=memory, edge_frequency=freq,
+                           baseline_steps=args.baseline_steps if (memory, freq) == first else 0).validate()
+               for seed in args.seeds for memory, freq in variants.values()]
     labels = [(seed, label) for seed in args.seeds for label in variants]
     results: dict[str, list[dict]] = {}
     for (seed, label), out in zip(labels, run_all(configs, args)):
@@ -217,6 +220,8 @@ def main() -> None:
                    help="dsbm: a third variant, scheduled sampling with the feature covariance fixed (P4.3)")
     p.add_argument("--ablate-edge-memory", action="store_true",
                    help="collegemsg, highschool: a second variant without the edge-memory terms (--no-edge-memory)")
+    p.add_argument("--edge-frequency", action="store_true",
+                   help="collegemsg, highschool: a variant with the long-run edge-frequency term (--edge-frequency)")
     p.add_argument("--jobs", type=int, default=1, help="dsbm, collegemsg, highschool: runs in parallel (one thread each when > 1)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()

@@ -10,12 +10,13 @@ where c is a pooled context (the mean over nodes of a learned map of every node'
 move depends on the whole graph's state. The edge decoder is autoregressive in the graph: the logit of
 a pair is
 
-    sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}),
+    sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}) [+ eta log(1 + C_{uv,t-1})],
     M_{uv,t-1} = sum_{s <= t-1} rho^{t-1-s} A_{uv,s}      (a decayed count of the pair's past edges)
+    C_{uv,t-1} = sum_{s <= t-1} A_{uv,s}                  (the undecayed count: the pair's long-run frequency)
 
 (undirected; two maps g, h for directed graphs), over pairs u < v (undirected) or all ordered pairs
-u != v (directed); alpha, gamma and rho in (0, 1) are learned, and ``edge_memory=False`` drops the last two
-terms. So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts
+u != v (directed); alpha, gamma, eta and rho in (0, 1) are learned, ``edge_memory=False`` drops the memory
+terms and ``edge_frequency=True`` adds the last one. So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts
 feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
@@ -83,7 +84,7 @@ class GraphSSM(PyroModule):
                  negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
-                 static: Optional[Sequence[bool]] = None, name: str = "graph_ssm"):
+                 static: Optional[Sequence[bool]] = None, edge_frequency: bool = False, name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
@@ -118,6 +119,9 @@ class GraphSSM(PyroModule):
             self.memory_last = nn.Parameter(torch.tensor(0.0))
             self.memory_weight = nn.Parameter(torch.tensor(0.0))
             self.memory_decay_logit = nn.Parameter(torch.tensor(1.4))  # rho = 0.8
+        self.edge_frequency = edge_memory and edge_frequency
+        if self.edge_frequency:
+            self.memory_count = nn.Parameter(torch.tensor(0.0))
         # guide q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t})
         self.embedding = nn.Parameter(0.1 * torch.randn(n, embedding_dim))
         self.encoder = SnapshotEncoder(f + embedding_dim, hidden, gnn)
@@ -175,8 +179,9 @@ class GraphSSM(PyroModule):
     def memory_decay(self) -> torch.Tensor:
         return torch.sigmoid(self.memory_decay_logit)
 
-    def _memory_term(self, last: torch.Tensor, decayed: torch.Tensor) -> torch.Tensor:
-        return self.memory_last * last + self.memory_weight * torch.log1p(decayed)
+    def _memory_term(self, last: torch.Tensor, decayed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        term = self.memory_last * last + self.memory_weight * torch.log1p(decayed)
+        return term + self.memory_count * torch.log1p(count) if self.edge_frequency else term
 
     def edge_logits(self, z: torch.Tensor, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                     history: Optional["PairHistory"] = None) -> torch.Tensor:
@@ -189,26 +194,27 @@ class GraphSSM(PyroModule):
         return logits
 
     def edge_probabilities(self, z: torch.Tensor,
-                           memory: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+                           memory: Optional[tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
         """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
-        dense (A_{t-1}, M_{t-1}) pair of (..., N, N) tensors."""
+        dense (A_{t-1}, M_{t-1}, C_{t-1}) triple of (..., N, N) tensors."""
         g, h = self._edge_factors(z)
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
             logits = logits + self._memory_term(*memory)
         return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes, device=logits.device))
 
-    def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A_T, M_T) as dense (N, N) tensors after the snapshots ``edges`` (symmetric when undirected)."""
+    def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A_T, M_T, C_T) as dense (N, N) tensors after the snapshots ``edges`` (symmetric when undirected)."""
         n, device = self.num_nodes, self.z0.device
-        last, decayed = torch.zeros(n, n, device=device), torch.zeros(n, n, device=device)
+        last, decayed, count = (torch.zeros(n, n, device=device) for _ in range(3))
         for e in edges:
             last = torch.zeros(n, n, device=device)
             last[e[0], e[1]] = 1.0
             if not self.directed:
                 last[e[1], e[0]] = 1.0
             decayed = self.memory_decay * decayed + last
-        return last, decayed
+            count = count + last
+        return last, decayed, count
 
     def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
         """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t. Snapshots are encoded a few
@@ -370,8 +376,7 @@ class GraphSSM(PyroModule):
         last_x = x[-1]
         memory = None
         if self.edge_memory:
-            last, decayed = self.dense_memory(edges)
-            memory = (last.expand(num_samples, -1, -1), decayed.expand(num_samples, -1, -1))
+            memory = tuple(m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
         for _ in range(steps):
             h = self.emission_input(z, last_x)
             x_draw = last_x.expand(num_samples, *last_x.shape).clone()  # static features stay as they are
@@ -385,7 +390,7 @@ class GraphSSM(PyroModule):
                 a = a + a.transpose(-1, -2)
             yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory}
             if memory is not None:
-                memory = (a, self.memory_decay * memory[1] + a)
+                memory = (a, self.memory_decay * memory[1] + a, memory[2] + a)
             loc, scale = self.transition(z)
             z = loc + scale * torch.randn_like(loc)
 
@@ -429,7 +434,7 @@ class GraphSSM(PyroModule):
 
 
 class PairHistory:
-    """The edge history before each snapshot, (A_{uv,t-1}, M_{uv,t-1}) for t = 1..T, for any pairs.
+    """The edge history before each snapshot, (A_{uv,t-1}, M_{uv,t-1}, C_{uv,t-1}) for t = 1..T, for any pairs.
 
     Only pairs that ever have an edge can have a non-zero history, so they are kept as K sorted keys
     u N + v with a (T, K) presence matrix; the decayed counts before every snapshot follow from one
@@ -453,6 +458,7 @@ class PairHistory:
         for t in range(1, num_t):
             decayed.append(decay * decayed[-1] + presence[t - 1])
         self.decayed = torch.stack(decayed) if num_t else presence
+        self.count = presence.cumsum(0) - presence  # edges before snapshot t
 
     def _index(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         query = src * self.num_nodes + dst
@@ -461,17 +467,18 @@ class PairHistory:
         idx = torch.searchsorted(self.keys, query).clamp(max=self.keys.shape[0] - 1)
         return idx, (self.keys[idx] == query).float()
 
-    def at(self, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last edge, decayed count) (M,) of the pairs (src[i], dst[i]) before snapshot ``time[i]`` (0-based)."""
+    def at(self, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(last edge, decayed count, count) (M,) of the pairs (src[i], dst[i]) before snapshot ``time[i]``
+        (0-based)."""
         idx, found = self._index(src, dst)
         if self.keys.numel() == 0:
-            return found, found
-        return found * self.last[time, idx], found * self.decayed[time, idx]
+            return found, found, found
+        return found * self.last[time, idx], found * self.decayed[time, idx], found * self.count[time, idx]
 
-    def dense(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last edge, decayed count) (T, P) of the pairs (src, dst) before every snapshot."""
+    def dense(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(last edge, decayed count, count) (T, P) of the pairs (src, dst) before every snapshot."""
         idx, found = self._index(src, dst)
         if self.keys.numel() == 0:
             zero = found.expand(self.last.shape[0], -1)
-            return zero, zero
-        return found * self.last[:, idx], found * self.decayed[:, idx]
+            return zero, zero, zero
+        return found * self.last[:, idx], found * self.decayed[:, idx], found * self.count[:, idx]

@@ -71,6 +71,8 @@ class GraphConfig(ConfigBase):
     deterministic_decoder: bool = option(False, "Fix the feature covariance at 0.01^2 I (P4.3; shows what it "
                                          "breaks).")
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
+    edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
+                                  "edge count), its long-run frequency.", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
@@ -159,7 +161,8 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     edge_likelihood=config.resolved_edge_likelihood(history.num_nodes),
                     negatives_per_edge=config.negatives_per_edge,
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
-                    edge_memory=config.edge_memory, static=static_features(config, history))
+                    edge_memory=config.edge_memory, static=static_features(config, history),
+                    edge_frequency=config.edge_frequency)
 
 
 def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUForecaster:

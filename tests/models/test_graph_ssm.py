@@ -34,13 +34,16 @@ def _site_sum(tr, prefix):
     return total
 
 
-@pytest.mark.parametrize("directed", [False, True])
-def test_log_joint_equals_hand_computation(directed):
+@pytest.mark.parametrize("directed, frequency", [(False, False), (True, False), (False, True), (True, True)])
+def test_log_joint_equals_hand_computation(directed, frequency):
     x, edges = _tiny(directed)
     t_max, n, f = x.shape
-    m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed)
+    m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed, edge_frequency=frequency)
     m.memory_last.data.fill_(0.7)
     m.memory_weight.data.fill_(-0.4)
+    eta = 0.9 if frequency else 0.0
+    if frequency:
+        m.memory_count.data.fill_(eta)
     rho = float(m.memory_decay.detach())
     zs = {f"z_{t}": torch.randn(n, 3) for t in range(1, t_max + 1)}
     adj = []
@@ -68,7 +71,9 @@ def test_log_joint_equals_hand_computation(directed):
                     # the autoregressive edge terms: last snapshot's edge and the decayed count of past edges
                     last = adj[t - 2][u, v] if t >= 2 else 0.0
                     count = sum(rho ** (t - 1 - s) * adj[s - 1][u, v] for s in range(1, t))
-                    logit = (g[u] * h[v]).sum() + m.edge_bias + 0.7 * last - 0.4 * math.log1p(count)
+                    times = sum(adj[s - 1][u, v] for s in range(1, t))  # undecayed: the long-run frequency
+                    logit = (g[u] * h[v]).sum() + m.edge_bias + 0.7 * last - 0.4 * math.log1p(count) \
+                        + eta * math.log1p(times)
                     p = torch.sigmoid(logit)
                     want += float(a[u, v] * torch.log(p) + (1 - a[u, v]) * torch.log1p(-p))
             tl, ts = m.transition(z)
@@ -93,6 +98,23 @@ def test_sparse_edge_estimator_is_unbiased():
     # each snapshot samples 100 of its ~350 non-edges: the estimate varies, its mean does not move
     assert float(draws.std()) > 0.1
     assert abs(float(draws.mean()) - exact) < 4 * se
+
+
+def test_forecast_memory_counts_past_and_sampled_edges():
+    """The rollout's memory (A, M, C) starts from the history's and adds each sampled snapshot: C counts
+    every past edge of a pair, M decays them by rho, A is the last snapshot."""
+    seq = dynamic_sbm(num_nodes=10, num_steps=5, num_features=2, seed=1)
+    m = GraphSSM(10, 2, latent_dim=3, hidden=8, edge_frequency=True)
+    last, decayed, count = m.dense_memory(seq.edges)
+    adj = [seq.adjacency(t) for t in range(seq.num_steps)]
+    rho = float(m.memory_decay.detach())
+    assert torch.equal(count, sum(adj)) and torch.equal(last, adj[-1])
+    assert torch.allclose(decayed, sum(rho ** (4 - t) * a for t, a in enumerate(adj)))
+    steps = list(m.rollout(seq.x, seq.edges, steps=3, num_samples=4))
+    for prev, nxt in zip(steps, steps[1:]):
+        a = prev["A"]
+        assert torch.equal(nxt["memory"][0], a) and torch.equal(nxt["memory"][2], prev["memory"][2] + a)
+        assert torch.allclose(nxt["memory"][1], rho * prev["memory"][1] + a)
 
 
 def test_forecast_shapes_and_symmetry():
