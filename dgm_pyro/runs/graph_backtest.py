@@ -99,7 +99,7 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
         args = sequence_on(device, hist)
         fit = i == 0 or refit
         steps = base_steps = 0
-        start = time.perf_counter()
+        train_walltime = base_walltime = 0.0
         if fit:
             steps = config.steps if i == 0 else refit_steps
             base_steps = config.baseline_steps if i == 0 else min(refit_steps, config.baseline_steps)
@@ -110,9 +110,12 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
             if module is not None:
                 new.load_state_dict(module.state_dict())
             module = new
+            start = time.perf_counter()
             kind.fit(dataclasses.replace(config, steps=steps), args, module, out_dir / f"origin-{t1}",
                      progress=progress)
+            train_walltime = time.perf_counter() - start
             if base_steps:
+                start = time.perf_counter()
                 pyro.set_rng_seed(config.seed)
                 new_base = build_graph_baseline(config, hist).to(device)
                 if baseline is not None:
@@ -120,7 +123,7 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
                 baseline = new_base
                 kind.fit_baseline(config, args, baseline, out_dir / f"origin-{t1}" / "baseline", base_steps,
                                   progress=progress)
-        train_walltime = time.perf_counter() - start
+                base_walltime = time.perf_counter() - start
         start = time.perf_counter()
         module.eval()
         pyro.set_rng_seed(config.seed)
@@ -143,12 +146,12 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
         if "blocks" in hist.truth:
             scores["oracle"] = forecast_scores(DSBMOracle(hist).forecast(horizon, num_samples, seed=config.seed), fut,
                                                hist, horizon)
+        trained = {"GraphSSM": (steps, train_walltime), "GCN+GRU": (base_steps, base_walltime)}
         for name, per_h in scores.items():
+            n_steps, seconds = trained.get(name, (0, None))
             for row in per_h:
                 rows.append({"t0": 0, "t1": t1, "t2": t1 + horizon, "forecaster": name, **row,
-                             "refit": fit, "train_steps": steps if name == "GraphSSM" else
-                             (base_steps if name == "GCN+GRU" else 0),
-                             "train_walltime": train_walltime if name == "GraphSSM" else None,
+                             "refit": fit, "train_steps": n_steps, "train_walltime": seconds,
                              "test_walltime": test_walltime if name == "GraphSSM" else None})
     result = {**settings, "rows": rows, "mean": _means(rows)}
     write_json(out_dir / "backtest.json", result)

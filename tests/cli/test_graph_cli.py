@@ -346,6 +346,9 @@ def test_backtest_rows_refits_and_files(tmp_path):
     assert all(x["t0"] == 0 and x["t2"] == x["t1"] + 2 for x in rows)
     ssm = [x for x in rows if x["forecaster"] == "GraphSSM"]
     assert [x["train_steps"] for x in ssm] == [4, 4, 2, 2] and all(x["refit"] for x in ssm)
+    # each forecaster's own training time: the model's and the baseline's apart, none for the others
+    assert all(x["train_walltime"] > 0 for x in rows if x["forecaster"] in ("GraphSSM", "GCN+GRU"))
+    assert all(x["train_walltime"] is None for x in rows if x["forecaster"] not in ("GraphSSM", "GCN+GRU"))
     with open(folder / "backtest.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert set(res["mean"]) == set(names) and res["mean"]["GraphSSM"][0]["origins"] == 2
