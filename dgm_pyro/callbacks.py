@@ -18,7 +18,8 @@ from .errors import DgmPyroError
 from .infer.annealing import Annealing, Schedule
 from .infer.evidence import log_evidence
 
-__all__ = ["Callback", "Validation", "ForecastValidation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling", "OnInterval",
+__all__ = ["Callback", "Validation", "ForecastValidation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling",
+           "OnInterval",
            "AGGRESSIVE_MAX_INNER", "AGGRESSIVE_WINDOW"]
 
 #: aggressive training (He et al. 2019): at most this many encoder steps per decoder step, and the

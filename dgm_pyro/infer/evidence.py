@@ -38,8 +38,8 @@ from pyro.poutine.util import site_is_subsample
 from ..errors import DgmPyroError
 from ..progress import Heartbeat
 
-__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates", "check_model_and_guide",
-           "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
+__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates",
+           "check_model_and_guide", "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,14 @@ METHODS = ("is", "adaptive", "ais")
 @dataclass
 class EvidenceResult:
     """Per-datapoint importance-sampling results; every tensor has the batch shape of the shared plates.
+    Apart from ``elbo``, the statistics describe the weights that make ``log_evidence`` (with
+    ``method="adaptive"``, its last round).
 
     Attributes:
         log_evidence: log (1/K) sum_k w_k, the importance-sampled log p(x|y) (P1.7).
         stderr: delta-method standard error of ``log_evidence``: std(w) / (sqrt(K) mean(w)).
         elbo: (1/K) sum_k log w_k, the Monte Carlo ELBO (P1.4), a lower bound in expectation; always the
             guide's (with ``method="adaptive"`` from its round 0; with ``"ais"`` the mean AIS log-weight).
-        The other statistics describe the weights that make ``log_evidence`` (the last round of
-        ``method="adaptive"``).
         elbo_stderr: std(log w) / sqrt(K).
         ess: effective sample size (sum w)^2 / sum w^2, between 1 and K.
         khat: PSIS Pareto shape of the weights (arviz); > 0.7 means the estimate is unreliable,
