@@ -507,7 +507,8 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
     click.echo(f"forecast: {chains} chain(s) x {samples} draws, horizon {horizon}")
     if res["scored_steps"]:
         cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
-                ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90")]
+                ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90"),
+                ("pit_coverage_50", "PIT50"), ("pit_coverage_90", "PIT90")]
         click.echo(f"held-out scores per horizon step (truth for h <= {res['scored_steps']}):")
         width = max(len(n) for n in res["metrics"])
         click.echo(f"  {'forecaster':<{width}}  h  " + "  ".join(f"{c[1]:>7}" for c in cols))

@@ -4,8 +4,17 @@ Edges: ROC-AUC and average precision (scikit-learn) over all pairs and over the 
 at the forecast origin ("new links"), the Brier score, the expected calibration error (10 equal-width
 bins), the error in edge density, and the mean Bernoulli log-likelihood per pair (probabilities clipped to
 [1e-6, 1 - 1e-6] so that 0/1 forecasts such as persistence get a finite value).
-Node features: CRPS and energy score (``pyro.ops.stats``), MAE of the sample median, and the coverage of
-the equal-tailed 50% and 90% intervals (only for forecasts with at least 10 samples).
+Node features: CRPS and energy score (``pyro.ops.stats``), MAE of the sample median, and for forecasts
+with at least 10 samples two coverages of the central 50% and 90% intervals:
+
+- ``coverage_L``: the share of true values inside the closed equal-tailed sample-quantile interval.
+  Right for continuous predictive distributions, but inflated where the predictive puts mass on a point,
+  such as the zeros of a count-like feature: a true 0 falls inside [0, 0] whatever the level.
+- ``pit_coverage_L``: the share of randomised PIT values u = F(x-) + V (F(x) - F(x-)), V ~ U(0, 1), within
+  L/2 of 1/2. Here F is the empirical predictive CDF of the samples and V is drawn from a fixed seed. A
+  calibrated forecast, discrete, mixed or continuous, gives uniform u, so this is L in expectation
+  (Czado, Gneiting and Held 2009). For continuous samples it equals ``coverage_L`` up to the ECDF's
+  resolution.
 """
 
 from __future__ import annotations
@@ -21,14 +30,15 @@ from pyro.ops.stats import crps_empirical, energy_score_empirical
 from .data.graphs import GraphSequence, pair_index
 from .errors import DgmPyroError
 
-__all__ = ["edge_scores", "feature_scores", "forecast_scores", "expected_calibration_error", "EDGE_METRICS",
+__all__ = ["edge_scores", "feature_scores", "forecast_scores", "expected_calibration_error", "randomised_pit",
+           "EDGE_METRICS",
            "FEATURE_METRICS", "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
 
 #: forecasts are dense (S x H x N x N edge probabilities): larger graphs are trained but not forecast
 FORECAST_MAX_NODES = 2000
 
 EDGE_METRICS = ("auc", "ap", "auc_new", "ap_new", "brier", "ece", "density_error", "edge_log_lik")
-FEATURE_METRICS = ("crps", "energy", "mae", "coverage_50", "coverage_90")
+FEATURE_METRICS = ("crps", "energy", "mae", "coverage_50", "coverage_90", "pit_coverage_50", "pit_coverage_90")
 
 
 def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
@@ -86,14 +96,26 @@ def feature_scores(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, floa
            # energy_score_empirical takes draws on the second-to-last dimension: (N, S, F) against (N, F)
            "energy": float(energy_score_empirical(s.transpose(0, 1).contiguous(), t).mean()),
            "mae": float((s.median(0).values - t).abs().mean())}
+    pit = randomised_pit(s, t) if s.shape[0] >= 10 else None
     for level in (50, 90):
-        if s.shape[0] >= 10:
+        if pit is not None:
             a = (1 - level / 100) / 2
             q = torch.quantile(s, torch.tensor([a, 1 - a], dtype=s.dtype), dim=0)
             out[f"coverage_{level}"] = float(((t >= q[0]) & (t <= q[1])).double().mean())
+            out[f"pit_coverage_{level}"] = float(((pit - 0.5).abs() <= level / 200).double().mean())
         else:
-            out[f"coverage_{level}"] = math.nan
+            out[f"coverage_{level}"] = out[f"pit_coverage_{level}"] = math.nan
     return out
+
+
+def randomised_pit(samples: torch.Tensor, truth: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Randomised probability integral transform F(x-) + V (F(x) - F(x-)) of each true value ``truth`` (...)
+    under the empirical CDF F of ``samples`` (S, ...), V ~ U(0, 1) from ``seed``: uniform on [0, 1] for a
+    calibrated forecast even where the predictive has atoms (discrete or zero-inflated)."""
+    below = (samples < truth).double().mean(0)
+    at_most = (samples <= truth).double().mean(0)
+    v = torch.rand(truth.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return below + v * (at_most - below)
 
 
 def forecast_scores(forecast: dict[str, torch.Tensor], future: GraphSequence, origin: GraphSequence,
