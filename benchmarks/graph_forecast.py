@@ -31,12 +31,14 @@ from dgm_pyro.runs import GraphConfig
 from dgm_pyro.runs import forecast_run, load_run, train_run
 
 KEYS = ("auc", "auc_new", "ap", "brier", "ece", "density_error", "crps", "energy", "coverage_50", "coverage_90",
+        "pit_coverage_50", "pit_coverage_90",
         "log_lik")
 
 
 def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict:
     variant = (config.scheduled_sampling.replace(":", "_") + ("-deterministic" if config.deterministic_decoder else "")
-               + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else ""))
+               + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else "")
+               + ("-hurdle" if config.feature_emission == "hurdle" else ""))
     run_dir = root / f"{config.dataset}-{variant}-seed{config.seed}"
     start = time.perf_counter()
     train_run(config, run_dir)
@@ -126,16 +128,17 @@ def torch_threads() -> int:
 
 def real_data(args: argparse.Namespace) -> dict:
     """A real dataset (``args.what``: collegemsg or highschool), 3 seeds, the model beside the baselines."""
-    # label -> (edge memory, edge frequency); the baselines come from the first variant's runs
-    variants = {"GraphSSM": (True, False)}
+    # label -> the options of that variant; the baselines come from the first variant's runs
+    variants: dict[str, dict] = {"GraphSSM": {}}
     if args.edge_frequency:
-        variants["GraphSSM, --edge-frequency"] = (True, True)
+        variants["GraphSSM, --edge-frequency"] = {"edge_frequency": True}
+    if args.hurdle:
+        variants["GraphSSM, --feature-emission hurdle"] = {"feature_emission": "hurdle"}
     if args.ablate_edge_memory:
-        variants["GraphSSM (no edge memory)"] = (False, False)
-    first = next(iter(variants.values()))
-    configs = [GraphConfig(dataset=args.what, steps=args.steps, seed=seed, edge_memory=memory, edge_frequency=freq,
-                           baseline_steps=args.baseline_steps if (memory, freq) == first else 0).validate()
-               for seed in args.seeds for memory, freq in variants.values()]
+        variants["GraphSSM (no edge memory)"] = {"edge_memory": False}
+    configs = [GraphConfig(dataset=args.what, steps=args.steps, seed=seed, **options,
+                           baseline_steps=0 if options else args.baseline_steps).validate()
+               for seed in args.seeds for options in variants.values()]
     labels = [(seed, label) for seed in args.seeds for label in variants]
     results: dict[str, list[dict]] = {}
     for (seed, label), out in zip(labels, run_all(configs, args)):
@@ -143,7 +146,8 @@ def real_data(args: argparse.Namespace) -> dict:
         for name, rows in out["metrics"].items():
             if name == "GraphSSM" or label == "GraphSSM":
                 results.setdefault(label if name == "GraphSSM" else name, []).append(rows)
-    print(table(results, 5, ("auc", "auc_new", "ap", "brier", "ece", "crps", "coverage_50", "coverage_90")))
+    print(table(results, 5, ("auc", "auc_new", "ap", "brier", "ece", "crps", "coverage_50", "coverage_90",
+                             "pit_coverage_50", "pit_coverage_90")))
     return {"command": " ".join(sys.argv), "steps": args.steps, "samples": args.samples, "seeds": args.seeds,
             "results": results}
 
@@ -222,6 +226,8 @@ def main() -> None:
                    help="collegemsg, highschool: a second variant without the edge-memory terms (--no-edge-memory)")
     p.add_argument("--edge-frequency", action="store_true",
                    help="collegemsg, highschool: a variant with the long-run edge-frequency term (--edge-frequency)")
+    p.add_argument("--hurdle", action="store_true",
+                   help="collegemsg, highschool: a variant with the hurdle feature emission (--feature-emission hurdle)")
     p.add_argument("--jobs", type=int, default=1, help="dsbm, collegemsg, highschool: runs in parallel (one thread each when > 1)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()

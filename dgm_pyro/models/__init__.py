@@ -2,10 +2,11 @@
 
 from .baseline import NNBaseline
 from .cvae import CVAE
+from .emissions import HurdleLogNormal
 from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
 from .graph_ssm import GraphSSM
 from .linear_gaussian import LinearGaussianCVAE
 from .nn import MLP
 
-__all__ = ["CVAE", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
+__all__ = ["CVAE", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
            "GCNGRUForecaster", "DSBMOracle"]

@@ -43,12 +43,14 @@ from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
 from ..data.graphs import pair_index
+from .emissions import HurdleLogNormal
 from .gnn import SnapshotEncoder
 from .nn import MLP, cat_broadcast
 
 __all__ = ["GraphSSM", "PairHistory", "EDGE_LIKELIHOODS"]
 
 EDGE_LIKELIHOODS = ("dense", "sparse")
+FEATURE_EMISSIONS = ("gaussian", "hurdle")
 _MIN_SCALE = 1e-3
 
 
@@ -69,6 +71,9 @@ class GraphSSM(PyroModule):
         deterministic_features: replace the learned feature covariance by ``fixed_scale``^2 I (P4.3): only to
             show what a (near-)deterministic decoder breaks.
         fixed_scale: that scale.
+        feature_emission: ``gaussian`` (a full per-node covariance, P4.2) or ``hurdle``: each dynamic feature
+            is 0 or, above it, log-normal (:class:`~dgm_pyro.models.emissions.HurdleLogNormal`), for count-like
+            features with many exact zeros (they must be >= 0).
         name: prefix of the parameters in Pyro's parameter store (``model`` and ``guide`` register every
             parameter there with ``pyro.module``, so ``SVI`` with ``pyro.optim`` trains them).
         feature_shift, feature_scale: per-feature centring and scaling of x (F,), used inside the networks; the
@@ -84,10 +89,17 @@ class GraphSSM(PyroModule):
                  negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
-                 static: Optional[Sequence[bool]] = None, edge_frequency: bool = False, name: str = "graph_ssm"):
+                 static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
+                 feature_emission: str = "gaussian", name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
+        if feature_emission not in FEATURE_EMISSIONS:
+            raise ValueError(f"feature_emission must be one of {FEATURE_EMISSIONS}")
+        if feature_emission == "hurdle" and deterministic_features:
+            raise ValueError("deterministic_features fixes a Gaussian covariance; it does not apply to the hurdle "
+                             "emission")
+        self.feature_emission = feature_emission
         n, f, d = num_nodes, num_features, latent_dim
         self.num_nodes, self.num_features, self.latent_dim = n, f, d
         self.directed, self.edge_likelihood = directed, edge_likelihood
@@ -108,8 +120,8 @@ class GraphSSM(PyroModule):
         self.context = MLP(d, [hidden], hidden)
         self.transition_net = MLP(d + hidden, [hidden], 2 * d)
         # emission p(X_t, A_t | Z_{t-1}, static covariates)
-        tril = fd * (fd + 1) // 2
-        self.feature_net = MLP(d + fs, [hidden], fd + tril) if fd else None
+        outputs = fd + fd * (fd + 1) // 2 if feature_emission == "gaussian" else 3 * fd
+        self.feature_net = MLP(d + fs, [hidden], outputs) if fd else None
         self.edge_src = MLP(d + fs, [hidden], edge_dim)
         self.edge_dst = MLP(d + fs, [hidden], edge_dim) if directed else None
         self.edge_weight = nn.Parameter(torch.ones(edge_dim))
@@ -169,6 +181,16 @@ class GraphSSM(PyroModule):
             tril = tril.tril(-1) + torch.diag_embed(diag)
             tril = scale.unsqueeze(-1) * tril
         return loc, tril
+
+    def feature_distribution(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x_v | z_v, c_v) with event shape (F_d,) for the emission input ``z`` (..., N, d + F_s): the full-
+        covariance Gaussian of :meth:`feature_params`, or per feature a :class:`HurdleLogNormal` (zero, or
+        log-normal above it) with ``feature_emission="hurdle"``."""
+        if self.feature_emission == "hurdle":
+            logits, loc, raw = self.feature_net(z).split(self.num_dynamic, -1)
+            return HurdleLogNormal(logits, loc, nn.functional.softplus(raw) + _MIN_SCALE).to_event(1)
+        loc, tril = self.feature_params(z)
+        return dist.MultivariateNormal(loc, scale_tril=tril)
 
     def _edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.edge_src(z)
@@ -254,9 +276,8 @@ class GraphSSM(PyroModule):
         h = self.emission_input(zs, x)
         time = pyro.plate("time", num_t, dim=-2)
         if self.num_dynamic:
-            loc, tril = self.feature_params(h)
             with time, nodes:
-                pyro.sample("x", dist.MultivariateNormal(loc, scale_tril=tril), obs=self.dynamic(x))
+                pyro.sample("x", self.feature_distribution(h), obs=self.dynamic(x))
         history = PairHistory(edges, n, self.memory_decay) if self.edge_memory else None
         # every edge of every snapshot: its snapshot (0-based) and its two ends
         edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
@@ -380,7 +401,9 @@ class GraphSSM(PyroModule):
         for _ in range(steps):
             h = self.emission_input(z, last_x)
             x_draw = last_x.expand(num_samples, *last_x.shape).clone()  # static features stay as they are
-            if self.num_dynamic:
+            if self.num_dynamic and self.feature_emission == "hurdle":
+                x_draw[..., ~self.static_mask] = self.feature_distribution(h).sample()
+            elif self.num_dynamic:
                 loc, tril = self.feature_params(h)
                 x_draw[..., ~self.static_mask] = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
             p = self.edge_probabilities(h, memory)
@@ -423,8 +446,7 @@ class GraphSSM(PyroModule):
         z = step["z"]
         total = z.new_zeros(z.shape[0])
         if self.num_dynamic:
-            loc, tril = self.feature_params(step["h"])
-            total = total + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(self.dynamic(x)).sum(-1)
+            total = total + self.feature_distribution(step["h"]).log_prob(self.dynamic(x)).sum(-1)
         u, v = pair_index(self.num_nodes, self.directed).to(z.device)
         p = step["edge_prob"][:, u, v].clamp(1e-7, 1 - 1e-7)
         obs = z.new_zeros(self.num_nodes, self.num_nodes)

@@ -71,6 +71,9 @@ class GraphConfig(ConfigBase):
     deterministic_decoder: bool = option(False, "Fix the feature covariance at 0.01^2 I (P4.3; shows what it "
                                          "breaks).")
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
+    feature_emission: str = option("gaussian", "Node-feature emission: gaussian (full covariance) or hurdle (each "
+                                   "feature 0, or log-normal above it; for count-like features >= 0 with many zeros).",
+                                   choices=("gaussian", "hurdle"), added=True)
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
@@ -162,7 +165,7 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     negatives_per_edge=config.negatives_per_edge,
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
                     edge_memory=config.edge_memory, static=static_features(config, history),
-                    edge_frequency=config.edge_frequency)
+                    edge_frequency=config.edge_frequency, feature_emission=config.feature_emission)
 
 
 def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUForecaster:
@@ -191,6 +194,15 @@ class GraphSSMKind(ModelKind):
 
     def check(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> None:
         static_features(config, data[0])
+        if config.feature_emission == "hurdle":
+            if config.deterministic_decoder:
+                raise DgmPyroError("--deterministic-decoder fixes a Gaussian covariance; it does not apply to "
+                                   "--feature-emission hurdle")
+            dynamic = [i for i, st in enumerate(static_features(config, data[0])) if not st]
+            negative = [data[0].feature_names[i] for i in dynamic if bool((data[0].x[..., i] < 0).any())]
+            if negative:
+                raise DgmPyroError(f"--feature-emission hurdle needs features >= 0; '{negative[0]}' has negative "
+                                   "values")
         if config.valid_steps and config.valid_steps > data[0].num_steps - 2:
             raise DgmPyroError(f"--valid-steps {config.valid_steps} leaves fewer than 2 of the {data[0].num_steps} "
                                "history snapshots to train on")

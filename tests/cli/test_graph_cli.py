@@ -398,3 +398,24 @@ def test_backtest_bad_origins_are_refused_with_nothing_written(tmp_path, origins
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.json"))
+
+
+def test_hurdle_emission_from_the_command_line_and_its_refusals(tmp_path):
+    """--feature-emission hurdle trains on the count-like high school features and forecasts with atoms at
+    zero; on features with negative values (the dynamic SBM's), or with --deterministic-decoder, it is refused
+    with one line and exit code 2, before any folder is made."""
+    r = run("train", "graph-ssm", "--dataset", "highschool", "--feature-emission", "hurdle", "--out", tmp_path / "h",
+            "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    r = run("forecast", path, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
+    assert r.exit_code == 0, r.output
+    import arviz as az
+
+    draws = az.from_netcdf(path / "forecast.nc").posterior_predictive["X"].values[..., 0]
+    assert (draws >= 0).all() and (draws == 0).any() and (draws > 0).any()
+    for extra, message in ((["--dataset", "dsbm"], "needs features >= 0"),
+                           (["--dataset", "highschool", "--deterministic-decoder"], "does not apply")):
+        r = run("train", "graph-ssm", "--feature-emission", "hurdle", *extra, "--out", tmp_path / "bad", *TINY)
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+        assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
