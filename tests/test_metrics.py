@@ -93,3 +93,15 @@ def test_pit_coverage_matches_interval_coverage_for_continuous_draws():
     assert abs(s["pit_coverage_50"] - s["coverage_50"]) < 0.01
     assert abs(s["pit_coverage_90"] - s["coverage_90"]) < 0.01
     assert s["pit_coverage_90"] > 0.9  # the forecast is too wide: it over-covers on both measures
+
+
+def test_energy_score_by_blocks_of_nodes_equals_all_at_once(monkeypatch):
+    from pyro.ops.stats import energy_score_empirical
+
+    from dgm_pyro import metrics
+
+    torch.manual_seed(2)
+    draws, truth = torch.randn(30, 50, 3).double(), torch.randn(50, 3).double()
+    whole = energy_score_empirical(draws.transpose(0, 1).contiguous(), truth)
+    monkeypatch.setattr(metrics, "ENERGY_BLOCK", 30 * 30 * 7)  # blocks of 7 nodes
+    assert torch.allclose(metrics._energy_score(draws, truth), whole, rtol=1e-12, atol=1e-12)
