@@ -36,6 +36,7 @@ from ..training import FullBatch, Trainer, deterministic_algorithms
 from .base import ModelKind, Run, load_weights, run_data, unfinished_training
 
 __all__ = ["GraphConfig", "GraphSSMKind", "GraphRun", "load_graph_sequence", "training_history", "build_graph_model",
+           "resolved_feature_emission",
            "forecast_run",
            "to_inference_data"]
 
@@ -71,9 +72,10 @@ class GraphConfig(ConfigBase):
     deterministic_decoder: bool = option(False, "Fix the feature covariance at 0.01^2 I (P4.3; shows what it "
                                          "breaks).")
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
-    feature_emission: str = option("gaussian", "Node-feature emission: gaussian (full covariance) or hurdle (each "
-                                   "feature 0, or log-normal above it; for count-like features >= 0 with many zeros).",
-                                   choices=("gaussian", "hurdle"), added=True)
+    feature_emission: str = option("gaussian", "Node-feature emission: gaussian (full covariance), hurdle (each "
+                                   "feature 0, or log-normal above it; for count-like features >= 0 with many zeros) "
+                                   "or auto (hurdle when every modelled feature is >= 0 and at least 20% zeros).",
+                                   choices=("gaussian", "hurdle", "auto"), added=True)
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
@@ -154,6 +156,24 @@ def training_history(config: GraphConfig, history: GraphSequence) -> tuple[Graph
     return history.split(config.valid_steps)
 
 
+#: ``feature_emission auto`` takes the hurdle when every modelled feature is >= 0 with at least this share of zeros
+HURDLE_MIN_ZEROS = 0.2
+
+
+def resolved_feature_emission(config: GraphConfig, history: GraphSequence) -> str:
+    """``gaussian`` or ``hurdle``: the configured emission, or for ``auto`` the one the history's modelled
+    features call for (hurdle when each is >= 0 and exactly 0 in at least ``HURDLE_MIN_ZEROS`` of node-snapshots)."""
+    if config.feature_emission != "auto":
+        return config.feature_emission
+    dynamic = [i for i, st in enumerate(static_features(config, history)) if not st]
+    if config.deterministic_decoder or not dynamic:
+        return "gaussian"
+    x = history.x
+    count_like = all(bool((x[..., i] >= 0).all()) and float((x[..., i] == 0).float().mean()) >= HURDLE_MIN_ZEROS
+                     for i in dynamic)
+    return "hurdle" if count_like else "gaussian"
+
+
 def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
     """The configured :class:`GraphSSM`, sized for the data, with feature scaling from the snapshots it trains
     on (the history before the ``valid_steps`` held out)."""
@@ -165,7 +185,8 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     negatives_per_edge=config.negatives_per_edge,
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
                     edge_memory=config.edge_memory, static=static_features(config, history),
-                    edge_frequency=config.edge_frequency, feature_emission=config.feature_emission)
+                    edge_frequency=config.edge_frequency,
+                    feature_emission=resolved_feature_emission(config, history))
 
 
 def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUForecaster:
@@ -261,6 +282,8 @@ class GraphSSMKind(ModelKind):
               run_dir: Path, resume: bool, progress: bool, callbacks: list[Any], device: torch.device) -> dict[str, Any]:
         history = data[0]
         train_part, held_out = training_history(config, history)
+        if config.feature_emission == "auto":
+            log.info("feature emission auto: %s", module.feature_emission)
         args = sequence_on(device, train_part)
         if held_out is not None:
             log.info("early stopping on the predictive log-likelihood of the last %d history snapshot(s), patience "

@@ -419,3 +419,18 @@ def test_hurdle_emission_from_the_command_line_and_its_refusals(tmp_path):
         r = run("train", "graph-ssm", "--feature-emission", "hurdle", *extra, "--out", tmp_path / "bad", *TINY)
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
         assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_feature_emission_auto_is_inferred_from_the_data():
+    """auto takes the hurdle for count-like features (the high school's log(1 + degree): >= 0, 66 % zeros)
+    and the Gaussian for the dynamic SBM's (negative values) or with --deterministic-decoder."""
+    from dgm_pyro.runs import GraphConfig, build_graph_model, load_graph_sequence
+    from dgm_pyro.runs.graph_ssm import resolved_feature_emission
+
+    for dataset, want in (("highschool", "hurdle"), ("dsbm", "gaussian")):
+        config = GraphConfig(dataset=dataset, feature_emission="auto", hidden=16).validate()
+        history = load_graph_sequence(config)[0]
+        assert resolved_feature_emission(config, history) == want
+        assert build_graph_model(config, history).feature_emission == want
+    config = GraphConfig(dataset="highschool", feature_emission="auto", deterministic_decoder=True).validate()
+    assert resolved_feature_emission(config, load_graph_sequence(config)[0]) == "gaussian"
