@@ -21,9 +21,12 @@ from .errors import DgmPyroError
 __all__ = ["ConfigBase", "option", "flag_name", "field_default"]
 
 
+_SAME = object()  # ``before`` not given: the same as the default
+
+
 def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Optional[Sequence[str]] = None,
            min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False, max_open: bool = False,
-           metavar: Optional[str] = None, cli: bool = True, added: bool = False) -> Any:
+           metavar: Optional[str] = None, cli: bool = True, added: bool = False, before: Any = _SAME) -> Any:
     """A dataclass field with its command-line description.
 
     Args:
@@ -35,10 +38,14 @@ def option(default: Any, help: str, *, flag: Optional[str] = None, choices: Opti
         metavar: the placeholder shown in ``--help``.
         cli: ``False`` for fields set by the program, not the user (the model name).
         added: a field added after runs were made: left out of :meth:`ConfigBase.digest` while it holds
-            its default, so that those runs still resume.
+            the value those runs had (``before``), so that they still resume.
+        before: for an ``added`` field whose default differs from how runs made before it behaved, that
+            earlier value: a saved configuration without the field reads it (:meth:`ConfigBase.from_saved`).
+            Defaults to ``default``.
     """
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "min": min, "max": max,
-            "min_open": min_open, "max_open": max_open, "metavar": metavar, "cli": cli, "added": added}
+            "min_open": min_open, "max_open": max_open, "metavar": metavar, "cli": cli, "added": added,
+            "before": default if before is _SAME else before}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -110,6 +117,16 @@ class ConfigBase:
         return cfg
 
     @classmethod
+    def from_saved(cls, d: dict[str, Any], source: str = "configuration") -> "ConfigBase":
+        """A configuration saved by a run (``config.json``): ``added`` fields it lacks take the value runs had
+        before the field existed (``before``), which can differ from today's default."""
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("added") and f.name not in d:
+                d[f.name] = f.metadata["before"]
+        return cls.from_dict(d, source=source)
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> dict[str, Any]:
         """Read a TOML file's options (flat keys, or under a ``[train]`` table) as a dict."""
         path = Path(path)
@@ -150,9 +167,9 @@ class ConfigBase:
                 raise DgmPyroError(f"bad configuration: {msg}")
 
     def digest(self) -> str:
-        """SHA-256 of the configuration but its ``LENGTH`` field and the ``added`` fields at their default,
-        stored in checkpoints to detect a mismatch on resume."""
+        """SHA-256 of the configuration but its ``LENGTH`` field and the ``added`` fields at the value runs had
+        before them, stored in checkpoints to detect a mismatch on resume."""
         skip = {self.LENGTH} | {f.name for f in dataclasses.fields(self)
-                                if f.metadata.get("added") and getattr(self, f.name) == field_default(f)}
+                                if f.metadata.get("added") and getattr(self, f.name) == f.metadata["before"]}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -174,3 +174,21 @@ def test_options_added_later_leave_older_runs_resumable():
     assert CVAEConfig().digest() == "bd72e9f94a4d9141"
     assert CVAEConfig(objective="elbo", dataset="digits-q2").digest() == "ed6d778ad71dbaa9"
     assert CVAEConfig(dataset="digits-text", text_dim=32).digest() != CVAEConfig(dataset="digits-text").digest()
+
+
+def test_a_changed_default_leaves_older_graph_runs_as_they_were():
+    """graph-ssm's feature_emission was added with the default ``auto`` while runs before it were Gaussian:
+    a configuration saved before it (written by the code of f6db84c) reads ``gaussian`` and keeps the digest
+    that code computed, while a new configuration gets ``auto``."""
+    import json
+    from pathlib import Path
+
+    from dgm_pyro.runs import GraphConfig
+
+    saved = json.loads((Path(__file__).parent / "data" / "graph_config_f6db84c.json").read_text())
+    assert "feature_emission" not in saved
+    old = GraphConfig.from_saved(saved).validate()
+    assert old.feature_emission == "gaussian" and old.digest() == "0987282206d5fbd1"
+    assert GraphConfig.from_saved({"model": "graph-ssm"}).digest() == "0b49d1fd14086333"
+    assert GraphConfig().feature_emission == "auto" and GraphConfig().digest() != "0b49d1fd14086333"
+    assert GraphConfig.from_dict({"model": "graph-ssm"}).feature_emission == "auto"

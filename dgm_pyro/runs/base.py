@@ -159,7 +159,7 @@ def read_run_config(path: str | Path) -> tuple[ModelKind, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
         raise DgmPyroError(f"{path / 'config.json'}: has no model name")
     kind = get_model(raw["model"])
-    return kind, kind.config_class.from_dict(raw, source=str(path / "config.json")).validate()
+    return kind, kind.config_class.from_saved(raw, source=str(path / "config.json")).validate()
 
 
 def run_data(run_dir: Path) -> dict[str, Any]:

@@ -72,10 +72,11 @@ class GraphConfig(ConfigBase):
     deterministic_decoder: bool = option(False, "Fix the feature covariance at 0.01^2 I (P4.3; shows what it "
                                          "breaks).")
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
-    feature_emission: str = option("gaussian", "Node-feature emission: gaussian (full covariance), hurdle (each "
+    feature_emission: str = option("auto", "Node-feature emission: gaussian (full covariance), hurdle (each "
                                    "feature 0, or log-normal above it; for count-like features >= 0 with many zeros) "
-                                   "or auto (hurdle when every modelled feature is >= 0 and at least 20% zeros).",
-                                   choices=("gaussian", "hurdle", "auto"), added=True)
+                                   "or auto (hurdle when every modelled feature is >= 0 and at least 20% zeros, "
+                                   "else gaussian).", choices=("gaussian", "hurdle", "auto"), added=True,
+                                   before="gaussian")
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
