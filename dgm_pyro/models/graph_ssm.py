@@ -3,7 +3,8 @@
 Generative model (P4.1), for snapshots t = 1..T of one set of N nodes, with per-node latents Z_t (N, d)::
 
     Z_0                      learned (one row per node)
-    X_t, A_t | Z_{t-1}       node features Gaussian with a full per-node covariance, edges Bernoulli  (P4.2)
+    X_t, A_t | Z_{t-1}       node features Gaussian with a full per-node covariance (or, per feature, a
+                             hurdle log-normal for count-like features), edges Bernoulli  (P4.2)
     Z_t | Z_{t-1}            Normal(Z_{t-1} + f(Z_{t-1}, c(Z_{t-1})), diag s(Z_{t-1}, c(Z_{t-1}))^2)
 
 where c is a pooled context (the mean over nodes of a learned map of every node's latent), so each node's
