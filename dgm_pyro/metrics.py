@@ -32,7 +32,7 @@ from .errors import DgmPyroError
 
 __all__ = ["edge_scores", "feature_scores", "forecast_scores", "expected_calibration_error", "randomised_pit",
            "EDGE_METRICS",
-           "FEATURE_METRICS", "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
+           "FEATURE_METRICS", "score_window", "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
 
 #: forecasts are dense (S x H x N x N edge probabilities): larger graphs are trained but not forecast
 FORECAST_MAX_NODES = 2000
@@ -156,19 +156,33 @@ def forecast_scores(forecast: dict[str, torch.Tensor], future: GraphSequence, or
 # evaluation of a forecaster over time (as pyro.contrib.forecast.evaluate)
 
 
+def score_window(module: Any, history: GraphSequence, future: GraphSequence, horizon: int, num_samples: int = 100,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Forecast ``horizon`` snapshots after ``history`` with ``num_samples`` paths drawn from ``seed`` (on the
+    module's device) and score them against ``future``: :func:`forecast_scores` rows with the held-out
+    predictive log-likelihood ``log_lik`` of each step."""
+    device = next(module.parameters()).device
+    pyro.set_rng_seed(seed)
+    fc = module.forecast(history.x.to(device), [e.to(device) for e in history.edges], horizon=horizon,
+                         num_samples=num_samples, future=(future.x.to(device), [e.to(device) for e in future.edges]))
+    rows = forecast_scores({k: v.cpu() for k, v in fc.items()}, future, history, horizon)
+    for h, row in enumerate(rows):
+        row["log_lik"] = float(fc["log_lik"][h])
+    return rows
+
+
 def backtest(module: Any, sequence: GraphSequence, origins: list[int], horizon: int, num_samples: int = 100,
              seed: int = 0) -> list[dict[str, Any]]:
     """Rolling-origin evaluation without refitting (in the spirit of ``pyro.contrib.forecast.backtest``): for
     each origin T0 the model filters snapshots 1..T0 and forecasts T0+1..T0+H. Returns one dict per
-    window: ``{"origin", "metrics": [one row per horizon step]}``."""
+    window: ``{"origin", "metrics": [one row per horizon step]}``. ``dgm-pyro backtest``
+    (:func:`dgm_pyro.runs.graph_backtest.backtest_graph`) also refits per origin and scores the baselines."""
     rows = []
     for t0 in origins:
         if not 1 <= t0 <= sequence.num_steps - horizon:
             raise DgmPyroError(f"origin {t0} leaves no {horizon} snapshots to score in {sequence.num_steps}")
-        pyro.set_rng_seed(seed)
         hist, fut = sequence.slice(0, t0), sequence.slice(t0, t0 + horizon)
-        fc = module.forecast(hist.x, hist.edges, horizon=horizon, num_samples=num_samples)
-        rows.append({"origin": t0, "metrics": forecast_scores(fc, fut, hist, horizon)})
+        rows.append({"origin": t0, "metrics": score_window(module, hist, fut, horizon, num_samples, seed)})
     return rows
 
 

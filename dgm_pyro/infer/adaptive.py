@@ -29,17 +29,12 @@ from torch.distributions import biject_to
 
 from ..errors import DgmPyroError
 from .ais import JointDensities
-from .evidence import latent_sites, reduce_to_batch, sample_sites, site_log_prob
+from .evidence import latent_sites, log_importance_weights, reduce_to_batch
 
 __all__ = ["adaptive_log_weights", "FULL_COVARIANCE_MAX_DIM"]
 
 #: Largest unconstrained event size of a site that gets a full covariance per datapoint (above it, diagonal).
 FULL_COVARIANCE_MAX_DIM = 256
-
-
-def _weights_like(w: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
-    """Broadcast per-chain weights (K, *plates) against a site's value (K, *plates, *event): (K, *plates, 1...)."""
-    return w.reshape(w.shape + (1,) * event_dim)
 
 
 class _SiteFit:
@@ -112,8 +107,10 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
     latents: list[str] = []
     fns: dict[str, dist.Distribution] = {}
 
-    def check(g_tr: poutine.Trace, m_tr: poutine.Trace) -> None:
+    def check(g_tr: poutine.Trace, k: int) -> None:
         latents.extend(sorted(latent_sites(g_tr)))
+        plated = JointDensities(model, guide, args, kwargs, k, keep_dims, nesting).model
+        m_tr = poutine.trace(poutine.replay(plated, trace=g_tr)).get_trace(*args, **kwargs)
         unguided = sorted(latent_sites(m_tr) - set(latents))
         if unguided:
             raise DgmPyroError("adaptive importance sampling needs a guide site for every model latent; "
@@ -126,14 +123,10 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
 
     def guide_round(k: int) -> tuple[torch.Tensor, dict]:
         """Round 0: importance sampling with the guide (the same draws as ``method="is"``)."""
-        target = JointDensities(model, guide, args, kwargs, k, keep_dims, nesting)
-        g_tr = poutine.trace(target.guide).get_trace(*args, **kwargs)
-        m_tr = poutine.trace(poutine.replay(target.model, trace=g_tr)).get_trace(*args, **kwargs)
+        log_w, (g_tr,) = log_importance_weights(model, guide, args, kwargs, k, True, keep_dims, nesting)
         if not latents:
-            check(g_tr, m_tr)
-        log_p = sum(site_log_prob(s, keep_dims, nesting) for s in sample_sites(m_tr).values())
-        log_q = sum(site_log_prob(g_tr.nodes[n], keep_dims, nesting) for n in latents)
-        return log_p - log_q, {n: g_tr.nodes[n]["value"] for n in latents}
+            check(g_tr, k)
+        return log_w, {n: g_tr.nodes[n]["value"] for n in latents}
 
     def mixture_round(k: int, fits: dict[str, _SiteFit], like: torch.Tensor) -> tuple[torch.Tensor, dict]:
         target = JointDensities(model, guide, args, kwargs, k, keep_dims, nesting)
@@ -144,7 +137,8 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
         for n in latents:
             z_q, z_g = g_tr.nodes[n]["value"], fits[n].sample(k)
             z_g = z_g.expand(torch.broadcast_shapes(z_g.shape, z_q.shape))
-            z[n] = torch.where(_weights_like(pick, z_g, fits[n].event_dim), z_g, z_q.expand_as(z_g))
+            chosen = pick.reshape(pick.shape + (1,) * fits[n].event_dim)
+            z[n] = torch.where(chosen, z_g, z_q.expand_as(z_g))
         log_p, log_q = target.log_densities(z)
         log_g = sum(reduce_to_batch(fits[n].log_prob(z[n]), keep_dims, nesting) for n in latents)
         log_r = torch.logaddexp(math.log(defensive) + log_q,

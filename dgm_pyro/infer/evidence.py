@@ -319,10 +319,9 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
                                                     chunk_size=chunk_size)
             chunks.append(lw.double())
             guide_log_w = lw_guide.double()
-            done = num_particles
             if bar is not None:
                 bar.update(num_particles)
-        while done < num_particles:
+        while method != "adaptive" and done < num_particles:
             k = min(chunk_size, num_particles - done)
             # the trace above ran with the caller's validation setting; argument checks on every
             # chunk would cost a third of the time (constraint checks over K x N x D tensors)

@@ -404,7 +404,7 @@ class GraphSSM(PyroModule):
             x_draw = last_x.expand(num_samples, *last_x.shape).clone()  # static features stay as they are
             if self.num_dynamic and self.feature_emission == "hurdle":
                 x_draw[..., ~self.static_mask] = self.feature_distribution(h).sample()
-            elif self.num_dynamic:
+            elif self.num_dynamic:  # explicit draws: the same random numbers as forecasts made before the hurdle
                 loc, tril = self.feature_params(h)
                 x_draw[..., ~self.static_mask] = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
             p = self.edge_probabilities(h, memory)

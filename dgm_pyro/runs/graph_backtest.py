@@ -24,7 +24,7 @@ import torch
 from ..checkpoint import write_json
 from ..data.graphs import load_graph_dataset
 from ..errors import DgmPyroError
-from ..metrics import FORECAST_MAX_NODES, forecast_scores
+from ..metrics import FORECAST_MAX_NODES, forecast_scores, score_window
 from ..models.graph_baselines import DSBMOracle, HistoricalMean, Persistence
 from ..training import deterministic_algorithms
 from .graph_ssm import GraphConfig, GraphSSMKind, sequence_on, build_graph_baseline, build_graph_model, static_features
@@ -126,14 +126,8 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
                 base_walltime = time.perf_counter() - start
         start = time.perf_counter()
         module.eval()
-        pyro.set_rng_seed(config.seed)
         with deterministic_algorithms():
-            fc = module.forecast(*args, horizon=horizon, num_samples=num_samples,
-                                 future=(fut.x.to(device), [e.to(device) for e in fut.edges]))
-        fc = {k: v.cpu() for k, v in fc.items()}
-        scores = {"GraphSSM": forecast_scores(fc, fut, hist, horizon)}
-        for h, row in enumerate(scores["GraphSSM"]):
-            row["log_lik"] = float(fc["log_lik"][h])
+            scores = {"GraphSSM": score_window(module, hist, fut, horizon, num_samples, seed=config.seed)}
         test_walltime = time.perf_counter() - start
         others: list[Any] = [Persistence(), HistoricalMean()]
         if baseline is not None:

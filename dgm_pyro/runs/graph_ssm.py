@@ -157,6 +157,11 @@ def training_history(config: GraphConfig, history: GraphSequence) -> tuple[Graph
     return history.split(config.valid_steps)
 
 
+def dynamic_features(config: GraphConfig, history: GraphSequence) -> list[int]:
+    """Indices of the modelled (non-static) features."""
+    return [i for i, st in enumerate(static_features(config, history)) if not st]
+
+
 #: ``feature_emission auto`` takes the hurdle when every modelled feature is >= 0 with at least this share of zeros
 HURDLE_MIN_ZEROS = 0.2
 
@@ -166,7 +171,7 @@ def resolved_feature_emission(config: GraphConfig, history: GraphSequence) -> st
     features call for (hurdle when each is >= 0 and exactly 0 in at least ``HURDLE_MIN_ZEROS`` of node-snapshots)."""
     if config.feature_emission != "auto":
         return config.feature_emission
-    dynamic = [i for i, st in enumerate(static_features(config, history)) if not st]
+    dynamic = dynamic_features(config, history)
     if config.deterministic_decoder or not dynamic:
         return "gaussian"
     x = history.x
@@ -220,8 +225,8 @@ class GraphSSMKind(ModelKind):
             if config.deterministic_decoder:
                 raise DgmPyroError("--deterministic-decoder fixes a Gaussian covariance; it does not apply to "
                                    "--feature-emission hurdle")
-            dynamic = [i for i, st in enumerate(static_features(config, data[0])) if not st]
-            negative = [data[0].feature_names[i] for i in dynamic if bool((data[0].x[..., i] < 0).any())]
+            negative = [data[0].feature_names[i] for i in dynamic_features(config, data[0])
+                        if bool((data[0].x[..., i] < 0).any())]
             if negative:
                 raise DgmPyroError(f"--feature-emission hurdle needs features >= 0; '{negative[0]}' has negative "
                                    "values")
