@@ -9,6 +9,7 @@ likelihood's scaling.
     python benchmarks/graph_forecast.py highschool --seeds 0 1 2 --steps 300 --samples 200 --ablate-edge-memory \
         --json docs/graph_highschool.json
     python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
+    python benchmarks/graph_forecast.py sparse --nodes 1000 10000 --snapshots 15 --steps 40 --samples 100
 
 Every run is a real ``train graph-ssm`` run folder (under a temporary folder) scored by ``forecast_run``:
 the same split, the same metrics, the same baselines as the CLI.
@@ -152,33 +153,48 @@ def real_data(args: argparse.Namespace) -> dict:
             "results": results}
 
 
-def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
-    """One process per size, so that the peak resident memory is the size's own."""
+def community_graph(n: int, degree: float, snapshots: int, persistent: float = 0.0, seed: int = 0):
+    """A random community graph sequence: 4 communities, about n * degree / 2 pairs per snapshot, 80% inside a
+    community and 20% anywhere; a share ``persistent`` of each snapshot's pairs is drawn from one fixed pool
+    (recurring edges, which the edge memory can learn). Features: the community plus noise (4 columns)."""
     import torch
 
-    from dgm_pyro.runs import GraphConfig
     from dgm_pyro.data.graphs import GraphSequence, canonical_edges
-    from dgm_pyro.runs import GraphSSMKind, build_graph_model
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     comm = torch.randint(4, (n,), generator=g)
-    edges, xs = [], []
+    order = torch.argsort(comm)
+    start = torch.cumsum(torch.bincount(comm, minlength=4), 0) - torch.bincount(comm, minlength=4)
+    size = torch.bincount(comm, minlength=4)
     e = int(n * degree / 2)
-    for _ in range(snapshots):
-        # community-biased random pairs: 80% inside a community, 20% anywhere
+
+    def inside_pairs() -> tuple:
         u = torch.randint(n, (e,), generator=g)
         v = torch.randint(n, (e,), generator=g)
         inside = torch.rand(e, generator=g) < 0.8
-        same = torch.nonzero(comm == comm[u[0]]).flatten()
-        order = torch.argsort(comm)
-        pos = torch.searchsorted(comm[order], comm[u])
-        size = torch.bincount(comm, minlength=4)[comm[u]]
-        v = torch.where(inside, order[pos + torch.floor(torch.rand(e, generator=g) * size).long()], v)
-        keep = u != v
-        edges.append(canonical_edges(torch.stack([u[keep], v[keep]]), n, False))
+        v = torch.where(inside, order[start[comm[u]] + torch.floor(torch.rand(e, generator=g) * size[comm[u]]).long()], v)
+        return u, v
+
+    pool = inside_pairs() if persistent else None
+    edges, xs = [], []
+    for _ in range(snapshots):
+        u, v = inside_pairs()
+        if pool is not None:
+            keep = torch.rand(e, generator=g) < persistent
+            u, v = torch.where(keep, pool[0], u), torch.where(keep, pool[1], v)
+        ok = u != v
+        edges.append(canonical_edges(torch.stack([u[ok], v[ok]]), n, False))
         xs.append(comm.float().unsqueeze(-1).repeat(1, 4) + torch.randn(n, 4, generator=g))
-        del same
-    seq = GraphSequence(torch.stack(xs), edges, name=f"random-{n}")
+    return GraphSequence(torch.stack(xs), edges, name=f"random-{n}")
+
+
+def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
+    """One process per size, so that the peak resident memory is the size's own."""
+    from dgm_pyro.runs import GraphConfig
+    from dgm_pyro.runs import GraphSSMKind, build_graph_model
+
+    seq = community_graph(n, degree, snapshots)
+    edges = seq.edges
     cfg = GraphConfig(edge_likelihood="sparse", steps=steps, checkpoint_every=steps).validate()
     model = build_graph_model(cfg, seq)
     start = time.perf_counter()
@@ -188,6 +204,63 @@ def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps({"nodes": n, "edges_per_snapshot": float(sum(x.shape[1] for x in edges) / len(edges)),
                       "snapshots": snapshots, "seconds_per_epoch": per_step, "peak_rss_gb": peak}))
+
+
+def sparse_train_child(n: int, degree: float, snapshots: int, steps: int, horizon: int, folder: str) -> None:
+    """Write the graph as a .pt file of PyG snapshots and train a graph-ssm run on it, as a user would."""
+    import torch
+    from torch_geometric.data import Data
+
+    seq = community_graph(n, degree, snapshots, persistent=0.5)
+    path = Path(folder) / f"graph{n}.pt"
+    torch.save([Data(x=seq.x[t], edge_index=e, num_nodes=n) for t, e in enumerate(seq.edges)], path)
+    cfg = GraphConfig(dataset=f"pt:{path}", steps=steps, checkpoint_every=steps, baseline_steps=0,
+                      test_steps=horizon).validate()
+    start = time.perf_counter()
+    train_run(cfg, Path(folder) / f"run{n}")
+    print(json.dumps({"edges_per_snapshot": float(sum(e.shape[1] for e in seq.edges) / len(seq.edges)),
+                      "train_seconds": time.perf_counter() - start}))
+
+
+def sparse_forecast_child(run_dir: str, edges: str, horizon: int, samples: int) -> None:
+    """``forecast --edges EDGES`` alone in this process: its wall time and peak resident memory."""
+    start = time.perf_counter()
+    res = forecast_run(load_run(run_dir), horizon=horizon, num_samples=samples, plots=False, edges=edges,
+                       out=Path(run_dir) / f"forecast-{edges}.nc")
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    keys = ("auc", "ap", "auc_new", "brier", "crps", "pit_coverage_90")
+    print(json.dumps({"seconds": seconds, "peak_rss_gb": peak, "sampler": res.get("sampler"),
+                      "netcdf_mb": Path(res["out"]).stat().st_size / 1e6,
+                      "metrics": {name: [{k: r[k] for k in keys} for r in rows] for name, rows in res["metrics"].items()}}))
+
+
+def sparse(args: argparse.Namespace) -> dict:
+    """``forecast --edges sparse`` at each size (and ``--edges dense`` where it exists), each in its own process."""
+    rows = []
+    root = Path(tempfile.mkdtemp(prefix="dgm-sparse-"))
+    for n in args.nodes:
+        child = [sys.executable, __file__]
+        trained = json.loads(subprocess.run(child + ["sparse-train", str(n), str(args.degree), str(args.snapshots),
+                                                     str(args.steps), str(args.horizon), str(root)],
+                                            capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        run_dir = next(root.glob(f"run{n}/graph-ssm-*"))
+        for mode in (("dense", "sparse") if n <= 2000 else ("sparse",)):
+            out = subprocess.run(child + ["sparse-forecast", str(run_dir), mode, str(args.horizon), str(args.samples)],
+                                 capture_output=True, text=True, check=True)
+            rows.append({"nodes": n, "edges": mode, **trained, **json.loads(out.stdout.splitlines()[-1])})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"| nodes | edges per snapshot | --edges | forecast seconds | peak RSS (GB) | NetCDF (MB) | Poisson events "
+          f"per kept edge | h=1 AUC / AP | h={args.horizon} AUC / AP | historical mean h=1 AUC / AP |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m, hm = r["metrics"]["GraphSSM"], r["metrics"]["historical mean"]
+        slack = (sum(s["events"] for s in r["sampler"]) / max(sum(s["accepted"] for s in r["sampler"]), 1)
+                 if r["sampler"] else math.nan)
+        print(f"| {r['nodes']} | {r['edges_per_snapshot']:.0f} | {r['edges']} | {r['seconds']:.0f} | "
+              f"{r['peak_rss_gb']:.2f} | {r['netcdf_mb']:.0f} | {slack:.1f} | {m[0]['auc']:.3f} / {m[0]['ap']:.3f} | "
+              f"{m[-1]['auc']:.3f} / {m[-1]['ap']:.3f} | {hm[0]['auc']:.3f} / {hm[0]['ap']:.3f} |")
+    return {"command": " ".join(sys.argv), "rows": rows}
 
 
 def scaling(args: argparse.Namespace) -> dict:
@@ -210,8 +283,16 @@ def main() -> None:
         n, degree, steps, snapshots = sys.argv[2:6]
         scaling_child(int(n), float(degree), int(steps), int(snapshots))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "sparse-train":
+        n, degree, snapshots, steps, horizon, folder = sys.argv[2:8]
+        sparse_train_child(int(n), float(degree), int(snapshots), int(steps), int(horizon), folder)
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "sparse-forecast":
+        run_dir, edges, horizon, samples = sys.argv[2:6]
+        sparse_forecast_child(run_dir, edges, int(horizon), int(samples))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dsbm", "collegemsg", "highschool", "scaling"])
+    p.add_argument("what", choices=["dsbm", "collegemsg", "highschool", "scaling", "sparse"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--baseline-steps", type=int, default=300)
@@ -220,6 +301,7 @@ def main() -> None:
     p.add_argument("--nodes", type=int, nargs="+", default=[1000, 3000, 10000])
     p.add_argument("--degree", type=float, default=20.0, help="scaling: average degree")
     p.add_argument("--snapshots", type=int, default=10)
+    p.add_argument("--horizon", type=int, default=5, help="sparse: forecast steps")
     p.add_argument("--deterministic-decoder", action="store_true",
                    help="dsbm: a third variant, scheduled sampling with the feature covariance fixed (P4.3)")
     p.add_argument("--ablate-edge-memory", action="store_true",
@@ -233,7 +315,10 @@ def main() -> None:
     args = p.parse_args()
     if args.what == "scaling" and args.steps == 600:
         args.steps = 3
-    result = {"dsbm": dsbm, "collegemsg": real_data, "highschool": real_data, "scaling": scaling}[args.what](args)
+    if args.what == "sparse" and args.samples == 500:
+        args.samples = 100
+    result = {"dsbm": dsbm, "collegemsg": real_data, "highschool": real_data, "scaling": scaling,
+              "sparse": sparse}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
 

@@ -18,6 +18,8 @@ import click
 
 from dgm_pyro.checkpoint import jsonable
 from dgm_pyro.errors import DgmPyroError
+from dgm_pyro.metrics import FORECAST_MAX_NODES
+from dgm_pyro.runs.graph_ssm import EDGE_OUTPUTS
 
 from .options import ModelCommand, TrainGroup, config_options, given_settings, resolve_config
 
@@ -486,12 +488,21 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
 @click.option("--stationarity", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
               help="Also roll out max(chains, 4) chains for STEPS steps and report R-hat/ESS of summary statistics "
                    "(P4.4); 0 skips it.")
+@click.option("--edges", "edge_output", type=click.Choice(EDGE_OUTPUTS), default="auto", show_default=True,
+              help="dense: every draw's N x N edge probabilities and draws, all pairs scored; sparse: each draw's "
+                   "edges as a COO list plus the --top-k most probable new edges per node, scored on all true "
+                   f"edges and --negatives sampled non-edges; auto: dense up to {FORECAST_MAX_NODES} nodes.")
+@click.option("--top-k", type=click.IntRange(min=0), default=10, show_default=True,
+              help="With sparse edges: the most probable new edges kept per node and step.")
+@click.option("--negatives", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="With sparse edges: non-edges drawn uniformly per step to score against every true edge.")
 @click.option("--no-plots", is_flag=True, help="Do not write plots/forecast_*.png.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,
-             no_plots: bool, seed: int, json_out: bool, device: str) -> None:
+             edge_output: str, top_k: int, negatives: int, no_plots: bool, seed: int, json_out: bool,
+             device: str) -> None:
     """Forecast the next H snapshots of a graph-ssm run as sample paths (seed P4.4), scored against the
     held-out snapshots and the baselines."""
     if horizon < 1:
@@ -500,11 +511,14 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
         raise DgmPyroError(f"--stationarity needs at least 20 steps, got {stationarity}")
     run = _load(run_dir, "forecast", device)
     res = run.kind.forecast(run, horizon=horizon, num_samples=samples, chains=chains, seed=seed, out=out,
-                            plots=not no_plots, stationarity_steps=stationarity)
+                            plots=not no_plots, stationarity_steps=stationarity, edges=edge_output, top_k=top_k,
+                            negatives=negatives)
     if json_out:
         _emit_json(res)
         return
-    click.echo(f"forecast: {chains} chain(s) x {samples} draws, horizon {horizon}")
+    click.echo(f"forecast: {chains} chain(s) x {samples} draws, horizon {horizon}, {res['edges']} edges")
+    if res["edges"] == "sparse" and res["scored_steps"]:
+        click.echo(f"  edge scores: every true edge and {negatives} sampled non-edges per step (estimator in the JSON)")
     if res["scored_steps"]:
         cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
                 ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90"),

@@ -30,7 +30,7 @@ from pyro.ops.stats import crps_empirical, energy_score_empirical
 from .data.graphs import GraphSequence, pair_index
 from .errors import DgmPyroError
 
-__all__ = ["edge_scores", "feature_scores", "forecast_scores", "expected_calibration_error", "randomised_pit",
+__all__ = ["edge_scores", "pair_edge_scores", "sample_pairs", "feature_scores", "forecast_scores", "expected_calibration_error", "randomised_pit",
            "EDGE_METRICS",
            "FEATURE_METRICS", "score_window", "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
 
@@ -41,26 +41,30 @@ EDGE_METRICS = ("auc", "ap", "auc_new", "ap_new", "brier", "ece", "density_error
 FEATURE_METRICS = ("crps", "energy", "mae", "coverage_50", "coverage_90", "pit_coverage_50", "pit_coverage_90")
 
 
-def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
-    """sum_b (n_b / n) |mean(prob in b) - mean(truth in b)| over ``bins`` equal-width bins of [0, 1]."""
+def expected_calibration_error(prob: np.ndarray, truth: np.ndarray, bins: int = 10,
+                               weight: Optional[np.ndarray] = None) -> float:
+    """sum_b (n_b / n) |mean(prob in b) - mean(truth in b)| over ``bins`` equal-width bins of [0, 1] (each pair
+    counted ``weight`` times where given)."""
     idx = np.minimum((prob * bins).astype(np.int64), bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    mean_p = np.bincount(idx, weights=prob, minlength=bins)
-    mean_y = np.bincount(idx, weights=truth, minlength=bins)
+    w = np.ones_like(prob) if weight is None else weight
+    count = np.bincount(idx, weights=w, minlength=bins)
+    mean_p = np.bincount(idx, weights=w * prob, minlength=bins)
+    mean_y = np.bincount(idx, weights=w * truth, minlength=bins)
     used = count > 0
-    return float(np.abs(mean_p[used] - mean_y[used]).sum() / len(prob))
+    return float(np.abs(mean_p[used] - mean_y[used]).sum() / w.sum())
 
 
-def _ranking(truth: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
+def _ranking(truth: np.ndarray, prob: np.ndarray, weight: Optional[np.ndarray] = None) -> tuple[float, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     if truth.size == 0 or truth.min() == truth.max():
         return math.nan, math.nan
-    return float(roc_auc_score(truth, prob)), float(average_precision_score(truth, prob))
+    return (float(roc_auc_score(truth, prob, sample_weight=weight)),
+            float(average_precision_score(truth, prob, sample_weight=weight)))
 
 
 def edge_scores(prob: torch.Tensor, truth: torch.Tensor, previous: torch.Tensor, directed: bool) -> dict[str, float]:
-    """Edge metrics of one horizon step.
+    """Edge metrics of one horizon step over every pair.
 
     Args:
         prob: predicted edge probabilities (N, N).
@@ -70,15 +74,63 @@ def edge_scores(prob: torch.Tensor, truth: torch.Tensor, previous: torch.Tensor,
     """
     n = prob.shape[-1]
     u, v = pair_index(n, directed)
-    p = prob[u, v].double().numpy()
-    y = truth[u, v].double().numpy()
-    new = (previous[u, v] == 0).numpy()
-    auc, ap = _ranking(y, p)
-    auc_new, ap_new = _ranking(y[new], p[new])
+    return pair_edge_scores(prob[u, v], truth[u, v], previous[u, v] == 0)
+
+
+def pair_edge_scores(prob: torch.Tensor, truth: torch.Tensor, new: torch.Tensor,
+                     weight: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """Edge metrics of one horizon step from a list of pairs: probabilities, 0/1 truth and whether each pair was
+    a non-edge at the origin, all (P,). ``weight`` (P,) counts each pair that many times: with every positive
+    at weight 1 and m non-edges drawn uniformly from the n_0 non-edges at weight n_0 / m, the Brier score,
+    density error and log-likelihood are unbiased (Horvitz-Thompson) estimates of those over all pairs, AUC is
+    unbiased (the Mann-Whitney statistic of all positives against a uniform sample of negatives), and AP and
+    ECE are consistent ratio estimates. Without ``weight``: the exact metrics of these pairs."""
+    p = prob.double().numpy()
+    y = truth.double().numpy()
+    w = None if weight is None else weight.double().numpy()
+    new = new.bool().numpy()
+    auc, ap = _ranking(y, p, w)
+    auc_new, ap_new = _ranking(y[new], p[new], None if w is None else w[new])
     pc = np.clip(p, 1e-6, 1 - 1e-6)
-    return {"auc": auc, "ap": ap, "auc_new": auc_new, "ap_new": ap_new, "brier": float(np.mean((p - y) ** 2)),
-            "ece": expected_calibration_error(p, y), "density_error": float(abs(p.mean() - y.mean())),
-            "edge_log_lik": float(np.mean(y * np.log(pc) + (1 - y) * np.log1p(-pc)))}
+    return {"auc": auc, "ap": ap, "auc_new": auc_new, "ap_new": ap_new,
+            "brier": float(np.average((p - y) ** 2, weights=w)), "ece": expected_calibration_error(p, y, weight=w),
+            "density_error": float(abs(np.average(p, weights=w) - np.average(y, weights=w))),
+            "edge_log_lik": float(np.average(y * np.log(pc) + (1 - y) * np.log1p(-pc), weights=w))}
+
+
+def sample_pairs(positives: torch.Tensor, num_nodes: int, directed: bool, num_negatives: int,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs that score a sparse forecast: every edge of ``positives`` (2, E) (canonical: u < v when
+    undirected) and ``num_negatives`` non-edges drawn uniformly with replacement from ``seed`` (every non-edge,
+    once, when there are at most that many). Returns the pairs (2, P), their 0/1 truth (P,) and the weights
+    (P,) of :func:`pair_edge_scores`: 1 for an edge, (#non-edges / #drawn) for a drawn non-edge."""
+    n = num_nodes
+    total = n * (n - 1) if directed else n * (n - 1) // 2
+    pos = torch.unique(positives[0] * n + positives[1])
+    zeros = total - pos.numel()
+    if zeros <= num_negatives:
+        u, v = pair_index(n, directed)
+        key = u * n + v
+        neg = key[~torch.isin(key, pos)]
+        weight = 1.0
+    else:
+        g = torch.Generator().manual_seed(seed)
+        parts, have = [], 0
+        while have < num_negatives:
+            m = 2 * (num_negatives - have) + 16
+            u, v = torch.randint(n, (m,), generator=g), torch.randint(n, (m,), generator=g)
+            if not directed:
+                u, v = torch.minimum(u, v), torch.maximum(u, v)
+            key = (u * n + v)[(u != v)]
+            key = key[~torch.isin(key, pos)][:num_negatives - have]
+            parts.append(key)
+            have += key.numel()
+        neg = torch.cat(parts)
+        weight = zeros / num_negatives
+    key = torch.cat([pos, neg])
+    truth = torch.cat([torch.ones(pos.numel()), torch.zeros(neg.numel())])
+    w = torch.cat([torch.ones(pos.numel()), torch.full((neg.numel(),), float(weight))])
+    return torch.stack([key // n, key % n]), truth, w
 
 
 def feature_scores(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

@@ -205,7 +205,7 @@ def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metric
     """``out_dir/<prefix>_features.png`` (fan charts of the first forecast (non-static) feature, by its name,
     for the first nodes), ``<prefix>_edges.png`` (forecast edge probabilities beside the observed edges,
     each with its colour bar, nodes ordered by community (:func:`node_order`)) and ``<prefix>_metrics.png``
-    (AUC and CRPS per horizon step of every forecaster)."""
+    (AUC and CRPS per horizon step of every forecaster); no edge map for a sparse forecast."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,23 +233,24 @@ def plot_forecast(history: Any, future: Any, fc: dict[str, torch.Tensor], metric
         fig.tight_layout()
         paths.append(save_figure(fig, out_dir / f"{prefix}_features.png"))
     # edge probability maps, nodes in community order so that blocks show as squares in both panels
-    order = node_order(history)
-    steps = sorted({0, scored - 1})
-    fig, axes = plt.subplots(len(steps), 2, figsize=(7.6, 3.2 * len(steps)), squeeze=False)
-    prob = fc["edge_prob"].mean(0)
-    for row, h in zip(axes, steps):
-        im = row[0].imshow(prob[h][order][:, order].numpy(), cmap="viridis", vmin=0, vmax=float(prob.max()))
-        fig.colorbar(im, ax=row[0], fraction=0.046, pad=0.04, label="P(edge)")
-        row[0].set_title(f"forecast edge probability, h={h + 1}", fontsize=9)
-        im = row[1].imshow(future.adjacency(h)[order][:, order].numpy(), cmap="Greys", vmin=0, vmax=1)
-        fig.colorbar(im, ax=row[1], fraction=0.046, pad=0.04, ticks=[0, 1], label="edge observed")
-        row[1].set_title(f"observed edges, h={h + 1}", fontsize=9)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_xlabel("nodes in community order", fontsize=7)
-    fig.tight_layout()
-    paths.append(save_figure(fig, out_dir / f"{prefix}_edges.png"))
+    if "edge_prob" in fc:  # dense forecasts only: a sparse one has no N x N map
+        order = node_order(history)
+        steps = sorted({0, scored - 1})
+        fig, axes = plt.subplots(len(steps), 2, figsize=(7.6, 3.2 * len(steps)), squeeze=False)
+        prob = fc["edge_prob"].mean(0)
+        for row, h in zip(axes, steps):
+            im = row[0].imshow(prob[h][order][:, order].numpy(), cmap="viridis", vmin=0, vmax=float(prob.max()))
+            fig.colorbar(im, ax=row[0], fraction=0.046, pad=0.04, label="P(edge)")
+            row[0].set_title(f"forecast edge probability, h={h + 1}", fontsize=9)
+            im = row[1].imshow(future.adjacency(h)[order][:, order].numpy(), cmap="Greys", vmin=0, vmax=1)
+            fig.colorbar(im, ax=row[1], fraction=0.046, pad=0.04, ticks=[0, 1], label="edge observed")
+            row[1].set_title(f"observed edges, h={h + 1}", fontsize=9)
+            for ax in row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_xlabel("nodes in community order", fontsize=7)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out_dir / f"{prefix}_edges.png"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for name, rows in metrics.items():
         hs = [r["h"] for r in rows]

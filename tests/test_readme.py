@@ -51,6 +51,7 @@ def test_what_it_does_runs_top_to_bottom(tmp_path, monkeypatch):
     assert (tmp_path / "sevens.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "q2.png").is_file()
     assert (tmp_path / "seven.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "runs" / "dsbm" / "forecast.nc").is_file()
+    assert "sparse edges" in outputs["forecast runs/dsbm --horizon 5 --edges sparse --out runs/dsbm/sparse.nc"]
     assert "oracle" in outputs["forecast runs/dsbm --horizon 5"]
     assert "adaptive importance sampling" in outputs["evaluate runs/digits --method adaptive"]
     assert len(list((tmp_path / "runs").glob("backtest-*/backtest.csv"))) == 1

@@ -27,10 +27,19 @@ class Persistence:
 
     name = "persistence"
 
+    def features(self, history: GraphSequence, horizon: int) -> torch.Tensor:
+        """Feature draws (1, H, N, F): the last snapshot's."""
+        return history.x[-1].expand(1, horizon, *history.x.shape[1:]).clone()
+
     def forecast(self, history: GraphSequence, horizon: int, num_samples: int = 1) -> dict[str, torch.Tensor]:
         t = history.num_steps - 1
-        return {"X": history.x[t].expand(1, horizon, *history.x.shape[1:]).clone(),
-                "edge_prob": history.adjacency(t).expand(horizon, -1, -1).clone()}
+        return {"X": self.features(history, horizon), "edge_prob": history.adjacency(t).expand(horizon, -1, -1).clone()}
+
+    def edge_probability_at(self, history: GraphSequence, pairs: torch.Tensor) -> torch.Tensor:
+        """The edge probability (P,) of the pairs (2, P) (canonical), at every horizon: 1 for an edge of the last
+        snapshot, else 0."""
+        n, last = history.num_nodes, history.edges[-1]
+        return torch.isin(pairs[0] * n + pairs[1], last[0] * n + last[1]).float()
 
 
 class HistoricalMean:
@@ -39,10 +48,22 @@ class HistoricalMean:
 
     name = "historical mean"
 
+    def features(self, history: GraphSequence, horizon: int) -> torch.Tensor:
+        """Feature draws (T, H, N, F): each past snapshot is one draw."""
+        return history.x.unsqueeze(1).expand(-1, horizon, -1, -1).clone()
+
     def forecast(self, history: GraphSequence, horizon: int, num_samples: int = 1) -> dict[str, torch.Tensor]:
         freq = sum(history.adjacency(t) for t in range(history.num_steps)) / history.num_steps
-        return {"X": history.x.unsqueeze(1).expand(-1, horizon, -1, -1).clone(),
-                "edge_prob": freq.expand(horizon, -1, -1).clone()}
+        return {"X": self.features(history, horizon), "edge_prob": freq.expand(horizon, -1, -1).clone()}
+
+    def edge_probability_at(self, history: GraphSequence, pairs: torch.Tensor) -> torch.Tensor:
+        """The edge probability (P,) of the pairs (2, P) (canonical), at every horizon: the share of past
+        snapshots with that edge."""
+        n = history.num_nodes
+        keys, counts = torch.unique(torch.cat([e[0] * n + e[1] for e in history.edges]), return_counts=True)
+        query = pairs[0] * n + pairs[1]
+        idx = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
+        return torch.where(keys[idx] == query, counts[idx].float(), 0.0) / history.num_steps
 
 
 class GCNGRUForecaster(PyroModule):

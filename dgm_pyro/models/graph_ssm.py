@@ -193,7 +193,8 @@ class GraphSSM(PyroModule):
         loc, tril = self.feature_params(z)
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
-    def _edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g, h) (..., N, edge_dim) of the emission inputs ``z``: the edge logit is <g_u, h_v> + b + memory."""
         g = self.edge_src(z)
         h = self.edge_dst(z) if self.directed else g
         return g * self.edge_weight, h
@@ -202,7 +203,9 @@ class GraphSSM(PyroModule):
     def memory_decay(self) -> torch.Tensor:
         return torch.sigmoid(self.memory_decay_logit)
 
-    def _memory_term(self, last: torch.Tensor, decayed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    def memory_term(self, last: torch.Tensor, decayed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """The edge-memory part of the logit for a pair's (A_{t-1}, M_{t-1}, C_{t-1}); zero for a pair without
+        past edges."""
         term = self.memory_last * last + self.memory_weight * torch.log1p(decayed)
         return term + self.memory_count * torch.log1p(count) if self.edge_frequency else term
 
@@ -210,20 +213,20 @@ class GraphSSM(PyroModule):
                     history: Optional["PairHistory"] = None) -> torch.Tensor:
         """Logits (M,) of the pairs (src[i], dst[i]) in snapshots ``time[i]`` (0-based), given the emission
         inputs (T, N, d) of every snapshot and the edge history before each."""
-        g, h = self._edge_factors(z)
+        g, h = self.edge_factors(z)
         logits = (g[time, src] * h[time, dst]).sum(-1) + self.edge_bias
         if self.edge_memory and history is not None:
-            logits = logits + self._memory_term(*history.at(time, src, dst))
+            logits = logits + self.memory_term(*history.at(time, src, dst))
         return logits
 
     def edge_probabilities(self, z: torch.Tensor,
                            memory: Optional[tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
         """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
         dense (A_{t-1}, M_{t-1}, C_{t-1}) triple of (..., N, N) tensors."""
-        g, h = self._edge_factors(z)
+        g, h = self.edge_factors(z)
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
-            logits = logits + self._memory_term(*memory)
+            logits = logits + self.memory_term(*memory)
         return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes, device=logits.device))
 
     def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -285,10 +288,10 @@ class GraphSSM(PyroModule):
         edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(zs.device)
-            g, hd = self._edge_factors(h)
+            g, hd = self.edge_factors(h)
             logits = (g @ hd.transpose(-1, -2))[:, pairs[0], pairs[1]] + self.edge_bias  # (T, P)
             if history is not None:
-                logits = logits + self._memory_term(*history.dense(pairs[0], pairs[1]))
+                logits = logits + self.memory_term(*history.dense(pairs[0], pairs[1]))
             keys = pairs[0] * n + pairs[1]  # ascending
             found = torch.searchsorted(keys, edge_src * n + edge_dst)
             observed = torch.zeros(num_t, self.num_pairs, device=zs.device)
@@ -401,12 +404,7 @@ class GraphSSM(PyroModule):
             memory = tuple(m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
         for _ in range(steps):
             h = self.emission_input(z, last_x)
-            x_draw = last_x.expand(num_samples, *last_x.shape).clone()  # static features stay as they are
-            if self.num_dynamic and self.feature_emission == "hurdle":
-                x_draw[..., ~self.static_mask] = self.feature_distribution(h).sample()
-            elif self.num_dynamic:  # explicit draws: the same random numbers as forecasts made before the hurdle
-                loc, tril = self.feature_params(h)
-                x_draw[..., ~self.static_mask] = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
+            x_draw = self.draw_features(h, last_x)
             p = self.edge_probabilities(h, memory)
             a = torch.bernoulli(p)
             if not self.directed:
@@ -417,6 +415,17 @@ class GraphSSM(PyroModule):
                 memory = (a, self.memory_decay * memory[1] + a, memory[2] + a)
             loc, scale = self.transition(z)
             z = loc + scale * torch.randn_like(loc)
+
+    def draw_features(self, h: torch.Tensor, last_x: torch.Tensor) -> torch.Tensor:
+        """Feature draws (S, N, F) from p(x_v | z_v, c_v) for the emission inputs ``h`` (S, N, d + F_s); the static
+        features repeat ``last_x`` (N, F)."""
+        x_draw = last_x.expand(h.shape[0], *last_x.shape).clone()
+        if self.num_dynamic and self.feature_emission == "hurdle":
+            x_draw[..., ~self.static_mask] = self.feature_distribution(h).sample()
+        elif self.num_dynamic:  # explicit draws: the same random numbers as forecasts made before the hurdle
+            loc, tril = self.feature_params(h)
+            x_draw[..., ~self.static_mask] = loc + (tril @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
+        return x_draw
 
     @torch.no_grad()
     def forecast(self, x: torch.Tensor, edges: list[torch.Tensor], horizon: int, num_samples: int = 100,

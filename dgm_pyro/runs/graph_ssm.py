@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 import pyro
@@ -26,9 +26,11 @@ from ..config import ConfigBase, option
 from ..data.graphs import GraphSequence, load_graph_dataset
 from ..errors import DgmPyroError
 from ..infer.scheduled_sampling import parse_teacher_forcing
-from ..metrics import FORECAST_MAX_NODES, forecast_scores, stationarity_check
+from ..metrics import (FORECAST_MAX_NODES, feature_scores, forecast_scores, pair_edge_scores, sample_pairs,
+                       stationarity_check)
 from ..models.gnn import GNN_LAYERS
 from ..models.graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
+from ..models.graph_sparse import sparse_forecast
 from ..models.graph_ssm import GraphSSM
 from ..plotting import plot_forecast, plot_graph_training
 from ..registry import register_model
@@ -328,14 +330,25 @@ class GraphSSMKind(ModelKind):
 # forecasting
 
 
-def to_inference_data(forecast: dict[str, torch.Tensor], chains: int, history: GraphSequence,
+def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSequence,
                       future: Optional[GraphSequence] = None, static: Sequence[bool] = ()):
-    """An arviz ``InferenceData``: ``posterior_predictive`` ``X`` (chain, draw, horizon, node, feature),
-    ``A`` and ``edge_prob`` (chain, draw, horizon, node, node_to); ``observed_data`` the history
-    (``X_history``, time, node, feature) and, where held out, the truth ``X`` and ``A`` over the horizon. The
-    ``feature`` coordinate holds the feature names; the ``static_features`` attribute names those that were
-    conditioned on (``static``: a flag per feature), whose draws repeat their last value."""
+    """An arviz ``InferenceData`` of a dense or sparse forecast (the layout is in docs/graphs.md).
+
+    Always: ``posterior_predictive`` ``X`` (chain, draw, horizon, node, feature); ``observed_data`` the history
+    ``X_history`` (time, node, feature) and, where the whole horizon is held out, the true ``X``. The ``feature``
+    coordinate holds the feature names; the ``static_features`` attribute names those that were conditioned on
+    (``static``: a flag per feature), whose draws repeat their last value.
+
+    Dense forecasts: ``posterior_predictive`` also ``A`` and ``edge_prob`` (chain, draw, horizon, node,
+    node_to), ``observed_data`` the true ``A``. Sparse forecasts (``edge_index``): group ``edge_draws`` with
+    one row per drawn edge (dimension ``edge``: ``edge_chain``, ``edge_draw``, ``edge_horizon`` (1-based),
+    ``src``, ``dst`` node positions), sorted by chain, draw and horizon, and ``num_edges`` (chain, draw, horizon); group
+    ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob`` (the mean edge
+    probability over draws; NaN there); group ``observed_edges`` the true edges (``edge_horizon``, ``src``,
+    ``dst`` per ``edge``) where held out.
+    """
     import arviz as az
+    import xarray as xr
 
     s, h, n, f = forecast["X"].shape
     draws = s // chains
@@ -349,18 +362,44 @@ def to_inference_data(forecast: dict[str, torch.Tensor], chains: int, history: G
               "time": list(range(1, history.num_steps + 1))}
     dims = {"X": ["horizon", "node", "feature"], "A": ["horizon", "node", "node_to"],
             "edge_prob": ["horizon", "node", "node_to"], "X_history": ["time", "node", "feature"]}
+    sparse = "edge_index" in forecast
     observed: dict[str, np.ndarray] = {"X_history": history.x.numpy()}
-    if future is not None:
-        k = min(h, future.num_steps)
-        if k == h:
-            observed["X"] = future.x[:h].numpy()
+    held_out = future is not None and future.num_steps >= h
+    if held_out:
+        observed["X"] = future.x[:h].numpy()
+        if not sparse:
             observed["A"] = torch.stack([future.adjacency(t) for t in range(h)]).numpy().astype(np.int8)
-    return az.from_dict(posterior_predictive={"X": split(forecast["X"], np.float32),
-                                              "A": split(forecast["A"], np.int8),
-                                              "edge_prob": split(forecast["edge_prob"], np.float32)},
-                        observed_data=observed, coords=coords, dims=dims,
-                        attrs={"model": "dgm_pyro.models.GraphSSM", "directed": int(history.directed),
-                               "static_features": ",".join(n for n, st in zip(history.feature_names, static) if st)})
+    predictive = {"X": split(forecast["X"], np.float32)}
+    if not sparse:
+        predictive.update(A=split(forecast["A"], np.int8), edge_prob=split(forecast["edge_prob"], np.float32))
+    attrs = {"model": "dgm_pyro.models.GraphSSM", "directed": int(history.directed), "edges": "sparse" if sparse
+             else "dense", "static_features": ",".join(n for n, st in zip(history.feature_names, static) if st)}
+    idata = az.from_dict(posterior_predictive=predictive, observed_data=observed, coords=coords, dims=dims,
+                         attrs=attrs)
+    if sparse:
+        path, step, src, dst = forecast["edge_index"].numpy()
+        count = np.bincount(path * h + step, minlength=s * h).reshape(chains, draws, h)
+        groups = {"edge_draws": xr.Dataset(
+            {"edge_chain": ("edge", (path // draws).astype(np.int32)),
+             "edge_draw": ("edge", (path % draws).astype(np.int32)),
+             "edge_horizon": ("edge", (step + 1).astype(np.int16)), "src": ("edge", src.astype(np.int32)),
+             "dst": ("edge", dst.astype(np.int32)),
+             "num_edges": (("chain", "draw", "horizon"), count.astype(np.int32))},
+            coords={"horizon": coords["horizon"]}, attrs={"node_positions": "index into the node coordinate"})}
+        if "top_k_dst" in forecast:
+            k = forecast["top_k_dst"].shape[-1]
+            groups["edge_top_k"] = xr.Dataset(
+                {"dst": (("horizon", "node", "rank"), forecast["top_k_dst"].numpy().astype(np.int32)),
+                 "prob": (("horizon", "node", "rank"), forecast["top_k_prob"].numpy().astype(np.float32))},
+                coords={"horizon": coords["horizon"], "node": node_ids, "rank": list(range(1, k + 1))})
+        if held_out:
+            step_true = np.concatenate([np.full(future.edges[t].shape[1], t + 1) for t in range(h)])
+            true = torch.cat(future.edges[:h], 1).numpy()
+            groups["observed_edges"] = xr.Dataset(
+                {"edge_horizon": ("edge", step_true.astype(np.int16)), "src": ("edge", true[0].astype(np.int32)),
+                 "dst": ("edge", true[1].astype(np.int32))})
+        idata.add_groups(groups)
+    return idata
 
 
 def _write_netcdf(idata: Any, path: Path) -> None:
@@ -376,9 +415,14 @@ def _write_netcdf(idata: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
+#: ``forecast --edges``: dense N x N probabilities, sampled sparse edges, or dense up to FORECAST_MAX_NODES nodes
+EDGE_OUTPUTS = ("auto", "dense", "sparse")
+
+
 def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: int = 1, seed: int = 0,
                  out: Optional[str | Path] = None, plots: bool = True,
-                 stationarity_steps: int = 0) -> dict[str, Any]:
+                 stationarity_steps: int = 0, edges: str = "auto", top_k: int = 10,
+                 negatives: int = 100_000) -> dict[str, Any]:
     """Forecast ``horizon`` snapshots after the history (P4.4) and score them where the truth is held out.
 
     Writes the NetCDF ``InferenceData`` ``out`` (default ``RUN/forecast.nc``), the scores beside it
@@ -387,15 +431,28 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     per scored horizon step, ``not_scored`` says why a forecaster has no row, ``notes`` why a value is NaN,
     ``files`` lists what was written. A run whose training is not finished is forecast from its last
     checkpoint with a warning (``unfinished`` says what is left).
+
+    ``edges``: ``dense`` keeps every path's N x N edge probabilities and draws and scores all pairs; ``sparse``
+    (:func:`~dgm_pyro.models.graph_sparse.sparse_forecast`) keeps each path's drawn edges as a COO list and
+    the ``top_k`` most probable new edges per node and step, and scores all true edges against ``negatives``
+    uniformly drawn non-edges per step (:func:`~dgm_pyro.metrics.sample_pairs`); ``auto``: dense up to
+    ``FORECAST_MAX_NODES`` nodes.
     """
     if horizon < 1:
         raise DgmPyroError(f"horizon must be >= 1, got {horizon}")
     if num_samples < 1 or chains < 1:
         raise DgmPyroError("samples and chains must be >= 1")
+    if edges not in EDGE_OUTPUTS:
+        raise DgmPyroError(f"edges must be one of {', '.join(EDGE_OUTPUTS)}; got '{edges}'")
+    if top_k < 0 or negatives < 1:
+        raise DgmPyroError("top-k must be >= 0 and negatives >= 1")
     history, future = run.history, run.future
-    if history.num_nodes > FORECAST_MAX_NODES:
-        raise DgmPyroError(f"the graph has {history.num_nodes} nodes; forecasts are dense (N^2 edge probabilities "
-                           f"per draw and step), available up to {FORECAST_MAX_NODES} nodes")
+    sparse = edges == "sparse" or (edges == "auto" and history.num_nodes > FORECAST_MAX_NODES)
+    if not sparse and history.num_nodes > FORECAST_MAX_NODES:
+        raise DgmPyroError(f"the graph has {history.num_nodes} nodes; dense forecasts (N^2 edge probabilities per "
+                           f"draw and step) are available up to {FORECAST_MAX_NODES} nodes: use --edges sparse")
+    if sparse and stationarity_steps:
+        raise DgmPyroError("the stationarity check rolls out dense graphs; leave it out with --edges sparse")
     out_path = Path(out) if out is not None else run.path / "forecast.nc"
     if out_path.suffix != ".nc":
         raise DgmPyroError(f"the forecast file must end in .nc (NetCDF); got '{out_path.name}'")
@@ -408,31 +465,23 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         log.warning("%s: training is not finished (%s); forecasting from its last checkpoint", run.path,
                     "; ".join(unfinished))
     total = num_samples * chains
-    pyro.set_rng_seed(seed)
-    device = run.device
-    with deterministic_algorithms():
-        fc = run.module.forecast(history.x.to(device), [e.to(device) for e in history.edges], horizon=horizon,
-                                 num_samples=total, future=(future.x.to(device), [e.to(device) for e in future.edges]))
-    fc = {k: v.cpu() for k, v in fc.items()}
     scored = min(horizon, future.num_steps)
-    metrics: dict[str, list[dict[str, Any]]] = {"GraphSSM": forecast_scores(fc, future, history, scored)}
-    for h in range(scored):
-        metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
-    others: list[Any] = [Persistence(), HistoricalMean()] + ([run.baseline] if run.baseline is not None else [])
-    not_scored = {} if run.baseline is not None else {"GCN+GRU": _why_no_baseline(run)}
-    for forecaster in others:
-        metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)
-    if "blocks" in history.truth:
-        oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
-        metrics["oracle"] = forecast_scores(oracle, future, history, scored)
+    if sparse:
+        fc, metrics, extra = _sparse_forecast(run, horizon, total, seed, scored, top_k, negatives)
+    else:
+        fc, metrics = _dense_forecast(run, horizon, total, seed, scored)
+        extra = {}
     idata = to_inference_data(fc, chains, history, future if future.num_steps >= horizon else None,
                               static=run.module.static_mask.tolist())
     _write_netcdf(idata, out_path)
     notes = [] if total >= 10 else [f"coverage is NaN: intervals need at least 10 draws, this forecast has {total} "
                                     "(raise --samples)"]
+    not_scored = {} if run.baseline is not None else {"GCN+GRU": _why_no_baseline(run)}
     result: dict[str, Any] = {"run": str(run.path), "out": str(out_path), "horizon": horizon, "samples": num_samples,
-                              "chains": chains, "seed": seed, "scored_steps": scored, "metrics": metrics,
-                              "not_scored": not_scored, "notes": notes, "unfinished": unfinished}
+                              "chains": chains, "seed": seed, "edges": "sparse" if sparse else "dense",
+                              "scored_steps": scored, "metrics": metrics,
+                              "not_scored": not_scored, "notes": notes + extra.pop("notes", []),
+                              "unfinished": unfinished, **extra}
     if stationarity_steps:
         result["stationarity"] = stationarity_check(run.module.cpu(), history, chains=max(chains, 4),
                                                     steps=stationarity_steps, seed=seed)
@@ -445,6 +494,72 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     result["files"] = [str(f) for f in files + [json_path]]
     write_json(json_path, result)
     return result
+
+
+def _dense_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, list[dict[str, Any]]]]:
+    history, future = run.history, run.future
+    pyro.set_rng_seed(seed)
+    device = run.device
+    with deterministic_algorithms():
+        fc = run.module.forecast(history.x.to(device), [e.to(device) for e in history.edges], horizon=horizon,
+                                 num_samples=total, future=(future.x.to(device), [e.to(device) for e in future.edges]))
+    fc = {k: v.cpu() for k, v in fc.items()}
+    metrics: dict[str, list[dict[str, Any]]] = {"GraphSSM": forecast_scores(fc, future, history, scored)}
+    for h in range(scored):
+        metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
+    for forecaster in _baselines(run):
+        metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)
+    if "blocks" in history.truth:
+        oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
+        metrics["oracle"] = forecast_scores(oracle, future, history, scored)
+    return fc, metrics
+
+
+def _baselines(run: GraphRun) -> list[Any]:
+    return [Persistence(), HistoricalMean()] + ([run.baseline] if run.baseline is not None else [])
+
+
+def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored: int, top_k: int, negatives: int
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """The ``--edges sparse`` forecast and its scores on all true edges and sampled non-edges per step."""
+    history, future = run.history, run.future
+    n, directed, device = history.num_nodes, history.directed, run.device
+    pairs = [sample_pairs(future.edges[h], n, directed, negatives, seed=seed + h) for h in range(scored)]
+    last = history.edges[-1]
+    new = [~torch.isin(p[0] * n + p[1], last[0] * n + last[1]) for p, _, _ in pairs]
+    pyro.set_rng_seed(seed)
+    with deterministic_algorithms():
+        fc = sparse_forecast(run.module, history.x.to(device), [e.to(device) for e in history.edges],
+                             horizon=horizon, num_samples=total, top_k=top_k,
+                             score_pairs=[p.to(device) for p, _, _ in pairs])
+    fc = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in fc.items()}
+
+    def rows(prob: Callable[[int], torch.Tensor], x: torch.Tensor) -> list[dict[str, Any]]:
+        return [{"h": h + 1, **pair_edge_scores(prob(h), pairs[h][1], new[h], pairs[h][2]),
+                 **feature_scores(x[:, h], future.x[h])} for h in range(scored)]
+
+    metrics = {"GraphSSM": rows(lambda h: fc["pair_prob"][h].cpu(), fc["X"])}
+    for forecaster in _baselines(run):
+        if isinstance(forecaster, (Persistence, HistoricalMean)):
+            metrics[forecaster.name] = rows(lambda h: forecaster.edge_probability_at(history, pairs[h][0]),
+                                            forecaster.features(history, scored))
+        else:  # a dense forecaster (the GCN+GRU baseline exists up to FORECAST_MAX_NODES nodes)
+            dense = forecaster.forecast(history, scored)
+            metrics[forecaster.name] = rows(lambda h: dense["edge_prob"][h][pairs[h][0][0], pairs[h][0][1]],
+                                            dense["X"])
+    if "blocks" in history.truth:
+        oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
+        probs = oracle["edge_prob"].mean(0) if oracle["edge_prob"].dim() == 4 else oracle["edge_prob"]
+        metrics["oracle"] = rows(lambda h: probs[h][pairs[h][0][0], pairs[h][0][1]], oracle["X"])
+    counts = [int(p[1].numel()) for p in pairs]
+    extra = {"edge_pairs": {"estimator": "all true edges at weight 1 and non-edges drawn uniformly with replacement "
+                                         "at weight (#non-edges / #drawn): Brier, density error and log-likelihood "
+                                         "Horvitz-Thompson (unbiased), AUC unbiased, AP and ECE ratio estimates",
+                            "pairs_per_step": counts, "negatives": negatives},
+             "sampler": fc.pop("sampler"),
+             "notes": ["log_lik is not computed with --edges sparse (it needs every pair of every path)"]}
+    return fc, metrics, extra
 
 
 def _why_no_baseline(run: GraphRun) -> str:

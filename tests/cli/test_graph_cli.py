@@ -169,6 +169,9 @@ def _bad_cases(graph_run, tmp_path):
         (["forecast", graph_run, "--horizon", 2, "--out", tmp_path / "f.txt"], "must end in .nc"),
         (["forecast", graph_run, "--horizon", 2, "--out", tmp_path / "nodir" / "f.nc"], "no such directory"),
         (["forecast", graph_run, "--horizon", 2, "--stationarity", 5], "at least 20 steps"),
+        (["forecast", graph_run, "--horizon", 2, "--edges", "sparse", "--stationarity", 30], "rolls out dense graphs"),
+        (["forecast", graph_run, "--horizon", 2, "--edges", "sparse", "--negatives", 0], "--negatives"),
+        (["forecast", graph_run, "--horizon", 2, "--edges", "coo"], "--edges"),
         (["forecast", tmp_path / "nothing", "--horizon", 2], "no such run folder"),
         (["forecast", cvae_dir, "--horizon", 2], "a cvae run has no 'forecast'"),
         (["evaluate", graph_run], "a graph-ssm run"),
@@ -200,6 +203,51 @@ def test_bad_input_one_line_exit_2_nothing_modified(graph_run, tmp_path):
         assert len(err) == 1, (args, r.output)
     assert _digest(graph_run) == before
     assert not any(p.name.startswith("graph-ssm-") for p in tmp_path.iterdir())
+
+
+def test_sparse_forecast_scores_match_the_dense_ones(graph_run, tmp_path):
+    """On the 200-node dsbm: with every non-edge scored (--negatives above their number) the first step's edge
+    scores equal the dense forecast's (the same latent draws), and the baselines' at every step; with 4000
+    sampled non-edges the estimates stay close. The NetCDF holds the COO draws and the top-k."""
+    import arviz as az
+
+    args = ["forecast", graph_run, "--horizon", 3, "--samples", 40, "--json", "--no-plots"]
+    dense = json.loads(run(*args, "--out", tmp_path / "d.nc").stdout)
+    sparse = json.loads(run(*args, "--edges", "sparse", "--top-k", 3, "--out", tmp_path / "s.nc").stdout)
+    sampled = json.loads(run(*args, "--edges", "sparse", "--negatives", 4000, "--out", tmp_path / "n.nc").stdout)
+    assert dense["edges"] == "dense" and sparse["edges"] == "sparse"
+    assert sparse["edge_pairs"]["pairs_per_step"] == [19900] * 3
+    keys = ("auc", "ap", "auc_new", "ap_new", "brier", "ece", "density_error", "edge_log_lik", "crps")
+    for name, rows in dense["metrics"].items():
+        for h, row in enumerate(rows):
+            if name == "GraphSSM" and h > 0:  # later steps depend on each path's own drawn edges
+                assert abs(sparse["metrics"][name][h]["auc"] - row["auc"]) < 0.02
+                continue
+            for k in keys:
+                assert sparse["metrics"][name][h][k] == pytest.approx(row[k], abs=1e-6), (name, h, k)
+    exact, est = dense["metrics"]["GraphSSM"][0], sampled["metrics"]["GraphSSM"][0]
+    assert sampled["edge_pairs"]["pairs_per_step"][0] < 6000
+    assert abs(est["auc"] - exact["auc"]) < 0.02 and abs(est["brier"] - exact["brier"]) < 0.1 * exact["brier"]
+    assert "log_lik" not in sparse["metrics"]["GraphSSM"][0] and any("log_lik" in n for n in sparse["notes"])
+    idata = az.from_netcdf(tmp_path / "s.nc")
+    draws, top = idata.edge_draws, idata.edge_top_k
+    assert "A" not in idata.posterior_predictive and idata.posterior_predictive["X"].shape == (1, 40, 3, 200, 4)
+    assert int(draws["num_edges"].sum()) == draws.sizes["edge"] and draws["num_edges"].shape == (1, 40, 3)
+    src, dst = draws["src"].values, draws["dst"].values
+    assert (src < dst).all() and set(draws["edge_horizon"].values.tolist()) == {1, 2, 3}
+    assert top["dst"].shape == (3, 200, 3) and (top["prob"].values[:, :, :-1] >= top["prob"].values[:, :, 1:]).all()
+    assert idata.observed_edges.sizes["edge"] == sum(e.shape[1] for e in load_graph_sequence(
+        GraphConfig.from_saved(json.loads((graph_run / "config.json").read_text())))[1].edges[:3])
+
+
+def test_large_graphs_forecast_sparse_by_default(graph_run, tmp_path, monkeypatch):
+    import dgm_pyro.runs.graph_ssm as graph_runs
+
+    monkeypatch.setattr(graph_runs, "FORECAST_MAX_NODES", 100)
+    r = run("forecast", graph_run, "--horizon", 1, "--edges", "dense", "--out", tmp_path / "d.nc")
+    assert r.exit_code == 2 and "use --edges sparse" in r.output and not (tmp_path / "d.nc").exists()
+    r = run("forecast", graph_run, "--horizon", 1, "--samples", 5, "--out", tmp_path / "a.nc", "--json", "--no-plots")
+    assert r.exit_code == 0 and json.loads(r.stdout)["edges"] == "sparse"
 
 
 def test_installed_entry_point_refuses_horizon_zero(graph_run):

@@ -63,7 +63,7 @@ def test_log_joint_equals_hand_computation(directed, frequency):
                 r = x[t - 1, v] - loc[v]
                 want += float(-0.5 * r @ torch.linalg.solve(cov, r) - 0.5 * torch.logdet(2 * math.pi * cov))
             a = adj[t - 1]
-            g, h = m._edge_factors(z)
+            g, h = m.edge_factors(z)
             for u in range(n):
                 for v in range(n):
                     if u == v or (not directed and u > v):

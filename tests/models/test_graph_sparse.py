@@ -1,0 +1,100 @@
+"""The sparse forecast sampler against the dense model: edge frequencies against the exact Bernoulli
+probabilities, the path memory against the dense recursion, the top-k against the dense ranking."""
+
+import pytest
+import torch
+
+from dgm_pyro.data.graphs import dynamic_sbm, pair_index
+from dgm_pyro.models import GraphSSM
+from dgm_pyro.models.graph_sparse import sparse_forecast
+
+N = 40
+
+
+def _frozen_model(directed: bool) -> tuple[GraphSSM, object, torch.Tensor]:
+    """A model whose paths all start from one latent draw and never move: every path's first step is an iid
+    draw from one set of Bernoulli probabilities, and its second step differs only through the edge memory."""
+    seq = dynamic_sbm(num_nodes=N, num_steps=6, seed=0)
+    if directed:
+        seq.edges = [torch.cat([e, e.flip(0)], 1)[:, ::2] for e in seq.edges]
+        seq.directed = True
+    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16)
+    with torch.no_grad():  # strong memory terms, so that both of the sampler's stages matter
+        m.edge_bias.fill_(-1.5)
+        m.memory_last.fill_(2.0)
+        m.memory_weight.fill_(0.5)
+    z = m.filter(seq.x, seq.edges, 1)
+    m.filter = lambda x, e, s: z.expand(s, -1, -1)
+    m.transition = lambda z: (z, torch.zeros_like(z))
+    return m, seq, z
+
+
+@torch.no_grad()
+def _dense_probabilities(m: GraphSSM, seq, z: torch.Tensor, memory: tuple) -> torch.Tensor:
+    return m.edge_probabilities(m.emission_input(z, seq.x[-1]), tuple(t.unsqueeze(0) for t in memory))[0]
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_first_step_edges_are_the_exact_bernoulli_draws(directed):
+    m, seq, z = _frozen_model(directed)
+    paths = 3000
+    fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=paths, top_k=0)
+    p = _dense_probabilities(m, seq, z, m.dense_memory(seq.edges))
+    index = fc["edge_index"]
+    assert (index[1] == 0).all() and index[0].max() == paths - 1
+    if directed:
+        assert (index[2] != index[3]).all()
+    else:
+        assert (index[2] < index[3]).all()
+    freq = torch.zeros(N, N).index_put_((index[2], index[3]), torch.ones(index.shape[1]), accumulate=True) / paths
+    u, v = pair_index(N, directed)
+    pp, ff = p[u, v].double(), freq[u, v].double()
+    # both stages ran: pairs with memory drawn directly, the rest by thinning
+    assert fc["sampler"][0]["accepted"] > 0 and (pp > 0.5).any()
+    zscore = (ff - pp) / (pp * (1 - pp) / paths).sqrt()
+    # each frequency is within 5 binomial SE of its probability, and together they are chi-square(P)
+    assert zscore.abs().max() < 5
+    assert abs(float((zscore ** 2).mean()) - 1) < 5 * (2 / len(pp)) ** 0.5
+
+
+def test_second_step_memory_is_each_paths_own_first_step():
+    """The mean probability at step 2 is (1/S) sum_s sigma(l_uv + memory_term(A_s, rho M_T + A_s, C_T + A_s)) with
+    A_s path s's drawn first step: recomputed densely from the drawn edges, for every pair."""
+    m, seq, z = _frozen_model(False)
+    paths = 50
+    u, v = pair_index(N, False)
+    pairs = torch.stack([u, v])
+    fc = sparse_forecast(m, seq.x, seq.edges, horizon=2, num_samples=paths, top_k=0, score_pairs=[pairs, pairs])
+    last, decayed, count = m.dense_memory(seq.edges)
+    p1 = _dense_probabilities(m, seq, z, (last, decayed, count))
+    torch.testing.assert_close(fc["pair_prob"][0], p1[u, v], atol=1e-5, rtol=0)
+    index = fc["edge_index"]
+    total = torch.zeros(N, N)
+    for s in range(paths):
+        e = index[2:, (index[0] == s) & (index[1] == 0)]
+        a = torch.zeros(N, N)
+        a[e[0], e[1]] = 1.0
+        a = a + a.T
+        total += _dense_probabilities(m, seq, z, (a, m.memory_decay * decayed + a, count + a))
+    torch.testing.assert_close(fc["pair_prob"][1], (total / paths)[u, v], atol=1e-5, rtol=0)
+
+
+def test_top_k_is_the_dense_ranking_of_new_edges():
+    m, seq, z = _frozen_model(False)
+    k = 4
+    fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=400, top_k=k)
+    p = _dense_probabilities(m, seq, z, m.dense_memory(seq.edges))
+    p = p.masked_fill(seq.adjacency(seq.num_steps - 1).bool(), -1.0).fill_diagonal_(-1.0)  # new edges only
+    best = p.topk(k, dim=1)
+    dst, prob = fc["top_k_dst"][0], fc["top_k_prob"][0]
+    assert dst.shape == (N, k)
+    # every node's top k have probability above 0.05: each was drawn on some path (miss chance < 1e-8)
+    assert (best.values[:, -1] > 0.05).all()
+    torch.testing.assert_close(prob, best.values, atol=1e-5, rtol=0)
+    assert (dst == best.indices).float().mean() > 0.95  # ties aside, the same destinations
+
+
+def test_sparse_forecast_refuses_an_empty_horizon():
+    m, seq, _ = _frozen_model(False)
+    with pytest.raises(ValueError, match="horizon"):
+        sparse_forecast(m, seq.x, seq.edges, horizon=0)
