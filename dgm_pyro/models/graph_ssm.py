@@ -51,7 +51,7 @@ from .nn import MLP, cat_broadcast
 __all__ = ["GraphSSM", "PairHistory", "EDGE_LIKELIHOODS"]
 
 EDGE_LIKELIHOODS = ("dense", "sparse")
-FEATURE_EMISSIONS = ("gaussian", "hurdle")
+FEATURE_EMISSIONS = ("gaussian", "hurdle", "negbin")
 _MIN_SCALE = 1e-3
 
 
@@ -72,9 +72,10 @@ class GraphSSM(PyroModule):
         deterministic_features: replace the learned feature covariance by ``fixed_scale``^2 I (P4.3): only to
             show what a (near-)deterministic decoder breaks.
         fixed_scale: that scale.
-        feature_emission: ``gaussian`` (a full per-node covariance, P4.2) or ``hurdle``: each dynamic feature
+        feature_emission: ``gaussian`` (a full per-node covariance, P4.2), ``hurdle``: each dynamic feature
             is 0 or, above it, log-normal (:class:`~dgm_pyro.models.emissions.HurdleLogNormal`), for count-like
-            features with many exact zeros (they must be >= 0).
+            features with many exact zeros (they must be >= 0), or ``negbin``: each dynamic feature negative
+            binomial, for counts (non-negative integers).
         name: prefix of the parameters in Pyro's parameter store (``model`` and ``guide`` register every
             parameter there with ``pyro.module``, so ``SVI`` with ``pyro.optim`` trains them).
         feature_shift, feature_scale: per-feature centring and scaling of x (F,), used inside the networks; the
@@ -97,9 +98,9 @@ class GraphSSM(PyroModule):
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
         if feature_emission not in FEATURE_EMISSIONS:
             raise ValueError(f"feature_emission must be one of {FEATURE_EMISSIONS}")
-        if feature_emission == "hurdle" and deterministic_features:
-            raise ValueError("deterministic_features fixes a Gaussian covariance; it does not apply to the hurdle "
-                             "emission")
+        if feature_emission != "gaussian" and deterministic_features:
+            raise ValueError(f"deterministic_features fixes a Gaussian covariance; it does not apply to the "
+                             f"{feature_emission} emission")
         self.feature_emission = feature_emission
         n, f, d = num_nodes, num_features, latent_dim
         self.num_nodes, self.num_features, self.latent_dim = n, f, d
@@ -121,7 +122,7 @@ class GraphSSM(PyroModule):
         self.context = MLP(d, [hidden], hidden)
         self.transition_net = MLP(d + hidden, [hidden], 2 * d)
         # emission p(X_t, A_t | Z_{t-1}, static covariates)
-        outputs = fd + fd * (fd + 1) // 2 if feature_emission == "gaussian" else 3 * fd
+        outputs = {"gaussian": fd + fd * (fd + 1) // 2, "hurdle": 3 * fd, "negbin": 2 * fd}[feature_emission]
         self.feature_net = MLP(d + fs, [hidden], outputs) if fd else None
         self.edge_src = MLP(d + fs, [hidden], edge_dim)
         self.edge_dst = MLP(d + fs, [hidden], edge_dim) if directed else None
@@ -186,10 +187,16 @@ class GraphSSM(PyroModule):
     def feature_distribution(self, z: torch.Tensor) -> dist.Distribution:
         """p(x_v | z_v, c_v) with event shape (F_d,) for the emission input ``z`` (..., N, d + F_s): the full-
         covariance Gaussian of :meth:`feature_params`, or per feature a :class:`HurdleLogNormal` (zero, or
-        log-normal above it) with ``feature_emission="hurdle"``."""
+        log-normal above it) with ``feature_emission="hurdle"``, or per feature a negative binomial with mean mu and
+        dispersion r (variance mu + mu^2 / r) with ``feature_emission="negbin"``."""
         if self.feature_emission == "hurdle":
             logits, loc, raw = self.feature_net(z).split(self.num_dynamic, -1)
             return HurdleLogNormal(logits, loc, nn.functional.softplus(raw) + _MIN_SCALE).to_event(1)
+        if self.feature_emission == "negbin":
+            log_mean, raw = self.feature_net(z).split(self.num_dynamic, -1)
+            r = nn.functional.softplus(raw) + _MIN_SCALE
+            # torch's NegativeBinomial(r, logits) has mean r exp(logits): logits = log mu - log r
+            return dist.NegativeBinomial(total_count=r, logits=log_mean - r.log()).to_event(1)
         loc, tril = self.feature_params(z)
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
@@ -420,7 +427,7 @@ class GraphSSM(PyroModule):
         """Feature draws (S, N, F) from p(x_v | z_v, c_v) for the emission inputs ``h`` (S, N, d + F_s); the static
         features repeat ``last_x`` (N, F)."""
         x_draw = last_x.expand(h.shape[0], *last_x.shape).clone()
-        if self.num_dynamic and self.feature_emission == "hurdle":
+        if self.num_dynamic and self.feature_emission != "gaussian":
             x_draw[..., ~self.static_mask] = self.feature_distribution(h).sample()
         elif self.num_dynamic:  # explicit draws: the same random numbers as forecasts made before the hurdle
             loc, tril = self.feature_params(h)

@@ -75,9 +75,10 @@ class GraphConfig(ConfigBase):
                                          "breaks).")
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
     feature_emission: str = option("auto", "Node-feature emission: gaussian (full covariance), hurdle (each "
-                                   "feature 0, or log-normal above it; for count-like features >= 0 with many zeros) "
-                                   "or auto (hurdle when every modelled feature is >= 0 and at least 20% zeros, "
-                                   "else gaussian).", choices=("gaussian", "hurdle", "auto"), added=True,
+                                   "feature 0, or log-normal above it; for count-like features >= 0 with many zeros), "
+                                   "negbin (each feature negative binomial; for integer counts) or auto (hurdle when "
+                                   "every modelled feature is >= 0 and at least 20% zeros, else gaussian).",
+                                   choices=("gaussian", "hurdle", "negbin", "auto"), added=True,
                                    before="gaussian")
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
@@ -223,15 +224,19 @@ class GraphSSMKind(ModelKind):
 
     def check(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> None:
         static_features(config, data[0])
-        if config.feature_emission == "hurdle":
+        emission = config.feature_emission
+        if emission in ("hurdle", "negbin"):
             if config.deterministic_decoder:
                 raise DgmPyroError("--deterministic-decoder fixes a Gaussian covariance; it does not apply to "
-                                   "--feature-emission hurdle")
-            negative = [data[0].feature_names[i] for i in dynamic_features(config, data[0])
-                        if bool((data[0].x[..., i] < 0).any())]
-            if negative:
-                raise DgmPyroError(f"--feature-emission hurdle needs features >= 0; '{negative[0]}' has negative "
-                                   "values")
+                                   f"--feature-emission {emission}")
+            x, names = data[0].x, data[0].feature_names
+            for i in dynamic_features(config, data[0]):
+                if bool((x[..., i] < 0).any()):
+                    raise DgmPyroError(f"--feature-emission {emission} needs features >= 0; '{names[i]}' has "
+                                       "negative values")
+                if emission == "negbin" and not bool((x[..., i] == x[..., i].round()).all()):
+                    raise DgmPyroError(f"--feature-emission negbin needs integer counts; '{names[i]}' has "
+                                       "non-integer values")
         if config.valid_steps and config.valid_steps > data[0].num_steps - 2:
             raise DgmPyroError(f"--valid-steps {config.valid_steps} leaves fewer than 2 of the {data[0].num_steps} "
                                "history snapshots to train on")

@@ -469,6 +469,34 @@ def test_hurdle_emission_from_the_command_line_and_its_refusals(tmp_path):
         assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def test_negbin_emission_forecasts_integer_counts_and_refuses_other_features(tmp_path):
+    """--feature-emission negbin on a CSV graph whose node feature is a message count: trains, and every
+    forecast draw is a non-negative integer; log(1 + degree) (not integers) is refused with one line."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "counts"
+    folder.mkdir()
+    rows = ["src,dst,time"] + [f"{u},{v},{t}" for t in range(10) for u, v in rng.integers(0, 12, (15, 2)) if u != v]
+    (folder / "edges.csv").write_text("\n".join(rows) + "\n")
+    nodes = ["node,time,messages"] + [f"{v},{t},{rng.poisson(2.0)}" for v in range(12) for t in range(10)]
+    (folder / "nodes.csv").write_text("\n".join(nodes) + "\n")
+    r = run("train", "graph-ssm", "--dataset", f"csv:{folder}", "--feature-emission", "negbin", "--out",
+            tmp_path / "nb", "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    r = run("forecast", path, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
+    assert r.exit_code == 0, r.output
+    import arviz as az
+
+    draws = az.from_netcdf(path / "forecast.nc").posterior_predictive["X"].values[..., 0]
+    assert (draws >= 0).all() and (draws == np.round(draws)).all() and draws.max() > 0
+    r = run("train", "graph-ssm", "--dataset", "highschool", "--feature-emission", "negbin", "--out", tmp_path / "bad",
+            *TINY)
+    assert r.exit_code == 2 and "needs integer counts" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
 def test_feature_emission_auto_is_inferred_from_the_data():
     """auto takes the hurdle for count-like features (the high school's log(1 + degree): >= 0, 66 % zeros)
     and the Gaussian for the dynamic SBM's (negative values) or with --deterministic-decoder."""

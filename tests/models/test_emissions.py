@@ -61,3 +61,31 @@ def test_graph_ssm_with_hurdle_features_trains_with_pyro_optim_and_forecasts_ato
 def test_hurdle_refuses_a_deterministic_decoder():
     with pytest.raises(ValueError, match="does not apply to the hurdle"):
         GraphSSM(5, 1, feature_emission="hurdle", deterministic_features=True)
+
+
+def test_negative_binomial_emission_against_scipy_its_moments_and_pyro_inference():
+    """``feature_emission="negbin"``: the log-mass is scipy's nbinom with n = r and p = r / (r + mu), draws
+    have mean mu and variance mu + mu^2 / r, and the model trains with SVI and pyro.optim and forecasts counts."""
+    pyro.set_rng_seed(0)
+    seq = dynamic_sbm(num_nodes=20, num_steps=6, num_features=1, seed=0)
+    counts = torch.stack([torch.bincount(e.flatten(), minlength=20) for e in seq.edges]).float().unsqueeze(-1)
+    m = GraphSSM(20, 1, latent_dim=3, hidden=16, feature_emission="negbin")
+    h = m.emission_input(m.z0.detach(), counts[-1])
+    d = m.feature_distribution(h)
+    log_mean, raw = m.feature_net(h).split(1, -1)
+    mu, r = log_mean.exp().detach().squeeze(-1), (torch.nn.functional.softplus(raw) + 1e-3).detach().squeeze(-1)
+    want = stats.nbinom(r.numpy(), (r / (r + mu)).numpy()).logpmf(counts[-1, :, 0].numpy())
+    assert torch.allclose(d.log_prob(counts[-1]).detach().double(), torch.as_tensor(want), atol=1e-4)
+    draws = d.sample((100_000,))[..., 0]
+    assert bool((draws == draws.round()).all()) and bool((draws >= 0).all())
+    torch.testing.assert_close(draws.mean(0), mu, rtol=0.03, atol=0.01)
+    torch.testing.assert_close(draws.var(0), mu + mu ** 2 / r, rtol=0.06, atol=0.02)
+    pyro.clear_param_store()
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    losses = [svi.step(counts, seq.edges) for _ in range(60)]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    pred = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["z_6"])(counts, seq.edges)
+    assert pred["z_6"].shape[0] == 3
+    out = m.forecast(counts, seq.edges, horizon=2, num_samples=100, future=(counts[-1:], seq.edges[-1:]))
+    assert bool((out["X"] == out["X"].round()).all()) and bool((out["X"] >= 0).all())
+    assert torch.isfinite(out["log_lik"]).all()
