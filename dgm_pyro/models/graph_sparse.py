@@ -145,8 +145,9 @@ class _Step:
                for i in range(0, key.numel(), chunk)]
         return torch.cat(out) if out else key.new_zeros(0, dtype=self.g.dtype)
 
-    def draw(self, directed: bool, clusters: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Each path's edges of this step as sorted keys s N^2 + u N + v, and the sampler's event counts."""
+    def draw(self, directed: bool, clusters: int, limit: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Each path's edges of this step as sorted keys s N^2 + u N + v, and the sampler's event counts.
+        Raises ``ValueError`` before a path draws more than ``limit`` edges (or 20 ``limit`` Poisson events)."""
         memory, n, nn_ = self.memory, self.memory.n, self.memory.nn
         s_count = self.g.shape[0]
         drawn = []
@@ -171,6 +172,9 @@ class _Step:
             bound = g.clamp(min=0) @ hi.T + g.clamp(max=0) @ lo.T + self.bias + 1e-4  # (N, C) >= every l_uv
             rate = softplus(bound)
             counts = torch.poisson(rate * size).long()
+            if int(counts.sum()) > 20 * limit:
+                raise ValueError(f"a path's Poisson bound expects {int(counts.sum())} events in one step, more "
+                                 f"than 20 x {limit} (its edge limit)")
             block = torch.repeat_interleave(torch.arange(n * c, device=h.device), counts.flatten())
             u, k = block // c, block % c
             pos = (torch.rand(block.shape, device=h.device) * size[k]).long().clamp(max=size[k] - 1)
@@ -181,6 +185,8 @@ class _Step:
             key = u[keep] * n + v[keep]
             if memory.on:
                 key = key[~memory.has(self.step, s, key)]
+            if key.numel() > limit:
+                raise ValueError(f"a path drew {key.numel()} edges in one step, more than {limit}")
             events += block.numel()
             kept += key.numel()
             drawn.append(s * nn_ + torch.unique(key))
@@ -227,7 +233,7 @@ def _top_k(step: _Step, drawn: torch.Tensor, origin: torch.Tensor, k: int, direc
 @torch.no_grad()
 def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], horizon: int, num_samples: int = 100,
                     top_k: int = 10, score_pairs: Optional[Sequence[torch.Tensor]] = None,
-                    clusters: int = SPARSE_CLUSTERS) -> dict[str, Any]:
+                    clusters: int = SPARSE_CLUSTERS, max_edges: int = 10 ** 8) -> dict[str, Any]:
     """Sample paths of the next ``horizon`` snapshots of a GraphSSM without N x N tensors (P4.4).
 
     The latents and features are drawn as in :meth:`GraphSSM.forecast` (the same random numbers up to the first
@@ -240,6 +246,8 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
         top_k: how many most probable new edges to keep per node and step (0: none).
         score_pairs: for some of the first steps, a (2, P_h) index of pairs whose mean probability to return.
         clusters: k-means clusters of the dominating process.
+        max_edges: refuse (``ValueError``) a forecast that would hold more drawn edges than this over all paths
+            and steps (about 40 bytes each at the peak): a badly fitted model can expect millions per path.
 
     Returns:
         ``X`` (S, H, N, F) feature draws; ``edge_index`` (4, E) the drawn edges as rows (path, step, src, dst),
@@ -262,7 +270,7 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
         step = _Step(module, g, h, memory, t)
         if score_pairs is not None and t < len(score_pairs):
             pair_prob.append(step.mean_probability(score_pairs[t][0], score_pairs[t][1]))
-        drawn, stats = step.draw(module.directed, clusters)
+        drawn, stats = step.draw(module.directed, clusters, limit=max(1, max_edges // (num_samples * horizon)))
         sampler.append(stats)
         if top_k:
             tops.append(_top_k(step, drawn, origin, top_k, module.directed))
@@ -273,7 +281,7 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
     rows = []
     for t, d in enumerate(memory.drawn):
         s, key = d // nn_, d % nn_
-        rows.append(torch.stack([s, torch.full_like(s, t), key // n, key % n]))
+        rows.append(torch.stack([s, torch.full_like(s, t), key // n, key % n]).int())
     index = torch.cat(rows, 1)
     index = index[:, torch.argsort(index[0] * horizon + index[1], stable=True)]
     out: dict[str, Any] = {"X": torch.stack(xs, 1), "edge_index": index, "pair_prob": pair_prob,

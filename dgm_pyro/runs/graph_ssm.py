@@ -423,6 +423,9 @@ def _write_netcdf(idata: Any, path: Path) -> None:
 #: ``forecast --edges``: dense N x N probabilities, sampled sparse edges, or dense up to FORECAST_MAX_NODES nodes
 EDGE_OUTPUTS = ("auto", "dense", "sparse")
 
+#: the most drawn edges a sparse forecast holds over all paths and steps (about 40 bytes each at the peak)
+SPARSE_MAX_EDGES = 10 ** 8
+
 
 def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: int = 1, seed: int = 0,
                  out: Optional[str | Path] = None, plots: bool = True,
@@ -534,10 +537,16 @@ def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored:
     last = history.edges[-1]
     new = [~torch.isin(p[0] * n + p[1], last[0] * n + last[1]) for p, _, _ in pairs]
     pyro.set_rng_seed(seed)
-    with deterministic_algorithms():
-        fc = sparse_forecast(run.module, history.x.to(device), [e.to(device) for e in history.edges],
-                             horizon=horizon, num_samples=total, top_k=top_k,
-                             score_pairs=[p.to(device) for p, _, _ in pairs])
+    per_snapshot = sum(e.shape[1] for e in history.edges) / history.num_steps
+    try:
+        with deterministic_algorithms():
+            fc = sparse_forecast(run.module, history.x.to(device), [e.to(device) for e in history.edges],
+                                 horizon=horizon, num_samples=total, top_k=top_k,
+                                 score_pairs=[p.to(device) for p, _, _ in pairs], max_edges=SPARSE_MAX_EDGES)
+    except ValueError as e:
+        raise DgmPyroError(f"{e}: the forecast would hold more than {SPARSE_MAX_EDGES:.0e} drawn edges (the history "
+                           f"has {per_snapshot:.0f} per snapshot); the model expects far more edges than the "
+                           "data has (train it longer), or lower --samples / --horizon") from None
     fc = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in fc.items()}
 
     def rows(prob: Callable[[int], torch.Tensor], x: torch.Tensor) -> list[dict[str, Any]]:

@@ -248,6 +248,10 @@ def test_large_graphs_forecast_sparse_by_default(graph_run, tmp_path, monkeypatc
     assert r.exit_code == 2 and "use --edges sparse" in r.output and not (tmp_path / "d.nc").exists()
     r = run("forecast", graph_run, "--horizon", 1, "--samples", 5, "--out", tmp_path / "a.nc", "--json", "--no-plots")
     assert r.exit_code == 0 and json.loads(r.stdout)["edges"] == "sparse"
+    monkeypatch.setattr(graph_runs, "SPARSE_MAX_EDGES", 1000)
+    r = run("forecast", graph_run, "--horizon", 2, "--samples", 5, "--out", tmp_path / "b.nc")
+    assert r.exit_code == 2 and "train it longer" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b.nc").exists()
 
 
 def test_installed_entry_point_refuses_horizon_zero(graph_run):

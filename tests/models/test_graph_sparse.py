@@ -98,3 +98,9 @@ def test_sparse_forecast_refuses_an_empty_horizon():
     m, seq, _ = _frozen_model(False)
     with pytest.raises(ValueError, match="horizon"):
         sparse_forecast(m, seq.x, seq.edges, horizon=0)
+
+
+def test_a_forecast_over_its_edge_budget_is_refused_before_it_is_drawn():
+    m, seq, _ = _frozen_model(False)
+    with pytest.raises(ValueError, match="more than"):
+        sparse_forecast(m, seq.x, seq.edges, horizon=2, num_samples=10, max_edges=100)
