@@ -9,7 +9,9 @@ likelihood's scaling.
     python benchmarks/graph_forecast.py highschool --seeds 0 1 2 --steps 300 --samples 200 --ablate-edge-memory \
         --json docs/graph_highschool.json
     python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
-    python benchmarks/graph_forecast.py sparse --nodes 1000 10000 --snapshots 15 --steps 40 --samples 100
+    python benchmarks/graph_forecast.py sparse-data --nodes 1000 10000 --snapshots 15 --out graphs
+    dgm-pyro train graph-ssm --dataset pt:graphs/graph10000.pt --steps 150 --lr 0.03 --baseline-steps 0 --name g10k
+    python benchmarks/graph_forecast.py sparse runs/g10k --samples 100 --json docs/graph_sparse_forecast.json
 
 Every run is a real ``train graph-ssm`` run folder (under a temporary folder) scored by ``forecast_run``:
 the same split, the same metrics, the same baselines as the CLI.
@@ -206,24 +208,30 @@ def scaling_child(n: int, degree: float, steps: int, snapshots: int) -> None:
                       "snapshots": snapshots, "seconds_per_epoch": per_step, "peak_rss_gb": peak}))
 
 
-def sparse_train_child(n: int, degree: float, snapshots: int, steps: int, horizon: int, folder: str) -> None:
-    """Write the graph as a .pt file of PyG snapshots and train a graph-ssm run on it, as a user would."""
+def sparse_data(args: argparse.Namespace) -> dict:
+    """Write each size's recurring community graph as a .pt file of PyG snapshots (``pt:FILE`` for training)."""
     import torch
     from torch_geometric.data import Data
 
-    seq = community_graph(n, degree, snapshots, persistent=0.5)
-    path = Path(folder) / f"graph{n}.pt"
-    torch.save([Data(x=seq.x[t], edge_index=e, num_nodes=n) for t, e in enumerate(seq.edges)], path)
-    cfg = GraphConfig(dataset=f"pt:{path}", steps=steps, checkpoint_every=steps, baseline_steps=0,
-                      test_steps=horizon).validate()
-    start = time.perf_counter()
-    train_run(cfg, Path(folder) / f"run{n}")
-    print(json.dumps({"edges_per_snapshot": float(sum(e.shape[1] for e in seq.edges) / len(seq.edges)),
-                      "train_seconds": time.perf_counter() - start}))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.nodes:
+        seq = community_graph(n, args.degree, args.snapshots, persistent=0.5)
+        path = out / f"graph{n}.pt"
+        torch.save([Data(x=seq.x[t], edge_index=e, num_nodes=n) for t, e in enumerate(seq.edges)], path)
+        rows.append({"nodes": n, "file": str(path),
+                     "edges_per_snapshot": sum(e.shape[1] for e in seq.edges) / len(seq.edges)})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"command": " ".join(sys.argv), "rows": rows}
 
 
 def sparse_forecast_child(run_dir: str, edges: str, horizon: int, samples: int) -> None:
-    """``forecast --edges EDGES`` alone in this process: its wall time and peak resident memory."""
+    """``forecast --edges EDGES`` alone in this process, on one thread (the CLI's default): its wall time and peak
+    resident memory."""
+    import torch
+
+    torch.set_num_threads(1)
     start = time.perf_counter()
     res = forecast_run(load_run(run_dir), horizon=horizon, num_samples=samples, plots=False, edges=edges,
                        out=Path(run_dir) / f"forecast-{edges}.nc")
@@ -236,30 +244,29 @@ def sparse_forecast_child(run_dir: str, edges: str, horizon: int, samples: int) 
 
 
 def sparse(args: argparse.Namespace) -> dict:
-    """``forecast --edges sparse`` at each size (and ``--edges dense`` where it exists), each in its own process."""
+    """``forecast --edges sparse`` of each trained run (and ``--edges dense`` where it exists), each alone in
+    its own process."""
     rows = []
-    root = Path(tempfile.mkdtemp(prefix="dgm-sparse-"))
-    for n in args.nodes:
-        child = [sys.executable, __file__]
-        trained = json.loads(subprocess.run(child + ["sparse-train", str(n), str(args.degree), str(args.snapshots),
-                                                     str(args.steps), str(args.horizon), str(root)],
-                                            capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-        run_dir = next(root.glob(f"run{n}/graph-ssm-*"))
-        for mode in (("dense", "sparse") if n <= 2000 else ("sparse",)):
-            out = subprocess.run(child + ["sparse-forecast", str(run_dir), mode, str(args.horizon), str(args.samples)],
-                                 capture_output=True, text=True, check=True)
-            rows.append({"nodes": n, "edges": mode, **trained, **json.loads(out.stdout.splitlines()[-1])})
+    for run_dir in args.runs:
+        loaded = load_run(run_dir)
+        n_nodes, steps = loaded.history.num_nodes, loaded.config.steps
+        del loaded
+        for mode in (("dense", "sparse") if n_nodes <= 2000 else ("sparse",)):
+            out = subprocess.run([sys.executable, __file__, "sparse-forecast", str(run_dir), mode, str(args.horizon),
+                                  str(args.samples)], capture_output=True, text=True, check=True)
+            rows.append({"run": str(run_dir), "nodes": n_nodes, "edges": mode,
+                         "train_steps": steps, **json.loads(out.stdout.splitlines()[-1])})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"| nodes | edges per snapshot | --edges | forecast seconds | peak RSS (GB) | NetCDF (MB) | Poisson events "
-          f"per kept edge | h=1 AUC / AP | h={args.horizon} AUC / AP | historical mean h=1 AUC / AP |")
+    print(f"| nodes | --edges | forecast seconds | peak RSS (GB) | NetCDF (MB) | Poisson events per kept edge | "
+          f"h=1 AUC / AP | h={args.horizon} AUC / AP | historical mean h=1 AUC / AP | persistence h=1 AUC / AP |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        m, hm = r["metrics"]["GraphSSM"], r["metrics"]["historical mean"]
+        m, hm, pe = (r["metrics"][k] for k in ("GraphSSM", "historical mean", "persistence"))
         slack = (sum(s["events"] for s in r["sampler"]) / max(sum(s["accepted"] for s in r["sampler"]), 1)
                  if r["sampler"] else math.nan)
-        print(f"| {r['nodes']} | {r['edges_per_snapshot']:.0f} | {r['edges']} | {r['seconds']:.0f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['netcdf_mb']:.0f} | {slack:.1f} | {m[0]['auc']:.3f} / {m[0]['ap']:.3f} | "
-              f"{m[-1]['auc']:.3f} / {m[-1]['ap']:.3f} | {hm[0]['auc']:.3f} / {hm[0]['ap']:.3f} |")
+        print(f"| {r['nodes']} | {r['edges']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['netcdf_mb']:.0f} | "
+              f"{slack:.1f} | {m[0]['auc']:.3f} / {m[0]['ap']:.3f} | {m[-1]['auc']:.3f} / {m[-1]['ap']:.3f} | "
+              f"{hm[0]['auc']:.3f} / {hm[0]['ap']:.3f} | {pe[0]['auc']:.3f} / {pe[0]['ap']:.3f} |")
     return {"command": " ".join(sys.argv), "rows": rows}
 
 
@@ -283,16 +290,14 @@ def main() -> None:
         n, degree, steps, snapshots = sys.argv[2:6]
         scaling_child(int(n), float(degree), int(steps), int(snapshots))
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "sparse-train":
-        n, degree, snapshots, steps, horizon, folder = sys.argv[2:8]
-        sparse_train_child(int(n), float(degree), int(snapshots), int(steps), int(horizon), folder)
-        return
     if len(sys.argv) > 1 and sys.argv[1] == "sparse-forecast":
         run_dir, edges, horizon, samples = sys.argv[2:6]
         sparse_forecast_child(run_dir, edges, int(horizon), int(samples))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["dsbm", "collegemsg", "highschool", "scaling", "sparse"])
+    p.add_argument("what", choices=["dsbm", "collegemsg", "highschool", "scaling", "sparse-data", "sparse"])
+    p.add_argument("runs", nargs="*", help="sparse: graph-ssm run folders to forecast")
+    p.add_argument("--out", default="sparse-data", help="sparse-data: folder for the .pt files")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--baseline-steps", type=int, default=300)
@@ -318,7 +323,7 @@ def main() -> None:
     if args.what == "sparse" and args.samples == 500:
         args.samples = 100
     result = {"dsbm": dsbm, "collegemsg": real_data, "highschool": real_data, "scaling": scaling,
-              "sparse": sparse}[args.what](args)
+              "sparse-data": sparse_data, "sparse": sparse}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
 

@@ -518,7 +518,9 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
         return
     click.echo(f"forecast: {chains} chain(s) x {samples} draws, horizon {horizon}, {res['edges']} edges")
     if res["edges"] == "sparse" and res["scored_steps"]:
-        click.echo(f"  edge scores: every true edge and {negatives} sampled non-edges per step (estimator in the JSON)")
+        pairs = ", ".join(str(p) for p in res["edge_pairs"]["pairs_per_step"])
+        click.echo(f"  edge scores on every true edge and up to {negatives} sampled non-edges per step ({pairs} pairs; "
+                   "the estimator is in the JSON)")
     if res["scored_steps"]:
         cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
                 ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90"),
