@@ -250,8 +250,8 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
             and steps (about 40 bytes each at the peak): a badly fitted model can expect millions per path.
 
     Returns:
-        ``X`` (S, H, N, F) feature draws; ``edge_index`` (4, E) the drawn edges as rows (path, step, src, dst),
-        sorted; ``top_k_dst`` and ``top_k_prob`` (H, N, k); ``pair_prob`` a list of (P_h,) mean probabilities
+        ``X`` (S, H, N, F) feature draws; ``edge_index`` (4, E) int32, the drawn edges as rows (path, step, src,
+        dst), sorted by step, then path, then pair; ``top_k_dst`` and ``top_k_prob`` (H, N, k); ``pair_prob`` a list of (P_h,) mean probabilities
         at ``score_pairs``; ``sampler`` the Poisson events drawn and kept per step.
     """
     if horizon < 1 or num_samples < 1:
@@ -279,11 +279,14 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
         z = loc + scale * torch.randn_like(loc)
     nn_ = n * n
     rows = []
-    for t, d in enumerate(memory.drawn):
-        s, key = d // nn_, d % nn_
-        rows.append(torch.stack([s, torch.full_like(s, t), key // n, key % n]).int())
+    for t in range(horizon):  # each step's keys are sorted by path: rows sorted by step, then path
+        d = memory.drawn.pop(0)
+        key = d % nn_
+        rows.append(torch.stack([(d // nn_).int(), torch.full(d.shape, t, dtype=torch.int32, device=d.device),
+                                 (key // n).int(), (key % n).int()]))
+        del d, key
     index = torch.cat(rows, 1)
-    index = index[:, torch.argsort(index[0] * horizon + index[1], stable=True)]
+    del rows
     out: dict[str, Any] = {"X": torch.stack(xs, 1), "edge_index": index, "pair_prob": pair_prob,
                            "sampler": sampler}
     if top_k:

@@ -347,7 +347,8 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
     Dense forecasts: ``posterior_predictive`` also ``A`` and ``edge_prob`` (chain, draw, horizon, node,
     node_to), ``observed_data`` the true ``A``. Sparse forecasts (``edge_index``): group ``edge_draws`` with
     one row per drawn edge (dimension ``edge``: ``edge_chain``, ``edge_draw``, ``edge_horizon`` (1-based),
-    ``src``, ``dst`` node positions), sorted by chain, draw and horizon, and ``num_edges`` (chain, draw, horizon); group
+    ``src``, ``dst`` node positions), sorted by horizon, then chain and draw, and ``num_edges`` (chain, draw,
+    horizon); group
     ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob`` (the mean edge
     probability over draws; NaN there); group ``observed_edges`` the true edges (``edge_horizon``, ``src``,
     ``dst`` per ``edge``) where held out.
@@ -382,13 +383,11 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
     idata = az.from_dict(posterior_predictive=predictive, observed_data=observed, coords=coords, dims=dims,
                          attrs=attrs)
     if sparse:
-        path, step, src, dst = forecast["edge_index"].numpy()
-        count = np.bincount(path * h + step, minlength=s * h).reshape(chains, draws, h)
+        path, step, src, dst = forecast["edge_index"].numpy()  # int32, sorted by step, then path
+        count = np.bincount(path + s * step, minlength=s * h).reshape(h, chains, draws).transpose(1, 2, 0)
         groups = {"edge_draws": xr.Dataset(
-            {"edge_chain": ("edge", (path // draws).astype(np.int32)),
-             "edge_draw": ("edge", (path % draws).astype(np.int32)),
-             "edge_horizon": ("edge", (step + 1).astype(np.int16)), "src": ("edge", src.astype(np.int32)),
-             "dst": ("edge", dst.astype(np.int32)),
+            {"edge_chain": ("edge", path // draws), "edge_draw": ("edge", path % draws),
+             "edge_horizon": ("edge", (step + 1).astype(np.int16)), "src": ("edge", src), "dst": ("edge", dst),
              "num_edges": (("chain", "draw", "horizon"), count.astype(np.int32))},
             coords={"horizon": coords["horizon"]}, attrs={"node_positions": "index into the node coordinate"})}
         if "top_k_dst" in forecast:

@@ -210,6 +210,7 @@ def test_sparse_forecast_scores_match_the_dense_ones(graph_run, tmp_path):
     scores equal the dense forecast's (the same latent draws), and the baselines' at every step; with 4000
     sampled non-edges the estimates stay close. The NetCDF holds the COO draws and the top-k."""
     import arviz as az
+    import numpy as np
 
     args = ["forecast", graph_run, "--horizon", 3, "--samples", 40, "--json", "--no-plots"]
     dense = json.loads(run(*args, "--out", tmp_path / "d.nc").stdout)
@@ -235,6 +236,9 @@ def test_sparse_forecast_scores_match_the_dense_ones(graph_run, tmp_path):
     assert int(draws["num_edges"].sum()) == draws.sizes["edge"] and draws["num_edges"].shape == (1, 40, 3)
     src, dst = draws["src"].values, draws["dst"].values
     assert (src < dst).all() and set(draws["edge_horizon"].values.tolist()) == {1, 2, 3}
+    for d, step in ((0, 1), (7, 3)):
+        rows = (draws["edge_draw"].values == d) & (draws["edge_horizon"].values == step)
+        assert rows.sum() == int(draws["num_edges"][0, d, step - 1]) and np.diff(np.flatnonzero(rows)).max() == 1
     assert top["dst"].shape == (3, 200, 3) and (top["prob"].values[:, :, :-1] >= top["prob"].values[:, :, 1:]).all()
     assert idata.observed_edges.sizes["edge"] == sum(e.shape[1] for e in load_graph_sequence(
         GraphConfig.from_saved(json.loads((graph_run / "config.json").read_text())))[1].edges[:3])
