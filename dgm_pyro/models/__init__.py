@@ -4,9 +4,10 @@ from .baseline import NNBaseline
 from .cvae import CVAE
 from .emissions import HurdleLogNormal
 from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
+from .graph_sparse import sparse_forecast
 from .graph_ssm import GraphSSM
 from .linear_gaussian import LinearGaussianCVAE
 from .nn import MLP
 
 __all__ = ["CVAE", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
-           "GCNGRUForecaster", "DSBMOracle"]
+           "GCNGRUForecaster", "DSBMOracle", "sparse_forecast"]

@@ -443,6 +443,7 @@ class GraphSSM(PyroModule):
         (S, H, N, N) and ``A`` (S, H, N, N) 0/1 draws (symmetric for undirected graphs). With ``future``
         (features (H', N, F) and H' edge indices), also ``log_lik`` (min(H, H'),): the held-out predictive
         log-likelihood log (1/S) sum_s p(X_{T+h}, A_{T+h} | Z_s, A_s) of each true snapshot, over the paths.
+        Dense: for large graphs :func:`~dgm_pyro.models.sparse_forecast` draws the same model's edges as COO lists.
         """
         if horizon < 1 or num_samples < 1:
             raise ValueError("horizon and num_samples must be >= 1")
