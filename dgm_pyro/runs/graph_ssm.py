@@ -10,6 +10,7 @@ interval), ``checkpoint.pt``, ``baseline/`` (the GCN+GRU predictor's own run), `
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -188,7 +189,7 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
     on (the history before the ``valid_steps`` held out)."""
     history = training_history(config, history)[0]
     shift, scale = _feature_standardisation(history, 1e-3)
-    return GraphSSM(history.num_nodes, history.num_features, latent_dim=config.latent_dim, hidden=config.hidden,
+    model = GraphSSM(history.num_nodes, history.num_features, latent_dim=config.latent_dim, hidden=config.hidden,
                     directed=history.directed, gnn=config.gnn,
                     edge_likelihood=config.resolved_edge_likelihood(history.num_nodes),
                     negatives_per_edge=config.negatives_per_edge,
@@ -196,6 +197,13 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     edge_memory=config.edge_memory, static=static_features(config, history),
                     edge_frequency=config.edge_frequency,
                     feature_emission=resolved_feature_emission(config, history))
+    if model.edge_likelihood == "sparse":
+        # large sparse graphs: start the edge bias at the logit of the observed density; the default -3 expects
+        # tens of times too many edges there, and the sampled-negative likelihood takes hundreds of steps to undo it
+        density = min(max(sum(e.shape[1] for e in history.edges) / (history.num_steps * model.num_pairs), 1e-9), 0.5)
+        with torch.no_grad():
+            model.edge_bias.fill_(math.log(density) - math.log1p(-density))
+    return model
 
 
 def build_graph_baseline(config: GraphConfig, history: GraphSequence) -> GCNGRUForecaster:

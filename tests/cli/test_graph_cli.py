@@ -518,3 +518,17 @@ def test_feature_emission_auto_is_inferred_from_the_data():
         assert build_graph_model(config, history).feature_emission == want
     config = GraphConfig(dataset="highschool", feature_emission="auto", deterministic_decoder=True).validate()
     assert resolved_feature_emission(config, load_graph_sequence(config)[0]) == "gaussian"
+
+
+def test_sparse_likelihood_starts_the_edge_bias_at_the_observed_density():
+    """With the sparse likelihood the edge bias starts at logit(edges per snapshot / pairs) of the training
+    history; with the dense one at the fixed -3 (so dense runs are unchanged)."""
+    import math
+
+    for likelihood in ("dense", "sparse"):
+        config = GraphConfig(dataset="dsbm", edge_likelihood=likelihood, hidden=16).validate()
+        history = load_graph_sequence(config)[0]
+        model = build_graph_model(config, history)
+        density = sum(e.shape[1] for e in history.edges) / (history.num_steps * 200 * 199 / 2)
+        want = math.log(density / (1 - density)) if likelihood == "sparse" else -3.0
+        assert model.edge_bias.item() == pytest.approx(want, abs=1e-5)
