@@ -35,6 +35,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.nn.functional import softplus
 
+from .graph_ssm import PairHistory
+
 __all__ = ["sparse_forecast", "SPARSE_CLUSTERS"]
 
 #: k-means clusters of the h_v per path and step: the blocks of the dominating Poisson process
@@ -72,12 +74,9 @@ class _PathMemory:
     """(A, M, C) of the pairs with memory on every path: the history's (shared by the paths) and the edges each
     path has drawn since, as sorted keys s N^2 + u N + v per step."""
 
-    def __init__(self, module: Any, edges: list[torch.Tensor], num_samples: int):
-        from .graph_ssm import PairHistory
-
+    def __init__(self, module: Any, edges: list[torch.Tensor]):
         self.n = module.num_nodes
         self.nn = self.n * self.n
-        self.num_samples = num_samples
         self.on = module.edge_memory
         device = module.z0.device
         if self.on:
@@ -257,7 +256,7 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
     if horizon < 1 or num_samples < 1:
         raise ValueError("horizon and num_samples must be >= 1")
     n = module.num_nodes
-    memory = _PathMemory(module, edges, num_samples)
+    memory = _PathMemory(module, edges)
     last = edges[-1]
     origin = torch.sort(last[0] * n + last[1]).values
     z = module.filter(x, edges, num_samples)
