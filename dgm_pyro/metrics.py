@@ -30,9 +30,9 @@ from pyro.ops.stats import crps_empirical, energy_score_empirical
 from .data.graphs import GraphSequence, pair_index
 from .errors import DgmPyroError
 
-__all__ = ["edge_scores", "pair_edge_scores", "sample_pairs", "feature_scores", "forecast_scores", "expected_calibration_error", "randomised_pit",
-           "EDGE_METRICS",
-           "FEATURE_METRICS", "score_window", "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
+__all__ = ["edge_scores", "pair_edge_scores", "sample_pairs", "feature_scores", "forecast_scores",
+           "expected_calibration_error", "randomised_pit", "EDGE_METRICS", "FEATURE_METRICS", "score_window",
+           "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
 
 #: forecasts are dense (S x H x N x N edge probabilities): larger graphs are trained but not forecast
 FORECAST_MAX_NODES = 2000

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import DgmPyroError
 from ..data.graphs import GraphSequence, dsbm_step, pair_index
 from .gnn import SnapshotEncoder
+from .graph_ssm import PairHistory
 
 __all__ = ["Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle"]
 
@@ -59,11 +60,10 @@ class HistoricalMean:
     def edge_probability_at(self, history: GraphSequence, pairs: torch.Tensor) -> torch.Tensor:
         """The edge probability (P,) of the pairs (2, P) (canonical), at every horizon: the share of past
         snapshots with that edge."""
-        n = history.num_nodes
-        keys, counts = torch.unique(torch.cat([e[0] * n + e[1] for e in history.edges]), return_counts=True)
-        query = pairs[0] * n + pairs[1]
-        idx = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-        return torch.where(keys[idx] == query, counts[idx].float(), 0.0) / history.num_steps
+        t = history.num_steps
+        count = PairHistory.after(history.edges, history.num_nodes, torch.tensor(1.0)).at(
+            torch.full_like(pairs[0], t), pairs[0], pairs[1])[2]
+        return count / t
 
 
 class GCNGRUForecaster(PyroModule):

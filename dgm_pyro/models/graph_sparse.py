@@ -78,23 +78,19 @@ class _PathMemory:
         self.n = module.num_nodes
         self.nn = self.n * self.n
         self.on = module.edge_memory
-        device = module.z0.device
+        self.origin = len(edges)
         if self.on:
             self.rho = module.memory_decay
-            # the history's state after its last snapshot: PairHistory's "before snapshot T + 1"
-            hist = PairHistory(list(edges) + [torch.zeros(2, 0, dtype=torch.long, device=device)], self.n, self.rho)
-            self.keys = hist.keys
-            self.base = (hist.last[-1], hist.decayed[-1], hist.count[-1])
+            self.history = PairHistory.after(edges, self.n, self.rho)
+            self.keys = self.history.keys
         else:
-            self.keys = torch.zeros(0, dtype=torch.long, device=device)
+            self.keys = torch.zeros(0, dtype=torch.long, device=module.z0.device)
         self.drawn: list[torch.Tensor] = []
 
     def at(self, step: int, skey: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(A, M, C) before forecast step ``step`` (0-based) of the path-and-pair keys ``skey``."""
         key = skey % self.nn
-        found = _member(self.keys, key)
-        idx = torch.searchsorted(self.keys, key).clamp(max=max(self.keys.numel() - 1, 0))
-        last, decayed, count = (found * b[idx] if b.numel() else found.float() for b in self.base)
+        last, decayed, count = self.history.at(torch.full_like(key, self.origin), key // self.n, key % self.n)
         if step:
             hits = [_member(d, skey).float() for d in self.drawn[:step]]
             last = hits[-1]
@@ -250,8 +246,9 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
 
     Returns:
         ``X`` (S, H, N, F) feature draws; ``edge_index`` (4, E) int32, the drawn edges as rows (path, step, src,
-        dst), sorted by step, then path, then pair; ``top_k_dst`` and ``top_k_prob`` (H, N, k); ``pair_prob`` a list of (P_h,) mean probabilities
-        at ``score_pairs``; ``sampler`` the Poisson events drawn and kept per step.
+        dst), sorted by step, then path, then pair; ``top_k_dst`` and ``top_k_prob`` (H, N, k); ``pair_prob``
+        a list of (P_h,) mean probabilities at ``score_pairs``; ``sampler`` the Poisson events drawn and kept
+        per step.
     """
     if horizon < 1 or num_samples < 1:
         raise ValueError("horizon and num_samples must be >= 1")

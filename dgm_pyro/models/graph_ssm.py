@@ -500,6 +500,13 @@ class PairHistory:
         self.decayed = torch.stack(decayed) if num_t else presence
         self.count = presence.cumsum(0) - presence  # edges before snapshot t
 
+    @classmethod
+    def after(cls, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor) -> "PairHistory":
+        """The history with one empty snapshot appended: its :meth:`at` time ``len(edges)`` is the state after the
+        last snapshot, (A_T, M_T, C_T), where forecasts start."""
+        empty = torch.zeros(2, 0, dtype=torch.long, device=decay.device)
+        return cls(list(edges) + [empty], num_nodes, decay)
+
     def _index(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         query = src * self.num_nodes + dst
         if self.keys.numel() == 0:

@@ -356,8 +356,7 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
     node_to), ``observed_data`` the true ``A``. Sparse forecasts (``edge_index``): group ``edge_draws`` with
     one row per drawn edge (dimension ``edge``: ``edge_chain``, ``edge_draw``, ``edge_horizon`` (1-based),
     ``src``, ``dst`` node positions), sorted by horizon, then chain and draw, and ``num_edges`` (chain, draw,
-    horizon); group
-    ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob`` (the mean edge
+    horizon); group ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob`` (the mean edge
     probability over draws; NaN there); group ``observed_edges`` the true edges (``edge_horizon``, ``src``,
     ``dst`` per ``edge``) where held out.
     """
@@ -541,8 +540,7 @@ def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored:
     history, future = run.history, run.future
     n, directed, device = history.num_nodes, history.directed, run.device
     pairs = [sample_pairs(future.edges[h], n, directed, negatives, seed=seed + h) for h in range(scored)]
-    last = history.edges[-1]
-    new = [~torch.isin(p[0] * n + p[1], last[0] * n + last[1]) for p, _, _ in pairs]
+    new = [Persistence().edge_probability_at(history, p) == 0 for p, _, _ in pairs]
     pyro.set_rng_seed(seed)
     per_snapshot = sum(e.shape[1] for e in history.edges) / history.num_steps
     try:
@@ -560,19 +558,20 @@ def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored:
         return [{"h": h + 1, **pair_edge_scores(prob(h), pairs[h][1], new[h], pairs[h][2]),
                  **feature_scores(x[:, h], future.x[h])} for h in range(scored)]
 
+    def gathered(dense: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """Rows of a dense forecast (the GCN+GRU baseline and the oracle exist only on small graphs)."""
+        probs = dense["edge_prob"].mean(0) if dense["edge_prob"].dim() == 4 else dense["edge_prob"]
+        return rows(lambda h: probs[h][pairs[h][0][0], pairs[h][0][1]], dense["X"])
+
     metrics = {"GraphSSM": rows(lambda h: fc["pair_prob"][h].cpu(), fc["X"])}
     for forecaster in _baselines(run):
         if isinstance(forecaster, (Persistence, HistoricalMean)):
             metrics[forecaster.name] = rows(lambda h: forecaster.edge_probability_at(history, pairs[h][0]),
                                             forecaster.features(history, scored))
-        else:  # a dense forecaster (the GCN+GRU baseline exists up to FORECAST_MAX_NODES nodes)
-            dense = forecaster.forecast(history, scored)
-            metrics[forecaster.name] = rows(lambda h: dense["edge_prob"][h][pairs[h][0][0], pairs[h][0][1]],
-                                            dense["X"])
+        else:
+            metrics[forecaster.name] = gathered(forecaster.forecast(history, scored))
     if "blocks" in history.truth:
-        oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
-        probs = oracle["edge_prob"].mean(0) if oracle["edge_prob"].dim() == 4 else oracle["edge_prob"]
-        metrics["oracle"] = rows(lambda h: probs[h][pairs[h][0][0], pairs[h][0][1]], oracle["X"])
+        metrics["oracle"] = gathered(DSBMOracle(history).forecast(scored, total, seed=seed))
     counts = [int(p[1].numel()) for p in pairs]
     extra = {"edge_pairs": {"estimator": "all true edges at weight 1 and non-edges drawn uniformly with replacement "
                                          "at weight (#non-edges / #drawn): Brier, density error and log-likelihood "
