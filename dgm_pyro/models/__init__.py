@@ -7,7 +7,8 @@ from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persi
 from .graph_sparse import sparse_forecast
 from .graph_ssm import GraphSSM
 from .linear_gaussian import LinearGaussianCVAE
+from .markov import MarkovNormal
 from .nn import MLP
 
 __all__ = ["CVAE", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
-           "GCNGRUForecaster", "DSBMOracle", "sparse_forecast"]
+           "GCNGRUForecaster", "DSBMOracle", "sparse_forecast", "MarkovNormal"]

@@ -1,4 +1,4 @@
-"""A Markov latent state-space model over graph sequences (seed P4), written with ``pyro.markov``.
+"""A Markov latent state-space model over graph sequences (seed P4), a plain Pyro model and guide.
 
 Generative model (P4.1), for snapshots t = 1..T of one set of N nodes, with per-node latents Z_t (N, d)::
 
@@ -17,15 +17,17 @@ a pair is
 
 (undirected; two maps g, h for directed graphs), over pairs u < v (undirected) or all ordered pairs
 u != v (directed); alpha, gamma, eta and rho in (0, 1) are learned, ``edge_memory=False`` drops the memory
-terms and ``edge_frequency=True`` adds the last one. So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts
-feed their own sampled edges back.
+terms and ``edge_frequency=True`` adds the last one. So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule
+keeps this an exact likelihood, and forecasts feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
 (GCNConv, GATConv or SAGEConv) of the node features and a learned node embedding.
 
-Site names: latents ``z_{t}`` (one per snapshot, in plate ``nodes``, sampled in order under ``pyro.markov``);
-given them the emissions of all snapshots are conditionally independent and observed in batched sites:
+Site names: the latent path ``z`` (T, N, d), one site in model and guide whose distribution is a
+:class:`~dgm_pyro.models.markov.MarkovNormal` (drawn step by step; given a path, its T transition log-densities
+are one batched network call, in the guide too); given it the emissions of all snapshots are conditionally
+independent and observed in batched sites:
 features ``x`` (T, N, F) in plates ``time`` x ``nodes``, edges ``a`` (T, P) in ``time`` x ``pairs`` (dense) or
 ``a_edges`` and ``a_nonedges`` (sparse). The ELBO of P4.1 is Pyro's ``Trace_ELBO`` on this model and guide.
 """
@@ -45,6 +47,7 @@ from torch.distributions.utils import vec_to_tril_matrix
 
 from ..data.graphs import pair_index
 from .emissions import HurdleLogNormal
+from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
 from .nn import MLP, cat_broadcast
 
@@ -250,25 +253,39 @@ class GraphSSM(PyroModule):
         return last, decayed, count
 
     def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
-        """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t. Snapshots are encoded a few
-        at a time (about 1000 nodes per call), as one graph of disjoint copies of the nodes (exact: messages
-        never cross snapshots); on CPU that measured faster than one call per snapshot or one for all."""
+        """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t. Snapshots are encoded several
+        at a time (about 6000 nodes per call), as one graph of disjoint copies of the nodes (exact: messages
+        never cross snapshots) given as a sparse adjacency (:meth:`SnapshotEncoder.adjacency`); on CPU that
+        measured faster than one call per snapshot or one for all."""
         n, num_t = self.num_nodes, len(edges)
         xs = (x - self.feature_shift) / self.feature_scale
-        per_call = max(1, 1000 // n)
+        per_call = max(1, 6000 // n)
         h = []
         for start in range(0, num_t, per_call):
             block = edges[start:start + per_call]
             k = len(block)
             inputs = torch.cat([xs[start:start + k], self.embedding.expand(k, *self.embedding.shape)], -1)
             index = torch.cat([self._message_index(e) + i * n for i, e in enumerate(block)], 1)
-            h.append(self.encoder(inputs.reshape(k * n, -1), index).reshape(k, n, -1))
+            h.append(self.encoder(inputs.reshape(k * n, -1), self.encoder.adjacency(index, k * n)).reshape(k, n, -1))
         return self.rnn(torch.cat(h))[0]
 
     def posterior(self, s: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loc and scale of q(Z_t | Z_{t-1} = z, s_t)."""
-        out = self.posterior_net(cat_broadcast(s, z))
-        loc, raw = out.split(self.latent_dim, -1)
+        """Loc and scale of q(Z_t | Z_{t-1} = z, s_t): an MLP of [s_t, z]."""
+        return self._posterior_step(z, self._posterior_inputs(s))
+
+    def _posterior_inputs(self, s: torch.Tensor) -> torch.Tensor:
+        """The s_t part W_s s_t + b (..., N, hidden) of the posterior MLP's first layer W [s_t, z] + b: computed
+        for every t in one call, so that a step of the guide's recursion multiplies only (N, d) by (d, hidden)."""
+        first = self.posterior_net[0]
+        return nn.functional.linear(s, first.weight[:, :s.shape[-1]], first.bias)
+
+    def _posterior_step(self, z: torch.Tensor, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`posterior` from ``pre`` = :meth:`_posterior_inputs` of s_t."""
+        first = self.posterior_net[0]
+        hidden = pre + nn.functional.linear(z, first.weight[:, first.in_features - self.latent_dim:])
+        for layer in list(self.posterior_net)[1:]:
+            hidden = layer(hidden)
+        loc, raw = hidden.split(self.latent_dim, -1)
         return loc, nn.functional.softplus(raw) + _MIN_SCALE
 
     def _message_index(self, e: torch.Tensor) -> torch.Tensor:
@@ -295,11 +312,15 @@ class GraphSSM(PyroModule):
         edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(zs.device)
-            g, hd = self.edge_factors(h)
-            logits = (g @ hd.transpose(-1, -2))[:, pairs[0], pairs[1]] + self.edge_bias  # (T, P)
-            if history is not None:
-                logits = logits + self.memory_term(*history.dense(pairs[0], pairs[1]))
             keys = pairs[0] * n + pairs[1]  # ascending
+            g, hd = self.edge_factors(h)
+            # index_select on the flattened (N, N): its backward is an index_add, several times cheaper than
+            # that of indexing with the two index tensors
+            logits = (g @ hd.transpose(-1, -2)).flatten(-2).index_select(-1, keys) + self.edge_bias  # (T, P)
+            if history is not None and history.keys.numel():
+                # the memory term is zero for pairs that never had an edge: add it at the K columns that did
+                logits = logits.index_add(-1, torch.searchsorted(keys, history.keys),
+                                          self.memory_term(history.last, history.decayed, history.count))
             found = torch.searchsorted(keys, edge_src * n + edge_dst)
             observed = torch.zeros(num_t, self.num_pairs, device=zs.device)
             observed[edge_time, found] = 1.0
@@ -358,42 +379,26 @@ class GraphSSM(PyroModule):
         """
         pyro.module(self._pyro_name, self)
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
-        z, z_hat = self.z0, None
-        zs = [z]
-        for t in pyro.markov(range(1, len(edges) + 1)):
-            z_in = z
-            if teacher_forcing < 1.0 and z_hat is not None and float(torch.rand((), device=z.device)) >= teacher_forcing:
-                z_in = z_hat
-            loc, scale = self.transition(z_in)
-            with nodes:
-                z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
-            if teacher_forcing < 1.0:
-                z_hat = loc + scale * torch.randn_like(loc)
-            zs.append(z)
-        # given Z_{0:T-1}, the emissions of all snapshots are batched over time
-        self._emit_all(torch.stack(zs[:-1]), x, edges, nodes)
+        chain = MarkovNormal(self.z0, lambda z, _: self.transition(z), len(edges), teacher_forcing=teacher_forcing)
+        z = pyro.sample("z", chain)  # (T, N, d): given a path, its T transition terms are one batched call
+        # given Z_{0:T-1}, the emissions of all snapshots are batched over time as well
+        self._emit_all(torch.cat([self.z0.unsqueeze(0), z[:-1]]), x, edges, nodes)
 
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
         """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1)."""
         pyro.module(self._pyro_name, self)
-        # unbind, not s[t - 1]: the gradient of each slice would be a zero tensor the size of s (quadratic in T)
-        s = self.summaries(x, edges).unbind(0)
-        nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
-        z = self.z0
-        for t in pyro.markov(range(1, len(edges) + 1)):
-            loc, scale = self.posterior(s[t - 1], z)
-            with nodes:
-                z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
+        pre = self._posterior_inputs(self.summaries(x, edges))
+        pyro.sample("z", MarkovNormal(self.z0, self._posterior_step, len(edges), inputs=pre))
 
     # ------------------------------------------------------------------ forecasting (P4.4)
 
     @torch.no_grad()
     def filter(self, x: torch.Tensor, edges: list[torch.Tensor], num_samples: int) -> torch.Tensor:
         """``num_samples`` draws (S, N, d) of Z_T from the guide given the whole history."""
-        s = self.summaries(x, edges)
+        pre = self._posterior_inputs(self.summaries(x, edges))
         z = self.z0.expand(num_samples, *self.z0.shape)
         for t in range(len(edges)):
-            loc, scale = self.posterior(s[t], z)
+            loc, scale = self._posterior_step(z, pre[t])
             z = loc + scale * torch.randn_like(loc)
         return z
 
@@ -479,7 +484,8 @@ class PairHistory:
     Only pairs that ever have an edge can have a non-zero history, so they are kept as K sorted keys
     u N + v with a (T, K) presence matrix; the decayed counts before every snapshot follow from one
     recursion over time (differentiable in rho), and a lookup is one ``searchsorted``. Cost grows with the
-    edges and T, not N^2.
+    edges and T, not N^2. Attributes: ``keys`` (K,) and the states ``last``, ``decayed``, ``count`` (T, K)
+    of those pairs before every snapshot.
     """
 
     def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor):
@@ -521,11 +527,3 @@ class PairHistory:
         if self.keys.numel() == 0:
             return found, found, found
         return found * self.last[time, idx], found * self.decayed[time, idx], found * self.count[time, idx]
-
-    def dense(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(last edge, decayed count, count) (T, P) of the pairs (src, dst) before every snapshot."""
-        idx, found = self._index(src, dst)
-        if self.keys.numel() == 0:
-            zero = found.expand(self.last.shape[0], -1)
-            return zero, zero, zero
-        return found * self.last[:, idx], found * self.decayed[:, idx], found * self.count[:, idx]

@@ -38,7 +38,7 @@ def _graph(edge_likelihood="dense"):
     history, _ = load_graph_sequence(cfg)
     args = (history.x[:4], history.edges[:4])
     edges = {"a"} if edge_likelihood == "dense" else {"a_edges", "a_nonedges"}
-    return build_graph_model(cfg, history), args, {f"z_{t}" for t in range(1, 5)}, {"x"} | edges
+    return build_graph_model(cfg, history), args, {"z"}, {"x"} | edges
 
 
 def _graph_static():
@@ -50,7 +50,7 @@ def _graph_static():
     x = history.x[:4].clone()
     x[:, :, 0] = x[0, :, 0]
     module = GraphSSM(history.num_nodes, 4, latent_dim=2, hidden=8, static=[True, False, False, False])
-    return module, (x, history.edges[:4]), {f"z_{t}" for t in range(1, 5)}, {"x", "a"}
+    return module, (x, history.edges[:4]), {"z"}, {"x", "a"}
 
 
 def _graph_baseline():

@@ -50,8 +50,8 @@ def test_graph_ssm_with_hurdle_features_trains_with_pyro_optim_and_forecasts_ato
     svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
     losses = [svi.step(x, seq.edges) for _ in range(60)]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
-    pred = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["z_6"])(x, seq.edges)
-    assert pred["z_6"].shape[0] == 3 and pred["z_6"].shape[-2:] == (20, 3)
+    pred = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["z"])(x, seq.edges)
+    assert pred["z"].shape[0] == 3 and pred["z"].shape[-3:] == (6, 20, 3)
     out = m.forecast(x, seq.edges, horizon=2, num_samples=200)
     assert bool((out["X"] >= 0).all()) and bool((out["X"] == 0).any()) and bool((out["X"] > 0).any())
     log_lik = m.forecast(x, seq.edges, horizon=1, num_samples=50, future=(x[-1:], seq.edges[-1:]))["log_lik"]
@@ -84,8 +84,8 @@ def test_negative_binomial_emission_against_scipy_its_moments_and_pyro_inference
     svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
     losses = [svi.step(counts, seq.edges) for _ in range(60)]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
-    pred = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["z_6"])(counts, seq.edges)
-    assert pred["z_6"].shape[0] == 3
+    pred = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["z"])(counts, seq.edges)
+    assert pred["z"].shape[0] == 3
     out = m.forecast(counts, seq.edges, horizon=2, num_samples=100, future=(counts[-1:], seq.edges[-1:]))
     assert bool((out["X"] == out["X"].round()).all()) and bool((out["X"] >= 0).all())
     assert torch.isfinite(out["log_lik"]).all()

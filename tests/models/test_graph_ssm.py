@@ -45,14 +45,14 @@ def test_log_joint_equals_hand_computation(directed, frequency):
     if frequency:
         m.memory_count.data.fill_(eta)
     rho = float(m.memory_decay.detach())
-    zs = {f"z_{t}": torch.randn(n, 3) for t in range(1, t_max + 1)}
+    path = torch.randn(t_max, n, 3)
     adj = []
     for e in edges:
         a = torch.zeros(n, n)
         a[e[0], e[1]] = 1
         adj.append(a)
     with torch.no_grad():
-        tr = poutine.trace(poutine.condition(m.model, data=zs)).get_trace(x, edges)
+        tr = poutine.trace(poutine.condition(m.model, data={"z": path})).get_trace(x, edges)
         got = tr.log_prob_sum()
         want = 0.0
         z = m.z0
@@ -77,7 +77,7 @@ def test_log_joint_equals_hand_computation(directed, frequency):
                     p = torch.sigmoid(logit)
                     want += float(a[u, v] * torch.log(p) + (1 - a[u, v]) * torch.log1p(-p))
             tl, ts = m.transition(z)
-            z = zs[f"z_{t}"]
+            z = path[t - 1]
             want += float((-0.5 * ((z - tl) / ts) ** 2 - torch.log(ts) - 0.5 * math.log(2 * math.pi)).sum())
     assert float(got) == pytest.approx(want, rel=1e-5)
     pairs = n * (n - 1) if directed else n * (n - 1) // 2
@@ -89,7 +89,7 @@ def test_sparse_edge_estimator_is_unbiased():
     dense = GraphSSM(30, 2, latent_dim=3, hidden=8, edge_likelihood="dense")
     sparse = GraphSSM(30, 2, latent_dim=3, hidden=8, edge_likelihood="sparse", negatives_per_edge=0.5)
     sparse.load_state_dict(dense.state_dict())
-    zs = {"z_1": torch.randn(30, 3), "z_2": torch.randn(30, 3)}
+    zs = {"z": torch.randn(2, 30, 3)}
     with torch.no_grad():
         exact = float(_site_sum(poutine.trace(poutine.condition(dense.model, data=zs)).get_trace(x, edges), "a"))
         draws = torch.stack([_site_sum(poutine.trace(poutine.condition(sparse.model, data=zs)).get_trace(x, edges),
@@ -158,9 +158,10 @@ def test_teacher_forcing_one_is_the_elbo():
     pyro.set_rng_seed(3)
     guide_tr = poutine.trace(m.guide).get_trace(x, edges, teacher_forcing=1.0)
     model_tr = poutine.trace(poutine.replay(m.model, trace=guide_tr)).get_trace(x, edges, teacher_forcing=1.0)
-    for t in range(2, 5):  # the transition to z_t is centred on the guide's z_{t-1}
-        loc = model_tr.nodes[f"z_{t}"]["fn"].base_dist.loc
-        assert torch.allclose(loc, m.transition(guide_tr.nodes[f"z_{t - 1}"]["value"])[0])
+    path = guide_tr.nodes["z"]["value"]  # (T, N, d)
+    loc, _ = model_tr.nodes["z"]["fn"].transitions(path)
+    # the transition to z_t is centred on the guide's z_{t-1}
+    assert torch.allclose(loc, m.transition(torch.cat([m.z0[None], path[:-1]]))[0])
     elbo = model_tr.log_prob_sum() - guide_tr.log_prob_sum()
     assert float(loss.detach()) == pytest.approx(-float(elbo.detach()), rel=1e-6)
     pyro.set_rng_seed(3)
@@ -175,10 +176,10 @@ def test_scheduled_sampling_feeds_the_models_own_prediction():
     m = GraphSSM(4, 2, latent_dim=2, hidden=8)
     m.transition_net[-1].bias.data[2:] = -40.0  # transition scale 1e-3 (its floor)
     z1 = torch.randn(4, 2) * 3
-    zs = {"z_1": z1, "z_2": torch.zeros(4, 2)}
+    path = torch.stack([z1, torch.zeros(4, 2)])
     with torch.no_grad():
-        tr = poutine.trace(poutine.condition(m.model, data=zs)).get_trace(x, edges, teacher_forcing=0.0)
-        fed_loc = tr.nodes["z_2"]["fn"].base_dist.loc
+        tr = poutine.trace(poutine.condition(m.model, data={"z": path})).get_trace(x, edges, teacher_forcing=0.0)
+        fed_loc = tr.nodes["z"]["fn"].transitions(path)[0][1]
         hat = m.transition(m.z0)[0]
         assert torch.allclose(fed_loc, m.transition(hat)[0], atol=0.05)
         assert not torch.allclose(fed_loc, m.transition(z1)[0], atol=0.05)
