@@ -42,6 +42,15 @@ def pair_index(num_nodes: int, directed: bool) -> torch.Tensor:
     return torch.triu_indices(num_nodes, num_nodes, offset=1)
 
 
+def edge_indicator(edges: list[torch.Tensor], keys: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """A_t on the pairs with ascending keys u N + v ``keys`` (P,) (those of :func:`pair_index`): a (T, P) 0/1
+    float tensor for the T edge indices ``edges`` (2, E_t)."""
+    out = torch.zeros(len(edges), keys.shape[0], device=keys.device)
+    for t, e in enumerate(edges):
+        out[t, torch.searchsorted(keys, e[0] * num_nodes + e[1])] = 1.0
+    return out
+
+
 @dataclass
 class GraphSequence:
     """T snapshots of a graph over a fixed set of N nodes.

@@ -16,7 +16,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..errors import DgmPyroError
-from ..data.graphs import GraphSequence, dsbm_step, pair_index
+from ..data.graphs import GraphSequence, dsbm_step, edge_indicator, pair_index
 from .gnn import SnapshotEncoder
 from .graph_ssm import PairHistory
 
@@ -71,9 +71,9 @@ class GCNGRUForecaster(PyroModule):
     linear heads predict the next features and edge embeddings (edge probability sigma(<e_u, e_v> + b)).
 
     Trained one step ahead on the mean squared error of the standardised features plus the mean edge
-    cross-entropy, written as a Pyro program without latent variables (``model`` observes ``x_{t}`` and
-    ``a_{t}`` for t = 2..T with scales that make -log p equal that loss up to a constant; ``guide`` is empty),
-    so the one training loop trains it. For h > 1 it feeds back its own feature predictions with the last
+    cross-entropy, written as a Pyro program without latent variables (``model`` observes ``x`` and ``a``,
+    snapshots 2..T in plate ``time``, with scales that make -log p equal that loss up to a constant; ``guide``
+    is empty), so the one training loop trains it. For h > 1 it feeds back its own feature predictions with the last
     observed edges. Its feature forecast is a point (S = 1).
     """
 
@@ -103,21 +103,29 @@ class GCNGRUForecaster(PyroModule):
         return emb @ emb.T + self.edge_bias
 
     def model(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
-        """One-step-ahead predictions of snapshots 2..T from 1..T-1: x (T, N, F), T edge indices (2, E_t)."""
+        """One-step-ahead predictions of snapshots 2..T from 1..T-1: x (T, N, F), T edge indices (2, E_t).
+        The GNN encodings of all snapshots are one batched computation; only the GRU cell runs per step."""
         pyro.module(self._pyro_name, self)
-        n, f = self.num_nodes, self.num_features
-        u, v = pair_index(n, self.directed).to(x.device)
-        state = x.new_zeros(n, self.cell.hidden_size)
-        for t in range(len(edges) - 1):
-            state, x_hat, emb = self._step(state, x[t], edges[t])
-            if f:
-                # N(x_hat, scale^2 / 2): -log p = mean squared standardised error + const under the scale 1/(N F)
-                with poutine.scale(scale=1.0 / (n * f)):
-                    pyro.sample(f"x_{t + 2}", dist.Normal(x_hat, self.scale / math.sqrt(2)).to_event(2), obs=x[t + 1])
-            e = edges[t + 1]
-            obs = torch.isin(u * n + v, e[0] * n + e[1]).to(x.dtype)
-            with poutine.scale(scale=1.0 / u.shape[0]):
-                pyro.sample(f"a_{t + 2}", dist.Bernoulli(logits=self._logits(emb)[u, v]).to_event(1), obs=obs)
+        n, f, num = self.num_nodes, self.num_features, len(edges) - 1
+        inputs = torch.cat([(x[:num] - self.shift) / self.scale, self.embedding.expand(num, -1, -1)], -1)
+        encoded = self.encoder.encode_sequence(inputs, edges[:num], self.directed).unbind(0)
+        state, states = x.new_zeros(n, self.cell.hidden_size), []
+        for h in encoded:
+            state = self.cell(h, state)
+            states.append(state)
+        states = torch.stack(states)  # (T - 1, N, hidden)
+        time = pyro.plate("time", num, dim=-1)
+        if f:
+            x_hat = self.shift + self.scale * self.feature_head(states)
+            # N(x_hat, scale^2 / 2): -log p = mean squared standardised error + const under the scale 1/(N F)
+            with time, poutine.scale(scale=1.0 / (n * f)):
+                pyro.sample("x", dist.Normal(x_hat, self.scale / math.sqrt(2)).to_event(2), obs=x[1:])
+        pairs = pair_index(n, self.directed).to(x.device)
+        keys = pairs[0] * n + pairs[1]
+        emb = self.edge_head(states)
+        logits = (emb @ emb.transpose(-1, -2)).flatten(-2).index_select(-1, keys) + self.edge_bias
+        with time, poutine.scale(scale=1.0 / keys.shape[0]):
+            pyro.sample("a", dist.Bernoulli(logits=logits).to_event(1), obs=edge_indicator(edges[1:], keys, n))
 
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
         """No latent variables: the empty guide."""

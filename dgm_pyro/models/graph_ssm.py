@@ -45,7 +45,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..data.graphs import pair_index
+from ..data.graphs import edge_indicator, pair_index
 from .emissions import HurdleLogNormal
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
@@ -253,21 +253,11 @@ class GraphSSM(PyroModule):
         return last, decayed, count
 
     def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
-        """GRU summaries s_t (T, N, hidden) of the GNN encodings of snapshots 1..t. Snapshots are encoded several
-        at a time (about 6000 nodes per call), as one graph of disjoint copies of the nodes (exact: messages
-        never cross snapshots) given as a sparse adjacency (:meth:`SnapshotEncoder.adjacency`); on CPU that
-        measured faster than one call per snapshot or one for all."""
-        n, num_t = self.num_nodes, len(edges)
+        """GRU summaries s_t (T, N, hidden) of the GNN encodings (:meth:`SnapshotEncoder.encode_sequence`) of
+        snapshots 1..t."""
         xs = (x - self.feature_shift) / self.feature_scale
-        per_call = max(1, 6000 // n)
-        h = []
-        for start in range(0, num_t, per_call):
-            block = edges[start:start + per_call]
-            k = len(block)
-            inputs = torch.cat([xs[start:start + k], self.embedding.expand(k, *self.embedding.shape)], -1)
-            index = torch.cat([self._message_index(e) + i * n for i, e in enumerate(block)], 1)
-            h.append(self.encoder(inputs.reshape(k * n, -1), self.encoder.adjacency(index, k * n)).reshape(k, n, -1))
-        return self.rnn(torch.cat(h))[0]
+        inputs = torch.cat([xs, self.embedding.expand(len(edges), *self.embedding.shape)], -1)
+        return self.rnn(self.encoder.encode_sequence(inputs, edges, self.directed))[0]
 
     def posterior(self, s: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loc and scale of q(Z_t | Z_{t-1} = z, s_t): an MLP of [s_t, z]."""
@@ -287,9 +277,6 @@ class GraphSSM(PyroModule):
             hidden = layer(hidden)
         loc, raw = hidden.split(self.latent_dim, -1)
         return loc, nn.functional.softplus(raw) + _MIN_SCALE
-
-    def _message_index(self, e: torch.Tensor) -> torch.Tensor:
-        return e if self.directed else torch.cat([e, e.flip(0)], 1)
 
     # ------------------------------------------------------------------ model and guide
 
@@ -321,9 +308,7 @@ class GraphSSM(PyroModule):
                 # the memory term is zero for pairs that never had an edge: add it at the K columns that did
                 logits = logits.index_add(-1, torch.searchsorted(keys, history.keys),
                                           self.memory_term(history.last, history.decayed, history.count))
-            found = torch.searchsorted(keys, edge_src * n + edge_dst)
-            observed = torch.zeros(num_t, self.num_pairs, device=zs.device)
-            observed[edge_time, found] = 1.0
+            observed = edge_indicator(edges, keys, n)
             with time, pyro.plate("pairs", self.num_pairs, dim=-1):
                 pyro.sample("a", dist.Bernoulli(logits=logits), obs=observed)
             return

@@ -57,7 +57,7 @@ def _graph_baseline():
     cfg = GraphConfig(hidden=8).validate()
     history, _ = load_graph_sequence(cfg)
     args = (history.x[:4], history.edges[:4])
-    return build_graph_baseline(cfg, history), args, set(), {f"{s}_{t}" for t in range(2, 5) for s in ("x", "a")}
+    return build_graph_baseline(cfg, history), args, set(), {"x", "a"}
 
 
 PROGRAMS = {
