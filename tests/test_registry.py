@@ -192,3 +192,6 @@ def test_a_changed_default_leaves_older_graph_runs_as_they_were():
     assert GraphConfig.from_saved({"model": "graph-ssm"}).digest() == "0b49d1fd14086333"
     assert GraphConfig().feature_emission == "auto" and GraphConfig().digest() != "0b49d1fd14086333"
     assert GraphConfig.from_dict({"model": "graph-ssm"}).feature_emission == "auto"
+    # auto chose one emission for all features until auto_emission came with its per-feature default
+    assert GraphConfig.from_saved({"model": "graph-ssm", "feature_emission": "auto"}).auto_emission == "joint"
+    assert GraphConfig().auto_emission == "per-feature"

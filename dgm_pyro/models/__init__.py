@@ -2,7 +2,7 @@
 
 from .baseline import NNBaseline
 from .cvae import CVAE
-from .emissions import HurdleLogNormal
+from .emissions import FeatureBlocks, HurdleLogNormal
 from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
 from .graph_sparse import sparse_forecast
 from .graph_ssm import GraphSSM
@@ -10,5 +10,5 @@ from .linear_gaussian import LinearGaussianCVAE
 from .markov import MarkovNormal
 from .nn import MLP
 
-__all__ = ["CVAE", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
+__all__ = ["CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
            "GCNGRUForecaster", "DSBMOracle", "sparse_forecast", "MarkovNormal"]

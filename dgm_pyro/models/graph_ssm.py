@@ -35,7 +35,7 @@ features ``x`` (T, N, F) in plates ``time`` x ``nodes``, edges ``a`` (T, P) in `
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import pyro
 import pyro.distributions as dist
@@ -46,7 +46,7 @@ from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
 from ..data.graphs import edge_indicator, pair_index
-from .emissions import HurdleLogNormal
+from .emissions import FeatureBlocks, HurdleLogNormal
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
 from .nn import MLP, cat_broadcast
@@ -78,7 +78,8 @@ class GraphSSM(PyroModule):
         feature_emission: ``gaussian`` (a full per-node covariance, P4.2), ``hurdle``: each dynamic feature
             is 0 or, above it, log-normal (:class:`~dgm_pyro.models.emissions.HurdleLogNormal`), for count-like
             features with many exact zeros (they must be >= 0), or ``negbin``: each dynamic feature negative
-            binomial, for counts (non-negative integers).
+            binomial, for counts (non-negative integers); or a list of these, one per modelled feature (the
+            Gaussian ones share a full covariance; kinds are independent given z_v).
         name: prefix of the parameters in Pyro's parameter store (``model`` and ``guide`` register every
             parameter there with ``pyro.module``, so ``SVI`` with ``pyro.optim`` trains them).
         feature_shift, feature_scale: per-feature centring and scaling of x (F,), used inside the networks; the
@@ -95,16 +96,10 @@ class GraphSSM(PyroModule):
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
-                 feature_emission: str = "gaussian", name: str = "graph_ssm"):
+                 feature_emission: Union[str, Sequence[str]] = "gaussian", name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
-        if feature_emission not in FEATURE_EMISSIONS:
-            raise ValueError(f"feature_emission must be one of {FEATURE_EMISSIONS}")
-        if feature_emission != "gaussian" and deterministic_features:
-            raise ValueError(f"deterministic_features fixes a Gaussian covariance; it does not apply to the "
-                             f"{feature_emission} emission")
-        self.feature_emission = feature_emission
         n, f, d = num_nodes, num_features, latent_dim
         self.num_nodes, self.num_features, self.latent_dim = n, f, d
         self.directed, self.edge_likelihood = directed, edge_likelihood
@@ -118,6 +113,20 @@ class GraphSSM(PyroModule):
         self.register_buffer("static_mask", mask)
         self.num_static = fs = int(mask.sum())
         self.num_dynamic = fd = f - fs
+        one = isinstance(feature_emission, str)
+        kinds = (feature_emission,) * fd if one else tuple(feature_emission)
+        if (one and feature_emission not in FEATURE_EMISSIONS) or len(kinds) != fd or \
+                any(k not in FEATURE_EMISSIONS for k in kinds):
+            raise ValueError(f"feature_emission must be one of {FEATURE_EMISSIONS} or a list of them, one per "
+                             f"modelled feature ({fd}); got {feature_emission!r}")
+        if deterministic_features and any(k != "gaussian" for k in kinds):
+            raise ValueError(f"deterministic_features fixes a Gaussian covariance; it does not apply to the "
+                             f"{feature_emission} emission")
+        #: the emission of each modelled feature, and the modelled features (positions in x[..., ~static]) of each kind
+        self.feature_emissions = kinds
+        self.emission_features = {k: [i for i, j in enumerate(kinds) if j == k] for k in FEATURE_EMISSIONS}
+        #: the one emission of every modelled feature, or ``mixed``
+        self.feature_emission = feature_emission if one else kinds[0] if len(set(kinds)) == 1 else "mixed"
         self.num_pairs = n * (n - 1) if directed else n * (n - 1) // 2
         # Z_0 (P4.1): learned, one row per node
         self.z0 = nn.Parameter(0.1 * torch.randn(n, d))
@@ -125,7 +134,9 @@ class GraphSSM(PyroModule):
         self.context = MLP(d, [hidden], hidden)
         self.transition_net = MLP(d + hidden, [hidden], 2 * d)
         # emission p(X_t, A_t | Z_{t-1}, static covariates)
-        outputs = {"gaussian": fd + fd * (fd + 1) // 2, "hurdle": 3 * fd, "negbin": 2 * fd}[feature_emission]
+        fg, fh, fn = (len(self.emission_features[k]) for k in FEATURE_EMISSIONS)
+        # the network's outputs: the Gaussian block, then the hurdle's, then the negative binomial's
+        outputs = fg + fg * (fg + 1) // 2 + 3 * fh + 2 * fn
         self.feature_net = MLP(d + fs, [hidden], outputs) if fd else None
         self.edge_src = MLP(d + fs, [hidden], edge_dim)
         self.edge_dst = MLP(d + fs, [hidden], edge_dim) if directed else None
@@ -172,36 +183,52 @@ class GraphSSM(PyroModule):
         return x[..., ~self.static_mask] if self.num_static else x
 
     def feature_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (..., N, F_d) and Cholesky factor (..., N, F_d, F_d) of p(x_v | z_v, c_v) (P4.2, node term) for
-        the emission input ``z`` = [z_v, c_v] of :meth:`emission_input`."""
-        f = self.num_dynamic
-        out = self.feature_net(z)
-        shift, scale = self.dynamic(self.feature_shift), self.dynamic(self.feature_scale)
+        """Mean (..., N, F_g) and Cholesky factor (..., N, F_g, F_g) of p(x_v | z_v, c_v) (P4.2, node term) for
+        the emission input ``z`` = [z_v, c_v] of :meth:`emission_input`: the Gaussian block, over the F_g
+        modelled features with a Gaussian emission (all of them by default)."""
+        return self._gaussian_params(self.feature_net(z))
+
+    def _gaussian_params(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.emission_features["gaussian"]
+        f = len(index)
+        shift, scale = self.dynamic(self.feature_shift)[index], self.dynamic(self.feature_scale)[index]
         loc = shift + scale * out[..., :f]
         if self.deterministic_features:
             tril = self.fixed_scale * torch.eye(f, device=loc.device).expand(*loc.shape, f)
         else:
-            tril = vec_to_tril_matrix(out[..., f:])
+            tril = vec_to_tril_matrix(out[..., f:f + f * (f + 1) // 2])
             diag = nn.functional.softplus(tril.diagonal(dim1=-2, dim2=-1)) + _MIN_SCALE
             tril = tril.tril(-1) + torch.diag_embed(diag)
             tril = scale.unsqueeze(-1) * tril
         return loc, tril
 
     def feature_distribution(self, z: torch.Tensor) -> dist.Distribution:
-        """p(x_v | z_v, c_v) with event shape (F_d,) for the emission input ``z`` (..., N, d + F_s): the full-
-        covariance Gaussian of :meth:`feature_params`, or per feature a :class:`HurdleLogNormal` (zero, or
-        log-normal above it) with ``feature_emission="hurdle"``, or per feature a negative binomial with mean mu and
-        dispersion r (variance mu + mu^2 / r) with ``feature_emission="negbin"``."""
-        if self.feature_emission == "hurdle":
-            logits, loc, raw = self.feature_net(z).split(self.num_dynamic, -1)
-            return HurdleLogNormal(logits, loc, nn.functional.softplus(raw) + _MIN_SCALE).to_event(1)
-        if self.feature_emission == "negbin":
-            log_mean, raw = self.feature_net(z).split(self.num_dynamic, -1)
+        """p(x_v | z_v, c_v) with event shape (F_d,) for the emission input ``z`` (..., N, d + F_s), per modelled
+        feature as ``feature_emission`` says: ``gaussian`` features jointly Gaussian with the full covariance
+        of :meth:`feature_params`; each ``hurdle`` feature a :class:`HurdleLogNormal` (zero, or log-normal above
+        it); each ``negbin`` feature negative binomial with mean mu and dispersion r (variance mu + mu^2 / r).
+        Different kinds are independent given z_v (:class:`FeatureBlocks`)."""
+        out = self.feature_net(z)
+        blocks = []
+        index = self.emission_features["gaussian"]
+        offset = len(index) + len(index) * (len(index) + 1) // 2
+        if index:
+            loc, tril = self._gaussian_params(out)
+            blocks.append((index, dist.MultivariateNormal(loc, scale_tril=tril)))
+        index = self.emission_features["hurdle"]
+        if index:
+            k = len(index)
+            logits, loc, raw = out[..., offset:offset + 3 * k].split(k, -1)
+            blocks.append((index, HurdleLogNormal(logits, loc, nn.functional.softplus(raw) + _MIN_SCALE).to_event(1)))
+            offset += 3 * k
+        index = self.emission_features["negbin"]
+        if index:
+            k = len(index)
+            log_mean, raw = out[..., offset:offset + 2 * k].split(k, -1)
             r = nn.functional.softplus(raw) + _MIN_SCALE
             # torch's NegativeBinomial(r, logits) has mean r exp(logits): logits = log mu - log r
-            return dist.NegativeBinomial(total_count=r, logits=log_mean - r.log()).to_event(1)
-        loc, tril = self.feature_params(z)
-        return dist.MultivariateNormal(loc, scale_tril=tril)
+            blocks.append((index, dist.NegativeBinomial(total_count=r, logits=log_mean - r.log()).to_event(1)))
+        return blocks[0][1] if len(blocks) == 1 else FeatureBlocks(blocks, self.num_dynamic)
 
     def edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(g, h) (..., N, edge_dim) of the emission inputs ``z``: the edge logit is <g_u, h_v> + b + memory."""

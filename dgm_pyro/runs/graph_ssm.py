@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -32,7 +32,7 @@ from ..metrics import (FORECAST_MAX_NODES, feature_scores, forecast_scores, pair
 from ..models.gnn import GNN_LAYERS
 from ..models.graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
 from ..models.graph_sparse import sparse_forecast
-from ..models.graph_ssm import GraphSSM
+from ..models.graph_ssm import FEATURE_EMISSIONS, GraphSSM
 from ..plotting import plot_forecast, plot_graph_training
 from ..registry import register_model
 from ..training import FullBatch, Trainer, deterministic_algorithms
@@ -77,10 +77,13 @@ class GraphConfig(ConfigBase):
     edge_memory: bool = option(True, "Edge logits also use the pair's last edge and decayed past edge count.")
     feature_emission: str = option("auto", "Node-feature emission: gaussian (full covariance), hurdle (each "
                                    "feature 0, or log-normal above it; for count-like features >= 0 with many zeros), "
-                                   "negbin (each feature negative binomial; for integer counts) or auto (hurdle when "
-                                   "every modelled feature is >= 0 and at least 20% zeros, else gaussian).",
-                                   choices=("gaussian", "hurdle", "negbin", "auto"), added=True,
-                                   before="gaussian")
+                                   "negbin (each feature negative binomial; for integer counts), a comma-separated "
+                                   "list of these with one per modelled feature, or auto (see --auto-emission).",
+                                   metavar="auto|gaussian|hurdle|negbin|LIST", added=True, before="gaussian")
+    auto_emission: str = option("per-feature", "How --feature-emission auto chooses: per-feature (hurdle for each "
+                                "modelled feature >= 0 with at least 20% zeros, gaussian for the others) or joint "
+                                "(hurdle for all when every one is such, else gaussian for all; runs made before "
+                                "this option).", choices=("per-feature", "joint"), added=True, before="joint")
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
@@ -104,6 +107,12 @@ class GraphConfig(ConfigBase):
     def validate(self) -> "GraphConfig":
         self.check_fields()
         parse_teacher_forcing(self.scheduled_sampling)
+        kinds = self.feature_emission.split(",")
+        allowed = FEATURE_EMISSIONS + (("auto",) if len(kinds) == 1 else ())
+        if any(k not in allowed for k in kinds):
+            raise DgmPyroError(f"bad --feature-emission {self.feature_emission!r}: use auto, one of "
+                               f"{', '.join(FEATURE_EMISSIONS)}, or a comma-separated list of them, one per modelled "
+                               "feature")
         return self
 
     def resolved_edge_likelihood(self, num_nodes: int) -> str:
@@ -166,22 +175,34 @@ def dynamic_features(config: GraphConfig, history: GraphSequence) -> list[int]:
     return [i for i, st in enumerate(static_features(config, history)) if not st]
 
 
-#: ``feature_emission auto`` takes the hurdle when every modelled feature is >= 0 with at least this share of zeros
+#: ``feature_emission auto`` takes the hurdle for a modelled feature >= 0 with at least this share of zeros
 HURDLE_MIN_ZEROS = 0.2
 
 
-def resolved_feature_emission(config: GraphConfig, history: GraphSequence) -> str:
-    """``gaussian`` or ``hurdle``: the configured emission, or for ``auto`` the one the history's modelled
-    features call for (hurdle when each is >= 0 and exactly 0 in at least ``HURDLE_MIN_ZEROS`` of node-snapshots)."""
+def resolved_feature_emission(config: GraphConfig, history: GraphSequence) -> Union[str, tuple[str, ...]]:
+    """The emission of the modelled features: one name for all, or a tuple with one per modelled feature (as
+    :class:`GraphSSM` takes ``feature_emission``). ``auto`` takes the hurdle for features >= 0 that are exactly 0
+    in at least ``HURDLE_MIN_ZEROS`` of node-snapshots and the Gaussian for the others, per feature, or with
+    ``auto_emission="joint"`` for all features at once (the hurdle only when every one qualifies)."""
+    dynamic = dynamic_features(config, history)
+    kinds = config.feature_emission.split(",")
+    if len(kinds) > 1:
+        if len(kinds) != len(dynamic):
+            names = ", ".join(history.feature_names[i] for i in dynamic) or "none"
+            raise DgmPyroError(f"--feature-emission lists {len(kinds)} emissions for {len(dynamic)} modelled "
+                               f"feature(s) ({names})")
+        return kinds[0] if len(set(kinds)) == 1 else tuple(kinds)
     if config.feature_emission != "auto":
         return config.feature_emission
-    dynamic = dynamic_features(config, history)
     if config.deterministic_decoder or not dynamic:
         return "gaussian"
     x = history.x
-    count_like = all(bool((x[..., i] >= 0).all()) and float((x[..., i] == 0).float().mean()) >= HURDLE_MIN_ZEROS
-                     for i in dynamic)
-    return "hurdle" if count_like else "gaussian"
+    count_like = [bool((x[..., i] >= 0).all()) and float((x[..., i] == 0).float().mean()) >= HURDLE_MIN_ZEROS
+                  for i in dynamic]
+    if config.auto_emission == "joint":
+        return "hurdle" if all(count_like) else "gaussian"
+    kinds = tuple("hurdle" if c else "gaussian" for c in count_like)
+    return kinds[0] if len(set(kinds)) == 1 else kinds
 
 
 def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
@@ -232,19 +253,20 @@ class GraphSSMKind(ModelKind):
 
     def check(self, config: GraphConfig, data: tuple[GraphSequence, GraphSequence]) -> None:
         static_features(config, data[0])
-        emission = config.feature_emission
-        if emission in ("hurdle", "negbin"):
-            if config.deterministic_decoder:
-                raise DgmPyroError("--deterministic-decoder fixes a Gaussian covariance; it does not apply to "
-                                   f"--feature-emission {emission}")
-            x, names = data[0].x, data[0].feature_names
-            for i in dynamic_features(config, data[0]):
-                if bool((x[..., i] < 0).any()):
-                    raise DgmPyroError(f"--feature-emission {emission} needs features >= 0; '{names[i]}' has "
-                                       "negative values")
-                if emission == "negbin" and not bool((x[..., i] == x[..., i].round()).all()):
-                    raise DgmPyroError(f"--feature-emission negbin needs integer counts; '{names[i]}' has "
-                                       "non-integer values")
+        dynamic = dynamic_features(config, data[0])
+        emission = resolved_feature_emission(config, data[0])
+        kinds = (emission,) * len(dynamic) if isinstance(emission, str) else emission
+        if config.deterministic_decoder and any(k != "gaussian" for k in kinds):
+            raise DgmPyroError("--deterministic-decoder fixes a Gaussian covariance; it does not apply to "
+                               f"--feature-emission {config.feature_emission}")
+        x, names = data[0].x, data[0].feature_names
+        for i, kind in zip(dynamic, kinds):
+            if kind in ("hurdle", "negbin") and bool((x[..., i] < 0).any()):
+                raise DgmPyroError(f"--feature-emission {kind} needs features >= 0; '{names[i]}' has negative "
+                                   "values")
+            if kind == "negbin" and not bool((x[..., i] == x[..., i].round()).all()):
+                raise DgmPyroError(f"--feature-emission negbin needs integer counts; '{names[i]}' has non-integer "
+                                   "values")
         if config.valid_steps and config.valid_steps > data[0].num_steps - 2:
             raise DgmPyroError(f"--valid-steps {config.valid_steps} leaves fewer than 2 of the {data[0].num_steps} "
                                "history snapshots to train on")
@@ -304,7 +326,9 @@ class GraphSSMKind(ModelKind):
         history = data[0]
         train_part, held_out = training_history(config, history)
         if config.feature_emission == "auto":
-            log.info("feature emission auto: %s", module.feature_emission)
+            names = [history.feature_names[i] for i in dynamic_features(config, history)]
+            log.info("feature emission auto (%s): %s", config.auto_emission,
+                     ", ".join(f"{n} {k}" for n, k in zip(names, module.feature_emissions)) or "no modelled features")
         args = sequence_on(device, train_part)
         if held_out is not None:
             log.info("early stopping on the predictive log-likelihood of the last %d history snapshot(s), patience "

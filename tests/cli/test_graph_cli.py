@@ -532,3 +532,48 @@ def test_sparse_likelihood_starts_the_edge_bias_at_the_observed_density():
         density = sum(e.shape[1] for e in history.edges) / (history.num_steps * 200 * 199 / 2)
         want = math.log(density / (1 - density)) if likelihood == "sparse" else -3.0
         assert model.edge_bias.item() == pytest.approx(want, abs=1e-5)
+
+
+def test_a_feature_emission_per_feature(tmp_path):
+    """A CSV graph with a message count (integers, many zeros) and a signed score per node: auto (per feature)
+    takes the hurdle for the count and the Gaussian for the score; an explicit list negbin,gaussian trains and
+    forecasts integer counts beside real scores; a list of the wrong length or with an unknown name is refused
+    with one line, and the joint rule of runs made before the option takes the Gaussian for both."""
+    import numpy as np
+
+    from dgm_pyro.runs import GraphConfig, build_graph_model, load_graph_sequence
+    from dgm_pyro.runs.graph_ssm import resolved_feature_emission
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rows = ["src,dst,time"] + [f"{u},{v},{t}" for t in range(10) for u, v in rng.integers(0, 12, (15, 2)) if u != v]
+    (folder / "edges.csv").write_text("\n".join(rows) + "\n")
+    nodes = ["node,time,messages,score"] + [f"{v},{t},{rng.poisson(0.5)},{rng.normal():.4f}"
+                                            for v in range(12) for t in range(10)]
+    (folder / "nodes.csv").write_text("\n".join(nodes) + "\n")
+    config = GraphConfig(dataset=f"csv:{folder}", hidden=8).validate()
+    history = load_graph_sequence(config)[0]
+    assert resolved_feature_emission(config, history) == ("hurdle", "gaussian")
+    assert build_graph_model(config, history).feature_emission == "mixed"
+    config = GraphConfig(dataset=f"csv:{folder}", auto_emission="joint").validate()
+    assert resolved_feature_emission(config, history) == "gaussian"
+
+    r = run("train", "graph-ssm", "--dataset", f"csv:{folder}", "--feature-emission", "negbin,gaussian", "--out",
+            tmp_path / "runs", "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    r = run("forecast", path, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
+    assert r.exit_code == 0, r.output
+    import arviz as az
+
+    draws = az.from_netcdf(path / "forecast.nc").posterior_predictive["X"].values
+    counts, scores = draws[..., 0], draws[..., 1]
+    assert (counts >= 0).all() and (counts == np.round(counts)).all()
+    assert (scores < 0).any() and (scores != np.round(scores)).any()
+    for spec, message in (("hurdle,gaussian,gaussian", "lists 3 emissions for 2"),
+                          ("hurdle,poisson", "bad --feature-emission"), ("gaussian,hurdle", "needs features >= 0")):
+        r = run("train", "graph-ssm", "--dataset", f"csv:{folder}", "--feature-emission", spec, "--out",
+                tmp_path / "bad", *TINY)
+        assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

@@ -89,3 +89,67 @@ def test_negative_binomial_emission_against_scipy_its_moments_and_pyro_inference
     out = m.forecast(counts, seq.edges, horizon=2, num_samples=100, future=(counts[-1:], seq.edges[-1:]))
     assert bool((out["X"] == out["X"].round()).all()) and bool((out["X"] >= 0).all())
     assert torch.isfinite(out["log_lik"]).all()
+
+
+def test_a_per_feature_emission_mix_against_scipy_and_pyro_inference():
+    """feature_emission = [hurdle, gaussian, negbin, gaussian]: log p(x_v | z_v) is the bivariate Gaussian
+    of features 1 and 3 (full covariance) plus the hurdle of feature 0 plus the negative binomial of feature 2,
+    each from scipy with the network's parameters; draws put each kind at its position; SVI with pyro.optim
+    trains it and Predictive runs."""
+    from dgm_pyro.models import FeatureBlocks
+
+    torch.manual_seed(0)
+    seq = dynamic_sbm(num_nodes=10, num_steps=5, num_features=4, seed=0)
+    x = seq.x.clone()
+    x[..., 0] = torch.poisson(torch.full_like(x[..., 0], 0.4)) * 1.5  # >= 0 with many zeros
+    x[..., 2] = torch.poisson(torch.full_like(x[..., 2], 3.0))  # counts
+    kinds = ["hurdle", "gaussian", "negbin", "gaussian"]
+    m = GraphSSM(10, 4, latent_dim=3, hidden=8, feature_emission=kinds)
+    assert m.feature_emission == "mixed" and m.feature_emissions == tuple(kinds)
+    h = torch.randn(5, 10, 3)
+    d = m.feature_distribution(h)
+    assert isinstance(d, FeatureBlocks) and d.event_shape == (4,) and d.batch_shape == (5, 10)
+    value = x
+    got = d.log_prob(value).detach()
+    out = m.feature_net(h).detach()
+    loc, tril = m.feature_params(h)
+    logits, hloc, hraw = out[..., 5:8].unbind(-1)
+    log_mean, nraw = out[..., 8:10].unbind(-1)
+    for s, v in ((0, 0), (3, 4), (4, 9)):
+        cov = (tril[s, v] @ tril[s, v].T).detach().double().numpy()
+        want = stats.multivariate_normal(loc[s, v].detach().double().numpy(), cov).logpdf(value[s, v, [1, 3]].numpy())
+        pi = float(torch.sigmoid(logits[s, v]))
+        sigma = float(torch.nn.functional.softplus(hraw[s, v]) + 1e-3)
+        x0 = float(value[s, v, 0])
+        want += math.log(1 - pi) if x0 == 0 else math.log(pi) + stats.lognorm(
+            s=sigma, scale=math.exp(float(hloc[s, v]))).logpdf(x0)
+        r = float(torch.nn.functional.softplus(nraw[s, v]) + 1e-3)
+        mu = math.exp(float(log_mean[s, v]))
+        want += stats.nbinom(r, r / (r + mu)).logpmf(int(value[s, v, 2]))
+        assert float(got[s, v]) == pytest.approx(want, abs=1e-4)
+    draws = m.feature_distribution(h[:1]).sample((2000,))
+    assert bool((draws[..., 0] >= 0).all()) and bool((draws[..., 0] == 0).any())
+    assert bool((draws[..., 2] == draws[..., 2].round()).all()) and bool((draws[..., 2] >= 0).all())
+    assert bool((draws[..., [1, 3]] < 0).any())
+    torch.testing.assert_close(draws[..., [1, 3]].mean(0)[0], loc[0].detach(), atol=0.15, rtol=0.05)
+    pyro.clear_param_store()
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    losses = [svi.step(x, seq.edges) for _ in range(40)]
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    pred = Predictive(m.model, guide=m.guide, num_samples=2, return_sites=["z"])(x, seq.edges)
+    assert pred["z"].shape[-3:] == (5, 10, 3)
+    # one kind for every feature is the single-emission model, parameter for parameter
+    same = GraphSSM(10, 4, latent_dim=3, hidden=8, feature_emission=["hurdle"] * 4)
+    same.load_state_dict(GraphSSM(10, 4, latent_dim=3, hidden=8, feature_emission="hurdle").state_dict())
+    with pytest.raises(ValueError, match="one per modelled feature"):
+        GraphSSM(10, 4, feature_emission=["hurdle", "gaussian"])
+
+
+def test_feature_blocks_refuses_blocks_that_do_not_partition_the_features():
+    from dgm_pyro.models import FeatureBlocks
+
+    normal = pyro.distributions.Normal(torch.zeros(3, 2), 1.0).to_event(1)
+    with pytest.raises(ValueError, match="partition"):
+        FeatureBlocks([([0, 1], normal), ([1, 2], normal)], 3)
+    with pytest.raises(ValueError, match="event shape"):
+        FeatureBlocks([([0], normal), ([1, 2], normal)], 3)
