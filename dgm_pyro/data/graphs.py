@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,13 +43,44 @@ def pair_index(num_nodes: int, directed: bool) -> torch.Tensor:
     return torch.triu_indices(num_nodes, num_nodes, offset=1)
 
 
+#: how many edge sequences' derived constants :func:`derived` keeps
+DERIVED_CACHE_SIZE = 4
+_DERIVED: "OrderedDict[tuple, tuple[torch.Tensor, Any]]" = OrderedDict()
+
+
+def derived(name: str, edges: Sequence[torch.Tensor], num_nodes: int, build: Callable[[], Any]) -> Any:
+    """``build()``, a value that depends only on the edge sequence ``edges`` (and ``name``), computed once and
+    reused while an equal sequence comes back (compared edge by edge, so a changed graph is never served a stale
+    value): training evaluates the same history's constants at every step. Keeps the last
+    ``DERIVED_CACHE_SIZE`` values."""
+    if not edges:
+        return build()
+    stamp = torch.cat([t * num_nodes * num_nodes + e[0] * num_nodes + e[1] for t, e in enumerate(edges)])
+    key = (name, num_nodes, len(edges), stamp.shape[0], str(stamp.device), int(stamp.sum()))
+    hit = _DERIVED.get(key)
+    if hit is not None and torch.equal(hit[0], stamp):
+        _DERIVED.move_to_end(key)
+        return hit[1]
+    value = build()
+    _DERIVED[key] = (stamp, value)
+    while len(_DERIVED) > DERIVED_CACHE_SIZE:
+        _DERIVED.popitem(last=False)
+    return value
+
+
 def edge_indicator(edges: list[torch.Tensor], keys: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """A_t on the pairs with ascending keys u N + v ``keys`` (P,) (those of :func:`pair_index`): a (T, P) 0/1
     float tensor for the T edge indices ``edges`` (2, E_t)."""
-    out = torch.zeros(len(edges), keys.shape[0], device=keys.device)
-    for t, e in enumerate(edges):
-        out[t, torch.searchsorted(keys, e[0] * num_nodes + e[1])] = 1.0
-    return out
+    size = keys.shape[0]
+
+    def positions() -> torch.Tensor:  # of the edges in the flattened (T, P)
+        return torch.cat([t * size + torch.searchsorted(keys, e[0] * num_nodes + e[1]) for t, e in enumerate(edges)])
+
+    flat = derived(f"indicator over {size} pairs", edges, num_nodes, positions) if edges else None
+    out = torch.zeros(len(edges) * size, device=keys.device)
+    if flat is not None:
+        out[flat] = 1.0
+    return out.view(len(edges), size)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..data.graphs import edge_indicator, pair_index
+from ..data.graphs import derived, edge_indicator, pair_index
 from .emissions import FeatureBlocks, HurdleLogNormal
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
@@ -502,21 +502,28 @@ class PairHistory:
 
     def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor):
         self.num_nodes = num_nodes
-        device = decay.device
         num_t = len(edges)
-        keys = torch.cat([e[0] * num_nodes + e[1] for e in edges]) if edges else \
-            torch.zeros(0, dtype=torch.long, device=device)
-        self.keys, position = torch.unique(keys, return_inverse=True)
-        presence = torch.zeros(num_t, self.keys.shape[0], device=device)
-        presence[torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)]) if edges else position, position] = 1.0
-        # before snapshot t (0-based): the last one is presence[t - 1], and the decayed count
-        # M_t = rho M_{t-1} + presence[t - 1] (a recursion over T vectors of length K: linear in T)
-        self.last = torch.cat([presence.new_zeros(1, presence.shape[1]), presence[:-1]]) if num_t else presence
+        # what does not depend on rho is built once per edge sequence
+        self.keys, presence, self.last, self.count = derived(
+            "pair history", edges, num_nodes, lambda: self._presence(edges, num_nodes, decay.device))
+        # before snapshot t (0-based) the decayed count is M_t = rho M_{t-1} + presence[t - 1] (a recursion over T
+        # vectors of length K: linear in T)
         decayed = [presence.new_zeros(presence.shape[1])]
         for t in range(1, num_t):
             decayed.append(decay * decayed[-1] + presence[t - 1])
         self.decayed = torch.stack(decayed) if num_t else presence
-        self.count = presence.cumsum(0) - presence  # edges before snapshot t
+
+    @staticmethod
+    def _presence(edges: list[torch.Tensor], num_nodes: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The K keys, and (T, K) presence, last edge and count before each snapshot."""
+        num_t = len(edges)
+        keys = torch.cat([e[0] * num_nodes + e[1] for e in edges]) if edges else \
+            torch.zeros(0, dtype=torch.long, device=device)
+        keys, position = torch.unique(keys, return_inverse=True)
+        presence = torch.zeros(num_t, keys.shape[0], device=device)
+        presence[torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)]) if edges else position, position] = 1.0
+        last = torch.cat([presence.new_zeros(1, presence.shape[1]), presence[:-1]]) if num_t else presence
+        return keys, presence, last, presence.cumsum(0) - presence
 
     @classmethod
     def after(cls, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor) -> "PairHistory":
