@@ -521,7 +521,8 @@ class PairHistory:
             torch.zeros(0, dtype=torch.long, device=device)
         keys, position = torch.unique(keys, return_inverse=True)
         presence = torch.zeros(num_t, keys.shape[0], device=device)
-        presence[torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)]) if edges else position, position] = 1.0
+        time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)]) if edges else position
+        presence[time, position] = 1.0
         last = torch.cat([presence.new_zeros(1, presence.shape[1]), presence[:-1]]) if num_t else presence
         return keys, presence, last, presence.cumsum(0) - presence
 
