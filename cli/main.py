@@ -632,6 +632,9 @@ def datasets(json_out: bool) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
+    from dgm_pyro.device import keep_freed_memory
+
+    keep_freed_memory()  # training re-allocates the same large tensors every step
     cli.main(args=argv, prog_name="dgm-pyro")
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from typing import Optional
 
 import torch
 
 from .errors import DgmPyroError
 
-__all__ = ["resolve_device", "to_device", "set_threads", "DEVICES"]
+__all__ = ["resolve_device", "to_device", "set_threads", "keep_freed_memory", "DEVICES"]
 
 #: torch's own intra-op thread count in this process before :func:`set_threads` changed it (one per core,
 #: or ``OMP_NUM_THREADS``)
@@ -61,3 +63,27 @@ def set_threads(threads: Optional[int] = None) -> int:
     n = threads or TORCH_DEFAULT_THREADS
     torch.set_num_threads(n)
     return n
+
+
+def keep_freed_memory() -> bool:
+    """Let this process keep the memory it frees for reuse instead of giving it back to the system (glibc's
+    malloc only; elsewhere nothing changes). Returns whether it applied.
+
+    A training step frees and again allocates the same large tensors (the (T, N^2) edge logits and their
+    gradients). By default glibc returns such blocks to the system and the next step faults every page in again;
+    on the machines this was measured on that cost 10-25 % of a GraphSSM step at T = 90-270
+    (``benchmarks/graph_step.py``, docs/graphs.md "Speed on long sequences"). Sets ``mallopt``'s mmap threshold
+    to its 32 MB maximum (larger blocks are still mapped and unmapped), the trim threshold to 2 GB and the top
+    pad to 256 MB, so the resident memory stays at its peak until the process ends and never above it. The
+    ``dgm-pyro`` command calls it at start; a library user may call it in their own training script.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # glibc's M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
+    settings = ((mmap_threshold, 32 << 20), (trim_threshold, 2**31 - 1), (top_pad, 256 << 20))
+    return all(mallopt(param, value) == 1 for param, value in settings)

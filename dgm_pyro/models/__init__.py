@@ -10,5 +10,5 @@ from .linear_gaussian import LinearGaussianCVAE
 from .markov import MarkovNormal
 from .nn import MLP
 
-__all__ = ["CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "GraphSSM", "Persistence", "HistoricalMean",
-           "GCNGRUForecaster", "DSBMOracle", "sparse_forecast", "MarkovNormal"]
+__all__ = ["CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "MarkovNormal",
+           "GraphSSM", "Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle", "sparse_forecast"]

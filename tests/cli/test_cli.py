@@ -478,6 +478,31 @@ def test_default_threads_is_one_unless_omp_num_threads_is_set(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_the_command_keeps_freed_memory_and_no_number_changes(monkeypatch):
+    """``dgm-pyro`` (cli.main.main) asks glibc's malloc to keep freed memory for reuse; the setting applies
+    on glibc Linux, is refused elsewhere, and changes no result (the same seeded computation before and
+    after gives the same bits)."""
+    import platform
+
+    import dgm_pyro.device
+    from cli.main import main
+
+    def compute() -> torch.Tensor:
+        torch.manual_seed(0)
+        x = torch.randn(600, 600)
+        return (x @ x).tanh().sum()
+
+    before = compute()
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert dgm_pyro.device.keep_freed_memory() == glibc
+    assert torch.equal(before, compute())
+    calls = []
+    monkeypatch.setattr(dgm_pyro.device, "keep_freed_memory", lambda: calls.append(1) or True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and calls == [1]
+
+
 def test_file_sizes_are_printed_in_decimal_units(tmp_path):
     from cli.main import _size
 
