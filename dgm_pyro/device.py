@@ -71,7 +71,7 @@ def keep_freed_memory() -> bool:
 
     A training step frees and again allocates the same large tensors (the (T, N^2) edge logits and their
     gradients). By default glibc returns such blocks to the system and the next step faults every page in again;
-    on the machines this was measured on that cost 10-25 % of a GraphSSM step at T = 90-270
+    on the machine this was measured on that cost 6-10 % of a GraphSSM step at T = 90-270 (up to 25 % in single runs)
     (``benchmarks/graph_step.py``, docs/graphs.md "Speed on long sequences"). Sets ``mallopt``'s mmap threshold
     to its 32 MB maximum (larger blocks are still mapped and unmapped), the trim threshold to 2 GB and the top
     pad to 256 MB, so the resident memory stays at its peak until the process ends and never above it. The
