@@ -477,27 +477,39 @@ def test_hurdle_emission_from_the_command_line_and_its_refusals(tmp_path):
         assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def _csv_graph(folder: Path, columns: str, features, rng) -> Path:
+    """A CSV graph of 12 nodes and 10 snapshots with random edges and node features ``columns`` (comma-separated
+    names) drawn by ``features()`` (one CSV row's values) per node and snapshot."""
+    folder.mkdir()
+    rows = ["src,dst,time"] + [f"{u},{v},{t}" for t in range(10) for u, v in rng.integers(0, 12, (15, 2)) if u != v]
+    (folder / "edges.csv").write_text("\n".join(rows) + "\n")
+    nodes = [f"node,time,{columns}"] + [f"{v},{t},{features()}" for v in range(12) for t in range(10)]
+    (folder / "nodes.csv").write_text("\n".join(nodes) + "\n")
+    return folder
+
+
+def _forecast_feature_draws(folder: Path, emission: str, out: Path):
+    """Train a tiny run on the CSV graph with ``--feature-emission emission``, forecast 2 steps of 20 paths and
+    return the feature draws X from the NetCDF."""
+    import arviz as az
+
+    r = run("train", "graph-ssm", "--dataset", f"csv:{folder}", "--feature-emission", emission, "--out", out,
+            "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    r = run("forecast", path, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
+    assert r.exit_code == 0, r.output
+    return az.from_netcdf(path / "forecast.nc").posterior_predictive["X"].values
+
+
 def test_negbin_emission_forecasts_integer_counts_and_refuses_other_features(tmp_path):
     """--feature-emission negbin on a CSV graph whose node feature is a message count: trains, and every
     forecast draw is a non-negative integer; log(1 + degree) (not integers) is refused with one line."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    folder = tmp_path / "counts"
-    folder.mkdir()
-    rows = ["src,dst,time"] + [f"{u},{v},{t}" for t in range(10) for u, v in rng.integers(0, 12, (15, 2)) if u != v]
-    (folder / "edges.csv").write_text("\n".join(rows) + "\n")
-    nodes = ["node,time,messages"] + [f"{v},{t},{rng.poisson(2.0)}" for v in range(12) for t in range(10)]
-    (folder / "nodes.csv").write_text("\n".join(nodes) + "\n")
-    r = run("train", "graph-ssm", "--dataset", f"csv:{folder}", "--feature-emission", "negbin", "--out",
-            tmp_path / "nb", "--json", *TINY)
-    assert r.exit_code == 0, r.output
-    path = Path(json.loads(r.stdout)["run"])
-    r = run("forecast", path, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
-    assert r.exit_code == 0, r.output
-    import arviz as az
-
-    draws = az.from_netcdf(path / "forecast.nc").posterior_predictive["X"].values[..., 0]
+    folder = _csv_graph(tmp_path / "counts", "messages", lambda: f"{rng.poisson(2.0)}", rng)
+    draws = _forecast_feature_draws(folder, "negbin", tmp_path / "nb")[..., 0]
     assert (draws >= 0).all() and (draws == np.round(draws)).all() and draws.max() > 0
     r = run("train", "graph-ssm", "--dataset", "highschool", "--feature-emission", "negbin", "--out", tmp_path / "bad",
             *TINY)
@@ -545,13 +557,7 @@ def test_a_feature_emission_per_feature(tmp_path):
     from dgm_pyro.runs.graph_ssm import resolved_feature_emission
 
     rng = np.random.default_rng(0)
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    rows = ["src,dst,time"] + [f"{u},{v},{t}" for t in range(10) for u, v in rng.integers(0, 12, (15, 2)) if u != v]
-    (folder / "edges.csv").write_text("\n".join(rows) + "\n")
-    nodes = ["node,time,messages,score"] + [f"{v},{t},{rng.poisson(0.5)},{rng.normal():.4f}"
-                                            for v in range(12) for t in range(10)]
-    (folder / "nodes.csv").write_text("\n".join(nodes) + "\n")
+    folder = _csv_graph(tmp_path / "mixed", "messages,score", lambda: f"{rng.poisson(0.5)},{rng.normal():.4f}", rng)
     config = GraphConfig(dataset=f"csv:{folder}", hidden=8).validate()
     history = load_graph_sequence(config)[0]
     assert resolved_feature_emission(config, history) == ("hurdle", "gaussian")
@@ -559,15 +565,7 @@ def test_a_feature_emission_per_feature(tmp_path):
     config = GraphConfig(dataset=f"csv:{folder}", auto_emission="joint").validate()
     assert resolved_feature_emission(config, history) == "gaussian"
 
-    r = run("train", "graph-ssm", "--dataset", f"csv:{folder}", "--feature-emission", "negbin,gaussian", "--out",
-            tmp_path / "runs", "--json", *TINY)
-    assert r.exit_code == 0, r.output
-    path = Path(json.loads(r.stdout)["run"])
-    r = run("forecast", path, "--horizon", 2, "--samples", 20, "--json", "--no-plots")
-    assert r.exit_code == 0, r.output
-    import arviz as az
-
-    draws = az.from_netcdf(path / "forecast.nc").posterior_predictive["X"].values
+    draws = _forecast_feature_draws(folder, "negbin,gaussian", tmp_path / "runs")
     counts, scores = draws[..., 0], draws[..., 1]
     assert (counts >= 0).all() and (counts == np.round(counts)).all()
     assert (scores < 0).any() and (scores != np.round(scores)).any()
