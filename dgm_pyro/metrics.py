@@ -27,7 +27,7 @@ import pyro
 import torch
 from pyro.ops.stats import crps_empirical, energy_score_empirical
 
-from .data.graphs import GraphSequence, pair_index
+from .data.graphs import GraphSequence, pair_index, uniform_nonedges
 from .errors import DgmPyroError
 
 __all__ = ["edge_scores", "pair_edge_scores", "sample_pairs", "feature_scores", "forecast_scores",
@@ -114,18 +114,7 @@ def sample_pairs(positives: torch.Tensor, num_nodes: int, directed: bool, num_ne
         neg = key[~torch.isin(key, pos)]
         weight = 1.0
     else:
-        g = torch.Generator().manual_seed(seed)
-        parts, have = [], 0
-        while have < num_negatives:
-            m = 2 * (num_negatives - have) + 16
-            u, v = torch.randint(n, (m,), generator=g), torch.randint(n, (m,), generator=g)
-            if not directed:
-                u, v = torch.minimum(u, v), torch.maximum(u, v)
-            key = (u * n + v)[(u != v)]
-            key = key[~torch.isin(key, pos)][:num_negatives - have]
-            parts.append(key)
-            have += key.numel()
-        neg = torch.cat(parts)
+        neg = uniform_nonedges(pos, n, directed, num_negatives, generator=torch.Generator().manual_seed(seed))
         weight = zeros / num_negatives
     key = torch.cat([pos, neg])
     truth = torch.cat([torch.ones(pos.numel()), torch.zeros(neg.numel())])

@@ -43,28 +43,58 @@ def pair_index(num_nodes: int, directed: bool) -> torch.Tensor:
     return torch.triu_indices(num_nodes, num_nodes, offset=1)
 
 
-#: how many edge sequences' derived constants :func:`derived` keeps
+def sorted_lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each ``query`` key is in the ascending ``sorted_keys``: its index there (clamped, meaningless where
+    absent) and whether it is there (bool), both shaped like ``query``."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(query), torch.zeros(query.shape, dtype=torch.bool, device=query.device)
+    idx = torch.searchsorted(sorted_keys, query).clamp(max=sorted_keys.numel() - 1)
+    return idx, sorted_keys[idx] == query
+
+
+def uniform_nonedges(edge_keys: torch.Tensor, num_nodes: int, directed: bool, count: int,
+                     generator: Optional[torch.Generator] = None, oversample: float = 2.0) -> torch.Tensor:
+    """``count`` keys u N + v of pairs drawn uniformly with replacement from the pairs (u < v when undirected,
+    u != v otherwise) that are not among ``edge_keys``: rejection sampling, ``oversample`` x the pairs still
+    needed per round (plus 16), from ``generator`` or torch's global one."""
+    n, parts, have = num_nodes, [], 0
+    while have < count:
+        k = int(oversample * (count - have)) + 16
+        u = torch.randint(n, (k,), generator=generator, device=edge_keys.device)
+        v = torch.randint(n, (k,), generator=generator, device=edge_keys.device)
+        if not directed:
+            u, v = torch.minimum(u, v), torch.maximum(u, v)
+        key = (u * n + v)[u != v]
+        key = key[~torch.isin(key, edge_keys)][:count - have]
+        parts.append(key)
+        have += key.numel()
+    return torch.cat(parts) if parts else edge_keys.new_zeros(0)
+
+
+#: how many edge sequences' values :func:`derived` keeps per name, unless told otherwise
 DERIVED_CACHE_SIZE = 4
-_DERIVED: "OrderedDict[tuple, tuple[torch.Tensor, Any]]" = OrderedDict()
+_DERIVED: dict[str, "OrderedDict[tuple, tuple[torch.Tensor, Any]]"] = {}
 
 
-def derived(name: str, edges: Sequence[torch.Tensor], num_nodes: int, build: Callable[[], Any]) -> Any:
+def derived(name: str, edges: Sequence[torch.Tensor], num_nodes: int, build: Callable[[], Any],
+            keep: int = DERIVED_CACHE_SIZE) -> Any:
     """``build()``, a value that depends only on the edge sequence ``edges`` (and ``name``), computed once and
     reused while an equal sequence comes back (compared edge by edge, so a changed graph is never served a stale
-    value): training evaluates the same history's constants at every step. Keeps the last
-    ``DERIVED_CACHE_SIZE`` values."""
+    value): training evaluates the same history's constants at every step. Keeps the last ``keep`` values of
+    each name."""
     if not edges:
         return build()
     stamp = torch.cat([t * num_nodes * num_nodes + e[0] * num_nodes + e[1] for t, e in enumerate(edges)])
-    key = (name, num_nodes, len(edges), stamp.shape[0], str(stamp.device), int(stamp.sum()))
-    hit = _DERIVED.get(key)
+    key = (num_nodes, len(edges), stamp.shape[0], str(stamp.device), int(stamp.sum()))
+    cache = _DERIVED.setdefault(name, OrderedDict())
+    hit = cache.get(key)
     if hit is not None and torch.equal(hit[0], stamp):
-        _DERIVED.move_to_end(key)
+        cache.move_to_end(key)
         return hit[1]
     value = build()
-    _DERIVED[key] = (stamp, value)
-    while len(_DERIVED) > DERIVED_CACHE_SIZE:
-        _DERIVED.popitem(last=False)
+    cache[key] = (stamp, value)
+    while len(cache) > keep:
+        cache.popitem(last=False)
     return value
 
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.nn.functional import softplus
 
+from ..data.graphs import sorted_lookup
 from .graph_ssm import PairHistory
 
 __all__ = ["sparse_forecast", "SPARSE_CLUSTERS"]
@@ -51,10 +52,7 @@ _TOP_K_BUDGET = 2 ** 26
 
 def _member(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """Whether each ``query`` key is in ``sorted_keys`` (a bool tensor shaped like ``query``)."""
-    if sorted_keys.numel() == 0:
-        return torch.zeros(query.shape, dtype=torch.bool, device=query.device)
-    idx = torch.searchsorted(sorted_keys, query).clamp(max=sorted_keys.numel() - 1)
-    return sorted_keys[idx] == query
+    return sorted_lookup(sorted_keys, query)[1]
 
 
 def _kmeans(points: torch.Tensor, clusters: int, iterations: int = 4) -> torch.Tensor:

@@ -45,7 +45,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..data.graphs import derived, edge_indicator, pair_index
+from ..data.graphs import derived, edge_indicator, pair_index, sorted_lookup, uniform_nonedges
 from .emissions import FeatureBlocks, HurdleLogNormal
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
@@ -321,9 +321,6 @@ class GraphSSM(PyroModule):
             with time, nodes:
                 pyro.sample("x", self.feature_distribution(h), obs=self.dynamic(x))
         history = PairHistory(edges, n, self.memory_decay) if self.edge_memory else None
-        # every edge of every snapshot: its snapshot (0-based) and its two ends
-        edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
-        edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(zs.device)
             keys = pairs[0] * n + pairs[1]  # ascending
@@ -341,6 +338,8 @@ class GraphSSM(PyroModule):
             return
         # sparse: every edge of every snapshot, and per snapshot m_t non-edges drawn uniformly from its
         # num_non_t, each weighted num_non_t / m_t: an unbiased estimate of the sum over all non-edges
+        edge_time = torch.cat([torch.full_like(e[0], t) for t, e in enumerate(edges)])
+        edge_src, edge_dst = torch.cat([e[0] for e in edges]), torch.cat([e[1] for e in edges])
         steps, src, dst, weights = [], [], [], []
         for t, e in enumerate(edges):
             num_non = self.num_pairs - e.shape[1]
@@ -366,18 +365,8 @@ class GraphSSM(PyroModule):
     def sample_nonedges(self, e: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``m`` pairs drawn uniformly (with replacement) from the pairs that are not edges of ``e``."""
         n = self.num_nodes
-        taken = e[0] * n + e[1]
-        src_out, dst_out, have = [], [], 0
-        while have < m:
-            k = int(1.2 * (m - have)) + 16
-            u, v = torch.randint(n, (k,), device=e.device), torch.randint(n, (k,), device=e.device)
-            if not self.directed:
-                u, v = torch.minimum(u, v), torch.maximum(u, v)
-            ok = (u != v) & ~torch.isin(u * n + v, taken)
-            src_out.append(u[ok])
-            dst_out.append(v[ok])
-            have += int(ok.sum())
-        return torch.cat(src_out)[:m], torch.cat(dst_out)[:m]
+        key = uniform_nonedges(e[0] * n + e[1], n, self.directed, m, oversample=1.2)
+        return key // n, key % n
 
     def model(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
         """p(X_{1:T}, A_{1:T}, Z_{1:T} | Z_0) (P4.1), with scheduled sampling (P4.5) when ``teacher_forcing`` < 1.
@@ -533,17 +522,11 @@ class PairHistory:
         empty = torch.zeros(2, 0, dtype=torch.long, device=decay.device)
         return cls(list(edges) + [empty], num_nodes, decay)
 
-    def _index(self, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        query = src * self.num_nodes + dst
-        if self.keys.numel() == 0:
-            return torch.zeros_like(query), torch.zeros(query.shape, device=query.device)
-        idx = torch.searchsorted(self.keys, query).clamp(max=self.keys.shape[0] - 1)
-        return idx, (self.keys[idx] == query).float()
-
     def at(self, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(last edge, decayed count, count) (M,) of the pairs (src[i], dst[i]) before snapshot ``time[i]``
         (0-based)."""
-        idx, found = self._index(src, dst)
+        idx, found = sorted_lookup(self.keys, src * self.num_nodes + dst)
+        found = found.float()
         if self.keys.numel() == 0:
             return found, found, found
         return found * self.last[time, idx], found * self.decayed[time, idx], found * self.count[time, idx]

@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -380,8 +380,8 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
     node_to), ``observed_data`` the true ``A``. Sparse forecasts (``edge_index``): group ``edge_draws`` with
     one row per drawn edge (dimension ``edge``: ``edge_chain``, ``edge_draw``, ``edge_horizon`` (1-based),
     ``src``, ``dst`` node positions), sorted by horizon, then chain and draw, and ``num_edges`` (chain, draw,
-    horizon); group ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob`` (the mean edge
-    probability over draws; NaN there); group ``observed_edges`` the true edges (``edge_horizon``, ``src``,
+    horizon); group ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob``
+    (the mean edge probability over draws; NaN there); group ``observed_edges`` the true edges (``edge_horizon``, ``src``,
     ``dst`` per ``edge``) where held out.
     """
     import arviz as az
@@ -577,25 +577,16 @@ def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored:
                            f"has {per_snapshot:.0f} per snapshot); the model expects far more edges than the "
                            "data has (train it longer), or lower --samples / --horizon") from None
     fc = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in fc.items()}
-
-    def rows(prob: Callable[[int], torch.Tensor], x: torch.Tensor) -> list[dict[str, Any]]:
-        return [{"h": h + 1, **pair_edge_scores(prob(h), pairs[h][1], new[h], pairs[h][2]),
-                 **feature_scores(x[:, h], future.x[h])} for h in range(scored)]
-
-    def gathered(dense: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-        """Rows of a dense forecast (the GCN+GRU baseline and the oracle exist only on small graphs)."""
-        probs = dense["edge_prob"].mean(0) if dense["edge_prob"].dim() == 4 else dense["edge_prob"]
-        return rows(lambda h: probs[h][pairs[h][0][0], pairs[h][0][1]], dense["X"])
-
-    metrics = {"GraphSSM": rows(lambda h: fc["pair_prob"][h].cpu(), fc["X"])}
+    metrics = {"GraphSSM": _pair_rows([p.cpu() for p in fc["pair_prob"]], fc["X"], future, pairs, new)}
     for forecaster in _baselines(run):
         if isinstance(forecaster, (Persistence, HistoricalMean)):
-            metrics[forecaster.name] = rows(lambda h: forecaster.edge_probability_at(history, pairs[h][0]),
-                                            forecaster.features(history, scored))
-        else:
-            metrics[forecaster.name] = gathered(forecaster.forecast(history, scored))
+            probs = [forecaster.edge_probability_at(history, p) for p, _, _ in pairs]
+            metrics[forecaster.name] = _pair_rows(probs, forecaster.features(history, scored), future, pairs, new)
+        else:  # the GCN+GRU baseline and the oracle exist only on small graphs: dense forecasts, gathered
+            metrics[forecaster.name] = _gathered_rows(forecaster.forecast(history, scored), future, pairs, new)
     if "blocks" in history.truth:
-        metrics["oracle"] = gathered(DSBMOracle(history).forecast(scored, total, seed=seed))
+        oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
+        metrics["oracle"] = _gathered_rows(oracle, future, pairs, new)
     counts = [int(p[1].numel()) for p in pairs]
     extra = {"edge_pairs": {"estimator": "all true edges at weight 1 and non-edges drawn uniformly with replacement "
                                          "at weight (#non-edges / #drawn): Brier, density error and log-likelihood "
@@ -604,6 +595,23 @@ def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored:
              "sampler": fc.pop("sampler"),
              "notes": ["log_lik is not computed with --edges sparse (it needs every pair of every path)"]}
     return fc, metrics, extra
+
+
+def _pair_rows(probs: Sequence[torch.Tensor], x: torch.Tensor, future: GraphSequence, pairs: list[tuple],
+               new: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """Score rows per step h of a forecast on the sampled pairs of :func:`sample_pairs`: edge probabilities
+    ``probs[h]`` (P_h,) at ``pairs[h]`` (pairs, truth, weight), ``new[h]`` which pairs were non-edges at the
+    origin, and feature draws ``x`` (S, H, N, F)."""
+    return [{"h": h + 1, **pair_edge_scores(probs[h], pairs[h][1], new[h], pairs[h][2]),
+             **feature_scores(x[:, h], future.x[h])} for h in range(len(pairs))]
+
+
+def _gathered_rows(dense: dict[str, torch.Tensor], future: GraphSequence, pairs: list[tuple],
+                   new: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """:func:`_pair_rows` of a dense forecast (``edge_prob`` (S, H, N, N) or (H, N, N)) at the sampled pairs."""
+    prob = dense["edge_prob"].mean(0) if dense["edge_prob"].dim() == 4 else dense["edge_prob"]
+    probs = [prob[h][p[0], p[1]] for h, (p, _, _) in enumerate(pairs)]
+    return _pair_rows(probs, dense["X"], future, pairs, new)
 
 
 def _why_no_baseline(run: GraphRun) -> str:
