@@ -174,7 +174,8 @@ def community_graph(n: int, degree: float, snapshots: int, persistent: float = 0
         u = torch.randint(n, (e,), generator=g)
         v = torch.randint(n, (e,), generator=g)
         inside = torch.rand(e, generator=g) < 0.8
-        v = torch.where(inside, order[start[comm[u]] + torch.floor(torch.rand(e, generator=g) * size[comm[u]]).long()], v)
+        pick = torch.floor(torch.rand(e, generator=g) * size[comm[u]]).long()
+        v = torch.where(inside, order[start[comm[u]] + pick], v)
         return u, v
 
     pool = inside_pairs() if persistent else None
@@ -240,7 +241,8 @@ def sparse_forecast_child(run_dir: str, edges: str, horizon: int, samples: int) 
     keys = ("auc", "ap", "auc_new", "brier", "crps", "pit_coverage_90")
     print(json.dumps({"seconds": seconds, "peak_rss_gb": peak, "sampler": res.get("sampler"),
                       "netcdf_mb": Path(res["out"]).stat().st_size / 1e6,
-                      "metrics": {name: [{k: r[k] for k in keys} for r in rows] for name, rows in res["metrics"].items()}}))
+                      "metrics": {name: [{k: r[k] for k in keys} for r in rows]
+                                  for name, rows in res["metrics"].items()}}))
 
 
 def sparse(args: argparse.Namespace) -> dict:

@@ -73,8 +73,8 @@ class GCNGRUForecaster(PyroModule):
     Trained one step ahead on the mean squared error of the standardised features plus the mean edge
     cross-entropy, written as a Pyro program without latent variables (``model`` observes ``x`` and ``a``,
     snapshots 2..T in plate ``time``, with scales that make -log p equal that loss up to a constant; ``guide``
-    is empty), so the one training loop trains it. For h > 1 it feeds back its own feature predictions with the last
-    observed edges. Its feature forecast is a point (S = 1).
+    is empty), so the one training loop trains it. For h > 1 it feeds back its own feature predictions with the
+    last observed edges. Its feature forecast is a point (S = 1).
     """
 
     name = "GCN+GRU"
@@ -100,7 +100,7 @@ class GCNGRUForecaster(PyroModule):
         return state, self.shift + self.scale * self.feature_head(state), self.edge_head(state)
 
     def _logits(self, emb: torch.Tensor) -> torch.Tensor:
-        return emb @ emb.T + self.edge_bias
+        return emb @ emb.transpose(-1, -2) + self.edge_bias
 
     def model(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
         """One-step-ahead predictions of snapshots 2..T from 1..T-1: x (T, N, F), T edge indices (2, E_t).
@@ -123,7 +123,7 @@ class GCNGRUForecaster(PyroModule):
         pairs = pair_index(n, self.directed).to(x.device)
         keys = pairs[0] * n + pairs[1]
         emb = self.edge_head(states)
-        logits = (emb @ emb.transpose(-1, -2)).flatten(-2).index_select(-1, keys) + self.edge_bias
+        logits = self._logits(emb).flatten(-2).index_select(-1, keys)
         with time, poutine.scale(scale=1.0 / keys.shape[0]):
             pyro.sample("a", dist.Bernoulli(logits=logits).to_event(1), obs=edge_indicator(edges[1:], keys, n))
 

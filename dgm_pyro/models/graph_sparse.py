@@ -208,7 +208,8 @@ def _top_k(step: _Step, drawn: torch.Tensor, origin: torch.Tensor, k: int, direc
     key, count = key[new], count[new]
     src, dst = key // n, key % n
     if not directed:
-        src, dst, count, key = torch.cat([src, dst]), torch.cat([dst, src]), torch.cat([count, count]), torch.cat([key, key])
+        src, dst = torch.cat([src, dst]), torch.cat([dst, src])
+        count, key = torch.cat([count, count]), torch.cat([key, key])
     order, rank = _ranked(src, count.float())
     src, dst, key = src[order][rank < m], dst[order][rank < m], key[order][rank < m]
     candidates = torch.unique(key)

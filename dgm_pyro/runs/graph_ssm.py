@@ -381,8 +381,8 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
     one row per drawn edge (dimension ``edge``: ``edge_chain``, ``edge_draw``, ``edge_horizon`` (1-based),
     ``src``, ``dst`` node positions), sorted by horizon, then chain and draw, and ``num_edges`` (chain, draw,
     horizon); group ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob``
-    (the mean edge probability over draws; NaN there); group ``observed_edges`` the true edges (``edge_horizon``, ``src``,
-    ``dst`` per ``edge``) where held out.
+    (the mean edge probability over draws; NaN there); group ``observed_edges`` the true edges
+    (``edge_horizon``, ``src``, ``dst`` per ``edge``) where held out.
     """
     import arviz as az
     import xarray as xr

@@ -224,3 +224,47 @@ def test_unknown_and_mismatched_specs():
         load_graph_dataset("dsbm", snapshot_width=2.0)
     with pytest.raises(DgmPyroError, match="shape"):
         GraphSequence(torch.zeros(3, 4), [])
+
+
+def test_derived_values_are_reused_only_for_an_equal_edge_sequence():
+    """The cache behind the training constants: an equal sequence (new tensors, same edges) reuses the value;
+    one edge moved so that the count and the key sum stay the same is a different graph and is rebuilt."""
+    from dgm_pyro.data.graphs import derived
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        return len(calls)
+
+    edges = [torch.tensor([[0, 1], [2, 3]]), torch.tensor([[0], [3]])]
+    assert derived("test", edges, 5, build) == 1
+    assert derived("test", [e.clone() for e in edges], 5, build) == 1  # equal: reused
+    moved = [torch.tensor([[0, 1], [3, 2]]), torch.tensor([[0], [3]])]  # same sum of keys, other pairs
+    assert derived("test", moved, 5, build) == 2
+    assert derived("other name", edges, 5, build) == 3
+    for i in range(6):  # older values fall out past `keep`
+        derived("test", [torch.tensor([[0], [i + 1]])], 9, build, keep=4)
+    assert derived("test", edges, 5, build, keep=4) == 10
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_uniform_nonedges_are_uniform_over_the_non_edges(directed):
+    """Every draw is a canonical pair that is not an edge, and the draws are uniform over the non-edges
+    (chi-square over 6 nodes' pairs, 60 000 draws, 5 SD)."""
+    from dgm_pyro.data.graphs import pair_index, sorted_lookup, uniform_nonedges
+
+    n = 6
+    edges = torch.tensor([[0, 1, 2], [1, 3, 5]])
+    keys = edges[0] * n + edges[1]
+    draws = uniform_nonedges(keys, n, directed, 60_000, generator=torch.Generator().manual_seed(0))
+    pairs = pair_index(n, directed)
+    allowed = pairs[0] * n + pairs[1]
+    allowed = allowed[~torch.isin(allowed, keys)]
+    index, found = sorted_lookup(allowed, draws)
+    assert bool(found.all()) and draws.numel() == 60_000
+    counts = torch.bincount(index, minlength=allowed.numel()).double()
+    expected = 60_000 / allowed.numel()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    dof = allowed.numel() - 1
+    assert abs(chi2 - dof) < 5 * (2 * dof) ** 0.5
