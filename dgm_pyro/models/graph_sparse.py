@@ -7,8 +7,9 @@ Given a path's latents, the edges of a step are independent Bernoulli(sigma(l_uv
 
     l_uv = <g_u, h_v> + b + m_uv,
 
-m_uv the edge-memory term (:meth:`GraphSSM.memory_term`), zero for a pair with no past edge. The pairs fall in
-two disjoint sets, drawn separately:
+m_uv the edge-memory term (:meth:`GraphSSM.memory_term`), zero for a pair with no past edge (the node-activity
+terms are inside g and h: :meth:`GraphSSM.edge_factors`, each path's activity updated with its own draws). The
+pairs fall in two disjoint sets, drawn separately:
 
 - **Pairs with memory**: an edge in the history or earlier on this path. Few; each is drawn directly.
 - **The rest**, where l_uv = <g_u, h_v> + b. A Bernoulli(sigma(l)) is the event {N_uv >= 1} of a Poisson
@@ -187,6 +188,17 @@ class _Step:
         return out, {"events": float(events), "accepted": float(kept)}
 
 
+def _path_degrees(drawn: torch.Tensor, paths: int, n: int, directed: bool) -> torch.Tensor:
+    """Each path's (out-, in-)degrees (S, N, 2) in one step's drawn keys s N^2 + u N + v (both the degree when
+    undirected, where each edge is drawn once as u < v)."""
+    s, key = drawn // (n * n), drawn % (n * n)
+    out = torch.bincount(s * n + key // n, minlength=paths * n).view(paths, n).float()
+    into = torch.bincount(s * n + key % n, minlength=paths * n).view(paths, n).float()
+    if not directed:
+        out = into = out + into
+    return torch.stack([out, into], -1)
+
+
 def _ranked(node: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """An order of the entries by node, then by descending score (ties by position), and each entry's rank
     within its node in that order."""
@@ -257,11 +269,13 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
     origin = torch.sort(last[0] * n + last[1]).values
     z = module.filter(x, edges, num_samples)
     last_x = x[-1]
+    activity = module.activity(edges)
+    activity = activity[-1].expand(num_samples, -1, -1) if activity is not None else None
     xs, pair_prob, sampler, tops = [], [], [], []
     for t in range(horizon):
         h_in = module.emission_input(z, last_x)
         xs.append(module.draw_features(h_in, last_x))
-        g, h = module.edge_factors(h_in)
+        g, h = module.edge_factors(h_in, activity)
         step = _Step(module, g, h, memory, t)
         if score_pairs is not None and t < len(score_pairs):
             pair_prob.append(step.mean_probability(score_pairs[t][0], score_pairs[t][1]))
@@ -270,6 +284,9 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
         if top_k:
             tops.append(_top_k(step, drawn, origin, top_k, module.directed))
         memory.drawn.append(drawn)
+        if activity is not None:
+            degrees = _path_degrees(drawn, num_samples, n, module.directed)
+            activity = module.activity_decays * activity + torch.cat([degrees, degrees], -1)
         loc, scale = module.transition(z)
         z = loc + scale * torch.randn_like(loc)
     nn_ = n * n

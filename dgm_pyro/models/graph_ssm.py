@@ -11,14 +11,19 @@ where c is a pooled context (the mean over nodes of a learned map of every node'
 move depends on the whole graph's state. The edge decoder is autoregressive in the graph: the logit of
 a pair is
 
-    sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}) [+ eta log(1 + C_{uv,t-1})],
+    sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}) [+ eta log(1 + C_{uv,t-1})]
+        + kappa (log(1 + D_{u,t-1}) + log(1 + D_{v,t-1})) + mu (log(1 + K_{u,t-1}) + log(1 + K_{v,t-1})),
     M_{uv,t-1} = sum_{s <= t-1} rho^{t-1-s} A_{uv,s}      (a decayed count of the pair's past edges)
     C_{uv,t-1} = sum_{s <= t-1} A_{uv,s}                  (the undecayed count: the pair's long-run frequency)
+    D_{v,t-1}  = sum_{s <= t-1} beta^{t-1-s} deg_s(v)     (the node's decayed past degree: its recent activity)
+    K_{v,t-1}  = sum_{s <= t-1} deg_s(v)                  (its undecayed past degree: its long-run activity)
 
-(undirected; two maps g, h for directed graphs), over pairs u < v (undirected) or all ordered pairs
-u != v (directed); alpha, gamma, eta and rho in (0, 1) are learned, ``edge_memory=False`` drops the memory
-terms and ``edge_frequency=True`` adds the last one. So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule
-keeps this an exact likelihood, and forecasts feed their own sampled edges back.
+(undirected; two maps g, h for directed graphs, and there the source's out-degrees and the destination's
+in-degrees with their own kappa and mu), over pairs u < v (undirected) or all ordered pairs u != v (directed);
+alpha, gamma, eta, kappa, mu and rho, beta in (0, 1) are learned, ``edge_memory=False`` drops the pair memory
+terms, ``edge_frequency=True`` adds the undecayed pair count and ``node_activity=False`` drops the two activity
+terms (node-level propensities: how active a node was lately, and over the whole history). So p(X_t, A_t | Z_{t-1}, A_{1:t-1}):
+the chain rule keeps this an exact likelihood, and forecasts feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
@@ -51,7 +56,7 @@ from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
 from .nn import MLP, cat_broadcast
 
-__all__ = ["GraphSSM", "PairHistory", "EDGE_LIKELIHOODS"]
+__all__ = ["GraphSSM", "PairHistory", "node_activity", "EDGE_LIKELIHOODS"]
 
 EDGE_LIKELIHOODS = ("dense", "sparse")
 FEATURE_EMISSIONS = ("gaussian", "hurdle", "negbin")
@@ -88,6 +93,9 @@ class GraphSSM(PyroModule):
             are conditioned on, not modelled. The emission networks read [z_v, c_v] with c_v the node's
             (scaled) static features, only the other F_d features have a likelihood, and forecasts repeat
             the static values.
+        node_activity: add the activity terms kappa (log(1 + D_u) + log(1 + D_v)) + mu (log(1 + K_u) + log(1 + K_v))
+            of each endpoint's decayed and undecayed past degree to the edge logits (node-level propensities;
+            :func:`node_activity`).
     """
 
     def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
@@ -96,7 +104,8 @@ class GraphSSM(PyroModule):
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
-                 feature_emission: Union[str, Sequence[str]] = "gaussian", name: str = "graph_ssm"):
+                 feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = False,
+                 name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
@@ -150,6 +159,13 @@ class GraphSSM(PyroModule):
         self.edge_frequency = edge_memory and edge_frequency
         if self.edge_frequency:
             self.memory_count = nn.Parameter(torch.tensor(0.0))
+        self.node_activity = node_activity
+        if node_activity:
+            # kappa (recent) and mu (long-run): one weight each (undirected) or one for the source's out- and one
+            # for the destination's in-degree (directed)
+            self.activity_weight = nn.Parameter(torch.zeros(2 if directed else 1))
+            self.activity_count_weight = nn.Parameter(torch.zeros(2 if directed else 1))
+            self.activity_decay_logit = nn.Parameter(torch.tensor(0.0))  # beta = 0.5
         # guide q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t})
         self.embedding = nn.Parameter(0.1 * torch.randn(n, embedding_dim))
         self.encoder = SnapshotEncoder(f + embedding_dim, hidden, gnn)
@@ -230,11 +246,42 @@ class GraphSSM(PyroModule):
             blocks.append((index, dist.NegativeBinomial(total_count=r, logits=log_mean - r.log()).to_event(1)))
         return blocks[0][1] if len(blocks) == 1 else FeatureBlocks(blocks, self.num_dynamic)
 
-    def edge_factors(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g, h) (..., N, edge_dim) of the emission inputs ``z``: the edge logit is <g_u, h_v> + b + memory."""
+    def edge_factors(self, z: torch.Tensor, activity: Optional[torch.Tensor] = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g, h) (..., N, e) of the emission inputs ``z``: the edge logit is <g_u, h_v> + b + memory. With the
+        activity terms and the nodes' past degrees ``activity`` (..., N, 4) of :meth:`activity` (decayed out, in,
+        undecayed out, in), they are folded in as two more columns, g = [g, a, 1] and h = [h, 1, c] with
+        a_u = kappa_out log(1 + D_u) + mu_out log(1 + K_u) and c_v = kappa_in log(1 + D'_v) + mu_in log(1 + K'_v),
+        so that every user of the factors (dense, sparse, sampled) includes them."""
         g = self.edge_src(z)
         h = self.edge_dst(z) if self.directed else g
-        return g * self.edge_weight, h
+        g = g * self.edge_weight
+        if not self.node_activity or activity is None:
+            return g, h
+        a = torch.log1p(activity[..., :2]) * self.activity_weight.expand(2) + \
+            torch.log1p(activity[..., 2:]) * self.activity_count_weight.expand(2)
+        one = torch.ones_like(a[..., :1])
+        a = a.expand(*g.shape[:-1], 2)
+        one = one.expand(*g.shape[:-1], 1)
+        return torch.cat([g, a[..., :1], one], -1), torch.cat([h, one, a[..., 1:]], -1)
+
+    @property
+    def activity_decay(self) -> torch.Tensor:
+        return torch.sigmoid(self.activity_decay_logit)
+
+    def activity(self, edges: list[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The nodes' past degrees before each snapshot and after the last, (T + 1, N, 4): :func:`node_activity`
+        with the learned decay beta (out, in) and undecayed (out, in); None without the activity terms."""
+        if not self.node_activity:
+            return None
+        return torch.cat([node_activity(edges, self.num_nodes, self.directed, self.activity_decay),
+                          node_activity(edges, self.num_nodes, self.directed, torch.ones((), device=self.z0.device))], -1)
+
+    @property
+    def activity_decays(self) -> torch.Tensor:
+        """(beta, beta, 1, 1): the decay of each column of :meth:`activity` in one forecast step."""
+        b = self.activity_decay
+        return torch.stack([b, b, torch.ones_like(b), torch.ones_like(b)])
 
     @property
     def memory_decay(self) -> torch.Tensor:
@@ -247,20 +294,21 @@ class GraphSSM(PyroModule):
         return term + self.memory_count * torch.log1p(count) if self.edge_frequency else term
 
     def edge_logits(self, z: torch.Tensor, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                    history: Optional["PairHistory"] = None) -> torch.Tensor:
+                    history: Optional["PairHistory"] = None, activity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (M,) of the pairs (src[i], dst[i]) in snapshots ``time[i]`` (0-based), given the emission
-        inputs (T, N, d) of every snapshot and the edge history before each."""
-        g, h = self.edge_factors(z)
+        inputs (T, N, d) of every snapshot, the edge history and the node activity (T, N, 4) before each."""
+        g, h = self.edge_factors(z, activity)
         logits = (g[time, src] * h[time, dst]).sum(-1) + self.edge_bias
         if self.edge_memory and history is not None:
             logits = logits + self.memory_term(*history.at(time, src, dst))
         return logits
 
-    def edge_probabilities(self, z: torch.Tensor,
-                           memory: Optional[tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
+    def edge_probabilities(self, z: torch.Tensor, memory: Optional[tuple[torch.Tensor, ...]] = None,
+                           activity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
-        dense (A_{t-1}, M_{t-1}, C_{t-1}) triple of (..., N, N) tensors."""
-        g, h = self.edge_factors(z)
+        dense (A_{t-1}, M_{t-1}, C_{t-1}) triple of (..., N, N) tensors, ``activity`` (..., N, 4) the nodes'
+        past degrees (:meth:`activity`)."""
+        g, h = self.edge_factors(z, activity)
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
             logits = logits + self.memory_term(*memory)
@@ -317,6 +365,8 @@ class GraphSSM(PyroModule):
         num_t, n = len(edges), self.num_nodes
         h = self.emission_input(zs, x)
         time = pyro.plate("time", num_t, dim=-2)
+        activity = self.activity(edges)
+        activity = activity[:num_t] if activity is not None else None
         if self.num_dynamic:
             with time, nodes:
                 pyro.sample("x", self.feature_distribution(h), obs=self.dynamic(x))
@@ -324,7 +374,7 @@ class GraphSSM(PyroModule):
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(zs.device)
             keys = pairs[0] * n + pairs[1]  # ascending
-            g, hd = self.edge_factors(h)
+            g, hd = self.edge_factors(h, activity)
             # index_select on the flattened (N, N): its backward is an index_add, several times cheaper than
             # that of indexing with the two index tensors
             logits = (g @ hd.transpose(-1, -2)).flatten(-2).index_select(-1, keys) + self.edge_bias  # (T, P)
@@ -351,7 +401,7 @@ class GraphSSM(PyroModule):
                 dst.append(v)
                 weights.append(torch.full((m,), num_non / m, device=zs.device))
         with pyro.plate("edges", edge_time.shape[0]):
-            logits = self.edge_logits(h, edge_time, edge_src, edge_dst, history)
+            logits = self.edge_logits(h, edge_time, edge_src, edge_dst, history, activity)
             pyro.sample("a_edges", dist.Bernoulli(logits=logits), obs=torch.ones_like(logits))
         if steps:
             non_time, weight = torch.cat(steps), torch.cat(weights)
@@ -359,7 +409,7 @@ class GraphSSM(PyroModule):
             # a subsampled plate (so that the evidence estimator refuses it), rescaled per snapshot
             with pyro.plate("nonedges", total, subsample=torch.arange(non_time.shape[0], device=zs.device)), \
                     poutine.scale(scale=weight * non_time.shape[0] / total):
-                logits = self.edge_logits(h, non_time, torch.cat(src), torch.cat(dst), history)
+                logits = self.edge_logits(h, non_time, torch.cat(src), torch.cat(dst), history, activity)
                 pyro.sample("a_nonedges", dist.Bernoulli(logits=logits), obs=torch.zeros_like(logits))
 
     def sample_nonedges(self, e: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,24 +458,30 @@ class GraphSSM(PyroModule):
                 num_samples: int) -> Iterator[dict[str, Any]]:
         """Yield ``steps`` forecast steps (P4.4) of ``num_samples`` paths, each a dict with the latent ``z``
         (S, N, d) it is emitted from, feature draws ``x`` (S, N, F), ``edge_prob`` and edge draws ``A``
-        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}) it used. Filters Z_T with the guide first,
-        then alternately emits from Z and moves Z ~ p(Z' | Z), feeding the sampled edges back."""
+        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}, C_{t-1}) and node ``activity`` (S, N, 4) it used.
+        Filters Z_T with the guide first, then alternately emits from Z and moves Z ~ p(Z' | Z), feeding the
+        sampled edges back."""
         z = self.filter(x, edges, num_samples)
         last_x = x[-1]
         memory = None
         if self.edge_memory:
             memory = tuple(m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
+        activity = self.activity(edges)
+        activity = activity[-1].expand(num_samples, -1, -1) if activity is not None else None
         for _ in range(steps):
             h = self.emission_input(z, last_x)
             x_draw = self.draw_features(h, last_x)
-            p = self.edge_probabilities(h, memory)
+            p = self.edge_probabilities(h, memory, activity)
             a = torch.bernoulli(p)
             if not self.directed:
                 a = a.triu(1)
                 a = a + a.transpose(-1, -2)
-            yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory}
+            yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory, "activity": activity}
             if memory is not None:
                 memory = (a, self.memory_decay * memory[1] + a, memory[2] + a)
+            if activity is not None:  # out-degree (row sums) and in-degree (column sums); equal when undirected
+                degrees = torch.stack([a.sum(-1), a.sum(-2)], -1)
+                activity = self.activity_decays * activity + torch.cat([degrees, degrees], -1)
             loc, scale = self.transition(z)
             z = loc + scale * torch.randn_like(loc)
 
@@ -477,6 +533,31 @@ class GraphSSM(PyroModule):
         obs[e[0], e[1]] = 1.0
         obs = obs[u, v]
         return total + (obs * p.log() + (1 - obs) * torch.log1p(-p)).sum(-1)
+
+
+def node_activity(edges: list[torch.Tensor], num_nodes: int, directed: bool, decay: torch.Tensor) -> torch.Tensor:
+    """The nodes' decayed past degrees before each snapshot and after the last: (T + 1, N, 2) with
+    D_{v,t} = sum_{s < t} beta^{t-1-s} deg_s(v) for t = 0..T (0-based snapshots; row T is the state where forecasts
+    start), column 0 the out-degree and column 1 the in-degree (both the degree when undirected). One
+    (T + 1, T) matrix of powers of ``decay`` = beta times the per-snapshot degrees: differentiable in beta."""
+    num_t = len(edges)
+    device = decay.device
+
+    def degrees() -> torch.Tensor:  # (T, N, 2), built once per edge sequence
+        out = torch.zeros(num_t, num_nodes, 2, device=device)
+        for t, e in enumerate(edges):
+            out[t, :, 0] = torch.bincount(e[0], minlength=num_nodes).float()
+            out[t, :, 1] = torch.bincount(e[1], minlength=num_nodes).float()
+        if not directed:
+            out = out.sum(-1, keepdim=True).expand(-1, -1, 2).contiguous()
+        return out
+
+    deg = derived(f"node degrees {directed}", edges, num_nodes, degrees)
+    t = torch.arange(num_t + 1, device=device).unsqueeze(-1)
+    s = torch.arange(num_t, device=device)
+    lag = (t - 1 - s).clamp(min=0).float()
+    weights = torch.where(s < t, decay ** lag, torch.zeros((), device=device))  # (T + 1, T)
+    return (weights @ deg.flatten(1)).view(num_t + 1, num_nodes, 2)
 
 
 class PairHistory:

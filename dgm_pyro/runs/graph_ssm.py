@@ -86,6 +86,8 @@ class GraphConfig(ConfigBase):
                                 "this option).", choices=("per-feature", "joint"), added=True, before="joint")
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
+    node_activity: bool = option(True, "Edge logits also use each endpoint's decayed past degree (a node-level "
+                                 "propensity: nodes active lately make more edges).", added=True, before=False)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
@@ -217,7 +219,8 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
                     edge_memory=config.edge_memory, static=static_features(config, history),
                     edge_frequency=config.edge_frequency,
-                    feature_emission=resolved_feature_emission(config, history))
+                    feature_emission=resolved_feature_emission(config, history),
+                    node_activity=config.node_activity)
     if model.edge_likelihood == "sparse":
         # large sparse graphs: start the edge bias at the logit of the observed density; the default -3 expects
         # tens of times too many edges there, and the sampled-negative likelihood takes hundreds of steps to undo it

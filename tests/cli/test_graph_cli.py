@@ -575,3 +575,18 @@ def test_a_feature_emission_per_feature(tmp_path):
                 tmp_path / "bad", *TINY)
         assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
         assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_node_activity_is_on_by_default_and_off_with_its_flag(graph_run, tmp_path):
+    """New runs carry the node-activity term (its weight and decay are trained and saved); --no-node-activity
+    builds the model without it, and both forecast from the command line."""
+    assert json.loads((graph_run / "config.json").read_text())["node_activity"] is True
+    saved = torch.load(graph_run / "checkpoint.pt", weights_only=True)["model_state"]
+    assert any(k.endswith("activity_weight") for k in saved) and any(k.endswith("activity_decay_logit") for k in saved)
+    r = run("train", "graph-ssm", "--out", tmp_path, "--json", "--no-node-activity", *TINY)
+    assert r.exit_code == 0, r.output
+    off = Path(json.loads(r.stdout)["run"])
+    assert json.loads((off / "config.json").read_text())["node_activity"] is False
+    assert not any("activity" in k for k in torch.load(off / "checkpoint.pt", weights_only=True)["model_state"])
+    r = run("forecast", off, "--horizon", "2", "--samples", "5", "--no-plots", "--out", tmp_path / "off.nc")
+    assert r.exit_code == 0, r.output

@@ -3,6 +3,7 @@
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,12 +71,28 @@ def test_split_and_adjacency():
 
 def test_collegemsg_ships_offline():
     seq = load_collegemsg()
-    assert seq.num_nodes == 300 and seq.num_steps == 27 and not seq.directed
+    # 187.5 days from the first message among these students to the data's last: 26 full weeks (the 27th, of
+    # 5.5 days, is dropped)
+    assert seq.num_nodes == 300 and seq.num_steps == 26 and not seq.directed
     assert all(e.shape[1] > 0 for e in seq.edges)
     assert torch.all(seq.edges[3][0] < seq.edges[3][1])
     # the features are log(1 + degree)
     deg = torch.bincount(seq.edges[3].flatten(), minlength=300).float()
     assert torch.allclose(seq.x[3, :, 0], torch.log1p(deg))
+
+
+def test_a_last_snapshot_the_observation_does_not_cover_is_dropped():
+    """Events at times 0..9.5 in snapshots of width 2: five snapshots, the last [8, 10). Observed until 10 it is
+    whole and kept; observed until 9.5 it holds half its width and is dropped, with its events."""
+    from dgm_pyro.data.graphs import _from_events
+
+    t = np.arange(0, 10, 0.5)
+    src, dst = np.zeros(len(t), dtype=np.int64), np.ones(len(t), dtype=np.int64)
+    whole = _from_events(src, dst, t, 2.0, False, "toy", [0, 1], end=10.0)
+    assert whole.num_steps == 5 and whole.edges[4].shape[1] == 1
+    assert _from_events(src, dst, t, 2.0, False, "toy", [0, 1]).num_steps == 5  # end unknown: kept
+    cut = _from_events(src, dst, t, 2.0, False, "toy", [0, 1], end=9.6)
+    assert cut.num_steps == 4 and all(torch.equal(a, b) for a, b in zip(cut.edges, whole.edges[:4]))
 
 
 def test_highschool_ships_offline_with_hourly_snapshots_and_class_features():

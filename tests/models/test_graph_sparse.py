@@ -11,15 +11,19 @@ from dgm_pyro.models.graph_sparse import sparse_forecast
 N = 40
 
 
-def _frozen_model(directed: bool) -> tuple[GraphSSM, object, torch.Tensor]:
+def _frozen_model(directed: bool, activity: bool = False) -> tuple[GraphSSM, object, torch.Tensor]:
     """A model whose paths all start from one latent draw and never move: every path's first step is an iid
-    draw from one set of Bernoulli probabilities, and its second step differs only through the edge memory."""
+    draw from one set of Bernoulli probabilities, and its second step differs only through the edge memory
+    (and, with ``activity``, each path's node activity)."""
     seq = dynamic_sbm(num_nodes=N, num_steps=6, seed=0)
     if directed:
         seq.edges = [torch.cat([e, e.flip(0)], 1)[:, ::2] for e in seq.edges]
         seq.directed = True
-    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16)
+    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16, node_activity=activity)
     with torch.no_grad():  # strong memory terms, so that both of the sampler's stages matter
+        if activity:  # and activity terms of both signs
+            m.activity_weight.copy_(torch.tensor([0.8, -0.6] if directed else [0.8]))
+            m.activity_count_weight.copy_(torch.tensor([-0.3, 0.5] if directed else [-0.3]))
         m.edge_bias.fill_(-1.5)
         m.memory_last.fill_(2.0)
         m.memory_weight.fill_(0.5)
@@ -30,16 +34,20 @@ def _frozen_model(directed: bool) -> tuple[GraphSSM, object, torch.Tensor]:
 
 
 @torch.no_grad()
-def _dense_probabilities(m: GraphSSM, seq, z: torch.Tensor, memory: tuple) -> torch.Tensor:
-    return m.edge_probabilities(m.emission_input(z, seq.x[-1]), tuple(t.unsqueeze(0) for t in memory))[0]
+def _dense_probabilities(m: GraphSSM, seq, z: torch.Tensor, memory: tuple,
+                         activity: torch.Tensor | None = None) -> torch.Tensor:
+    """The dense probabilities (N, N) given the memory and the activity (T + 1, N, 4) or (N, 4) (its last row)."""
+    activity = None if activity is None else activity[-1] if activity.dim() == 3 else activity
+    return m.edge_probabilities(m.emission_input(z, seq.x[-1]), tuple(t.unsqueeze(0) for t in memory),
+                                None if activity is None else activity.unsqueeze(0))[0]
 
 
-@pytest.mark.parametrize("directed", [False, True])
-def test_first_step_edges_are_the_exact_bernoulli_draws(directed):
-    m, seq, z = _frozen_model(directed)
+@pytest.mark.parametrize("directed, activity", [(False, False), (True, False), (False, True), (True, True)])
+def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity):
+    m, seq, z = _frozen_model(directed, activity)
     paths = 3000
     fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=paths, top_k=0)
-    p = _dense_probabilities(m, seq, z, m.dense_memory(seq.edges))
+    p = _dense_probabilities(m, seq, z, m.dense_memory(seq.edges), m.activity(seq.edges))
     index = fc["edge_index"]
     assert (index[1] == 0).all() and index[0].max() == paths - 1
     if directed:
@@ -57,16 +65,19 @@ def test_first_step_edges_are_the_exact_bernoulli_draws(directed):
     assert abs(float((zscore ** 2).mean()) - 1) < 5 * (2 / len(pp)) ** 0.5
 
 
-def test_second_step_memory_is_each_paths_own_first_step():
-    """The mean probability at step 2 is (1/S) sum_s sigma(l_uv + memory_term(A_s, rho M_T + A_s, C_T + A_s)) with
-    A_s path s's drawn first step: recomputed densely from the drawn edges, for every pair."""
-    m, seq, z = _frozen_model(False)
+@pytest.mark.parametrize("activity", [False, True])
+def test_second_step_memory_is_each_paths_own_first_step(activity):
+    """The mean probability at step 2 is (1/S) sum_s sigma(l_uv + memory_term(A_s, rho M_T + A_s, C_T + A_s)
+    [+ the activity terms of beta D + deg_s and K + deg_s]) with A_s path s's drawn first step: recomputed densely from the
+    drawn edges, for every pair."""
+    m, seq, z = _frozen_model(False, activity)
+    act = m.activity(seq.edges)[-1] if activity else None
     paths = 50
     u, v = pair_index(N, False)
     pairs = torch.stack([u, v])
     fc = sparse_forecast(m, seq.x, seq.edges, horizon=2, num_samples=paths, top_k=0, score_pairs=[pairs, pairs])
     last, decayed, count = m.dense_memory(seq.edges)
-    p1 = _dense_probabilities(m, seq, z, (last, decayed, count))
+    p1 = _dense_probabilities(m, seq, z, (last, decayed, count), act)
     torch.testing.assert_close(fc["pair_prob"][0], p1[u, v], atol=1e-5, rtol=0)
     index = fc["edge_index"]
     total = torch.zeros(N, N)
@@ -75,7 +86,8 @@ def test_second_step_memory_is_each_paths_own_first_step():
         a = torch.zeros(N, N)
         a[e[0], e[1]] = 1.0
         a = a + a.T
-        total += _dense_probabilities(m, seq, z, (a, m.memory_decay * decayed + a, count + a))
+        path_act = None if act is None else m.activity_decays * act + a.sum(-1, keepdim=True).expand(-1, 4)
+        total += _dense_probabilities(m, seq, z, (a, m.memory_decay * decayed + a, count + a), path_act)
     torch.testing.assert_close(fc["pair_prob"][1], (total / paths)[u, v], atol=1e-5, rtol=0)
 
 

@@ -11,6 +11,7 @@ from pyro.infer import Trace_ELBO
 
 from dgm_pyro.data.graphs import dynamic_sbm
 from dgm_pyro.models import GraphSSM
+from dgm_pyro.models.graph_ssm import node_activity
 
 
 def _tiny(directed=False, n=5, f=2, t=3, seed=0):
@@ -34,11 +35,20 @@ def _site_sum(tr, prefix):
     return total
 
 
-@pytest.mark.parametrize("directed, frequency", [(False, False), (True, False), (False, True), (True, True)])
-def test_log_joint_equals_hand_computation(directed, frequency):
+@pytest.mark.parametrize("directed, frequency, activity", [(False, False, False), (True, False, False),
+                                                          (False, True, False), (True, True, False),
+                                                          (False, False, True), (True, False, True)])
+def test_log_joint_equals_hand_computation(directed, frequency, activity):
     x, edges = _tiny(directed)
     t_max, n, f = x.shape
-    m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed, edge_frequency=frequency)
+    m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed, edge_frequency=frequency, node_activity=activity)
+    kappa = (0.3, -0.5) if directed else (0.3, 0.3)  # (source out-degree, destination in-degree) weights
+    mu = (-0.2, 0.6) if directed else (-0.2, -0.2)  # the same for the undecayed degrees
+    if activity:
+        m.activity_weight.data.copy_(torch.tensor(kappa if directed else kappa[:1]))
+        m.activity_count_weight.data.copy_(torch.tensor(mu if directed else mu[:1]))
+        m.activity_decay_logit.data.fill_(0.4)
+    beta = float(torch.sigmoid(torch.tensor(0.4)))
     m.memory_last.data.fill_(0.7)
     m.memory_weight.data.fill_(-0.4)
     eta = 0.9 if frequency else 0.0
@@ -74,6 +84,14 @@ def test_log_joint_equals_hand_computation(directed, frequency):
                     times = sum(adj[s - 1][u, v] for s in range(1, t))  # undecayed: the long-run frequency
                     logit = (g[u] * h[v]).sum() + m.edge_bias + 0.7 * last - 0.4 * math.log1p(count) \
                         + eta * math.log1p(times)
+                    if activity:  # each endpoint's decayed past degree (out for u, in for v; degree undirected)
+                        sym = (lambda a: a + a.T) if not directed else (lambda a: a)
+                        out_deg = sum(beta ** (t - 1 - s) * float(sym(adj[s - 1])[u].sum()) for s in range(1, t))
+                        in_deg = sum(beta ** (t - 1 - s) * float(sym(adj[s - 1])[:, v].sum()) for s in range(1, t))
+                        out_all = sum(float(sym(adj[s - 1])[u].sum()) for s in range(1, t))
+                        in_all = sum(float(sym(adj[s - 1])[:, v].sum()) for s in range(1, t))
+                        logit = logit + kappa[0] * math.log1p(out_deg) + kappa[1] * math.log1p(in_deg) \
+                            + mu[0] * math.log1p(out_all) + mu[1] * math.log1p(in_all)
                     p = torch.sigmoid(logit)
                     want += float(a[u, v] * torch.log(p) + (1 - a[u, v]) * torch.log1p(-p))
             tl, ts = m.transition(z)
@@ -115,6 +133,38 @@ def test_forecast_memory_counts_past_and_sampled_edges():
         a = prev["A"]
         assert torch.equal(nxt["memory"][0], a) and torch.equal(nxt["memory"][2], prev["memory"][2] + a)
         assert torch.allclose(nxt["memory"][1], rho * prev["memory"][1] + a)
+
+
+def test_node_activity_is_the_decayed_degree_before_each_snapshot():
+    """node_activity row t is sum_{s < t} beta^(t-1-s) deg_s (out and in; the degree twice when undirected), the
+    last row the state after the history; the rollout adds each sampled snapshot's degrees."""
+    for directed in (False, True):
+        x, edges = _tiny(directed, n=6, t=4)
+        beta = torch.tensor(0.6)
+        got = node_activity(edges, 6, directed, beta)
+        assert got.shape == (5, 6, 2)
+        adj = []
+        for e in edges:
+            a = torch.zeros(6, 6)
+            a[e[0], e[1]] = 1
+            adj.append(a if directed else a + a.T)
+        for t in range(5):
+            want_out = sum((0.6 ** (t - 1 - s) * adj[s].sum(1) for s in range(t)), torch.zeros(6))
+            want_in = sum((0.6 ** (t - 1 - s) * adj[s].sum(0) for s in range(t)), torch.zeros(6))
+            assert torch.allclose(got[t, :, 0], want_out) and torch.allclose(got[t, :, 1], want_in)
+        m = GraphSSM(6, 2, latent_dim=3, hidden=8, directed=directed, node_activity=True)
+        b = float(m.activity_decay.detach())
+        full = m.activity(edges)  # decayed by beta (out, in), then undecayed (out, in)
+        assert full.shape == (5, 6, 4)
+        assert torch.allclose(full[..., :2], node_activity(edges, 6, directed, m.activity_decay))
+        assert torch.allclose(full[..., 2:], node_activity(edges, 6, directed, torch.tensor(1.0)))
+        steps = list(m.rollout(x, edges, steps=3, num_samples=4))
+        assert torch.allclose(steps[0]["activity"], full[-1].expand(4, -1, -1))
+        for prev, nxt in zip(steps, steps[1:]):
+            a = prev["A"]
+            deg = torch.stack([a.sum(-1), a.sum(-2)], -1)
+            assert torch.allclose(nxt["activity"][..., :2], b * prev["activity"][..., :2] + deg)
+            assert torch.allclose(nxt["activity"][..., 2:], prev["activity"][..., 2:] + deg)
 
 
 def test_forecast_shapes_and_symmetry():
