@@ -22,8 +22,9 @@ a pair is
 in-degrees with their own kappa and mu), over pairs u < v (undirected) or all ordered pairs u != v (directed);
 alpha, gamma, eta, kappa, mu and rho, beta in (0, 1) are learned, ``edge_memory=False`` drops the pair memory
 terms, ``edge_frequency=True`` adds the undecayed pair count and ``node_activity=False`` drops the two activity
-terms (node-level propensities: how active a node was lately, and over the whole history). So p(X_t, A_t | Z_{t-1}, A_{1:t-1}):
-the chain rule keeps this an exact likelihood, and forecasts feed their own sampled edges back.
+terms (node-level propensities: how active a node was lately, and over the whole history). So
+p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts feed their own
+sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
@@ -93,9 +94,9 @@ class GraphSSM(PyroModule):
             are conditioned on, not modelled. The emission networks read [z_v, c_v] with c_v the node's
             (scaled) static features, only the other F_d features have a likelihood, and forecasts repeat
             the static values.
-        node_activity: add the activity terms kappa (log(1 + D_u) + log(1 + D_v)) + mu (log(1 + K_u) + log(1 + K_v))
-            of each endpoint's decayed and undecayed past degree to the edge logits (node-level propensities;
-            :func:`node_activity`).
+        node_activity: add the activity terms kappa (log(1 + D_u) + log(1 + D_v)) + mu (log(1 + K_u) +
+            log(1 + K_v)) of each endpoint's decayed and undecayed past degree to the edge logits (node-level
+            propensities; :func:`node_activity`).
     """
 
     def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
@@ -104,7 +105,7 @@ class GraphSSM(PyroModule):
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
-                 feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = False,
+                 feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = True,
                  name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
@@ -260,9 +261,8 @@ class GraphSSM(PyroModule):
             return g, h
         a = torch.log1p(activity[..., :2]) * self.activity_weight.expand(2) + \
             torch.log1p(activity[..., 2:]) * self.activity_count_weight.expand(2)
-        one = torch.ones_like(a[..., :1])
         a = a.expand(*g.shape[:-1], 2)
-        one = one.expand(*g.shape[:-1], 1)
+        one = a.new_ones(*g.shape[:-1], 1)
         return torch.cat([g, a[..., :1], one], -1), torch.cat([h, one, a[..., 1:]], -1)
 
     @property
@@ -274,8 +274,9 @@ class GraphSSM(PyroModule):
         with the learned decay beta (out, in) and undecayed (out, in); None without the activity terms."""
         if not self.node_activity:
             return None
+        one = torch.ones((), device=self.z0.device)
         return torch.cat([node_activity(edges, self.num_nodes, self.directed, self.activity_decay),
-                          node_activity(edges, self.num_nodes, self.directed, torch.ones((), device=self.z0.device))], -1)
+                          node_activity(edges, self.num_nodes, self.directed, one)], -1)
 
     @property
     def activity_decays(self) -> torch.Tensor:
@@ -294,7 +295,8 @@ class GraphSSM(PyroModule):
         return term + self.memory_count * torch.log1p(count) if self.edge_frequency else term
 
     def edge_logits(self, z: torch.Tensor, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                    history: Optional["PairHistory"] = None, activity: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    history: Optional["PairHistory"] = None,
+                    activity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (M,) of the pairs (src[i], dst[i]) in snapshots ``time[i]`` (0-based), given the emission
         inputs (T, N, d) of every snapshot, the edge history and the node activity (T, N, 4) before each."""
         g, h = self.edge_factors(z, activity)
@@ -537,8 +539,8 @@ class GraphSSM(PyroModule):
 
 def node_activity(edges: list[torch.Tensor], num_nodes: int, directed: bool, decay: torch.Tensor) -> torch.Tensor:
     """The nodes' decayed past degrees before each snapshot and after the last: (T + 1, N, 2) with
-    D_{v,t} = sum_{s < t} beta^{t-1-s} deg_s(v) for t = 0..T (0-based snapshots; row T is the state where forecasts
-    start), column 0 the out-degree and column 1 the in-degree (both the degree when undirected). One
+    D_{v,t} = sum_{s < t} beta^{t-1-s} deg_s(v) for t = 0..T (0-based snapshots; row T is the state where
+    forecasts start), column 0 the out-degree and column 1 the in-degree (both the degree when undirected). One
     (T + 1, T) matrix of powers of ``decay`` = beta times the per-snapshot degrees: differentiable in beta."""
     num_t = len(edges)
     device = decay.device

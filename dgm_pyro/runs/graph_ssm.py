@@ -86,8 +86,9 @@ class GraphConfig(ConfigBase):
                                 "this option).", choices=("per-feature", "joint"), added=True, before="joint")
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
-    node_activity: bool = option(True, "Edge logits also use each endpoint's decayed past degree (a node-level "
-                                 "propensity: nodes active lately make more edges).", added=True, before=False)
+    node_activity: bool = option(True, "Edge logits also use each endpoint's decayed and undecayed past degree "
+                                 "(node-level propensities: how active a node was lately and over the history; off "
+                                 "in runs made before this option).", added=True, before=False)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
