@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,19 @@ def _layer(kind: str, in_features: int, out_features: int) -> nn.Module:
     if kind == "sage":
         return SAGEConv(in_features, out_features)
     raise ValueError(f"unknown GNN layer '{kind}'; choose one of {', '.join(GNN_LAYERS)}")
+
+
+class _SparseProduct(torch.autograd.Function):
+    """adj @ x for a constant sparse ``adj`` whose transpose ``adj_t`` is given: the backward is adj_t @ grad."""
+
+    @staticmethod
+    def forward(ctx: Any, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj_t = adj_t
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, ctx.adj_t @ grad
 
 
 class SnapshotEncoder(nn.Module):
@@ -52,6 +65,12 @@ class SnapshotEncoder(nn.Module):
         self.skip = nn.Linear(in_features, hidden)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gcn" and not edge_index.is_sparse_csr:
+            # GCNConv with normalize=False is adj_t @ lin(x) + bias; computed here so that the backward multiplies
+            # by the cached transpose instead of having torch transpose the CSR (a sort) at every call
+            adj, back = self._gcn_adjacencies(edge_index, x.shape[0])
+            hidden = torch.relu(_SparseProduct.apply(adj, back, self.conv1.lin(x)) + self.conv1.bias)
+            return self.skip(x) + _SparseProduct.apply(adj, back, self.conv2.lin(hidden)) + self.conv2.bias
         adj = edge_index if edge_index.is_sparse_csr else self.adjacency(edge_index, x.shape[0])
         return self.skip(x) + self.conv2(torch.relu(self.conv1(x, adj)), adj)
 
@@ -65,8 +84,20 @@ class SnapshotEncoder(nn.Module):
         graphs, compared edge by edge)."""
         if self.kind == "gat":
             return edge_index
+        if self.kind == "gcn":
+            return self._gcn_adjacencies(edge_index, num_nodes)[0]
         return derived(f"{self.kind} adjacency", [edge_index], num_nodes,
                        lambda: self._sparse_adjacency(edge_index, num_nodes), keep=self.cache_size)
+
+    def _gcn_adjacencies(self, edge_index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GCN :meth:`adjacency` and its transpose (both CSR), built once per graph."""
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            adj = self._sparse_adjacency(edge_index, num_nodes)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return adj, adj.t().to_sparse_csr()
+
+        return derived("gcn adjacency", [edge_index], num_nodes, build, keep=self.cache_size)
 
     def _sparse_adjacency(self, edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
         from torch_geometric.nn.conv.gcn_conv import gcn_norm
@@ -93,5 +124,5 @@ class SnapshotEncoder(nn.Module):
             k = len(block)
             index = torch.cat([(e if directed else torch.cat([e, e.flip(0)], 1)) + i * n
                                for i, e in enumerate(block)], 1)
-            out.append(self(inputs[start:start + k].reshape(k * n, -1), self.adjacency(index, k * n)).reshape(k, n, -1))
+            out.append(self(inputs[start:start + k].reshape(k * n, -1), index).reshape(k, n, -1))
         return torch.cat(out)
