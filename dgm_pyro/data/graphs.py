@@ -316,7 +316,7 @@ def _from_events(src: np.ndarray, dst: np.ndarray, time: np.ndarray, width: floa
                                "remove them")
         src, dst, time = src[~loops], dst[~loops], time[~loops]
     step = np.floor((time - time.min()) / width).astype(np.int64)
-    if end is not None and time.min() + (int(step.max()) + 1) * width > end:
+    if end is not None and step.max() > 0 and time.min() + (int(step.max()) + 1) * width > end:
         last = step == step.max()
         src, dst, time, step = src[~last], dst[~last], time[~last], step[~last]
     num_steps = int(step.max()) + 1
