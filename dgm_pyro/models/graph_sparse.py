@@ -269,8 +269,7 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
     origin = torch.sort(last[0] * n + last[1]).values
     z = module.filter(x, edges, num_samples)
     last_x = x[-1]
-    activity = module.activity(edges)
-    activity = activity[-1].expand(num_samples, -1, -1) if activity is not None else None
+    activity = module.forecast_activity(edges, num_samples)
     xs, pair_prob, sampler, tops = [], [], [], []
     for t in range(horizon):
         h_in = module.emission_input(z, last_x)
@@ -285,8 +284,7 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
             tops.append(_top_k(step, drawn, origin, top_k, module.directed))
         memory.drawn.append(drawn)
         if activity is not None:
-            degrees = _path_degrees(drawn, num_samples, n, module.directed)
-            activity = module.activity_decays * activity + torch.cat([degrees, degrees], -1)
+            activity = module.advance_activity(activity, _path_degrees(drawn, num_samples, n, module.directed))
         loc, scale = module.transition(z)
         z = loc + scale * torch.randn_like(loc)
     nn_ = n * n

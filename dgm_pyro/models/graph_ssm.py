@@ -278,11 +278,20 @@ class GraphSSM(PyroModule):
         return torch.cat([node_activity(edges, self.num_nodes, self.directed, self.activity_decay),
                           node_activity(edges, self.num_nodes, self.directed, one)], -1)
 
-    @property
-    def activity_decays(self) -> torch.Tensor:
-        """(beta, beta, 1, 1): the decay of each column of :meth:`activity` in one forecast step."""
+    def forecast_activity(self, edges: list[torch.Tensor], num_samples: int) -> Optional[torch.Tensor]:
+        """The activity after the history, where forecasts start, for ``num_samples`` paths: (S, N, 4) (None
+        without the activity terms)."""
+        activity = self.activity(edges)
+        return None if activity is None else activity[-1].expand(num_samples, -1, -1)
+
+    def advance_activity(self, activity: Optional[torch.Tensor], degrees: torch.Tensor) -> Optional[torch.Tensor]:
+        """The activity (..., N, 4) after one more snapshot whose (out-, in-)degrees are ``degrees`` (..., N, 2): the
+        decayed columns become beta D + deg, the undecayed ones K + deg."""
+        if activity is None:
+            return None
         b = self.activity_decay
-        return torch.stack([b, b, torch.ones_like(b), torch.ones_like(b)])
+        decays = torch.stack([b, b, torch.ones_like(b), torch.ones_like(b)])
+        return decays * activity + torch.cat([degrees, degrees], -1)
 
     @property
     def memory_decay(self) -> torch.Tensor:
@@ -470,8 +479,7 @@ class GraphSSM(PyroModule):
         memory = None
         if self.edge_memory:
             memory = tuple(m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
-        activity = self.activity(edges)
-        activity = activity[-1].expand(num_samples, -1, -1) if activity is not None else None
+        activity = self.forecast_activity(edges, num_samples)
         for _ in range(steps):
             h = self.emission_input(z, last_x)
             x_draw = self.draw_features(h, last_x)
@@ -483,9 +491,8 @@ class GraphSSM(PyroModule):
             yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory, "activity": activity}
             if memory is not None:
                 memory = (a, self.memory_decay * memory[1] + a, memory[2] + a)
-            if activity is not None:  # out-degree (row sums) and in-degree (column sums); equal when undirected
-                degrees = torch.stack([a.sum(-1), a.sum(-2)], -1)
-                activity = self.activity_decays * activity + torch.cat([degrees, degrees], -1)
+            # out-degree (row sums) and in-degree (column sums); equal when undirected
+            activity = self.advance_activity(activity, torch.stack([a.sum(-1), a.sum(-2)], -1))
             loc, scale = self.transition(z)
             z = loc + scale * torch.randn_like(loc)
 

@@ -86,7 +86,11 @@ def test_second_step_memory_is_each_paths_own_first_step(activity):
         a = torch.zeros(N, N)
         a[e[0], e[1]] = 1.0
         a = a + a.T
-        path_act = None if act is None else m.activity_decays * act + a.sum(-1, keepdim=True).expand(-1, 4)
+        if act is not None:  # decayed columns beta D + deg, undecayed K + deg
+            b = float(m.activity_decay.detach())
+            path_act = torch.tensor([b, b, 1.0, 1.0]) * act + a.sum(-1, keepdim=True).expand(-1, 4)
+        else:
+            path_act = None
         total += _dense_probabilities(m, seq, z, (a, m.memory_decay * decayed + a, count + a), path_act)
     torch.testing.assert_close(fc["pair_prob"][1], (total / paths)[u, v], atol=1e-5, rtol=0)
 
