@@ -38,7 +38,10 @@ KEYS = ("auc", "auc_new", "ap", "brier", "ece", "density_error", "crps", "energy
         "log_lik")
 
 
-def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict:
+def run_one(config: GraphConfig, horizon: int, samples: int, root: Path, guide_final: bool = False) -> dict:
+    """Train ``config`` into a run folder under ``root`` and score its forecast; with ``guide_final`` also score
+    the same run's forecast with the last latent drawn from the guide (``final_state`` ``guide``) under
+    ``metrics_guide_final``: the weights do not depend on it, so one training serves both."""
     variant = (config.scheduled_sampling.replace(":", "_") + ("-deterministic" if config.deterministic_decoder else "")
                + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else "")
                + ("-hurdle" if config.feature_emission == "hurdle" else "")
@@ -48,7 +51,13 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path) -> dict
     train_run(config, run_dir)
     seconds = time.perf_counter() - start
     res = forecast_run(load_run(run_dir), horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
-    return {"train_seconds": seconds, "metrics": res["metrics"]}
+    out = {"train_seconds": seconds, "metrics": res["metrics"]}
+    if guide_final:
+        run = load_run(run_dir)
+        run.module.final_state = "guide"
+        again = forecast_run(run, horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
+        out["metrics_guide_final"] = again["metrics"]["GraphSSM"]
+    return out
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -72,9 +81,9 @@ def table(results: dict[str, list[dict]], horizon: int, keys: tuple[str, ...]) -
 def _run_job(job: tuple) -> dict:
     import torch
 
-    cfg, samples, root, threads = job
+    cfg, samples, root, threads, guide_final = job
     torch.set_num_threads(threads)
-    return run_one(cfg, 5, samples, Path(root))
+    return run_one(cfg, 5, samples, Path(root), guide_final)
 
 
 def run_all(configs: list[GraphConfig], args: argparse.Namespace) -> list[dict]:
@@ -84,7 +93,19 @@ def run_all(configs: list[GraphConfig], args: argparse.Namespace) -> list[dict]:
     root = tempfile.mkdtemp(prefix="dgm-graph-")
     threads = 1 if args.jobs > 1 else torch_threads()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        return list(pool.map(_run_job, [(cfg, args.samples, root, threads) for cfg in configs]))
+        return list(pool.map(_run_job, [(cfg, args.samples, root, threads, args.ablate_final_state)
+                                        for cfg in configs]))
+
+
+def keep(results: dict[str, list[dict]], label: str, out: dict, first: bool) -> None:
+    """Add one run's rows to ``results``: the model's under ``label`` (and, with the final-state ablation, its
+    forecast from the guide's last latent); the baselines' only from the ``first`` variant's runs (they are the
+    same in every variant's)."""
+    for name, rows in out["metrics"].items():
+        if name == "GraphSSM" or first:
+            results.setdefault(label if name == "GraphSSM" else name, []).append(rows)
+    if "metrics_guide_final" in out:
+        results.setdefault(f"{label} (last latent from the guide)", []).append(out["metrics_guide_final"])
 
 
 def dsbm(args: argparse.Namespace) -> dict:
@@ -103,20 +124,18 @@ def dsbm(args: argparse.Namespace) -> dict:
     results: dict[str, list[dict]] = {}
     for (seed, label), out in zip(labels, outs):
         print(f"seed {seed} {label}: trained in {out['train_seconds']:.0f} s", flush=True)
-        for name, rows in out["metrics"].items():
-            # the baselines and the oracle are the same in every variant's runs: kept once per seed
-            if name == "GraphSSM" or label == first:
-                results.setdefault(label if name == "GraphSSM" else name, []).append(rows)
+        keep(results, label, out, label == first)
     print(table(results, 5, KEYS))
     print()
     oracle = results["oracle"]
-    for label in variants:
+    for label in [name for name in results if name.startswith("GraphSSM")]:
         model = results[label]
         ratio = [[m[h]["auc"] / o[h]["auc"] for m, o in zip(model, oracle)] for h in range(5)]
         decay = [m[0]["auc"] - m[4]["auc"] for m in model]
         crps_growth = [m[4]["crps"] / m[0]["crps"] for m in model]
         print(f"{label}: AUC / oracle AUC h=1 {_mean_sd(ratio[0])}, h=5 {_mean_sd(ratio[4])}; AUC drop h1->h5 "
               f"{_mean_sd(decay)}; CRPS(h5)/CRPS(h1) {_mean_sd(crps_growth)}")
+        print("  90% coverage h=1..5: " + ", ".join(_mean_sd([m[h]["coverage_90"] for m in model]) for h in range(5)))
         for base in ("persistence", "historical mean"):
             wins = sum(m[h]["crps"] < b[h]["crps"] for m, b in zip(model, results[base]) for h in range(5))
             print(f"  CRPS below {base} in {wins}/{5 * len(model)} (seed, horizon) cells")
@@ -149,9 +168,7 @@ def real_data(args: argparse.Namespace) -> dict:
     results: dict[str, list[dict]] = {}
     for (seed, label), out in zip(labels, run_all(configs, args)):
         print(f"seed {seed} {label}: trained in {out['train_seconds']:.0f} s", flush=True)
-        for name, rows in out["metrics"].items():
-            if name == "GraphSSM" or label == "GraphSSM":
-                results.setdefault(label if name == "GraphSSM" else name, []).append(rows)
+        keep(results, label, out, label == "GraphSSM")
     print(table(results, 5, ("auc", "auc_new", "ap", "brier", "ece", "crps", "coverage_50", "coverage_90",
                              "pit_coverage_50", "pit_coverage_90")))
     return {"command": " ".join(sys.argv), "steps": args.steps, "samples": args.samples, "seeds": args.seeds,
@@ -318,6 +335,9 @@ def main() -> None:
                    help="collegemsg, highschool: a second variant without the edge-memory terms (--no-edge-memory)")
     p.add_argument("--ablate-node-activity", action="store_true",
                    help="collegemsg, highschool: a variant without the node-activity term (--no-node-activity)")
+    p.add_argument("--ablate-final-state", action="store_true",
+                   help="dsbm, collegemsg, highschool: also forecast every run with its last latent drawn from the "
+                        "guide (--final-state guide; the same weights)")
     p.add_argument("--edge-frequency", action="store_true",
                    help="collegemsg, highschool: a variant with the long-run edge-frequency term (--edge-frequency)")
     p.add_argument("--hurdle", action="store_true",

@@ -197,3 +197,5 @@ def test_a_changed_default_leaves_older_graph_runs_as_they_were():
     assert GraphConfig().auto_emission == "per-feature"
     # the node-activity edge term came later still, on by default; saved runs had none
     assert GraphConfig.from_saved(saved).node_activity is False and GraphConfig().node_activity is True
+    # forecasts drew the last latent from the guide until final_state came, with the transition as its default
+    assert GraphConfig.from_saved(saved).final_state == "guide" and GraphConfig().final_state == "transition"

@@ -57,10 +57,12 @@ from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
 from .nn import MLP, cat_broadcast
 
-__all__ = ["GraphSSM", "PairHistory", "node_activity", "EDGE_LIKELIHOODS"]
+__all__ = ["GraphSSM", "PairHistory", "node_activity", "EDGE_LIKELIHOODS", "FINAL_STATES"]
 
 EDGE_LIKELIHOODS = ("dense", "sparse")
 FEATURE_EMISSIONS = ("gaussian", "hurdle", "negbin")
+#: how a forecast draws the last latent Z_T (:meth:`GraphSSM.filter`)
+FINAL_STATES = ("transition", "guide")
 _MIN_SCALE = 1e-3
 
 
@@ -97,6 +99,9 @@ class GraphSSM(PyroModule):
         node_activity: add the activity terms kappa (log(1 + D_u) + log(1 + D_v)) + mu (log(1 + K_u) +
             log(1 + K_v)) of each endpoint's decayed and undecayed past degree to the edge logits (node-level
             propensities; :func:`node_activity`).
+        final_state: how forecasts draw the last latent Z_T given the history (:meth:`filter`): ``transition``
+            (its exact conditional posterior p(Z_T | Z_{T-1}): no observed snapshot is emitted from Z_T) or
+            ``guide`` (the guide's q(Z_T | Z_{T-1}, X_{1:T}, A_{1:T}), as forecasts did before this option).
     """
 
     def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
@@ -106,10 +111,13 @@ class GraphSSM(PyroModule):
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
                  feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = True,
-                 name: str = "graph_ssm"):
+                 final_state: str = "transition", name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
+        if final_state not in FINAL_STATES:
+            raise ValueError(f"final_state must be one of {FINAL_STATES}; got {final_state!r}")
+        self.final_state = final_state
         n, f, d = num_nodes, num_features, latent_dim
         self.num_nodes, self.num_features, self.latent_dim = n, f, d
         self.directed, self.edge_likelihood = directed, edge_likelihood
@@ -458,11 +466,24 @@ class GraphSSM(PyroModule):
 
     @torch.no_grad()
     def filter(self, x: torch.Tensor, edges: list[torch.Tensor], num_samples: int) -> torch.Tensor:
-        """``num_samples`` draws (S, N, d) of Z_T from the guide given the whole history."""
+        """``num_samples`` draws (S, N, d) of the last latent Z_T given the whole history, where forecasts start
+        (P4.4).
+
+        Z_1..Z_{T-1} are drawn from the guide. Snapshot t is emitted from Z_{t-1} (P4.1), so no observed snapshot
+        depends on Z_T, and its posterior given the rest is exactly the transition:
+        p(Z_T | Z_{0:T-1}, X_{1:T}, A_{1:T}) = p(Z_T | Z_{T-1}). With ``final_state`` ``transition`` (the default)
+        Z_T is drawn from it; with ``guide`` from the guide's q(Z_T | Z_{T-1}, X_{1:T}, A_{1:T}), which only
+        approximates it (the amortization gap of P4.5: one network serves every t, and at t < T the data pull
+        its scale below the transition's).
+        """
         pre = self._posterior_inputs(self.summaries(x, edges))
         z = self.z0.expand(num_samples, *self.z0.shape)
-        for t in range(len(edges)):
+        guided = len(edges) - (self.final_state == "transition")
+        for t in range(guided):
             loc, scale = self._posterior_step(z, pre[t])
+            z = loc + scale * torch.randn_like(loc)
+        if guided < len(edges):
+            loc, scale = self.transition(z)
             z = loc + scale * torch.randn_like(loc)
         return z
 
@@ -472,8 +493,8 @@ class GraphSSM(PyroModule):
         """Yield ``steps`` forecast steps (P4.4) of ``num_samples`` paths, each a dict with the latent ``z``
         (S, N, d) it is emitted from, feature draws ``x`` (S, N, F), ``edge_prob`` and edge draws ``A``
         (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}, C_{t-1}) and node ``activity`` (S, N, 4) it used.
-        Filters Z_T with the guide first, then alternately emits from Z and moves Z ~ p(Z' | Z), feeding the
-        sampled edges back."""
+        Draws Z_T given the history first (:meth:`filter`), then alternately emits from Z and moves
+        Z ~ p(Z' | Z), feeding the sampled edges back."""
         z = self.filter(x, edges, num_samples)
         last_x = x[-1]
         memory = None

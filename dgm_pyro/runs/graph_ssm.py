@@ -32,7 +32,7 @@ from ..metrics import (FORECAST_MAX_NODES, feature_scores, forecast_scores, pair
 from ..models.gnn import GNN_LAYERS
 from ..models.graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
 from ..models.graph_sparse import sparse_forecast
-from ..models.graph_ssm import FEATURE_EMISSIONS, GraphSSM
+from ..models.graph_ssm import FEATURE_EMISSIONS, FINAL_STATES, GraphSSM
 from ..plotting import plot_forecast, plot_graph_training
 from ..registry import register_model
 from ..training import FullBatch, Trainer, deterministic_algorithms
@@ -89,6 +89,10 @@ class GraphConfig(ConfigBase):
     node_activity: bool = option(True, "Edge logits also use each endpoint's decayed and undecayed past degree "
                                  "(node-level propensities: how active a node was lately and over the history; off "
                                  "in runs made before this option).", added=True, before=False)
+    final_state: str = option("transition", "How forecasts draw the last latent Z_T: transition (from p(Z_T | "
+                              "Z_{T-1}), its exact posterior: no snapshot is emitted from Z_T) or guide (from the "
+                              "guide's q(Z_T | Z_{T-1}, history); runs made before this option).",
+                              choices=FINAL_STATES, added=True, before="guide")
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
@@ -221,7 +225,7 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     edge_memory=config.edge_memory, static=static_features(config, history),
                     edge_frequency=config.edge_frequency,
                     feature_emission=resolved_feature_emission(config, history),
-                    node_activity=config.node_activity)
+                    node_activity=config.node_activity, final_state=config.final_state)
     if model.edge_likelihood == "sparse":
         # large sparse graphs: start the edge bias at the logit of the observed density; the default -3 expects
         # tens of times too many edges there, and the sampled-negative likelihood takes hundreds of steps to undo it

@@ -590,3 +590,27 @@ def test_node_activity_is_on_by_default_and_off_with_its_flag(graph_run, tmp_pat
     assert not any("activity" in k for k in torch.load(off / "checkpoint.pt", weights_only=True)["model_state"])
     r = run("forecast", off, "--horizon", "2", "--samples", "5", "--no-plots", "--out", tmp_path / "off.nc")
     assert r.exit_code == 0, r.output
+
+
+def test_final_state_guide_keeps_the_weights_and_changes_only_the_forecast(graph_run, tmp_path):
+    """--final-state guide trains the same weights (it is a forecasting choice) and forecasts from the guide's
+    last latent: with the same seed its first forecast step differs from the default run's, which draws Z_T from
+    the transition. A bad choice is refused with one line and exit code 2."""
+    import arviz as az
+    import numpy as np
+
+    assert json.loads((graph_run / "config.json").read_text())["final_state"] == "transition"
+    r = run("train", "graph-ssm", "--out", tmp_path, "--json", "--final-state", "guide", *TINY)
+    assert r.exit_code == 0, r.output
+    guide = Path(json.loads(r.stdout)["run"])
+    assert json.loads((guide / "config.json").read_text())["final_state"] == "guide"
+    weights = [torch.load(d / "checkpoint.pt", weights_only=True)["model_state"] for d in (graph_run, guide)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    draws = []
+    for d, name in ((graph_run, "t.nc"), (guide, "g.nc")):
+        r = run("forecast", d, "--horizon", 1, "--samples", 5, "--no-plots", "--seed", 3, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        draws.append(az.from_netcdf(tmp_path / name).posterior_predictive["X"].values)
+    assert draws[0].shape == draws[1].shape and not np.allclose(draws[0], draws[1])
+    r = run("train", "graph-ssm", "--out", tmp_path / "bad", "--final-state", "smoother", *TINY)
+    assert r.exit_code == 2 and "smoother" in r.output and not (tmp_path / "bad").exists(), r.output

@@ -187,6 +187,7 @@ def test_forecast_samples_follow_the_emission():
     m = GraphSSM(3, 2, latent_dim=2, hidden=8)
     m.posterior_net[-1].weight.data.zero_()
     m.posterior_net[-1].bias.data = torch.tensor([0.5, -0.5, -30.0, -30.0])  # q is a point mass (up to 1e-3)
+    m.transition_net[-1].bias.data[2:] = -40.0  # and so is the transition that draws Z_T
     pyro.set_rng_seed(0)
     out = m.forecast(seq.x, seq.edges, horizon=1, num_samples=20000)
     loc, tril = m.feature_params(out["Z"][0, 0])
@@ -195,6 +196,47 @@ def test_forecast_samples_follow_the_emission():
     assert torch.allclose(draws.mean(0), loc.detach(), atol=0.05)
     emp = torch.einsum("snf,sng->nfg", draws - draws.mean(0), draws - draws.mean(0)) / (len(draws) - 1)
     assert torch.allclose(emp, cov.detach(), rtol=0.05, atol=0.01)
+
+
+def test_no_snapshot_depends_on_the_last_latent():
+    """Snapshot t is emitted from Z_{t-1} (P4.1), so the log-joint depends on Z_T only through its transition
+    term: changing Z_T changes log p(X, A, Z) by exactly the change of log N(Z_T; p(Z_T | Z_{T-1})). This is
+    why the posterior of Z_T given the rest is the transition, which forecasts draw it from."""
+    x, edges = _tiny(n=6, t=4)
+    m = GraphSSM(6, 2, latent_dim=3, hidden=8, edge_frequency=True)
+    path = torch.randn(4, 6, 3)
+    moved = path.clone()
+    moved[-1] = torch.randn(6, 3) * 2
+
+    def log_joint(z):
+        return poutine.trace(poutine.condition(m.model, data={"z": z})).get_trace(x, edges).log_prob_sum()
+
+    with torch.no_grad():
+        loc, scale = m.transition(path[-2])
+        want = (torch.distributions.Normal(loc, scale).log_prob(moved[-1])
+                - torch.distributions.Normal(loc, scale).log_prob(path[-1])).sum()
+        assert float(log_joint(moved) - log_joint(path)) == pytest.approx(float(want), rel=1e-4)
+
+
+@pytest.mark.parametrize("final_state", ["transition", "guide"])
+def test_forecasts_draw_the_last_latent_as_final_state_says(final_state):
+    """``filter`` draws Z_1..Z_{T-1} from the guide and Z_T from the transition p(Z_T | Z_{T-1}) (the default)
+    or from the guide. With the guide a point mass, the 20 000 draws of Z_T have the mean and the standard
+    deviation of the chosen distribution, given the guide's Z_{T-1}."""
+    seq = dynamic_sbm(num_nodes=3, num_steps=4, num_features=2, seed=2)
+    m = GraphSSM(3, 2, latent_dim=2, hidden=8, final_state=final_state)
+    m.posterior_net[-1].weight.data.zero_()
+    m.posterior_net[-1].bias.data = torch.tensor([0.5, -0.5, -30.0, -30.0])  # q: a point mass at (0.5, -0.5)
+    m.transition_net[-1].bias.data[2:] = 1.0  # a transition scale far above the guide's
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        z = m.filter(seq.x, seq.edges, 20000)
+        point = torch.tensor([0.5, -0.5]).expand(3, 2)
+        loc, scale = m.transition(point) if final_state == "transition" else (point, torch.full((3, 2), 1e-3))
+    assert torch.allclose(z.mean(0), loc, atol=0.02)
+    assert torch.allclose(z.std(0), scale, rtol=0.03)
+    with pytest.raises(ValueError, match="final_state"):
+        GraphSSM(3, 2, final_state="smoother")
 
 
 def test_teacher_forcing_one_is_the_elbo():
