@@ -57,7 +57,27 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path, guide_f
         run.module.final_state = "guide"
         again = forecast_run(run, horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
         out["metrics_guide_final"] = again["metrics"]["GraphSSM"]
+        out["last_latent_gap"] = last_latent_gap(run.module, run.history, config.seed)
     return out
+
+
+def last_latent_gap(module, history, seed: int, num_samples: int = 200) -> dict:
+    """How the guide's q(Z_T | Z_{T-1}, history) differs from the transition p(Z_T | Z_{T-1}), the exact posterior,
+    along ``num_samples`` guide paths: the mean ratio of their scales, and the root-mean-square distance of their
+    locs in transition scales."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        pre = module._posterior_inputs(module.summaries(history.x, history.edges))
+        z = module.z0.expand(num_samples, *module.z0.shape)
+        for t in range(history.num_steps - 1):
+            loc, scale = module._posterior_step(z, pre[t])
+            z = loc + scale * torch.randn_like(loc)
+        q_loc, q_scale = module._posterior_step(z, pre[-1])
+        p_loc, p_scale = module.transition(z)
+    return {"scale_ratio": float((q_scale / p_scale).mean()),
+            "loc_shift": float(((q_loc - p_loc) / p_scale).pow(2).mean().sqrt())}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -97,15 +117,19 @@ def run_all(configs: list[GraphConfig], args: argparse.Namespace) -> list[dict]:
                                         for cfg in configs]))
 
 
-def keep(results: dict[str, list[dict]], label: str, out: dict, first: bool) -> None:
+def keep(results: dict[str, list[dict]], gaps: dict[str, list[dict]], label: str, out: dict, first: bool) -> None:
     """Add one run's rows to ``results``: the model's under ``label`` (and, with the final-state ablation, its
-    forecast from the guide's last latent); the baselines' only from the ``first`` variant's runs (they are the
-    same in every variant's)."""
+    forecast from the guide's last latent, and to ``gaps`` its :func:`last_latent_gap`); the baselines' only
+    from the ``first`` variant's runs (they are the same in every variant's)."""
     for name, rows in out["metrics"].items():
         if name == "GraphSSM" or first:
             results.setdefault(label if name == "GraphSSM" else name, []).append(rows)
     if "metrics_guide_final" in out:
         results.setdefault(f"{label} (last latent from the guide)", []).append(out["metrics_guide_final"])
+        gap = out["last_latent_gap"]
+        gaps.setdefault(label, []).append(gap)
+        print(f"  {label}: q(Z_T) / p(Z_T | Z_T-1) scale {gap['scale_ratio']:.3f}, loc distance "
+              f"{gap['loc_shift']:.3f} transition scales", flush=True)
 
 
 def dsbm(args: argparse.Namespace) -> dict:
@@ -122,9 +146,10 @@ def dsbm(args: argparse.Namespace) -> dict:
     labels = [(seed, label) for seed in args.seeds for label in variants]
     outs = run_all(configs, args)
     results: dict[str, list[dict]] = {}
+    gaps: dict[str, list[dict]] = {}
     for (seed, label), out in zip(labels, outs):
         print(f"seed {seed} {label}: trained in {out['train_seconds']:.0f} s", flush=True)
-        keep(results, label, out, label == first)
+        keep(results, gaps, label, out, label == first)
     print(table(results, 5, KEYS))
     print()
     oracle = results["oracle"]
@@ -140,7 +165,7 @@ def dsbm(args: argparse.Namespace) -> dict:
             wins = sum(m[h]["crps"] < b[h]["crps"] for m, b in zip(model, results[base]) for h in range(5))
             print(f"  CRPS below {base} in {wins}/{5 * len(model)} (seed, horizon) cells")
     return {"command": " ".join(sys.argv), "steps": args.steps, "samples": args.samples, "seeds": args.seeds,
-            "results": results}
+            "results": results, "last_latent_gap": gaps}
 
 
 def torch_threads() -> int:
@@ -166,13 +191,14 @@ def real_data(args: argparse.Namespace) -> dict:
                for seed in args.seeds for options in variants.values()]
     labels = [(seed, label) for seed in args.seeds for label in variants]
     results: dict[str, list[dict]] = {}
+    gaps: dict[str, list[dict]] = {}
     for (seed, label), out in zip(labels, run_all(configs, args)):
         print(f"seed {seed} {label}: trained in {out['train_seconds']:.0f} s", flush=True)
-        keep(results, label, out, label == "GraphSSM")
+        keep(results, gaps, label, out, label == "GraphSSM")
     print(table(results, 5, ("auc", "auc_new", "ap", "brier", "ece", "crps", "coverage_50", "coverage_90",
                              "pit_coverage_50", "pit_coverage_90")))
     return {"command": " ".join(sys.argv), "steps": args.steps, "samples": args.samples, "seeds": args.seeds,
-            "results": results}
+            "results": results, "last_latent_gap": gaps}
 
 
 def community_graph(n: int, degree: float, snapshots: int, persistent: float = 0.0, seed: int = 0):

@@ -57,7 +57,8 @@ def _member(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
 
 
 def _kmeans(points: torch.Tensor, clusters: int, iterations: int = 4) -> torch.Tensor:
-    """Cluster of each row of ``points`` (N, e): Lloyd's algorithm from evenly spaced rows (no random numbers)."""
+    """Cluster of each row of ``points`` (N, e): Lloyd's algorithm from evenly spaced rows (no random numbers).
+    The labels are 0..C-1 over the C clusters that kept a member (equal rows can leave others empty)."""
     n = points.shape[0]
     c = min(clusters, n)
     centres = points[torch.linspace(0, n - 1, c, device=points.device).long()].clone()
@@ -66,7 +67,7 @@ def _kmeans(points: torch.Tensor, clusters: int, iterations: int = 4) -> torch.T
         counts = torch.bincount(assign, minlength=c).unsqueeze(-1)
         sums = torch.zeros_like(centres).index_add_(0, assign, points)
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-    return torch.cdist(points, centres).argmin(1)
+    return torch.unique(torch.cdist(points, centres).argmin(1), return_inverse=True)[1]
 
 
 class _PathMemory:

@@ -224,8 +224,9 @@ def test_sparse_forecast_scores_match_the_dense_ones(graph_run, tmp_path):
             if name == "GraphSSM" and h > 0:  # later steps depend on each path's own drawn edges
                 assert abs(sparse["metrics"][name][h]["auc"] - row["auc"]) < 0.02
                 continue
-            for k in keys:
-                assert sparse["metrics"][name][h][k] == pytest.approx(row[k], abs=1e-6), (name, h, k)
+            for k in keys:  # the same probabilities up to float rounding (sum(g * h) against g @ h^T), which
+                # can swap two near-equal scores in the ranking metrics
+                assert sparse["metrics"][name][h][k] == pytest.approx(row[k], abs=1e-5), (name, h, k)
     exact, est = dense["metrics"]["GraphSSM"][0], sampled["metrics"]["GraphSSM"][0]
     assert sampled["edge_pairs"]["pairs_per_step"][0] < 6000
     assert abs(est["auc"] - exact["auc"]) < 0.02 and abs(est["brier"] - exact["brier"]) < 0.1 * exact["brier"]

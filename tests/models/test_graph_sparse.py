@@ -120,3 +120,26 @@ def test_a_forecast_over_its_edge_budget_is_refused_before_it_is_drawn():
     m, seq, _ = _frozen_model(False)
     with pytest.raises(ValueError, match="more than"):
         sparse_forecast(m, seq.x, seq.edges, horizon=2, num_samples=10, max_edges=100)
+
+
+def test_nodes_with_equal_factors_leave_no_empty_cluster():
+    """The thinning bound is taken per cluster of nodes: when nodes share their edge factors, Lloyd's algorithm
+    leaves clusters empty. Those are dropped (an empty cluster's bound would be 0 x inf = NaN, and the Poisson
+    draw would fail), and the first step's edges are still the exact Bernoulli draws: here every pair has the
+    same probability."""
+    from dgm_pyro.models.graph_sparse import _kmeans
+
+    labels = _kmeans(torch.cat([torch.zeros(6, 3), torch.ones(4, 3)]), 5)
+    assert sorted(set(labels.tolist())) == [0, 1] and labels[:6].eq(labels[0]).all()
+    seq = dynamic_sbm(num_nodes=N, num_steps=4, seed=0)
+    m = GraphSSM(N, seq.num_features, hidden=16, edge_memory=False, node_activity=False)
+    with torch.no_grad():
+        m.edge_bias.fill_(-1.0)
+    z = m.z0.detach()[:1].expand(N, -1)  # every node the same latent
+    m.filter = lambda x, e, s: z.expand(s, -1, -1)
+    out = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=200)
+    with torch.no_grad():
+        g, h = m.edge_factors(z)
+        p = float(torch.sigmoid((g[0] * h[0]).sum() + m.edge_bias))
+    drawn = out["edge_index"].shape[1] / (200 * N * (N - 1) / 2)
+    assert drawn == pytest.approx(p, abs=4 * (p * (1 - p) / (200 * N * (N - 1) / 2)) ** 0.5)
