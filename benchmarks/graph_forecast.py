@@ -50,10 +50,10 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path, guide_f
     start = time.perf_counter()
     train_run(config, run_dir)
     seconds = time.perf_counter() - start
-    res = forecast_run(load_run(run_dir), horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
+    run = load_run(run_dir)
+    res = forecast_run(run, horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
     out = {"train_seconds": seconds, "metrics": res["metrics"]}
     if guide_final:
-        run = load_run(run_dir)
         run.module.final_state = "guide"
         again = forecast_run(run, horizon=horizon, num_samples=samples, seed=config.seed, plots=False)
         out["metrics_guide_final"] = again["metrics"]["GraphSSM"]
@@ -63,19 +63,13 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path, guide_f
 
 def last_latent_gap(module, history, seed: int, num_samples: int = 200) -> dict:
     """How the guide's q(Z_T | Z_{T-1}, history) differs from the transition p(Z_T | Z_{T-1}), the exact posterior,
-    along ``num_samples`` guide paths: the mean ratio of their scales, and the root-mean-square distance of their
-    locs in transition scales."""
+    along ``num_samples`` guide paths (:meth:`GraphSSM.final_state_distributions`): the mean ratio of their
+    scales, and the root-mean-square distance of their locs in transition scales."""
     import torch
 
     torch.manual_seed(seed)
-    with torch.no_grad():
-        pre = module._posterior_inputs(module.summaries(history.x, history.edges))
-        z = module.z0.expand(num_samples, *module.z0.shape)
-        for t in range(history.num_steps - 1):
-            loc, scale = module._posterior_step(z, pre[t])
-            z = loc + scale * torch.randn_like(loc)
-        q_loc, q_scale = module._posterior_step(z, pre[-1])
-        p_loc, p_scale = module.transition(z)
+    both = module.final_state_distributions(history.x, history.edges, num_samples)
+    (p_loc, p_scale), (q_loc, q_scale) = both["transition"], both["guide"]
     return {"scale_ratio": float((q_scale / p_scale).mean()),
             "loc_shift": float(((q_loc - p_loc) / p_scale).pow(2).mean().sqrt())}
 

@@ -465,27 +465,28 @@ class GraphSSM(PyroModule):
     # ------------------------------------------------------------------ forecasting (P4.4)
 
     @torch.no_grad()
-    def filter(self, x: torch.Tensor, edges: list[torch.Tensor], num_samples: int) -> torch.Tensor:
-        """``num_samples`` draws (S, N, d) of the last latent Z_T given the whole history, where forecasts start
-        (P4.4).
-
-        Z_1..Z_{T-1} are drawn from the guide. Snapshot t is emitted from Z_{t-1} (P4.1), so no observed snapshot
-        depends on Z_T, and its posterior given the rest is exactly the transition:
-        p(Z_T | Z_{0:T-1}, X_{1:T}, A_{1:T}) = p(Z_T | Z_{T-1}). With ``final_state`` ``transition`` (the default)
-        Z_T is drawn from it; with ``guide`` from the guide's q(Z_T | Z_{T-1}, X_{1:T}, A_{1:T}), which only
-        approximates it (the amortization gap of P4.5: one network serves every t; on the dynamic SBM and
-        CollegeMsg its scale at T measured 0.89-0.99 of the transition's, see docs/graphs.md).
-        """
+    def final_state_distributions(self, x: torch.Tensor, edges: list[torch.Tensor], num_samples: int
+                                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Z_1..Z_{T-1} drawn from the guide given the whole history (``num_samples`` paths), then the loc and
+        scale (S, N, d) of the last latent Z_T under each of :data:`FINAL_STATES`: ``transition``, its exact
+        posterior p(Z_T | Z_{T-1}) (snapshot t is emitted from Z_{t-1}, P4.1, so no observed snapshot depends on
+        Z_T), and ``guide``, the guide's q(Z_T | Z_{T-1}, X_{1:T}, A_{1:T}), which only approximates it (the
+        amortization gap of P4.5: one network serves every t; on the dynamic SBM and CollegeMsg its scale at T
+        measured 0.89-0.99 of the transition's, see docs/graphs.md)."""
         pre = self._posterior_inputs(self.summaries(x, edges))
         z = self.z0.expand(num_samples, *self.z0.shape)
-        guided = len(edges) - (self.final_state == "transition")
-        for t in range(guided):
+        for t in range(len(edges) - 1):
             loc, scale = self._posterior_step(z, pre[t])
             z = loc + scale * torch.randn_like(loc)
-        if guided < len(edges):
-            loc, scale = self.transition(z)
-            z = loc + scale * torch.randn_like(loc)
-        return z
+        return {"transition": self.transition(z), "guide": self._posterior_step(z, pre[-1])}
+
+    @torch.no_grad()
+    def filter(self, x: torch.Tensor, edges: list[torch.Tensor], num_samples: int) -> torch.Tensor:
+        """``num_samples`` draws (S, N, d) of the last latent Z_T given the whole history, where forecasts start
+        (P4.4): from the distribution ``final_state`` names (:meth:`final_state_distributions`; by default the
+        transition, Z_T's exact posterior given Z_{T-1})."""
+        loc, scale = self.final_state_distributions(x, edges, num_samples)[self.final_state]
+        return loc + scale * torch.randn_like(loc)
 
     @torch.no_grad()
     def rollout(self, x: torch.Tensor, edges: list[torch.Tensor], steps: int,
