@@ -235,6 +235,10 @@ def test_forecasts_draw_the_last_latent_as_final_state_says(final_state):
         loc, scale = m.transition(point) if final_state == "transition" else (point, torch.full((3, 2), 1e-3))
     assert torch.allclose(z.mean(0), loc, atol=0.02)
     assert torch.allclose(z.std(0), scale, rtol=0.03)
+    # the distributions it draws from: both given the guide's Z_{T-1} (here the point mass)
+    both = m.final_state_distributions(seq.x, seq.edges, 5)
+    torch.testing.assert_close(both["transition"], m.transition(point.expand(5, 3, 2)), atol=1e-2, rtol=0)
+    torch.testing.assert_close(both["guide"][0], point.expand(5, 3, 2), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="final_state"):
         GraphSSM(3, 2, final_state="smoother")
 
