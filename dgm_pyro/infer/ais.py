@@ -25,7 +25,7 @@ from pyro import poutine
 from ..errors import DgmPyroError
 from .evidence import latent_sites, reduce_to_batch, sample_sites, site_log_prob
 
-__all__ = ["ais_log_weights", "sigmoid_schedule", "JointDensities"]
+__all__ = ["ais_log_weights", "hmc_transition", "sigmoid_schedule", "JointDensities"]
 
 _PARTICLES = "_dgm_pyro_ais_particles"
 
@@ -86,6 +86,30 @@ def _leapfrog(target: JointDensities, z: dict, r: dict, sd: dict, eps: torch.Ten
     return z, r, potential
 
 
+def hmc_transition(target: JointDensities, z: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], eps: torch.Tensor,
+                   beta: float, steps: int, event_dims: dict[str, int],
+                   densities: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One HMC transition per chain that leaves f_beta(z) = q(z|x)^(1 - beta) p(x, z)^beta invariant: a fresh
+    momentum, ``steps`` leapfrog steps of size ``eps`` (per datapoint, in the guide's scale ``sd``) and a
+    Metropolis accept/reject of the whole trajectory. ``densities`` are (log p, log q) at ``z`` when known.
+    Returns the new state and each chain's log acceptance probability (``num``, ...)."""
+    keep, nesting = target.keep, target.nesting
+    if densities is None:
+        with torch.no_grad():
+            densities = target.log_densities(z)
+    log_p, log_q = densities
+    r = {n: torch.randn_like(v) for n, v in z.items()}
+    kinetic0 = sum(_per_chain(0.5 * r[n] ** 2, event_dims[n], keep, nesting) for n in z)
+    potential0 = -(beta * log_p + (1 - beta) * log_q)
+    z_new, r_new, potential1 = _leapfrog(target, z, r, sd, eps, beta, steps)
+    kinetic1 = sum(_per_chain(0.5 * r_new[n] ** 2, event_dims[n], keep, nesting) for n in z)
+    log_accept = (potential0 + kinetic0 - potential1 - kinetic1).nan_to_num(nan=-math.inf).clamp(max=0.0)
+    accept = torch.rand_like(log_accept).log() < log_accept
+    z = {n: torch.where(accept.reshape(accept.shape + (1,) * event_dims[n]), z_new[n], z[n]).detach() for n in z}
+    return z, log_accept
+
+
 def ais_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int, keep_dims: set[int],
                     nesting: int, num_steps: int = 100, hmc_steps: int = 5, step_size: float = 0.5) -> torch.Tensor:
     """(num, ...) AIS log-weights, with size-1 dims where plates were summed (as
@@ -111,16 +135,9 @@ def ais_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     log_w = torch.zeros_like(log_p)
     eps = torch.full_like(log_p, step_size).mean(0, keepdim=True)  # one step size per datapoint
     for b_prev, b in zip(betas[:-1], betas[1:]):
+        # the weight increment is taken at z_{t-1}, before the move that leaves f_{b_t} invariant
         log_w = log_w + (b - b_prev) * (log_p - log_q)
-        r = {n: torch.randn_like(v) for n, v in z.items()}
-        kinetic0 = sum(_per_chain(0.5 * r[n] ** 2, event_dims[n], keep_dims, nesting) for n in z)
-        potential0 = -(b * log_p + (1 - b) * log_q)
-        z_new, r_new, potential1 = _leapfrog(target, z, r, sd, eps, b, hmc_steps)
-        kinetic1 = sum(_per_chain(0.5 * r_new[n] ** 2, event_dims[n], keep_dims, nesting) for n in z)
-        log_accept = (potential0 + kinetic0 - potential1 - kinetic1).nan_to_num(nan=-math.inf).clamp(max=0.0)
-        accept = torch.rand_like(log_accept).log() < log_accept
-        z = {n: torch.where(accept.reshape(accept.shape + (1,) * event_dims[n]), z_new[n], z[n]).detach()
-             for n in z}
+        z, log_accept = hmc_transition(target, z, sd, eps, b, hmc_steps, event_dims, (log_p, log_q))
         with torch.no_grad():
             log_p, log_q = target.log_densities(z)
         rate = log_accept.exp().mean(0, keepdim=True)

@@ -54,14 +54,16 @@ class IWELBO(ELBO):
             raise DgmPyroError(f"estimator must be one of {', '.join(ESTIMATORS)}, got '{estimator}'")
         super().__init__(num_particles=num_particles, vectorize_particles=True)
         self.estimator = estimator
-        self._plates: dict[tuple[int, int], tuple[set[int], int]] = {}
+        self._plates: dict[tuple[Callable, Callable], tuple[set[int], int]] = {}
 
     def __repr__(self) -> str:
         return (f"IWELBO(num_particles={self.num_particles}, estimator={self.estimator!r}): "
                 "log (1/K) sum_k p(x, z_k) / q(z_k|x) per datapoint")
 
     def _batch(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[set[int], int]:
-        key = (id(model), id(guide))
+        # keyed by the callables themselves: a bound method is a new object (and id) on every attribute access,
+        # and equal to the next one of the same instance and function
+        key = (model, guide)
         if key not in self._plates:
             shared, nesting, _ = batch_plates(model, guide, args, kwargs)
             self._plates[key] = ({d for _, d in shared}, nesting)

@@ -30,18 +30,67 @@ def _bad_guide(truth):
     return guide
 
 
-def test_ais_recovers_the_exact_evidence_where_importance_sampling_fails(lg):
-    truth, x, y = lg
+def test_ais_recovers_the_exact_evidence_where_importance_sampling_fails():
+    """100 datapoints, a guide shifted by 1 with scales 0.1 (importance sampling is 5+ nats low): AIS's mean error is at or
+    below 0 within 2 standard errors (about 0.06 nats; log of an unbiased estimate is low on average, so a mean
+    above the exact value is a bias) and less than 0.2 nats below it, and it beats importance sampling on every
+    datapoint. Weight increments taken after the HMC move instead of before it give +0.18 to +0.22 here."""
+    truth = LinearGaussianCVAE(dtype=torch.float64)
+    pyro.set_rng_seed(0)
+    y = torch.randn(100, truth.y_dim, dtype=torch.float64)
+    x = truth.sample(y)
     exact = truth.log_marginal(x, y)
     guide = _bad_guide(truth)
     is_ = log_evidence(truth.model, guide, x, y, num_particles=64, warn=False)
     ais = log_evidence(truth.model, guide, x, y, num_particles=64, method="ais", num_steps=300, warn=False)
-    assert ais.log_evidence.shape == (20,) and ais.num_particles == 64
-    n = exact.numel()
-    mean_se = float(ais.stderr.pow(2).sum().sqrt() / n)
-    assert abs(float(ais.log_evidence.mean() - exact.mean())) < 3 * mean_se + 0.02, (ais.log_evidence.mean(), exact.mean())
+    assert ais.log_evidence.shape == (100,) and ais.num_particles == 64
+    error = ais.log_evidence - exact
+    mean, se = float(error.mean()), float(error.std() / 10)
+    assert -0.2 < mean <= 2 * se, (mean, se)
+    assert se < 0.05
     assert float((exact - is_.log_evidence).mean()) > 5.0  # importance sampling is far below
     assert bool((ais.log_evidence > is_.log_evidence).all())  # AIS is the tighter estimate on every datapoint
+
+
+def test_hmc_transition_leaves_the_annealed_density_invariant(lg):
+    """For the linear-Gaussian model and a Gaussian guide q that is not the posterior, the intermediate density
+    f_b = q^(1 - b) p(x, z)^b is Gaussian with precision (1 - b) L_q + b L_post. Chains started from f_b are
+    still distributed as f_b after 8 transitions: every datapoint's and coordinate's mean and variance over
+    500 chains match f_b's (z-scores). With step size 1.5 the Metropolis test rejects (acceptance 0.4-0.9);
+    without it, or with an uncorrected random walk, the variances are far off."""
+    from dgm_pyro.infer.ais import JointDensities, hmc_transition
+
+    truth, x, y = lg
+    post = truth.posterior(x, y)
+    q_loc = post.loc + 0.5
+    q_sd = 0.7 * post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+
+    def guide(x, y):
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("z", dist.Normal(q_loc, q_sd).to_event(1))
+
+    b, chains = 0.7, 500
+    prec = (1 - b) * torch.diag_embed(q_sd ** -2) + b * post.precision_matrix
+    cov = torch.linalg.inv(prec)
+    loc = (cov @ ((1 - b) * q_loc / q_sd ** 2 + b * (post.precision_matrix @ post.loc.unsqueeze(-1)).squeeze(-1))
+           .unsqueeze(-1)).squeeze(-1)
+    f_b = dist.MultivariateNormal(loc, covariance_matrix=0.5 * (cov + cov.mT))
+    pyro.set_rng_seed(0)
+    z = {"z": f_b.sample((chains,))}  # (chains, N, 2)
+    target = JointDensities(truth.model, guide, (x, y), {}, chains, {-1}, 1)
+    sd = {"z": q_sd.expand_as(z["z"])}
+    eps = torch.full((1, y.shape[0]), 1.5, dtype=torch.float64)
+    rates = []
+    for _ in range(8):
+        z, log_accept = hmc_transition(target, z, sd, eps, b, 3, {"z": 1})
+        rates.append(float(log_accept.exp().mean()))
+    assert 0.4 < min(rates) and max(rates) < 0.9, rates
+    var = f_b.covariance_matrix.diagonal(dim1=-2, dim2=-1)
+    mean_z = (z["z"].mean(0) - loc) / (var / chains).sqrt()
+    var_z = (z["z"].var(0) / var - 1) / (2 / (chains - 1)) ** 0.5
+    for stat in (mean_z, var_z):
+        assert float(stat.abs().max()) < 4.5, stat
+        assert abs(float(stat.pow(2).mean()) - 1) < 5 * (2 / stat.numel()) ** 0.5, stat
 
 
 def test_ais_with_the_exact_posterior_is_exact_for_any_schedule(lg):

@@ -112,3 +112,37 @@ def test_bad_arguments_and_non_reparameterisable_guides(discrete_pair):
 
     with pytest.raises(DgmPyroError, match="reparameterisable"):
         IWELBO(3).differentiable_loss(model, guide, torch.zeros(4))
+
+
+def test_one_particle_is_the_elbo_and_two_particles_the_hand_computed_bound(lg):
+    """L_1 is Trace_ELBO's value on the same draw (the same random numbers give the same z), and
+    L_2 = log (w_1 + w_2) / 2 per datapoint with w_k = p(x, z_k) / q(z_k | x) computed here from the densities of
+    the model and the guide."""
+    truth, x, y = lg
+    loc, scale = truth.posterior(x, y).loc + 0.3, torch.full((y.shape[0], truth.z_dim), 0.4, dtype=torch.float64)
+
+    def guide(x, y):
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    iwelbo1, iwelbo2, trace_elbo = IWELBO(1, estimator="iwae"), IWELBO(2, estimator="iwae"), pyro.infer.Trace_ELBO()
+    for loss in (iwelbo1, iwelbo2, trace_elbo):  # a first call finds the plates (a trace that draws): done before
+        loss.loss(truth.model, guide, x, y)
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        l1 = iwelbo1.loss(truth.model, guide, x, y)
+        pyro.set_rng_seed(seed)
+        elbo = trace_elbo.loss(truth.model, guide, x, y)
+        assert l1 == pytest.approx(elbo, rel=1e-12, abs=1e-9)
+
+    pyro.set_rng_seed(7)
+    loss = iwelbo2.loss(truth.model, guide, x, y)
+    pyro.set_rng_seed(7)
+    z = dist.Normal(loc, scale).rsample((2,))  # the draws the guide makes: (2, N, z_dim)
+    log_prior = dist.Normal(truth.prior_loc(y), truth.s).log_prob(z).sum(-1)
+    log_lik = dist.Normal(z @ truth.W.T + y @ truth.V.T + truth.c, truth.sigma).log_prob(x).sum(-1)
+    log_w = log_prior + log_lik - dist.Normal(loc, scale).log_prob(z).sum(-1)
+    want = torch.log((log_w[0].exp() + log_w[1].exp()) / 2).sum()
+    assert -loss == pytest.approx(float(want), rel=1e-12)
+    # the two draws differ, so L_2 is not the ELBO of either: the test sees the normaliser
+    assert float((log_w[0] - log_w[1]).abs().min()) > 1e-3

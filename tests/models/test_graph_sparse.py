@@ -95,6 +95,31 @@ def test_second_step_memory_is_each_paths_own_first_step(activity):
     torch.testing.assert_close(fc["pair_prob"][1], (total / paths)[u, v], atol=1e-5, rtol=0)
 
 
+def test_later_steps_draw_each_paths_edges_with_its_own_probabilities():
+    """At steps 2 and 3 every path draws pair (u, v) with its own probability p_s (given what it drew before),
+    so over S paths the edge frequency minus the mean probability (1/S) sum_s p_s (``pair_prob``, checked
+    against the dense recursion above) is a sum of independent zero-mean terms with variance
+    (1/S^2) sum_s p_s (1 - p_s) <= p (1 - p) / S: z-scores with that bound are at most 5 and their mean square is
+    not above 1 by more than 5 of its standard errors. A sampler that forgets a path's own earlier draws
+    draws those pairs twice (mean square about 10 here). With node activity, which each path updates too."""
+    m, seq, _ = _frozen_model(False, True)
+    paths, horizon = 1500, 3
+    u, v = pair_index(N, False)
+    pairs = torch.stack([u, v])
+    fc = sparse_forecast(m, seq.x, seq.edges, horizon=horizon, num_samples=paths, top_k=0,
+                         score_pairs=[pairs] * horizon)
+    index = fc["edge_index"]
+    for step in (1, 2):
+        at = index[:, index[1] == step]
+        assert at.shape[1] == torch.unique(at[0] * N * N + at[2] * N + at[3]).numel()  # no pair twice on a path
+        freq = torch.zeros(N, N).index_put_((at[2], at[3]), torch.ones(at.shape[1]), accumulate=True) / paths
+        pp, ff = fc["pair_prob"][step].double(), freq[u, v].double()
+        zscore = (ff - pp) / (pp * (1 - pp) / paths).sqrt()
+        assert (pp > 0.5).any() and fc["sampler"][step]["accepted"] > 0  # both of the sampler's stages ran
+        assert zscore.abs().max() < 5, (step, zscore.abs().max())
+        assert float((zscore ** 2).mean()) < 1 + 5 * (2 / len(pp)) ** 0.5, (step, float((zscore ** 2).mean()))
+
+
 def test_top_k_is_the_dense_ranking_of_new_edges():
     m, seq, z = _frozen_model(False)
     k = 4
