@@ -333,8 +333,9 @@ def test_diagnose_any_run_folder_quadrant_and_linear_gaussian(tmp_path):
 
 
 def test_evaluate_with_annealed_importance_sampling(trained, tmp_path):
-    """`evaluate --method ais` reports the AIS estimate; with 4 chains x 20 temperatures on a 2-epoch model it is
-    finite and is labelled as AIS in text and JSON."""
+    """`evaluate --method ais` reports the AIS estimate, labelled as AIS in text and JSON; with 4 chains x 20
+    temperatures on a 2-epoch model its mean over the validation split is above the encoder's ELBO there (AIS
+    from the encoder is a tighter bound; measured: -178.09 against -178.65, importance sampling -178.34)."""
     path = tmp_path / "copy"
     shutil.copytree(trained[0], path)  # evaluate writes evaluation.json; keep the shared fixture untouched
     r = run("evaluate", path, "--method", "ais", "--ais-steps", "20", "--particles", "4", "--split", "valid",
@@ -342,7 +343,11 @@ def test_evaluate_with_annealed_importance_sampling(trained, tmp_path):
     assert r.exit_code == 0, r.output
     ev = json.loads(r.stdout)
     assert ev["method"] == "ais" and ev["ais_steps"] == 20 and ev["num_particles"] == 4
-    assert ev["log_evidence"] is not None and ev["log_evidence"] < 0
+    # AIS from the encoder is a tighter bound than the encoder's ELBO, measured here on the same split
+    r = run("evaluate", path, "--particles", "4", "--split", "valid", "--json")
+    assert r.exit_code == 0, r.output
+    plain = json.loads(r.stdout)
+    assert plain["elbo"] < ev["log_evidence"] < 0, (plain["elbo"], ev["log_evidence"])
     r = run("evaluate", path, "--method", "ais", "--ais-steps", "2", "--particles", "2", "--split", "valid")
     assert r.exit_code == 0 and "annealed (AIS)" in r.stdout
 

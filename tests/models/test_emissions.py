@@ -3,6 +3,7 @@
 import math
 
 import pyro
+from pyro import poutine
 import pytest
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
@@ -140,7 +141,19 @@ def test_a_per_feature_emission_mix_against_scipy_and_pyro_inference():
     assert pred["z"].shape[-3:] == (5, 10, 3)
     # one kind for every feature is the single-emission model, parameter for parameter
     same = GraphSSM(10, 4, latent_dim=3, hidden=8, feature_emission=["hurdle"] * 4)
-    same.load_state_dict(GraphSSM(10, 4, latent_dim=3, hidden=8, feature_emission="hurdle").state_dict())
+    single = GraphSSM(10, 4, latent_dim=3, hidden=8, feature_emission="hurdle")
+    same.load_state_dict(single.state_dict())
+    positive = x.abs() * (x > 0.5)  # >= 0 with zeros: a hurdle value in every feature
+    want = single.feature_distribution(h).log_prob(positive)
+    torch.testing.assert_close(same.feature_distribution(h).log_prob(positive), want, rtol=0, atol=1e-6)
+    assert bool((positive == 0).any()) and bool(torch.isfinite(want).all())
+    # and the whole model: the same log-joint on the same guide draw
+    traces = []
+    for model in (single, same):
+        pyro.set_rng_seed(2)
+        guide_tr = poutine.trace(model.guide).get_trace(positive, seq.edges)
+        traces.append(poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(positive, seq.edges))
+    assert float(traces[0].log_prob_sum()) == pytest.approx(float(traces[1].log_prob_sum()), abs=1e-4)
     with pytest.raises(ValueError, match="one per modelled feature"):
         GraphSSM(10, 4, feature_emission=["hurdle", "gaussian"])
 
