@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     # group: (modules to mutate, the tests that cover them)
     "infer": (["dgm_pyro/infer/*.py"], ["tests/infer"]),
-    "divergences": (["dgm_pyro/divergences.py"], ["tests/test_divergences.py", "tests/infer/test_cs_elbo.py"]),
+    "divergences": (["dgm_pyro/divergences.py"], ["tests/test_divergences.py", "tests/infer/test_cs_elbo.py",
+                                                  "tests/infer/test_free_bits.py", "tests/test_diagnostics.py"]),
     "diagnostics": (["dgm_pyro/diagnostics.py"], ["tests/test_diagnostics.py"]),
     "markov": (["dgm_pyro/models/markov.py"], ["tests/models/test_markov.py", "tests/infer/test_scheduled_sampling.py"]),
     "graph_sparse": (["dgm_pyro/models/graph_sparse.py"], ["tests/models/test_graph_sparse.py"]),
