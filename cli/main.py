@@ -631,11 +631,23 @@ def datasets(json_out: bool) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A rank of a torchrun job leaves without Python's finalisation
+    (:func:`dgm_pyro.distributed.exit_process`: gloo's threads can otherwise abort it at exit)."""
+    from dgm_pyro import distributed as D
     from dgm_pyro.device import keep_freed_memory
 
     keep_freed_memory()  # training re-allocates the same large tensors every step
-    cli.main(args=argv, prog_name="dgm-pyro")
+    if not D.launched():
+        cli.main(args=argv, prog_name="dgm-pyro")
+        return
+    try:
+        cli.main(args=argv, prog_name="dgm-pyro")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+    D.exit_process(code)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,15 @@ def test_killed_two_process_run_resumes_exactly(two_process_run, tmp_path):
     assert killed_at < 6
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("args, code, text", [(["datasets"], 0, "digits-q2"), (["train", "--epochs", "0"], 2, "--epochs")])
+def test_a_rank_leaves_with_its_exit_code_and_its_output(args, code, text):
+    """Under torchrun (WORLD_SIZE > 1) the command ends through dgm_pyro.distributed.exit_process, skipping
+    Python's finalisation (where gloo's worker threads could abort the process): the exit code and everything
+    printed still come out."""
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1], timeout=300)
+    assert p.returncode == code, p.stderr
+    assert text in p.stdout + p.stderr
