@@ -81,6 +81,8 @@ def has_cs_closed_form(p: Distribution, q: Distribution) -> bool:
     fn, _ = _lookup(p, q)
     if fn is None:
         return False
+    if fn is _full_pair:  # a full-covariance Gaussian with another Gaussian, or with an Independent of something else
+        return _is_gaussian(p) and _is_gaussian(q)
     if isinstance(p, Independent) and isinstance(q, Independent):
         return has_cs_closed_form(p.base_dist, q.base_dist)
     if isinstance(p, MixtureSameFamily) or isinstance(q, MixtureSameFamily):
@@ -140,12 +142,21 @@ def _mvn_log_inner(loc_p, cov_p, loc_q, cov_q) -> torch.Tensor:
     return MultivariateNormal(loc_q, covariance_matrix=cov).log_prob(loc_p)
 
 
+def _is_gaussian(d: Distribution) -> bool:
+    """A Gaussian over one event dimension: full, low-rank or diagonal (``Normal(...).to_event(1)``)."""
+    return isinstance(d, (MultivariateNormal, LowRankMultivariateNormal)) or (
+        isinstance(d, Independent) and isinstance(d.base_dist, Normal) and d.reinterpreted_batch_ndims == 1)
+
+
 def _as_full(d: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(d, (MultivariateNormal, LowRankMultivariateNormal)):
-        return d.loc, d.covariance_matrix
-    if isinstance(d, Independent) and isinstance(d.base_dist, Normal) and d.reinterpreted_batch_ndims == 1:
+    if not _is_gaussian(d):
+        what = (f"Independent({type(d.base_dist).__name__}, {d.reinterpreted_batch_ndims})"
+                if isinstance(d, Independent) else type(d).__name__)
+        raise NotImplementedError(f"no closed-form Cauchy-Schwarz divergence between a multivariate normal and {what}; "
+                                  "use cs_divergence_mc or register_cs")
+    if isinstance(d, Independent):
         return d.base_dist.loc, torch.diag_embed(d.base_dist.scale**2)
-    raise NotImplementedError(f"cannot treat {type(d).__name__} as a multivariate normal")
+    return d.loc, d.covariance_matrix
 
 
 def _full_pair(p, q) -> torch.Tensor:
@@ -195,18 +206,16 @@ def _mixture_parts(d: Distribution):
     return None, d
 
 
-def _mixture_log_inner(p: Distribution, q: Distribution) -> torch.Tensor:
-    # INT (sum_i w_i p_i)(sum_j v_j q_j) = sum_ij w_i v_j INT p_i q_j   -> log-sum-exp over K_p x K_q pairs
+def _mixture_log_inner(p: MixtureSameFamily, q: Distribution) -> torch.Tensor:
+    # INT (sum_i w_i p_i)(sum_j v_j q_j) = sum_ij w_i v_j INT p_i q_j   -> log-sum-exp over K_p x K_q pairs.
+    # The registry puts the mixture first (a pair (q, mixture) comes here swapped).
     lw_p, comp_p = _mixture_parts(p)
     lw_q, comp_q = _mixture_parts(q)
-    if lw_p is not None and lw_q is not None:
+    if lw_q is not None:
         inner = log_inner_product(_expand_component(comp_p, -1), _expand_component(comp_q, -2))  # (..., Kp, Kq)
         return torch.logsumexp(lw_p.unsqueeze(-1) + lw_q.unsqueeze(-2) + inner, dim=(-2, -1))
-    if lw_p is not None:
-        inner = log_inner_product(comp_p, _expand_component(comp_q, -1))  # (..., Kp)
-        return torch.logsumexp(lw_p + inner, -1)
-    inner = log_inner_product(_expand_component(comp_p, -1), comp_q)
-    return torch.logsumexp(lw_q + inner, -1)
+    inner = log_inner_product(comp_p, _expand_component(comp_q, -1))  # (..., Kp)
+    return torch.logsumexp(lw_p + inner, -1)
 
 
 register_cs(MixtureSameFamily, Distribution)(_mixture_log_inner)
