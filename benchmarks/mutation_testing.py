@@ -8,6 +8,7 @@ the working tree (``--work``, default ``mutation-runs/``, ignored by git), so a 
 resumed (mutmut keeps its results there) without touching the checkout.
 
     python benchmarks/mutation_testing.py run infer --jobs 1        # one group; `all` for every group
+    python benchmarks/mutation_testing.py rerun infer               # after writing tests: the survivors again
     python benchmarks/mutation_testing.py report --json docs/results/mutation.json
     python benchmarks/mutation_testing.py known                     # the seven mutations of issue 27
 
@@ -74,6 +75,28 @@ def run_group(name: str, work: Path, jobs: int) -> None:
     start = time.time()
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=folder, env=env)
     print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)
+
+
+def rerun_group(name: str, work: Path, jobs: int) -> None:
+    """Bring the group's copy up to date with the checkout's tests and library (a triage wrote tests; only the
+    mutated modules keep mutmut's copies), then run every mutant not yet killed again."""
+    folder = work / name
+    modules, _ = GROUPS[name]
+    for sub in ("tests", "cli", "docs"):
+        for dest in (folder / sub, folder / "mutants" / sub):
+            if dest.is_dir():
+                shutil.rmtree(dest)
+                shutil.copytree(ROOT / sub, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    mutated = {p for pattern in modules for p in ROOT.glob(pattern)}
+    for src in (ROOT / "dgm_pyro").rglob("*.py"):
+        if src not in mutated:
+            for base in (folder, folder / "mutants"):
+                shutil.copy2(src, base / src.relative_to(ROOT))
+    pending = [k for k, s in results(folder).items() if s != "killed"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    if pending:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *pending], cwd=folder,
+                       env=env)
 
 
 def results(folder: Path) -> dict[str, str]:
@@ -171,15 +194,15 @@ def known(work: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["run", "report", "known"])
+    ap.add_argument("command", choices=["run", "rerun", "report", "known"])
     ap.add_argument("groups", nargs="*", default=["all"])
     ap.add_argument("--work", type=Path, default=ROOT / "mutation-runs")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if args.command == "run":
+    if args.command in ("run", "rerun"):
         for name in (list(GROUPS) if args.groups == ["all"] else args.groups):
-            run_group(name, args.work, args.jobs)
+            (run_group if args.command == "run" else rerun_group)(name, args.work, args.jobs)
         return
     if args.command == "known":
         out = known(args.work)

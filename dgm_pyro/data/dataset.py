@@ -9,7 +9,7 @@ import torch
 
 __all__ = ["ConditionalDataset", "LIKELIHOODS"]
 
-LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+LIKELIHOODS = ("bernoulli", "bernoulli-grey", "gaussian", "categorical")
 
 
 @dataclass
@@ -21,7 +21,8 @@ class ConditionalDataset:
         splits: ``{"train": (x, y), "valid": (x, y), "test": (x, y)}`` with ``x`` of shape ``(N, x_dim)``
             (float; integer levels for categorical data) and ``y`` of shape ``(N, y_dim)`` (float;
             ``y_dim`` may be 0 for unconditional data).
-        likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"categorical"``.
+        likelihood: ``"bernoulli"``, ``"gaussian"``, ``"categorical"`` or ``"bernoulli-grey"`` (Bernoulli
+            cross-entropy with grey levels in [0, 1] as targets: a pseudo-likelihood, as Pyro's CVAE tutorial uses).
         levels: number of levels for categorical data (17 for digits), else ``None``.
         condition: what ``y`` is: ``"label"`` (one-hot class), ``"quadrant"`` (given image quadrants),
             ``"vector"`` (real covariates) or ``"none"``.
@@ -32,6 +33,9 @@ class ConditionalDataset:
         true_log_likelihood: exact log p(x|y) of the data-generating process, when known
             (``linear-gaussian``); a callable ``(x, y) -> (N,)`` tensor.
         description: one line for ``dgm-pyro datasets``.
+        binarize: ``"dynamic"`` when the training split holds grey levels p in [0, 1] of a Bernoulli likelihood
+            and every minibatch draws x ~ Bernoulli(p) anew (also the condition for quadrant data, whose y
+            are pixels too); the validation and test splits are then binarised already. ``None`` otherwise.
     """
 
     name: str
@@ -46,6 +50,13 @@ class ConditionalDataset:
     true_log_likelihood: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    binarize: Optional[str] = None
+
+    def binarized_columns(self) -> tuple[int, ...]:
+        """Which of (x, y) a minibatch binarises: x, and y too for quadrant completion."""
+        if self.binarize != "dynamic":
+            return ()
+        return (0, 1) if self.condition == "quadrant" else (0,)
 
     @property
     def x_dim(self) -> int:

@@ -83,7 +83,7 @@ def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
 
 def likelihood_out_features(likelihood: str, x_dim: int, levels: int | None) -> int:
     """Number of network outputs that parameterise the likelihood of an ``x_dim``-vector."""
-    if likelihood == "bernoulli":
+    if likelihood in ("bernoulli", "bernoulli-grey"):
         return x_dim
     if likelihood == "gaussian":
         return 2 * x_dim
@@ -98,13 +98,17 @@ def make_likelihood(likelihood: str, out: torch.Tensor, x_dim: int, levels: int 
                     x_shift: torch.Tensor, x_scale: torch.Tensor, min_scale: float = 1e-3) -> dist.Distribution:
     """The distribution of x given network outputs ``out`` of shape ``(..., likelihood_out_features)``.
 
-    Bernoulli (logits), Gaussian with a learned per-pixel variance (loc and scale predicted in
+    Bernoulli (logits), the same Bernoulli scored on grey targets in [0, 1] (``"bernoulli-grey"``: the
+    cross-entropy x log sigma(l) + (1 - x) log(1 - sigma(l)), a pseudo-likelihood; its support check is
+    off because the targets are not binary), Gaussian with a learned per-pixel variance (loc and scale predicted in
     standardised units, then mapped back by ``x_shift`` and ``x_scale``), or categorical over
     ``levels`` grey levels (seed P1.8: the decoder outputs the parameters of the distribution for x).
     Returns a distribution with batch shape ``out.shape[:-1]`` and event shape ``(x_dim,)``.
     """
     if likelihood == "bernoulli":
         return dist.Bernoulli(logits=out).to_event(1)
+    if likelihood == "bernoulli-grey":
+        return dist.Independent(dist.Bernoulli(logits=out, validate_args=False), 1, validate_args=False)
     if likelihood == "gaussian":
         loc, raw_scale = out.chunk(2, dim=-1)
         scale = (nn.functional.softplus(raw_scale) + min_scale) * x_scale

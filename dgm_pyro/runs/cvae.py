@@ -190,7 +190,8 @@ class CVAEKind(DatasetModelKind):
             base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none",
                                               aggressive=False, track_collapse=False)
             trainer = self.trainer(base_config, baseline, to_device(device, *data.splits["train"]), base_dir,
-                                   self.callbacks(base_config, data, device), progress, label="baseline")
+                                   self.callbacks(base_config, data, device), progress, label="baseline",
+                                   binarize=data.binarized_columns())
             summary["baseline"] = trainer.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
         return summary
 

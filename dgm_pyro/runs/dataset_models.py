@@ -65,9 +65,12 @@ class DatasetConfig(ConfigBase):
 
     LENGTH: ClassVar[str] = "epochs"
     model: str = option("", "registered model name", cli=False)
-    dataset: str = option("digits", "digits, digits-q1..3, digits-text, digits-unconditional, linear-gaussian, npz:PATH, "
+    dataset: str = option("digits", "digits, digits-q1..3, digits-text, digits-unconditional, linear-gaussian, mnist, "
+                                  "mnist-q1..3, mnist-unconditional (each also NAME:DIR for IDX files), npz:PATH, "
                                   "idx:DIR.")
-    likelihood: Optional[str] = option(None, "Override for user files (default: inferred from the values).",
+    likelihood: Optional[str] = option(None, "Override for user files (default: inferred from the values); for MNIST "
+                                       "bernoulli (binarised dynamically, the default) or bernoulli-grey (Pyro's "
+                                       "grey-level cross-entropy, a pseudo-likelihood).",
                                        choices=LIKELIHOODS)
     epochs: int = option(60, "Maximum number of epochs.", min=1)
     batch_size: int = option(100, "Minibatch size.", min=1)
@@ -169,8 +172,8 @@ class DatasetModelKind(ModelKind):
 
     def trainer(self, config: DatasetConfig, module: torch.nn.Module, train: tuple[torch.Tensor, ...],
                 run_dir: Path, callbacks: list[Any], progress: bool, loss: Optional[Any] = None,
-                label: str = "train") -> Trainer:
-        return Trainer(module, Minibatches(train, config.batch_size, config.epochs), run_dir,
+                label: str = "train", binarize: Sequence[int] = ()) -> Trainer:
+        return Trainer(module, Minibatches(train, config.batch_size, config.epochs, binarize), run_dir,
                        loss=loss if loss is not None else config.objective_loss(), lr=config.lr,
                        clip_norm=config.clip_norm, seed=config.seed, skip_bad_steps=config.skip_bad_steps,
                        callbacks=callbacks, config_digest=config.digest(), progress=progress, label=label)
@@ -182,7 +185,8 @@ class DatasetModelKind(ModelKind):
         ``callbacks``); ``loss`` overrides the configured objective. Returns the training summary."""
         device = torch.device(device)
         trainer = self.trainer(config, module, to_device(device, *data.splits["train"]), Path(run_dir),
-                               self.callbacks(config, data, device) + list(callbacks), progress, loss=loss)
+                               self.callbacks(config, data, device) + list(callbacks), progress, loss=loss,
+                               binarize=data.binarized_columns())
         return trainer.fit(resume=resume)
 
     def train(self, config: DatasetConfig, data: ConditionalDataset, module: torch.nn.Module, run_dir: Path,

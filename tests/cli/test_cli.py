@@ -107,7 +107,8 @@ def test_sample_is_reproducible(trained, tmp_path):
 def test_datasets_lists_everything():
     r = run("datasets", "--json")
     assert r.exit_code == 0
-    assert {"digits", "digits-q1", "digits-q2", "digits-q3", "linear-gaussian", "npz:PATH", "idx:DIR"} <= set(json.loads(r.stdout))
+    assert {"digits", "digits-q1", "digits-q2", "digits-q3", "linear-gaussian", "npz:PATH", "idx:DIR", "mnist", "mnist-q1",
+            "mnist-q2", "mnist-q3", "mnist-unconditional"} <= set(json.loads(r.stdout))
 
 
 def test_config_file_and_flag_precedence(tmp_path):

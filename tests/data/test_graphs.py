@@ -232,7 +232,9 @@ def test_malicious_pt_is_refused(tmp_path):
 
 def test_unknown_and_mismatched_specs():
     with pytest.raises(DgmPyroError, match="unknown graph dataset"):
-        load_graph_dataset("mnist")
+        load_graph_dataset("imagenet")
+    with pytest.raises(DgmPyroError, match="'mnist-q1' is not a graph dataset"):
+        load_graph_dataset("mnist-q1")
     with pytest.raises(DgmPyroError, match="'digits' is not a graph dataset; .* 'dgm-pyro train cvae --dataset digits'"):
         load_graph_dataset("digits")
     with pytest.raises(DgmPyroError, match="undirected"):

@@ -86,7 +86,7 @@ def test_missing_and_garbage_files(tmp_path):
     with pytest.raises(DgmPyroError, match="not a readable"):
         load_npz(tmp_path / "junk.npz")
     with pytest.raises(DgmPyroError, match="unknown dataset"):
-        load_dataset("mnist")
+        load_dataset("imagenet")
     with pytest.raises(DgmPyroError, match="fixed likelihood"):
         load_dataset("digits", likelihood="gaussian")
 
