@@ -131,7 +131,7 @@ def _bad_inputs(tmp: Path, run_dir: Path):
     (tmp / "typed.toml").write_text('epochs = "many"')
     (tmp / "notrun").mkdir(exist_ok=True)
     return [
-        (["train", "--dataset", "mnist"], "unknown dataset"),
+        (["train", "--dataset", "imagenet"], "unknown dataset"),
         (["train", "--dataset", f"npz:{tmp}/missing.npz"], "no such file"),
         (["train", "--dataset", f"npz:{tmp}/nan.npz"], "NaN"),
         (["train", "--dataset", f"npz:{tmp}/shape.npz"], "must have shape"),
