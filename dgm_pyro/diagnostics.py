@@ -175,9 +175,7 @@ def encoder_posteriors(model: Callable, guide: Callable, *args, site: str = "z",
         raise ValueError(f"latent site {site!r} has batch shape {tuple(q.batch_shape)} and event shape "
                          f"{tuple(q.event_shape)} in the guide; the collapse measures need batch shape (N,) (one "
                          f"plate over the datapoints) and event shape (d,){hint}")
-    if len(p.batch_shape) == 1 and p.batch_shape != q.batch_shape:
-        p = p.expand(q.batch_shape)
-    return q, p
+    return q, p  # a model site in the same plate has batch (N,) like q's; one outside every plate, batch ()
 
 
 @dataclass

@@ -175,3 +175,76 @@ def test_errors_name_the_latent_sites_and_how_to_fix_the_layout():
         collapse_report(model, guide, x, particles=0)
     with pytest.raises(ValueError, match=r"batch shape \(5, 2\).*to_event\(1\) inside the data plate only"):
         collapse_report(model, guide, x, site="zz", particles=0)
+
+
+def test_report_text_and_json_are_the_numbers_they_name():
+    """The printed table and the JSON of a report with known numbers, exactly (the CLI prints these)."""
+    import json
+
+    from dgm_pyro.diagnostics import CollapseReport
+
+    fields = dict(num_datapoints=300, latent_dim=3, active_units=2, activity=[0.5, 0.02, 0.001], kl=4.25,
+                  kl_per_dimension=[3.0, 1.25, 0.0], mutual_information=2.5, mutual_information_ceiling=math.log(300),
+                  mutual_information_minibatch=1.75, minibatch_size=100, aggregate_kl=0.125)
+    plain = CollapseReport(**fields)
+    assert str(plain).splitlines() == [
+        "  datapoints N                           300",
+        "  NLL, importance-sampled                -",
+        "  -ELBO                                  -",
+        "  KL  E[KL(q(z|x) || p(z))]              4.250",
+        "  MI  I(x; z) over the dataset           2.500  (ceiling log N = 5.704)",
+        "  MI  I(x; z) minibatch estimate, B=100  1.750  (ceiling log B = 4.605)",
+        "  aggregate KL(q(z) || p(z))             0.125",
+        "  active units (Cov > 0.01)              2 of 3",
+        "  KL per dimension                       3.00 1.25 0.00",
+    ]
+    given = CollapseReport(**{**fields, "mutual_information_ceiling": 4.0}, nll=88.5, elbo=-90.25, conditional=True)
+    lines = str(given).splitlines()
+    assert lines[1].split()[-1] == "88.500" and lines[2].split()[-1] == "90.250"
+    assert "KL  E[KL(q(z|x, y) || p(z | y))]" in lines[3] and "I(x; z | y) over the dataset" in lines[4]
+    assert "(ceiling mean log class size = 4.000)" in lines[4] and "aggregate KL(q(z | y) || p(z | y))" in lines[6]
+    text = given.to_json()
+    assert json.loads(text) == {**fields, "mutual_information_ceiling": 4.0, "nll": 88.5, "elbo": -90.25,
+                                "conditional": True, "extra": {}}
+    assert text.startswith('{\n "num_datapoints": 300,')  # indented one space, as the run folder's files are
+
+
+def test_encoder_posteriors_with_keyword_arguments_and_a_conditional_prior():
+    """The model and the guide get the keyword arguments; the guide's q(z|x) (batch (N,), event (d,)) and the model's
+    prior p(z|y) (batch (N,)) come back as they are, and a prior without the data plate is returned unexpanded."""
+    from dgm_pyro.diagnostics import encoder_posteriors
+
+    x, y = torch.randn(4, 2), torch.randn(4, 2)
+
+    def model(x, y=None):
+        with pyro.plate("obs", 4):
+            z = pyro.sample("z", dist.Normal(y, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x, y=None):
+        with pyro.plate("obs", 4):
+            pyro.sample("z", dist.Normal(x + y, 0.5).to_event(1))
+
+    q, p = encoder_posteriors(model, guide, x, y=y)
+    assert q.batch_shape == p.batch_shape == (4,) and q.event_shape == p.event_shape == (2,)
+    torch.testing.assert_close(q.mean, x + y)
+    torch.testing.assert_close(p.mean, y)
+
+    def model_shared_prior(x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("obs", 4):
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide_per_datapoint(x):
+        with pyro.plate("obs", 4):
+            pyro.sample("z", dist.Normal(x, 0.5).to_event(1))
+
+    q, p = encoder_posteriors(model_shared_prior, guide_per_datapoint, x)
+    assert q.batch_shape == (4,) and p.batch_shape == ()  # an unconditional prior outside the plate, as it is
+    with pytest.raises(ValueError, match=r"batch shape \(\) .*; sample it inside a plate over the datapoints"):
+        encoder_posteriors(model_shared_prior, lambda x: pyro.sample("z", dist.Normal(torch.zeros(2), 1.0)
+                                                                         .to_event(1)), x)
+    with pytest.raises(ValueError, match=r"no latent site 'w' in both the model and the guide; latent sites found: "
+                                         r"'z' \(batch \(4,\), event \(2,\)\) \(guide\), none \(model\)"):
+        encoder_posteriors(lambda x: pyro.sample("x", dist.Normal(0.0, 1.0), obs=x[0, 0]), guide_per_datapoint, x,
+                           site="w")
