@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -137,8 +138,21 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands with the first sentence of each one's help, whole (click cuts it at the width)."""
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.short_help and cmd.help:
+                first = " ".join(cmd.help.strip().split("\n\n")[0].split())
+                cmd.short_help = re.split(r"(?<=[.;])\s", first)[0].rstrip(".;")
+        super().format_commands(ctx, formatter)
+
     def main(self, args: Any = None, prog_name: Optional[str] = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
+        if not (sys.argv[1:] if args is None else list(args)):  # the command alone: its help, not an error
+            with self.make_context(prog_name or "dgm-pyro", [], resilient_parsing=True) as ctx:
+                click.echo(ctx.get_help())
+            sys.exit(0)
         try:
             rv = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.exceptions.Abort:
@@ -207,9 +221,15 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
         run_dir = D.broadcast_object(run_dir)
     announce = None if json_out else (lambda path: click.echo(f"run folder: {path}"))
     rank = D.rank()
+    if resume is not None and rank == 0:
+        _say_where_it_resumes(run_dir)
     try:
         summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out), on_start=announce,
                             device=dev)
+    except KeyboardInterrupt:
+        if rank == 0:
+            _say_how_to_resume(run_dir)
+        raise click.exceptions.Exit(130) from None
     finally:
         D.shutdown()
     if rank != 0:
@@ -225,6 +245,33 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
     _report_files(sorted(p for p in run_dir.rglob("*") if p.is_file() and p.parent.name != "__pycache__"))
     click.echo("next: " + "   |   ".join(f"dgm-pyro {c} {run_dir}" + (" --horizon 5" if c == "forecast" else "")
                                         for c in run.kind.commands))
+
+
+def _say_where_it_resumes(run_dir: Path) -> None:
+    """One line on stderr: the epoch or step a resumed run continues after."""
+    from dgm_pyro.runs import read_run_config, training_state
+
+    _, config = read_run_config(run_dir)
+    unit = (config.LENGTH or "epochs")[:-1]
+    state = training_state(run_dir / "checkpoint.pt")
+    done = 0 if state is None else state.get(unit, 0)
+    logging.getLogger("dgm_pyro.cli").info("resuming %s after %s %d%s", run_dir, unit, done, " (no checkpoint yet: from the start)" if state is None
+             else "")
+
+
+def _say_how_to_resume(run_dir: Path) -> None:
+    """After Ctrl-C: what was kept and the command that continues."""
+    from dgm_pyro.runs import read_run_config, training_state
+
+    try:
+        _, config = read_run_config(run_dir)
+        unit = (config.LENGTH or "epochs")[:-1]
+        state = training_state(run_dir / "checkpoint.pt")
+    except DgmPyroError:
+        click.echo("interrupted before the run folder was made; nothing to resume", err=True)
+        return
+    kept = f"the checkpoint after {unit} {state[unit]} is kept" if state else "no checkpoint was written yet"
+    click.echo(f"interrupted: {kept}; continue with 'dgm-pyro train --resume {run_dir}'", err=True)
 
 
 def _prepare_resume(kind: Any, ctx: click.Context, config_file: Optional[str], run_dir: Path, json_out: bool) -> bool:

@@ -149,10 +149,10 @@ class TrainGroup(click.Group):
         return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple:
-        from dgm_pyro.registry import model_names
+        from dgm_pyro.registry import model_names, unknown_model_message
 
         if args and args[0] not in model_names():
-            raise DgmPyroError(f"unknown model '{args[0]}'; registered models: {', '.join(model_names())}")
+            raise DgmPyroError(unknown_model_message(args[0]))
         return super().resolve_command(ctx, args)
 
 

@@ -48,7 +48,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; refuse anything else with a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise DgmPyroError(f"{path}: no such checkpoint")
+        hint = (f" (its run stopped before writing the first one; train it with 'dgm-pyro train --resume "
+                f"{path.parent}')" if (path.parent / "config.json").is_file() else "")
+        raise DgmPyroError(f"{path}: no such checkpoint{hint}")
     if not zipfile.is_zipfile(path):
         raise DgmPyroError(f"{path}: unreadable checkpoint (not a torch.save file; truncated or corrupted?)")
     try:

@@ -64,8 +64,17 @@ def get_model(name: str) -> Any:
     """The registered model kind called ``name`` (an instance)."""
     _load_all()
     if name not in _REGISTRY:
-        raise DgmPyroError(f"unknown model '{name}'; registered models: {', '.join(model_names())}")
+        raise DgmPyroError(unknown_model_message(name))
     return _REGISTRY[name]()
+
+
+def unknown_model_message(name: str) -> str:
+    """One line for a model name that is not registered, with the nearest registered name when one is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, model_names(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown model '{name}'{hint}; registered models: {', '.join(model_names())}"
 
 
 def model_names() -> list[str]:

@@ -207,8 +207,10 @@ def extend_run(run_dir: str | Path, length: int) -> Any:
     state = training_state(run_dir / "checkpoint.pt") or {}
     done = state.get(field[:-1], 0)
     if state.get("stopped"):
+        patience = getattr(config, "patience", None)
         raise DgmPyroError(f"{run_dir}: stopped early at {field[:-1]} {done} (no better validation score for "
-                           f"'patience' {field}); more {field} would not train it further")
+                           f"{patience if patience is not None else 'patience'} {field}); more {field} would not "
+                           "train it further")
     if length <= done:
         raise DgmPyroError(f"{run_dir}: has trained {done} {field} already; --{field} must be more than that")
     kind.check_extension(config)
