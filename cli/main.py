@@ -368,7 +368,8 @@ def _load(run_dir: str, command: str, device: str) -> Any:
 @click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random draw of the command: the same seed gives the same numbers.")
 @click.option("--method", type=click.Choice(["is", "adaptive", "ais"]), default="is", show_default=True,
               help="Importance sampling with the encoder as proposal; adaptive importance sampling from the encoder "
                    "mixed with Gaussians fitted per datapoint; or annealed importance sampling (HMC) from the encoder.")
@@ -453,7 +454,8 @@ def _read_prompts(texts: tuple[str, ...], text_file: Optional[str]) -> Optional[
               help="Decoder mean E[x|y,z] or a draw x ~ p(x|y,z).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output .png grid (image data) or .npz; default RUN/samples.png or RUN/samples.npz.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random draw of the command: the same seed gives the same numbers.")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file: Optional[str],
@@ -506,7 +508,8 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="B of the minibatch MI estimator (ceiling log B).")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random draw of the command: the same seed gives the same numbers.")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split: str, seed: int,
@@ -544,7 +547,8 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
 @click.option("--negatives", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="With sparse edges: non-edges drawn uniformly per step to score against every true edge.")
 @click.option("--no-plots", is_flag=True, help="Do not write plots/forecast_*.png.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random draw of the command: the same seed gives the same numbers.")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,

@@ -1,6 +1,6 @@
 """dgm-pyro: deep generative models written the Pyro way."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from . import data, divergences, infer, metrics, models  # noqa: E402
 from .errors import DgmPyroError  # noqa: E402

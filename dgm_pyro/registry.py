@@ -18,12 +18,15 @@ Third-party models register without editing dgm-pyro, either with the decorator:
 
 in a module that is imported before the CLI runs, or through the Python entry-point group
 ``dgm_pyro.models`` of their package (``[project.entry-points."dgm_pyro.models"] my-model =
-"my_package.module:MyModel"``), which is loaded on the first look-up.
+"my_package.module:MyModel"``), which is loaded on the first look-up. The built-in models register the same
+way (dgm-pyro's own ``pyproject.toml``), so this module imports no model: the registry sits below them.
+An entry point that cannot be loaded is skipped with a warning that names it and its package.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from typing import Any
 
 from .errors import DgmPyroError
@@ -52,12 +55,23 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import runs  # noqa: F401  (importing it registers the built-in models)
-
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plugin must not break the other models or the command line
+            package = ep.dist.name if ep.dist is not None else "an unknown package"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"skipped the model '{ep.name}' of {package}: its entry point '{ep.value}' (group "
+                          f"{ENTRY_POINT_GROUP}) failed to load: {type(e).__name__}: {first}", RuntimeWarning,
+                          stacklevel=2)
+            continue
         if isinstance(obj, type) and ep.name not in _REGISTRY:
             register_model(obj)
+    if not {"cvae", "graph-ssm"} <= set(_REGISTRY):
+        raise DgmPyroError("the built-in models are not registered: dgm-pyro's package metadata is missing or out of "
+                           "date; reinstall it (pip install -e . in a checkout)")
 
 
 def get_model(name: str) -> Any:

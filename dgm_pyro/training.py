@@ -92,7 +92,7 @@ def environment() -> dict[str, str]:
     import importlib.metadata
     import platform
 
-    from . import __version__
+    from .version import __version__
 
     return {"dgm_pyro": __version__, "torch": str(torch.__version__), "pyro": str(pyro.__version__),
             "numpy": str(np.__version__), "click": importlib.metadata.version("click"), "python": platform.python_version()}

@@ -8,13 +8,14 @@ ROOT = Path(__file__).parents[1]
 
 
 def _imports() -> dict[str, set[tuple[str, str]]]:
-    """Module name -> {(imported module, imported name)} for the module-level imports of dgm_pyro."""
+    """Module name -> {(imported module, imported name)} for every import of dgm_pyro, inside functions too (an
+    import deferred into a function is still a dependency: a cycle through it is a cycle)."""
     out = {}
     for f in (ROOT / "dgm_pyro").rglob("*.py"):
         name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         pkg = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
         deps = set()
-        for node in ast.parse(f.read_text()).body:
+        for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     parts = pkg.split(".")

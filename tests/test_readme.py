@@ -48,8 +48,10 @@ def test_what_it_does_runs_top_to_bottom(tmp_path, monkeypatch):
         assert r.exit_code == 0, (args, r.output)
         outputs[" ".join(args)] = r.stdout
     assert "training is complete" in outputs["train --resume runs/digits"]
-    assert (tmp_path / "sevens.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "q2.png").is_file()
-    assert (tmp_path / "seven.png").read_bytes()[:4] == b"\x89PNG"
+    runs = tmp_path / "runs"
+    assert (runs / "digits" / "sevens.png").read_bytes()[:4] == b"\x89PNG" and (runs / "q2" / "q2.png").is_file()
+    assert (runs / "text" / "seven.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # everything the README makes is under runs/
     assert (tmp_path / "runs" / "dsbm" / "forecast.nc").is_file()
     assert "sparse edges" in outputs["forecast runs/dsbm --horizon 5 --edges sparse --out runs/dsbm/sparse.nc"]
     assert "oracle" in outputs["forecast runs/dsbm --horizon 5"]

@@ -149,6 +149,36 @@ def test_entry_point_group_registers_a_model(monkeypatch):
         registry._REGISTRY.pop("linear-vae", None)
 
 
+def test_a_broken_entry_point_is_skipped_with_a_warning_naming_it(monkeypatch):
+    """A plugin whose entry point names a module that is not there: one warning that names the model, its package
+    and the entry point; the built-in models (registered through the same group) and the CLI work."""
+    import importlib.metadata
+
+    real = importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
+    assert {ep.name for ep in real} >= {"cvae", "graph-ssm"}  # the built-ins come from dgm-pyro's own metadata
+
+    class Broken:
+        name, value = "ghost", "ghost_package.models:Ghost"
+
+        class dist:  # noqa: N801  (the attribute of importlib.metadata.EntryPoint)
+            name = "ghost-package"
+
+        def load(self):
+            import ghost_package  # noqa: F401
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    for name in ("cvae", "graph-ssm"):
+        monkeypatch.delitem(registry._REGISTRY, name)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points",
+                        lambda group: [Broken(), *real] if group == registry.ENTRY_POINT_GROUP else [])
+    with pytest.warns(RuntimeWarning, match=r"skipped the model 'ghost' of ghost-package: its entry point "
+                                            r"'ghost_package.models:Ghost' \(group dgm_pyro.models\) failed to load: "
+                                            r"ModuleNotFoundError"):
+        assert model_names()[:2] == ["cvae", "graph-ssm"] and "ghost" not in model_names()
+    r = _cli("train", "cvae", "--help")
+    assert r.exit_code == 0 and "--latent-dim" in r.stdout
+
+
 def test_registry_errors():
     with pytest.raises(DgmPyroError, match="unknown model 'nope'; registered models: cvae, graph-ssm"):
         get_model("nope")

@@ -16,7 +16,7 @@ import torch
 from ..errors import DgmPyroError
 from .dataset import ConditionalDataset
 
-__all__ = ["load_npz", "load_idx", "read_idx", "infer_likelihood"]
+__all__ = ["load_npz", "load_idx", "read_idx", "infer_likelihood", "find_idx_file"]
 
 _FILE_SPLIT_SEED = 0
 
@@ -164,7 +164,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(np.float32)
 
 
-def _find(directory: Path, stem: str) -> Path | None:
+def find_idx_file(directory: Path, stem: str) -> Path | None:
+    """The IDX file ``stem`` in ``directory``, gzipped or not, with ``-idx`` or ``.idx`` in its name."""
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (directory / name).is_file():
             return directory / name
@@ -181,7 +182,7 @@ def load_idx(directory: str | Path, likelihood: str | None = None) -> Conditiona
     directory = Path(directory)
     if not directory.is_dir():
         raise DgmPyroError(f"{directory}: no such directory (expected MNIST-style IDX files)")
-    files = {k: _find(directory, f"{k}-idx{3 if 'images' in k else 1}-ubyte")
+    files = {k: find_idx_file(directory, f"{k}-idx{3 if 'images' in k else 1}-ubyte")
              for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
     if files["train-images"] is None or files["train-labels"] is None:
         raise DgmPyroError(f"{directory}: needs train-images-idx3-ubyte and train-labels-idx1-ubyte (optionally .gz)")

@@ -637,7 +637,7 @@ def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, direct
         return load_collegemsg(snapshot_days=snapshot_width or 7.0)
     if spec == "highschool":
         return load_highschool(snapshot_hours=snapshot_width or 1.0)
-    from . import BUILTIN_DATASETS
+    from .names import BUILTIN_DATASETS
 
     if spec in BUILTIN_DATASETS or kind in ("npz", "idx") or kind in BUILTIN_DATASETS:
         raise DgmPyroError(f"'{spec}' is not a graph dataset; train a model of (x, y) data with 'dgm-pyro train cvae "

@@ -110,11 +110,11 @@ def _from_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _from_idx(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from .files import _find, read_idx
+    from .files import find_idx_file, read_idx
 
     if not directory.is_dir():
         raise DgmPyroError(f"{directory}: no such directory (expected the four MNIST IDX files)")
-    names = {k: _find(directory, f"{k}-idx{3 if 'images' in k else 1}-ubyte")
+    names = {k: find_idx_file(directory, f"{k}-idx{3 if 'images' in k else 1}-ubyte")
              for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
     missing = [f"{k}-idx{3 if 'images' in k else 1}-ubyte" for k, v in names.items() if v is None]
     if missing:

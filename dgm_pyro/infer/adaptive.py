@@ -29,7 +29,7 @@ from torch.distributions import biject_to
 
 from ..errors import DgmPyroError
 from .ais import JointDensities
-from .evidence import latent_sites, log_importance_weights, reduce_to_batch
+from .weights import latent_sites, log_importance_weights, reduce_to_batch
 
 __all__ = ["adaptive_log_weights", "FULL_COVARIANCE_MAX_DIM"]
 
@@ -88,7 +88,7 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
                          chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(num, ...) log-weights of the last round of adaptive importance sampling, and those of round 0 (the
     guide alone), with size-1 dims where plates were summed (as
-    :func:`~dgm_pyro.infer.evidence.log_importance_weights`).
+    :func:`~dgm_pyro.infer.weights.log_importance_weights`).
 
     Args:
         num_rounds: R >= 1 adapted rounds after the guide's round 0; each costs about 2.5 importance-sampling

@@ -23,7 +23,7 @@ import torch
 from pyro import poutine
 
 from ..errors import DgmPyroError
-from .evidence import latent_sites, reduce_to_batch, sample_sites, site_log_prob
+from .weights import latent_sites, reduce_to_batch, sample_sites, site_log_prob
 
 __all__ = ["ais_log_weights", "hmc_transition", "sigmoid_schedule", "JointDensities"]
 
@@ -113,7 +113,7 @@ def hmc_transition(target: JointDensities, z: dict[str, torch.Tensor], sd: dict[
 def ais_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int, keep_dims: set[int],
                     nesting: int, num_steps: int = 100, hmc_steps: int = 5, step_size: float = 0.5) -> torch.Tensor:
     """(num, ...) AIS log-weights, with size-1 dims where plates were summed (as
-    :func:`~dgm_pyro.infer.evidence.log_importance_weights`)."""
+    :func:`~dgm_pyro.infer.weights.log_importance_weights`)."""
     betas = sigmoid_schedule(num_steps).tolist()
     target = JointDensities(model, guide, args, kwargs, num, keep_dims, nesting)
     with torch.no_grad():

@@ -32,7 +32,7 @@ from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import DgmPyroError
-from .evidence import batch_plates, log_importance_weights
+from .weights import batch_plates, log_importance_weights
 
 __all__ = ["IWELBO", "ESTIMATORS"]
 

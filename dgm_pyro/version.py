@@ -1,0 +1,3 @@
+"""The version of dgm-pyro (one place, below every other module)."""
+
+__version__ = "0.1.0"
