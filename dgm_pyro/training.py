@@ -177,7 +177,7 @@ class Minibatches:
     def _rows(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         if not self.binarize:
             return tuple(t[idx] for t in self.data)
-        from .data.mnist import binarize
+        from .data.dataset import binarize
 
         return tuple(binarize(t[idx], generator) if i in self.binarize else t[idx] for i, t in enumerate(self.data))
 

@@ -7,9 +7,17 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["ConditionalDataset", "LIKELIHOODS"]
+__all__ = ["ConditionalDataset", "LIKELIHOODS", "binarize", "EVAL_BINARIZATION_SEED"]
 
 LIKELIHOODS = ("bernoulli", "bernoulli-grey", "gaussian", "categorical")
+#: Seed of the one binarisation of the validation and test splits of dynamically binarised data.
+EVAL_BINARIZATION_SEED = 0
+
+
+def binarize(p: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """x ~ Bernoulli(p) elementwise (dynamic binarisation), drawn with ``generator``'s device and state."""
+    u = torch.rand(p.shape, generator=generator, device=generator.device if generator is not None else p.device)
+    return (u.to(p.device) < p).to(p.dtype)
 
 
 @dataclass

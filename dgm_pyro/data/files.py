@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DgmPyroError
-from .dataset import ConditionalDataset
+from .dataset import EVAL_BINARIZATION_SEED, ConditionalDataset, binarize
 
 __all__ = ["load_npz", "load_idx", "read_idx", "infer_likelihood", "find_idx_file"]
 
@@ -54,28 +54,47 @@ def _split(n: int, fractions=(0.8, 0.1)) -> dict[str, torch.Tensor]:
     return {"train": perm[:a], "valid": perm[a:b], "test": perm[b:]}
 
 
+def _grey(x: torch.Tensor) -> bool:
+    """Grey levels in [0, 1] that are not all 0 or 1."""
+    return bool(((x >= 0) & (x <= 1)).all()) and not bool(((x == 0) | (x == 1)).all())
+
+
 def _finish(name, x, y, cond, k, image_shape, likelihood, parts, description) -> ConditionalDataset:
+    if likelihood is None and image_shape is not None and _grey(x):
+        likelihood = "bernoulli"  # grey images in [0, 1]: binarised dynamically, as MNIST is
+    dynamic = likelihood == "bernoulli" and _grey(x)
     if likelihood is None:
         likelihood, levels = infer_likelihood(x.numpy())
     else:
         levels = int(x.max().item()) + 1 if likelihood == "categorical" else None
-        _check_likelihood(name, x, likelihood)
+        if not dynamic:
+            _check_likelihood(name, x, likelihood)
     splits = {s: (x[idx], y[idx]) for s, idx in parts.items()}
     if min(v[0].shape[0] for v in splits.values()) < 1:
         raise DgmPyroError(f"{name}: too few rows to make train/valid/test splits (need at least 10)")
+    if dynamic:  # the training split keeps p; validation and test are drawn once (the trainer redraws training)
+        g = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+        splits = {s: (xy[0] if s == "train" else binarize(xy[0], g), xy[1]) for s, xy in splits.items()}
     return ConditionalDataset(name=name, splits=splits, likelihood=likelihood, levels=levels, condition=cond,
-                              num_classes=k, image_shape=image_shape, description=description)
+                              num_classes=k, image_shape=image_shape, description=description,
+                              binarize="dynamic" if dynamic else None)
 
 
 def _check_likelihood(name: str, x: torch.Tensor, likelihood: str) -> None:
     if likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
-        raise DgmPyroError(f"{name}: the Bernoulli likelihood needs x in {{0, 1}}; binarise the data or use the gaussian likelihood")
+        raise DgmPyroError(f"{name}: the Bernoulli likelihood needs x in [0, 1] (grey levels are binarised "
+                           "dynamically); rescale the data or use the gaussian likelihood")
+    if likelihood == "bernoulli-grey" and not bool(((x >= 0) & (x <= 1)).all()):
+        raise DgmPyroError(f"{name}: the bernoulli-grey likelihood needs x in [0, 1]; rescale the data")
     if likelihood == "categorical" and not bool(((x == x.round()) & (x >= 0)).all()):
         raise DgmPyroError(f"{name}: the categorical likelihood needs integer levels >= 0 in x")
 
 
 def load_npz(path: str | Path, likelihood: str | None = None) -> ConditionalDataset:
     """Load ``x`` (N, ...) and optional ``y`` or ``text`` from an ``.npz`` file, split 80/10/10 with a fixed seed.
+
+    Images (N, H, W) of grey levels in [0, 1] get the Bernoulli likelihood with dynamic binarisation, as MNIST does
+    (:mod:`dgm_pyro.data.mnist`); ``likelihood="bernoulli-grey"`` scores the grey levels themselves.
 
     ``y`` may be 1-D integer class labels (one-hot encoded) or (N, ...) real covariates. ``text`` is one
     caption per row (a numpy string array, ``np.array(list_of_str)``): the dataset is then text-conditioned

