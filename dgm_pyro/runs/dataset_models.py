@@ -43,19 +43,26 @@ ESTIMATORS = {"is": "importance-sampled", "adaptive": "adaptive importance sampl
 
 
 def _evaluation_path(run_dir: Path, ev: dict[str, Any]) -> Path:
-    """``evaluation.json``, unless it holds an evaluation of the same split and method with more particles."""
+    """Where an evaluation goes: ``evaluation.json`` unless that holds another split or method, or the same with
+    more particles. Then this one goes beside it, ``evaluation-<split>-<method>-K<particles>.json``, and a line
+    says so: estimates of different methods and particle counts are kept side by side, never replaced."""
     path = run_dir / "evaluation.json"
     try:
         old = json.loads(path.read_text())
-        better = (old.get("split"), old.get("method", "is")) == (ev["split"], ev["method"]) and \
-            int(old.get("num_particles", 0)) > ev["num_particles"]
+        same = (old.get("split"), old.get("method", "is")) == (ev["split"], ev["method"])
+        kept = not same or int(old.get("num_particles", 0)) > ev["num_particles"]
     except (OSError, ValueError, TypeError, AttributeError):
         return path
-    if not better:
+    if not kept:
         return path
     mine = run_dir / f"evaluation-{ev['split']}-{ev['method']}-K{ev['num_particles']}.json"
-    log.warning("%s holds an evaluation with %d particles; kept it, and wrote this one (%d particles) to %s", path,
-                int(old["num_particles"]), ev["num_particles"], mine.name)
+    if same:
+        log.warning("%s holds an evaluation with %d particles; kept it, and wrote this one (%d particles) to %s", path,
+                    int(old["num_particles"]), ev["num_particles"], mine.name)
+    else:
+        log.info("%s holds the %s evaluation of the %s split (K=%s); kept it, and wrote this one to %s", path,
+                 ESTIMATORS.get(old.get("method", "is"), old.get("method")), old.get("split"),
+                 old.get("num_particles"), mine.name)
     return mine
 
 
@@ -218,8 +225,9 @@ class DatasetModelKind(ModelKind):
         Adds the exact log-likelihood of the data-generating process where known (linear-Gaussian) and,
         where the run has one, the baseline's exact negative conditional log-likelihood. All values are nats
         per datapoint (sums over the dimensions of x). When ``write``, writes ``evaluation.json``, unless that
-        holds an evaluation of the same split and method with more particles: then this one goes to
-        ``evaluation-<split>-<method>-K<particles>.json`` beside it, with a warning. ``out["file"]`` names it.
+        holds an evaluation of another split or method, or of the same with more particles: then this one goes
+        to ``evaluation-<split>-<method>-K<particles>.json`` beside it, and a line says so. ``out["file"]`` names
+        it.
         """
         if particles < 1:
             raise DgmPyroError(f"particles must be >= 1, got {particles}")

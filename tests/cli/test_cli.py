@@ -424,6 +424,7 @@ def test_an_evaluation_with_more_particles_is_kept(trained, tmp_path):
     run_dir, _ = trained
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
+    (copy / "evaluation.json").unlink()  # the shared run has been evaluated by other tests
     assert run("evaluate", copy, "--particles", "40").exit_code == 0
     kept = (copy / "evaluation.json").read_text()
     r = run("evaluate", copy, "--particles", "10")
@@ -433,9 +434,10 @@ def test_an_evaluation_with_more_particles_is_kept(trained, tmp_path):
     assert (copy / "evaluation.json").read_text() == kept
     assert json.loads((copy / "evaluation-test-is-K10.json").read_text())["num_particles"] == 10
     assert f"wrote {copy / 'evaluation-test-is-K10.json'} (" in r.stdout
-    # another split is another evaluation: it replaces the file
+    # another split is another evaluation: kept beside it too
     assert run("evaluate", copy, "--particles", "10", "--split", "valid").exit_code == 0
-    assert json.loads((copy / "evaluation.json").read_text())["split"] == "valid"
+    assert (copy / "evaluation.json").read_text() == kept
+    assert json.loads((copy / "evaluation-valid-is-K10.json").read_text())["split"] == "valid"
 
 
 def test_progress_lines_without_a_terminal_and_quiet(tmp_path):
