@@ -25,6 +25,11 @@ from dgm_pyro.runs.graph_ssm import EDGE_OUTPUTS
 from .options import ModelCommand, TrainGroup, config_options, given_settings, resolve_config
 
 
+def _without_per_datapoint(ev: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation as printed: its per-datapoint values stay in the file that ``ev["file"]`` names."""
+    return {k: v for k, v in ev.items() if k != "per_datapoint"}
+
+
 def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(jsonable(obj), indent=2, sort_keys=True))
 
@@ -237,7 +242,8 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
     run = load_run(run_dir, device=dev)
     ev = run.kind.final_evaluation(run, progress=_progress(json_out))
     if json_out:
-        _emit_json({"run": str(run_dir), "train": summary, **({"test": ev} if ev is not None else {})})
+        _emit_json({"run": str(run_dir), "train": summary,
+                    **({"test": _without_per_datapoint(ev)} if ev is not None else {})})
         return
     _print_training(run, summary)
     if ev is not None:
@@ -387,7 +393,7 @@ def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, a
     ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out),
                            method=method, ais_steps=ais_steps, rounds=rounds)
     if json_out:
-        _emit_json(ev)
+        _emit_json(_without_per_datapoint(ev))
         return
     _print_evaluation(ev)
     _report_files([ev["file"]])

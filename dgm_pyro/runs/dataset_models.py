@@ -10,6 +10,7 @@ P3). A new model of this family subclasses it with its configuration (extending
 from __future__ import annotations
 
 import json
+import math
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,10 @@ class DatasetModelKind(ModelKind):
             out["baseline_ncll"] = -float(base.log_evidence.mean())
             out["cvae_ncll"] = out["nll"]
             out["cvae_neg_elbo"] = -out["elbo"]
+        # one value per datapoint (row of the split, in order), in the file: the means above summarise them
+        out["per_datapoint"] = {"log_evidence": res.log_evidence.tolist(), "elbo": res.elbo.tolist(),
+                                "stderr": res.stderr.tolist(), "khat": [None if not math.isfinite(k) else k
+                                                                         for k in res.khat.tolist()]}
         if write:
             out["file"] = str(_evaluation_path(run.path, out))
             write_json(out["file"], out)

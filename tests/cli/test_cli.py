@@ -285,7 +285,12 @@ def test_train_with_each_objective_then_evaluate(tmp_path, options):
     assert r.exit_code == 0, r.output
     ev = json.loads(r.stdout)
     assert ev["num_particles"] == 30 and ev["num_datapoints"] == 447
-    assert json.loads((Path(info["run"]) / "evaluation.json").read_text()) == ev
+    saved = json.loads((Path(info["run"]) / "evaluation.json").read_text())
+    per = saved.pop("per_datapoint")  # the file keeps one value per test image; the printed JSON the summary
+    assert saved == ev and "per_datapoint" not in ev
+    assert len(per["log_evidence"]) == len(per["khat"]) == 447
+    assert sum(per["log_evidence"]) / 447 == pytest.approx(ev["log_evidence"], rel=1e-12)
+    assert per["khat"] == [None] * 447 and ev["khat_max"] is None  # k-hat needs K >= 100: none, not NaN
 
 
 def test_diagnose_json_text_and_files(trained, tmp_path):
@@ -402,7 +407,8 @@ def test_resume_of_a_finished_run_changes_nothing_and_more_epochs_extend_it(trai
     assert json.loads((copy / "config.json").read_text())["epochs"] == 3
     # the evaluation of the 2-epoch weights is kept under its own name; evaluation.json is the new one
     assert (copy / "evaluation-epochs2.json").read_text() == old_eval
-    assert json.loads((copy / "evaluation.json").read_text()) == json.loads(r.stdout)["test"]
+    saved = json.loads((copy / "evaluation.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "per_datapoint"} == json.loads(r.stdout)["test"]
     full = run("train", *TINY[:1], "3", *TINY[2:], "--out", tmp_path / "full", "--json")
     full_dir = Path(json.loads(full.stdout)["run"])
     a = torch.load(full_dir / "checkpoint.pt", weights_only=True)["model_state"]
