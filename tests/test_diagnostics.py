@@ -118,11 +118,15 @@ def test_active_units_threshold_and_conditional_prior():
 
 
 def test_bad_shapes():
-    with pytest.raises(ValueError, match="batch shape"):
+    with pytest.raises(ValueError, match=r"posteriors must have batch shape \(N,\) and event shape \(d,\), got \(5,\) "
+                                         r"and \(\)"):
         mutual_information(Normal(torch.zeros(5), 1.0))
     q = _random_posteriors(10)
-    with pytest.raises(ValueError, match="groups"):
+    with pytest.raises(ValueError, match=r"groups must have shape \(10,\), got \(3,\)"):
         mutual_information(q, groups=torch.zeros(3))
+    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
+        mutual_information(q, num_samples=0)
+    assert math.isfinite(mutual_information(q, num_samples=1))  # one draw per datapoint is allowed
     mvn = dist.MultivariateNormal(torch.zeros(10, 3), torch.eye(3))
     with pytest.raises(ValueError, match="not factorised"):
         kl_per_dimension(mvn, mvn)
