@@ -85,7 +85,45 @@ def test_scheduled_sampling():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_steps"):
         MarkovNormal(torch.zeros(2), _ar1, 0)
-    with pytest.raises(ValueError, match="one entry per step"):
-        MarkovNormal(torch.zeros(2), _ar1, 3, inputs=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"one entry per step \(3\); got 2"):
+        MarkovNormal(torch.zeros(2), _ar1, 3, inputs=torch.zeros(2, 5))
     with pytest.raises(ValueError, match="teacher_forcing"):
         MarkovNormal(torch.zeros(2), _ar1, 3, teacher_forcing=1.5)
+
+
+def test_a_one_step_chain_is_one_transition():
+    init = torch.tensor([0.3, -1.2])
+    z = torch.tensor([[0.1, 0.4]])
+    want = torch.distributions.Normal(A * init, SIGMA).log_prob(z[0]).sum()
+    torch.testing.assert_close(MarkovNormal(init, _ar1, 1).log_prob(z), want)
+
+
+def test_a_draw_of_several_paths_is_scored_from_its_cache_and_other_paths_afresh():
+    """After rsample((3,)), the cached transitions of the draw are laid out like a fresh scoring's (sample, T, S);
+    a path that is not the draw (another tensor) is scored afresh, not from the cache."""
+    torch.manual_seed(1)
+    init = torch.tensor([0.3, -1.2])
+    chain = MarkovNormal(init, _ar1, 4, inputs=torch.randn(4, 2))
+    draw = chain.rsample((3,))
+    assert draw.shape == (3, 4, 2)
+    fresh = MarkovNormal(init, _ar1, 4, inputs=chain.inputs)
+    torch.testing.assert_close(chain.log_prob(draw), fresh.log_prob(draw.clone()))
+    other = draw + 0.25
+    torch.testing.assert_close(chain.log_prob(other), fresh.log_prob(other))
+
+
+def test_scheduled_sampling_feeds_the_chains_own_prediction():
+    """eps = 0: the step to Z_{t+1} gets Z^_t = loc_t + scale_t noise_t, with the noise drawn when the chain was
+    made; the path's log-density is sum_t log N(Z_t; A Z^_{t-1}, sigma^2), computed here by hand."""
+    torch.manual_seed(2)
+    init = torch.tensor([1.0, -0.5])
+    chain = MarkovNormal(init, _ar1, 3, teacher_forcing=0.0)
+    path = torch.randn(3, 2)
+    noise = chain._noise
+    fed, want = init, torch.zeros(())
+    for t in range(3):
+        loc = A * fed
+        want = want + torch.distributions.Normal(loc, SIGMA).log_prob(path[t]).sum()
+        fed = loc + SIGMA * noise[t]
+    torch.testing.assert_close(chain.log_prob(path), want)
+    assert float(noise.abs().min()) > 1e-3  # so that loc + sigma noise and loc + sigma / noise differ
