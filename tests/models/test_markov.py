@@ -127,3 +127,8 @@ def test_scheduled_sampling_feeds_the_chains_own_prediction():
         fed = loc + SIGMA * noise[t]
     torch.testing.assert_close(chain.log_prob(path), want)
     assert float(noise.abs().min()) > 1e-3  # so that loc + sigma noise and loc + sigma / noise differ
+
+
+def test_scheduled_sampling_noise_has_the_chains_dtype():
+    init = torch.zeros(2, dtype=torch.float64)
+    assert MarkovNormal(init, _ar1, 3, teacher_forcing=0.5)._noise.dtype == torch.float64
