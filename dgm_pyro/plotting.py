@@ -162,7 +162,11 @@ def plot_collapse_over_training(run_dir: Path, latent_dim: int) -> Optional[Path
     return save_figure(fig, run_dir / "plots" / "collapse_over_training.png")
 
 
-def plot_kl_per_dimension(report: Any, path: Path) -> Path:
+def plot_kl_per_dimension(report: Any, path: Path) -> Optional[Path]:
+    """The KL per latent dimension as bars (grey: inactive units); ``None`` when the report has no per-dimension
+    KL (a prior that is not factorised)."""
+    if not report.kl_per_dimension:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")

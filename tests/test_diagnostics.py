@@ -308,3 +308,34 @@ def test_activity_is_the_population_variance_and_the_threshold_strict():
     count, activity = active_units(q, threshold=0.25)
     assert activity.tolist() == [0.25, 0.0] and count == 0
     assert active_units(q, threshold=0.2499)[0] == 1
+
+
+def test_a_mixture_prior_gets_a_monte_carlo_kl_and_a_note():
+    """A prior that is not factorised over the latent dimensions (a Gaussian mixture) has no KL per dimension: the
+    report estimates the total KL by Monte Carlo (here against the mixture's exact log-density: its mean over
+    20 000 draws matches to 3 standard errors), leaves the per-dimension split empty and says why."""
+    n, d = 50, 2
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=g)
+    mix = dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.3, 0.7])),
+                                 dist.Normal(torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), 1.0).to_event(1))
+
+    def model(x):
+        with pyro.plate("obs", n):
+            z = pyro.sample("z", mix)
+            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("obs", n):
+            pyro.sample("z", dist.Normal(x, 0.4).to_event(1))
+
+    report = collapse_report(model, guide, x, num_samples=400)
+    q = dist.Normal(x, 0.4).to_event(1)
+    z = q.sample((20000,))
+    terms = q.log_prob(z) - mix.log_prob(z)
+    assert report.kl == pytest.approx(float(terms.mean()), abs=3 * float(terms.std()) / math.sqrt(400 * n))
+    assert report.kl_per_dimension == [] and "not factorised" in report.extra["note"]
+    import re
+
+    assert "note: the KL is a Monte Carlo estimate" in str(report)
+    assert re.search(r"^  KL per dimension +-$", str(report), flags=re.M)
