@@ -57,13 +57,14 @@ def build_objective(name: str = "elbo", num_particles: int = 1, lam: float = 1.0
     from .infer.cs_elbo import CSELBO
     from .infer.free_bits import FreeBitsELBO
     from .infer.iwelbo import IWELBO
+    from .infer.meanfield import MeanFieldELBO
 
     if name in ("iwae", "dreg"):
         return IWELBO(num_particles, estimator=name)
 
     common = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
     if name == "meanfield":
-        return TraceMeanField_ELBO(**common)
+        return MeanFieldELBO(**common)
     if name == "cs":
         return CSELBO(lam=lam, **common)
     if name == "free-bits":
@@ -75,11 +76,15 @@ def build_objective(name: str = "elbo", num_particles: int = 1, lam: float = 1.0
 
 def describe_objective(loss: Any) -> str:
     """A one-line description with the formula; Pyro's own ELBOs have no informative repr."""
-    formulas = {TraceMeanField_ELBO: "E_q[log p(x|z)] - KL(q(z|x) || p(z))",
+    from .infer.meanfield import MeanFieldELBO
+
+    mean_field = "E_q[log p(x|z)] - KL(q(z|x) || p(z))"
+    formulas = {TraceMeanField_ELBO: mean_field, MeanFieldELBO: mean_field,  # the second warns when not closed-form
                 Trace_ELBO: "E_q[log p(x|z) + log p(z) - log q(z|x)]"}
     for cls, formula in formulas.items():
         if type(loss) is cls:
-            return f"{cls.__name__}(num_particles={loss.num_particles}): {formula}"
+            name = "TraceMeanField_ELBO" if cls is MeanFieldELBO else cls.__name__
+            return f"{name}(num_particles={loss.num_particles}): {formula}"
     return repr(loss)
 
 

@@ -92,7 +92,8 @@ class DatasetConfig(ConfigBase):
     eval_particles: int = option(1000, "Importance samples for the final test log-likelihood.", flag="--particles",
                                  min=1)
     seed: int = option(0, "Seed of the data split, the weights and every draw.", min=0)
-    objective: str = option("meanfield", "meanfield (TraceMeanField_ELBO: closed-form KL), elbo (Trace_ELBO), "
+    objective: str = option("meanfield", "meanfield (TraceMeanField_ELBO: closed-form KL where one exists, else sampled with a "
+                            "warning), elbo (Trace_ELBO), "
                             "cs (CSELBO), free-bits (FreeBitsELBO), iwae or dreg (IWELBO with --particles-train K "
                             "particles: IWAE or doubly-reparameterised gradients).", choices=OBJECTIVES)
     lam: float = option(1.0, "Weight of D_CS for objective cs.", min=0)
