@@ -234,6 +234,22 @@ def load_weights(module: torch.nn.Module, ckpt_path: Path) -> None:
         raise DgmPyroError(f"{ckpt_path}: weights do not fit the model described by config.json") from None
 
 
+def model_origin(kind: Any) -> dict[str, Optional[str]]:
+    """The model kind's name, the module that defines it and the installed package and version it comes from
+    (``None`` where it is not from an installed distribution): an outside model's runs record its version."""
+    import importlib.metadata
+
+    module = type(kind).__module__ if not isinstance(kind, type) else kind.__module__
+    top = module.split(".")[0]
+    packages = importlib.metadata.packages_distributions().get(top, [])
+    package = packages[0] if packages else None
+    try:
+        version = importlib.metadata.version(package) if package else None
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"name": kind.name, "module": module, "package": package, "version": version}
+
+
 def _start_folder(kind: ModelKind, config: Any, data: Any, run_dir: Path, device: torch.device) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise DgmPyroError(f"{run_dir}: exists and is not empty; choose another output folder or resume it")
@@ -244,7 +260,7 @@ def _start_folder(kind: ModelKind, config: Any, data: Any, run_dir: Path, device
         write_json(run_dir / "environment.json", {**environment(), "seed": config.seed,
                                                   "torch_threads": torch.get_num_threads(),
                                                   "processes": D.world_size(), "device": str(device),
-                                                  "data": kind.data_summary(data)})
+                                                  "model": model_origin(kind), "data": kind.data_summary(data)})
     D.barrier()
 
 

@@ -103,3 +103,22 @@ def test_evaluations_of_other_methods_are_kept_beside_the_first(tmp_path):
     assert json.loads((path / "evaluation-test-adaptive-K20.json").read_text())["method"] == "adaptive"
     r = run("evaluate", path, "--particles", "30", "--json")
     assert r.exit_code == 0 and json.loads((path / "evaluation.json").read_text())["num_particles"] == 30
+
+
+def test_environment_records_the_models_package_and_version(tmp_path):
+    """environment.json says which package (and version) the run's model kind came from: dgm-pyro's own for cvae,
+    none for a kind defined outside any installed package."""
+    import importlib.metadata
+
+    from dgm_pyro.runs.base import model_origin
+
+    r = run("train", "--out", tmp_path, "--name", "r", "--epochs", "1", *TINY, "--json")
+    assert r.exit_code == 0, r.output
+    env = json.loads((tmp_path / "r" / "environment.json").read_text())
+    assert env["model"] == {"name": "cvae", "module": "dgm_pyro.runs.cvae", "package": "dgm-pyro",
+                            "version": importlib.metadata.version("dgm-pyro")}
+
+    class Local:
+        name = "local"
+
+    assert model_origin(Local()) == {"name": "local", "module": __name__, "package": None, "version": None}
