@@ -177,9 +177,13 @@ def encoder_posteriors(model: Callable, guide: Callable, *args, site: str = "z",
                          f"{_describe_latents(guide_tr)} (guide), {_describe_latents(model_tr)} (model); pass site=NAME")
     q, p = guide_tr.nodes[site]["fn"], model_tr.nodes[site]["fn"]
     if len(q.batch_shape) != 1 or len(q.event_shape) != 1:
-        hint = (f"; declare the per-datapoint dimensions as an event, e.g. Normal(...).to_event("
-                f"{len(q.batch_shape) - 1 + len(q.event_shape)}) inside the data plate only"
-                if len(q.batch_shape) > 1 else "; sample it inside a plate over the datapoints")
+        if not q.batch_shape:
+            hint = "; sample it inside a plate over the datapoints"
+        elif len(q.batch_shape) == 1:
+            hint = "; give it a vector event, e.g. Normal(loc, scale).to_event(1) with loc of shape (N, d)"
+        else:
+            hint = (f"; declare the per-datapoint dimensions as an event, e.g. Normal(...).to_event("
+                    f"{len(q.batch_shape) - 1 + len(q.event_shape)}) inside the data plate only")
         raise ValueError(f"latent site {site!r} has batch shape {tuple(q.batch_shape)} and event shape "
                          f"{tuple(q.event_shape)} in the guide; the collapse measures need batch shape (N,) (one "
                          f"plate over the datapoints) and event shape (d,){hint}")

@@ -339,3 +339,81 @@ def test_a_mixture_prior_gets_a_monte_carlo_kl_and_a_note():
 
     assert "note: the KL is a Monte Carlo estimate" in str(report)
     assert re.search(r"^  KL per dimension +-$", str(report), flags=re.M)
+
+
+@pytest.mark.parametrize("layout, hint", [
+    ("global", r"batch shape \(\) and event shape \(2,\).*; sample it inside a plate over the datapoints"),
+    ("scalar", r"batch shape \(5,\) and event shape \(\).*; give it a vector event, e\.g\. Normal\(loc, scale\)"
+               r"\.to_event\(1\) with loc of shape \(N, d\)"),
+    ("nested", r"batch shape \(5, 2\) and event shape \(3,\).*Normal\(\.\.\.\)\.to_event\(2\) inside the data plate"),
+])
+def test_each_wrong_layout_gets_its_own_fix(layout, hint):
+    """The latent of the collapse measures is one plate over the datapoints and a vector event; a global latent,
+    a scalar per datapoint and a nested plate each get the change that fixes them."""
+    from dgm_pyro.diagnostics import encoder_posteriors
+
+    x = torch.randn(5, 3)
+
+    def guide(x):
+        if layout == "global":
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        elif layout == "scalar":
+            with pyro.plate("obs", 5):
+                pyro.sample("z", dist.Normal(0.0, 1.0))
+        else:
+            with pyro.plate("obs", 5, dim=-2), pyro.plate("dims", 2, dim=-1):
+                pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=hint):
+        encoder_posteriors(guide, guide, x)
+
+
+def test_a_site_in_only_one_of_model_and_guide_is_named_with_every_latent():
+    from dgm_pyro.diagnostics import encoder_posteriors
+
+    x = torch.randn(4, 2)
+
+    def guide(x):
+        with pyro.plate("obs", 4):
+            pyro.sample("z", dist.Normal(x, 0.5).to_event(1))
+            pyro.sample("w", dist.Normal(x, 0.5).to_event(1))
+
+    def model(x):
+        with pyro.plate("obs", 4):
+            pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"no latent site 'z' in both the model and the guide; latent sites found: "
+                                         r"'z' \(batch \(4,\), event \(2,\)\), 'w' \(batch \(4,\), event \(2,\)\) "
+                                         r"\(guide\), 'w' \(batch \(4,\), event \(2,\)\) \(model\)"):
+        encoder_posteriors(model, guide, x)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        mutual_information_minibatch(encoder_posteriors(model, guide, x, site="w")[0], batch_size=0)
+
+
+def test_report_options_reach_their_measures():
+    """collapse_report's threshold and seed are the ones its measures use, and its NLL is the evidence estimated
+    with its particle count under its seed."""
+    from dgm_pyro.diagnostics import encoder_posteriors
+    from dgm_pyro.infer import log_evidence
+
+    n = 60
+    x = torch.randn(n, 2, dtype=D)
+
+    def model(x):
+        with pyro.plate("obs", n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=D), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("obs", n):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.45).to_event(1))
+
+    report = collapse_report(model, guide, x, threshold=0.65, seed=3, particles=30)
+    q, _ = encoder_posteriors(model, guide, x)
+    assert report.active_units == active_units(q, threshold=0.65)[0] != active_units(q)[0]
+    assert report.mutual_information_minibatch == mutual_information_minibatch(q, 60, 3)
+    assert report.mutual_information == mutual_information(q, 10, None, 3)
+    torch.manual_seed(3)
+    ev = log_evidence(model, guide, x, num_particles=30, diagnostics=False, warn=False)
+    assert report.nll == -float(ev.log_evidence.mean()) and report.elbo == float(ev.elbo.mean())
