@@ -2,9 +2,7 @@
 points to, a finished run asked for more epochs, a run with no checkpoint."""
 
 import json
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
