@@ -190,6 +190,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.call_on_close(lambda: logger.removeHandler(handler))
 
 
+#: ``--seed`` of every command that draws random numbers
+_seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="Seed of every random draw of the command: the same seed gives the same numbers.")
+
+
 def _device_option(f: Any) -> Any:
     f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
                      help="Where to run: auto picks CUDA when a GPU is present.")(f)
@@ -261,8 +266,8 @@ def _say_where_it_resumes(run_dir: Path) -> None:
     unit = (config.LENGTH or "epochs")[:-1]
     state = training_state(run_dir / "checkpoint.pt")
     done = 0 if state is None else state.get(unit, 0)
-    logging.getLogger("dgm_pyro.cli").info("resuming %s after %s %d%s", run_dir, unit, done, " (no checkpoint yet: from the start)" if state is None
-             else "")
+    logging.getLogger("dgm_pyro.cli").info("resuming %s after %s %d%s", run_dir, unit, done,
+                                           " (no checkpoint yet: from the start)" if state is None else "")
 
 
 def _say_how_to_resume(run_dir: Path) -> None:
@@ -374,8 +379,7 @@ def _load(run_dir: str, command: str, device: str) -> Any:
 @click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of every random draw of the command: the same seed gives the same numbers.")
+@_seed_option
 @click.option("--method", type=click.Choice(["is", "adaptive", "ais"]), default="is", show_default=True,
               help="Importance sampling with the encoder as proposal; adaptive importance sampling from the encoder "
                    "mixed with Gaussians fitted per datapoint; or annealed importance sampling (HMC) from the encoder.")
@@ -460,8 +464,7 @@ def _read_prompts(texts: tuple[str, ...], text_file: Optional[str]) -> Optional[
               help="Decoder mean E[x|y,z] or a draw x ~ p(x|y,z).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output .png grid (image data) or .npz; default RUN/samples.png or RUN/samples.npz.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of every random draw of the command: the same seed gives the same numbers.")
+@_seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file: Optional[str],
@@ -514,8 +517,7 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="B of the minibatch MI estimator (ceiling log B).")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of every random draw of the command: the same seed gives the same numbers.")
+@_seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split: str, seed: int,
@@ -553,8 +555,7 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
 @click.option("--negatives", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="With sparse edges: non-edges drawn uniformly per step to score against every true edge.")
 @click.option("--no-plots", is_flag=True, help="Do not write plots/forecast_*.png.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of every random draw of the command: the same seed gives the same numbers.")
+@_seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option
 def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,
