@@ -149,10 +149,9 @@ def _is_gaussian(d: Distribution) -> bool:
 
 
 def _as_full(d: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _is_gaussian(d):
-        what = (f"Independent({type(d.base_dist).__name__}, {d.reinterpreted_batch_ndims})"
-                if isinstance(d, Independent) else type(d).__name__)
-        raise NotImplementedError(f"no closed-form Cauchy-Schwarz divergence between a multivariate normal and {what}; "
+    if not _is_gaussian(d):  # only an Independent gets here: the registry pairs these with (low-rank) MVNs
+        raise NotImplementedError(f"no closed-form Cauchy-Schwarz divergence between a multivariate normal and "
+                                  f"Independent({type(d.base_dist).__name__}, {d.reinterpreted_batch_ndims}); "
                                   "use cs_divergence_mc or register_cs")
     if isinstance(d, Independent):
         return d.base_dist.loc, torch.diag_embed(d.base_dist.scale**2)

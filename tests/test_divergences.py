@@ -250,6 +250,13 @@ def test_closed_form_exists_only_where_every_component_has_one():
     full = _mvn([0.2, -0.3], [[1.0, 0.0], [0.6, 0.5]])
     assert has_cs_closed_form(diag, full) and has_cs_closed_form(full, diag)
     assert not has_cs_closed_form(Independent(Gamma(t(2.0, 3.0), t(1.0, 2.0)), 1), diag)
+    mixture_2d = MixtureSameFamily(Categorical(t(0.5, 0.5)), Independent(Normal(torch.zeros(2, 2, dtype=D),
+                                                                                torch.ones(2, 2, dtype=D)), 1))
+    assert has_cs_closed_form(diag, mixture_2d) and has_cs_closed_form(mixture_2d, diag)
+    with pytest.raises(NotImplementedError, match="mixtures of Gamma have no closed-form Cauchy-Schwarz divergence"):
+        cs_divergence(gammas_mix := MixtureSameFamily(Categorical(t(0.5, 0.5)), Gamma(t(2.0, 3.0), t(1.0, 2.0))),
+                      normals)
+    assert not has_cs_closed_form(gammas_mix, normals)
 
 
 def test_mixture_of_low_rank_components_equals_the_same_mixture_of_full_covariances():
@@ -257,7 +264,7 @@ def test_mixture_of_low_rank_components_equals_the_same_mixture_of_full_covarian
     parameterisation have the same inner products and divergences, to float precision."""
     g = torch.Generator().manual_seed(0)
     loc = torch.randn(3, 2, dtype=D, generator=g)
-    factor = torch.randn(3, 2, 1, dtype=D, generator=g) * 0.7
+    factor = torch.randn(3, 2, 2, dtype=D, generator=g) * 0.5  # rank 2
     diag = torch.rand(3, 2, dtype=D, generator=g) + 0.3
     weights = Categorical(t(0.2, 0.5, 0.3))
     lowrank = MixtureSameFamily(weights, LowRankMultivariateNormal(loc, factor, diag))
@@ -344,3 +351,26 @@ def test_batched_mixtures_against_batched_gaussians_item_by_item():
         assert float(cs_divergence(gauss, mix)[i]) == pytest.approx(float(cs_divergence(single, one)), rel=1e-12)
         grid = torch.linspace(-15, 15, 30001, dtype=D)
         assert float(both[i]) == pytest.approx(_trapezoid_cs(one, single, grid, 30 / 30000), rel=1e-6, abs=1e-9)
+
+
+def test_univariate_base_names_what_is_not_factorised():
+    from dgm_pyro.divergences import univariate_base
+
+    assert isinstance(univariate_base(Independent(Normal(t(0.0, 1.0), t(1.0, 1.0)), 1)), Normal)
+    with pytest.raises(ValueError, match="MultivariateNormal is not factorised over its dimensions"):
+        univariate_base(_mvn([0.0, 0.0], [[1.0, 0.0], [0.5, 1.0]]))
+
+
+def test_monte_carlo_divergence_of_a_distribution_without_reparameterised_draws():
+    """A q without rsample is sampled with sample(): the estimate still matches the closed form (500 000 draws)."""
+
+    class NoRsample(Normal):
+        has_rsample = False
+
+        def rsample(self, sample_shape=torch.Size()):
+            raise NotImplementedError
+
+    torch.manual_seed(0)
+    p, q = Normal(t(0.3), t(0.8)), NoRsample(t(-0.4), t(1.5))
+    assert float(cs_divergence_mc(p, q, num_samples=500_000)) == pytest.approx(float(cs_divergence(p, q)), abs=0.01)
+    assert float(cs_divergence_mc(q, p, num_samples=500_000)) == pytest.approx(float(cs_divergence(q, p)), abs=0.01)
