@@ -69,14 +69,6 @@ def kl_per_dimension(posteriors: Distribution, prior: Distribution) -> torch.Ten
                                                                              posteriors.event_shape).mean(0)
 
 
-def _kl_monte_carlo(posteriors: Distribution, prior: Distribution, num_samples: int, seed: int) -> float:
-    """E_x[KL(q(z|x) || p(z))] by Monte Carlo: the mean of log q(z|x) - log p(z) at z ~ q(z|x)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        z = posteriors.sample((num_samples,))
-    return float((posteriors.log_prob(z) - prior.log_prob(z)).mean())
-
-
 def _groups(groups: Optional[torch.Tensor], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(group id 0..G-1 of each datapoint, membership matrix (G, N)) on ``device``."""
     if groups is None:
@@ -255,18 +247,19 @@ def _collapse_report(model, guide, args, kwargs, site, groups, num_samples, mini
     n = _check(q)
     conditional = len(p.batch_shape) == 1
     au, activity = active_units(q, threshold=threshold, prior=p if conditional else None)
+    sizes = _groups(groups, n, q.mean.device)[1].sum(1).double()
+    ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
+    terms = _aggregate_terms(q, p, num_samples, groups, seed)  # shared by MI and aggregate KL (P3.3)
     try:
         kl_dim = kl_per_dimension(q, p)
         kl_total = float(kl_dim.sum())
         note = None
     except ValueError:  # a prior (or posterior) not factorised over its dimensions, e.g. a mixture prior
-        kl_dim, kl_total = torch.zeros(0), _kl_monte_carlo(q, p, num_samples, seed)
+        # E_x KL(q(z|x) || p(z)) by Monte Carlo, at the draws the MI and the aggregate KL use
+        kl_dim, kl_total = torch.zeros(0), float((terms["log_q_cond"] - terms["log_p"]).mean())
         note = (f"the KL is a Monte Carlo estimate ({num_samples} draws per datapoint) and has no per-dimension "
                 f"split: the prior ({type(p).__name__}) or the posterior is not factorised over the latent "
                 "dimensions")
-    sizes = _groups(groups, n, q.mean.device)[1].sum(1).double()
-    ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
-    terms = _aggregate_terms(q, p, num_samples, groups, seed)  # shared by MI and aggregate KL (P3.3)
     report = CollapseReport(
         num_datapoints=n, latent_dim=q.event_shape[0], active_units=au, activity=activity.tolist(),
         kl=kl_total, kl_per_dimension=kl_dim.tolist(),

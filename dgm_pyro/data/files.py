@@ -16,7 +16,7 @@ import torch
 from ..errors import DgmPyroError
 from .dataset import EVAL_BINARIZATION_SEED, ConditionalDataset, binarize
 
-__all__ = ["load_npz", "load_idx", "read_idx", "infer_likelihood", "find_idx_file"]
+__all__ = ["load_npz", "load_idx", "read_idx", "infer_likelihood", "idx_files"]
 
 _FILE_SPLIT_SEED = 0
 
@@ -183,8 +183,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(np.float32)
 
 
-def find_idx_file(directory: Path, stem: str) -> Path | None:
-    """The IDX file ``stem`` in ``directory``, gzipped or not, with ``-idx`` or ``.idx`` in its name."""
+def idx_files(directory: Path) -> dict[str, Path | None]:
+    """The four files of the MNIST distribution in ``directory`` by stem (``train-images-idx3-ubyte``, ...), each
+    gzipped or not, with ``-idx`` or ``.idx`` in its name; ``None`` where missing."""
+    stems = [f"{k}-idx{3 if 'images' in k else 1}-ubyte"
+             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")]
+    return {stem: _find(directory, stem) for stem in stems}
+
+
+def _find(directory: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (directory / name).is_file():
             return directory / name
@@ -201,8 +208,7 @@ def load_idx(directory: str | Path, likelihood: str | None = None) -> Conditiona
     directory = Path(directory)
     if not directory.is_dir():
         raise DgmPyroError(f"{directory}: no such directory (expected MNIST-style IDX files)")
-    files = {k: find_idx_file(directory, f"{k}-idx{3 if 'images' in k else 1}-ubyte")
-             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+    files = {stem.split("-idx")[0]: path for stem, path in idx_files(directory).items()}
     if files["train-images"] is None or files["train-labels"] is None:
         raise DgmPyroError(f"{directory}: needs train-images-idx3-ubyte and train-labels-idx1-ubyte (optionally .gz)")
     images, labels = read_idx(files["train-images"]), read_idx(files["train-labels"])

@@ -639,7 +639,7 @@ def load_graph_dataset(spec: str, snapshot_width: Optional[float] = None, direct
         return load_highschool(snapshot_hours=snapshot_width or 1.0)
     from .names import BUILTIN_DATASETS
 
-    if spec in BUILTIN_DATASETS or kind in ("npz", "idx") or kind in BUILTIN_DATASETS:
+    if kind in BUILTIN_DATASETS or kind in ("npz", "idx"):  # kind: the name before any ":DIR"
         raise DgmPyroError(f"'{spec}' is not a graph dataset; train a model of (x, y) data with 'dgm-pyro train cvae "
                            f"--dataset {spec}'")
     raise DgmPyroError(f"unknown graph dataset '{spec}'; choose dsbm, collegemsg, highschool, csv:DIR or pt:FILE")

