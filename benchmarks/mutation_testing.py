@@ -5,11 +5,11 @@ mutmut 3 (``pip install "mutmut>=3.8,<4"``) makes small changes to one module at
 constant, a call's argument, a returned value), runs the tests that cover the changed function, and counts
 the mutants no test kills. Each group below mutates its modules against its own tests, in its own copy of
 the working tree (``--work``, default ``mutation-runs/``, ignored by git), so a group can be run, stopped and
-resumed (mutmut keeps its results there) without touching the checkout.
+resumed (mutmut keeps its results there) without touching the checkout. After writing tests, delete the
+group's folder and run it again: the folder's copy of the mutated module is the one it was made with.
 
     python benchmarks/mutation_testing.py run infer --jobs 1        # one group; `all` for every group
-    python benchmarks/mutation_testing.py rerun infer               # after writing tests: the survivors again
-    python benchmarks/mutation_testing.py report --json docs/results/mutation.json
+    python benchmarks/mutation_testing.py report --json mutation.json   # counts per group
     python benchmarks/mutation_testing.py known                     # the seven mutations of issue 27
 
 ``known`` applies the seven hand-made mutations that once survived the default suite (issue 27), each in a
@@ -77,28 +77,6 @@ def run_group(name: str, work: Path, jobs: int) -> None:
     print(f"{name}: {time.time() - start:.0f} s", file=sys.stderr)
 
 
-def rerun_group(name: str, work: Path, jobs: int) -> None:
-    """Bring the group's copy up to date with the checkout's tests and library (a triage wrote tests; only the
-    mutated modules keep mutmut's copies), then run every mutant not yet killed again."""
-    folder = work / name
-    modules, _ = GROUPS[name]
-    for sub in ("tests", "cli", "docs"):
-        for dest in (folder / sub, folder / "mutants" / sub):
-            if dest.is_dir():
-                shutil.rmtree(dest)
-                shutil.copytree(ROOT / sub, dest, ignore=shutil.ignore_patterns("__pycache__"))
-    mutated = {p for pattern in modules for p in ROOT.glob(pattern)}
-    for src in (ROOT / "dgm_pyro").rglob("*.py"):
-        if src not in mutated:
-            for base in (folder, folder / "mutants"):
-                shutil.copy2(src, base / src.relative_to(ROOT))
-    pending = [k for k, s in results(folder).items() if s != "killed"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    if pending:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *pending], cwd=folder,
-                       env=env)
-
-
 def results(folder: Path) -> dict[str, str]:
     """mutant name -> status (killed, survived, timeout, suspicious, no tests, ...) from ``mutmut results``."""
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=folder,
@@ -111,23 +89,19 @@ def results(folder: Path) -> dict[str, str]:
     return status
 
 
-def report(work: Path, equivalent: dict[str, str]) -> dict:
+def report(work: Path) -> dict:
+    """Per group: the number of mutants and of each status. Which survivors are equivalent is judged by reading
+    them (docs/testing.md), not here."""
     table = {}
     for name in GROUPS:
         folder = work / name
-        if not folder.is_dir():
-            continue
-        status = results(folder)
-        counts: dict[str, int] = {}
-        for s in status.values():
-            counts[s] = counts.get(s, 0) + 1
-        survived = sorted(k for k, s in status.items() if s != "killed")
-        eq = [k for k in survived if k in equivalent]
-        killed = counts.get("killed", 0)
-        total = len(status)
-        table[name] = {"mutants": total, "counts": counts, "equivalent": len(eq),
-                       "score_non_equivalent": killed / max(total - len(eq), 1),
-                       "not_killed": [k for k in survived if k not in equivalent]}
+        if folder.is_dir():
+            status = results(folder)
+            counts: dict[str, int] = {}
+            for s in status.values():
+                counts[s] = counts.get(s, 0) + 1
+            table[name] = {"mutants": len(status), "counts": counts,
+                           "not_killed": sorted(k for k, s in status.items() if s != "killed")}
     return table
 
 
@@ -194,22 +168,20 @@ def known(work: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["run", "rerun", "report", "known"])
+    ap.add_argument("command", choices=["run", "report", "known"])
     ap.add_argument("groups", nargs="*", default=["all"])
     ap.add_argument("--work", type=Path, default=ROOT / "mutation-runs")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if args.command in ("run", "rerun"):
+    if args.command == "run":
         for name in (list(GROUPS) if args.groups == ["all"] else args.groups):
-            (run_group if args.command == "run" else rerun_group)(name, args.work, args.jobs)
+            run_group(name, args.work, args.jobs)
         return
     if args.command == "known":
         out = known(args.work)
     else:
-        equivalent = json.loads((ROOT / "docs" / "mutation_equivalent.json").read_text()) if (
-            ROOT / "docs" / "mutation_equivalent.json").is_file() else {}
-        out = report(args.work, equivalent)
+        out = report(args.work)
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
