@@ -258,26 +258,26 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
                                         for c in run.kind.commands))
 
 
-def _say_where_it_resumes(run_dir: Path) -> None:
-    """One line on stderr: the epoch or step a resumed run continues after."""
+def _progress_of(run_dir: Path) -> tuple[str, Optional[dict[str, Any]]]:
+    """The unit a run trains in (``epoch`` or ``step``) and its checkpoint's loop state (``None``: none yet)."""
     from dgm_pyro.runs import read_run_config, training_state
 
     _, config = read_run_config(run_dir)
-    unit = (config.LENGTH or "epochs")[:-1]
-    state = training_state(run_dir / "checkpoint.pt")
-    done = 0 if state is None else state.get(unit, 0)
-    logging.getLogger("dgm_pyro.cli").info("resuming %s after %s %d%s", run_dir, unit, done,
+    return (config.LENGTH or "epochs")[:-1], training_state(run_dir / "checkpoint.pt")
+
+
+def _say_where_it_resumes(run_dir: Path) -> None:
+    """One line on stderr: the epoch or step a resumed run continues after."""
+    unit, state = _progress_of(run_dir)
+    logging.getLogger("dgm_pyro.cli").info("resuming %s after %s %d%s", run_dir, unit, 0 if state is None else
+                                           state.get(unit, 0),
                                            " (no checkpoint yet: from the start)" if state is None else "")
 
 
 def _say_how_to_resume(run_dir: Path) -> None:
     """After Ctrl-C: what was kept and the command that continues."""
-    from dgm_pyro.runs import read_run_config, training_state
-
     try:
-        _, config = read_run_config(run_dir)
-        unit = (config.LENGTH or "epochs")[:-1]
-        state = training_state(run_dir / "checkpoint.pt")
+        unit, state = _progress_of(run_dir)
     except DgmPyroError:
         click.echo("interrupted before the run folder was made; nothing to resume", err=True)
         return
