@@ -39,7 +39,9 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "diagnostics": (["dgm_pyro/diagnostics.py"], ["tests/test_diagnostics.py"]),
     "markov": (["dgm_pyro/models/markov.py"], ["tests/models/test_markov.py", "tests/infer/test_scheduled_sampling.py"]),
     "graph_sparse": (["dgm_pyro/models/graph_sparse.py"], ["tests/models/test_graph_sparse.py"]),
-    "callbacks": (["dgm_pyro/callbacks.py"], ["tests/test_callbacks.py", "tests/test_training.py"]),
+    "callbacks": (["dgm_pyro/callbacks.py"], ["tests/test_callbacks.py", "tests/test_training.py",
+                                              "tests/infer/test_annealing.py", "tests/infer/test_scheduled_sampling.py",
+                                              "tests/models/test_graph_ssm.py", "tests/cli/test_graph_cli.py"]),
 }
 
 

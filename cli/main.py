@@ -22,7 +22,8 @@ from dgm_pyro.errors import DgmPyroError
 from dgm_pyro.metrics import FORECAST_MAX_NODES
 from dgm_pyro.runs.graph_ssm import EDGE_OUTPUTS
 
-from .options import ModelCommand, TrainGroup, config_options, given_settings, resolve_config
+from .options import (ModelCommand, SampleCommand, TrainGroup, config_options, given_settings, model_sample_settings,
+                      resolve_config)
 
 
 def _without_per_datapoint(ev: dict[str, Any]) -> dict[str, Any]:
@@ -449,7 +450,7 @@ def _read_prompts(texts: tuple[str, ...], text_file: Optional[str]) -> Optional[
     return prompts if texts or text_file is not None else None
 
 
-@cli.command()
+@cli.command(cls=SampleCommand)
 @click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option("--label", type=int, default=None, help="Class to generate (label-conditioned data); default: all.")
 @click.option("--text", "texts", multiple=True, metavar="PROMPT",
@@ -469,13 +470,16 @@ def _read_prompts(texts: tuple[str, ...], text_file: Optional[str]) -> Optional[
 @_device_option
 def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file: Optional[str],
            condition: Optional[str], num: int, mode: str, out: Optional[str], seed: int, json_out: bool,
-           device: str) -> None:
-    """Generate from the conditional prior for a new condition or text description (seed P1.8)."""
+           device: str, **model_options: Any) -> None:
+    """Generate from the conditional prior for a new condition or text description (seed P1.8).
+
+    Models may add options of their own (listed last, each with the model whose runs take it)."""
     from dgm_pyro.checkpoint import atomic_replace
     from dgm_pyro.plotting import save_sample_grid
 
     prompts = _read_prompts(texts, text_file)
     run = _load(run_dir, "sample", device)
+    options = model_sample_settings(click.get_current_context(), run.kind)
     ds = run.dataset
     out_path = Path(out) if out else run.path / ("samples.png" if ds.image_shape else "samples.npz")
     if out_path.suffix not in (".png", ".npz"):
@@ -489,7 +493,8 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
 
         prompts = default_prompts(ds)
     cond = _read_condition(condition, ds) if condition else None
-    x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed, texts=prompts)
+    x, y = run.kind.sample(run, label=label, condition=cond, num=num, mean=mode == "mean", seed=seed, texts=prompts,
+                           **options)
     if out_path.suffix == ".png":
         # the default conditions of quadrant completion are the first test images: show their truth
         truth = ds.splits["test"][0][:x.shape[0]] if ds.condition == "quadrant" and cond is None else None

@@ -174,3 +174,49 @@ def options_markdown(config_class: type) -> str:
         meaning = f.metadata["help"].replace("|", "\\|") + (f" One of: {', '.join(choices)}." if choices else "")
         rows.append(f"| `{flag}` | {'none' if default is None else f'`{default}`'} | {meaning} |")
     return "\n".join(rows)
+
+
+def _model_sample_options() -> list[click.Option]:
+    """The options registered models add to ``dgm-pyro sample`` (their ``sample_options``), each marked with
+    the model whose runs take it; a flag two models declare is shown once."""
+    from dgm_pyro.registry import get_model, model_names
+
+    options: dict[str, click.Option] = {}
+    for name in model_names():
+        declared = getattr(get_model(name), "sample_options", None)
+        for option in config_options(declared) if declared is not None else []:
+            if option.name in options:
+                options[option.name].help += f"; {name} runs"
+                continue
+            option.help = f"{option.help} (for {name} runs"
+            options[option.name] = option
+    for option in options.values():
+        option.help += ")"
+    return list(options.values())
+
+
+class SampleCommand(click.Command):
+    """``dgm-pyro sample``: its own options, then the options registered models declare for their runs."""
+
+    _extra: Optional[list[click.Option]] = None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if SampleCommand._extra is None:
+            SampleCommand._extra = _model_sample_options()
+        params = super().get_params(ctx)
+        return params[:-1] + SampleCommand._extra + params[-1:]  # --help stays last
+
+
+def model_sample_settings(ctx: click.Context, kind: Any) -> dict[str, Any]:
+    """The model options of ``dgm-pyro sample`` given on the command line, checked against the run's model:
+    an option another model declares is refused in one line."""
+    declared = getattr(kind, "sample_options", None)
+    mine = {f.name for f in dataclasses.fields(declared)} if declared is not None else set()
+    given = {k: v for k, v in ctx.params.items()
+             if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE
+             and any(o.name == k for o in SampleCommand._extra or [])}
+    foreign = sorted(set(given) - mine)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise DgmPyroError(f"{flags}: not an option of a {kind.name} run's sample (see 'dgm-pyro sample --help')")
+    return given

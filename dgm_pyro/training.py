@@ -49,11 +49,12 @@ OBJECTIVES = ("elbo", "meanfield", "cs", "free-bits", "iwae", "dreg")
 
 
 def build_objective(name: str = "elbo", num_particles: int = 1, lam: float = 1.0, free_bits: float = 0.0,
-                    free_bits_per: str = "dim") -> ELBO:
+                    free_bits_per: str = "dim", mc_samples: Optional[int] = None) -> ELBO:
     """The Pyro loss called ``name``: ``elbo`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO), ``cs``
     (:class:`~dgm_pyro.infer.CSELBO` with weight ``lam``), ``free-bits`` (:class:`~dgm_pyro.infer.FreeBitsELBO`),
     or the importance-weighted bound with ``num_particles`` particles (:class:`~dgm_pyro.infer.IWELBO`) with
-    the IWAE gradient (``iwae``) or doubly-reparameterised gradients (``dreg``)."""
+    the IWAE gradient (``iwae``) or doubly-reparameterised gradients (``dreg``). ``mc_samples`` draws estimate
+    the KL (free bits) or D_CS (cs) of a latent site without a closed form (``None``: such a site is refused)."""
     from .infer.cs_elbo import CSELBO
     from .infer.free_bits import FreeBitsELBO
     from .infer.iwelbo import IWELBO
@@ -66,9 +67,9 @@ def build_objective(name: str = "elbo", num_particles: int = 1, lam: float = 1.0
     if name == "meanfield":
         return MeanFieldELBO(**common)
     if name == "cs":
-        return CSELBO(lam=lam, **common)
+        return CSELBO(lam=lam, mc_samples=mc_samples, **common)
     if name == "free-bits":
-        return FreeBitsELBO(lam=free_bits, per=free_bits_per, **common)
+        return FreeBitsELBO(lam=free_bits, per=free_bits_per, mc_samples=mc_samples, **common)
     if name != "elbo":
         raise DgmPyroError(f"unknown objective '{name}'; choose one of {', '.join(OBJECTIVES)}")
     return Trace_ELBO(**common)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -128,8 +129,20 @@ def test_outside_model_trains_resumes_and_evaluates_through_the_cli(registered, 
     r = _cli("diagnose", crashed, "--particles", "0", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["latent_dim"] == 2
-    r = _cli("sample", crashed)
-    assert r.exit_code == 2 and "a linear-vae run has no 'sample'" in r.stderr
+    # sample: the generic draw runs model(None, y) forward and takes the mean at site x, W z + V y + c with
+    # z ~ N(A y, I), for the first 8 test conditions (the model has no sample method of its own)
+    r = _cli("sample", crashed, "--num", "3", "--seed", "4", "--json")
+    assert r.exit_code == 0, r.output
+    got = np.load(crashed / "samples.npz")
+    y = run.dataset.splits["test"][1][:8]
+    np.testing.assert_array_equal(got["y"], y.numpy())
+    pyro.set_rng_seed(4)
+    with torch.no_grad():
+        z = torch.distributions.Normal(run.module.prior_map(y.repeat_interleave(3, 0)), 1.0).sample()
+        mean = run.module.decoder(torch.cat([z, y.repeat_interleave(3, 0)], -1))
+    np.testing.assert_allclose(got["x"], mean.reshape(8, 3, -1).numpy(), atol=1e-6)
+    r = _cli("forecast", crashed, "--horizon", "2")
+    assert r.exit_code == 2 and "a linear-vae run has no 'forecast'" in r.stderr
 
 
 def test_entry_point_group_registers_a_model(monkeypatch):

@@ -54,7 +54,8 @@ class CSELBO(RegularisedELBO):
             d = cs_divergence_mc(q, p, self.mc_samples)
         else:
             raise NotImplementedError(f"CSELBO: no closed-form D_CS for site {name!r} ({type(q).__name__} vs "
-                                      f"{type(p).__name__}); pass mc_samples=N for a Monte Carlo estimate")
+                                      f"{type(p).__name__}); pass mc_samples=N (command line: --kl-samples N) for "
+                                      "a Monte Carlo estimate")
         return self.lam * scaled_sum(d, guide_site, model_site)
 
     def __repr__(self) -> str:

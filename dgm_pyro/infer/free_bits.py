@@ -57,13 +57,15 @@ class FreeBitsELBO(RegularisedELBO):
                 q, p = univariate_base(q), univariate_base(p)
             except ValueError:
                 raise ValueError(f"FreeBitsELBO(per='dim'): site {name!r} is not factorised over its dimensions "
-                                 f"({type(q).__name__} vs {type(p).__name__}); use per='site'") from None
+                                 f"({type(q).__name__} vs {type(p).__name__}); use per='site' (command line: "
+                                 "--free-bits-per site)") from None
         try:
             kl = kl_divergence(q, p)
         except NotImplementedError:
             if self.mc_samples is None:
                 raise NotImplementedError(f"FreeBitsELBO: no closed-form KL for site {name!r} ({type(q).__name__} vs "
-                                          f"{type(p).__name__}); pass mc_samples=N for a Monte Carlo estimate") from None
+                                          f"{type(p).__name__}); pass mc_samples=N (command line: --kl-samples "
+                                          "N) for a Monte Carlo estimate") from None
             z = q.rsample((self.mc_samples,)) if q.has_rsample else q.sample((self.mc_samples,))
             kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
         return kl.expand(shape)

@@ -95,6 +95,9 @@ class ModelKind:
         part = unfinished_training(run_dir, config, "training")
         return [part] if part else []
 
+    def check_module(self, config: Any, data: Any, module: torch.nn.Module) -> None:
+        """Checks that need the built module (that the objective applies to the model), before any folder is made."""
+
     def check_extension(self, config: Any) -> None:
         """Refuse (:class:`DgmPyroError`) to raise the ``LENGTH`` of a run whose configuration depends on it."""
 
@@ -289,6 +292,7 @@ def train_run(config: Optional[Any], run_dir: str | Path, resume: bool = False, 
     kind.check(config, data)
     pyro.set_rng_seed(config.seed)  # the initial weights depend on the seed only
     module = kind.build(config, data)
+    kind.check_module(config, data, module)
     if not resume:
         _start_folder(kind, config, data, run_dir, device)
     if on_start is not None and D.rank() == 0:

@@ -260,35 +260,12 @@ def generate(run: DatasetRun, label: Optional[int] = None, condition: Optional[t
     first 8 test captions). Returns ``(x, y)`` on the CPU with ``x`` of shape (C, num, x_dim) for C
     conditions and ``y`` the conditions the model took.
     """
-    if num < 1:
-        raise DgmPyroError(f"num must be >= 1, got {num}")
     ds = run.dataset
-    if ds.condition == "text" or texts is not None:
-        if label is not None or condition is not None:
-            raise DgmPyroError(f"{run.path}: a text-conditioned run is sampled from prompts (--text, --text-file), "
-                               "not from a label or condition file" if ds.condition == "text" else
-                               "give prompts or a label or a condition, not several")
-        condition = prompt_conditions(run, default_prompts(ds) if texts is None else texts)
-    elif condition is None:
-        if ds.condition == "label":
-            labels = range(ds.num_classes) if label is None else [label]
-            if label is not None and not 0 <= label < ds.num_classes:
-                raise DgmPyroError(f"label must be between 0 and {ds.num_classes - 1}, got {label}")
-            condition = torch.nn.functional.one_hot(torch.tensor(list(labels)), ds.num_classes).float()
-        elif ds.condition == "none":
-            condition = torch.zeros(1, 0)
-        else:
-            if label is not None:
-                raise DgmPyroError(f"dataset '{ds.name}' is not label-conditioned; give a condition instead of a label")
-            condition = ds.splits["test"][1][:8]
-    elif label is not None:
-        raise DgmPyroError("give either a label or a condition, not both")
-    elif condition.dim() != 2 or condition.shape[1] != ds.y_dim:
-        raise DgmPyroError(f"condition must have shape (N, {ds.y_dim}); got {tuple(condition.shape)}")
-    elif not torch.isfinite(condition).all():
-        raise DgmPyroError("condition contains NaN or infinite values")
-    pyro.set_rng_seed(seed)
-    y = condition.repeat_interleave(num, 0).to(run.device)
-    x = run.module.sample(y, mean=mean).cpu()
-    return x.reshape(condition.shape[0], num, -1), condition
-
+    if ds.condition != "text" and texts is None:
+        return DatasetModelKind.sample(run.kind, run, label=label, condition=condition, num=num, mean=mean, seed=seed)
+    if label is not None or condition is not None:
+        raise DgmPyroError(f"{run.path}: a text-conditioned run is sampled from prompts (--text, --text-file), "
+                           "not from a label or condition file" if ds.condition == "text" else
+                           "give prompts or a label or a condition, not several")
+    y = prompt_conditions(run, default_prompts(ds) if texts is None else texts)
+    return run.kind.draw_per_condition(run, y, num, mean, seed)

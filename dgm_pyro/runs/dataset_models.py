@@ -14,10 +14,12 @@ import math
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import pyro
 import torch
+from pyro import poutine
+from pyro.distributions import Independent
 
 from .. import distributed as D
 from ..callbacks import KLAnnealing, Validation
@@ -29,6 +31,7 @@ from ..device import to_device
 from ..errors import DgmPyroError
 from ..infer.annealing import parse_schedule
 from ..infer.evidence import log_evidence
+from ..models.nn import likelihood_mean
 from ..plotting import plot_collapse_over_training, plot_kl_per_dimension, plot_training_curves
 from ..training import OBJECTIVES, Minibatches, Trainer, build_objective, steps_per_epoch
 from .base import ModelKind, Run
@@ -102,6 +105,9 @@ class DatasetConfig(ConfigBase):
                                 choices=("dim", "site"))
     anneal: str = option("none", "KL annealing of the latent terms per optimisation step: none, constant:BETA, "
                          "linear:START:STEPS, cyclical:CYCLES:RATIO, sigmoid:STEPS[:STEEPNESS].", metavar="SCHEDULE")
+    kl_samples: int = option(0, "Monte Carlo draws for the KL (objective free-bits) or D_CS (objective cs) of a latent "
+                             "site with no closed form, such as a mixture prior; 0 refuses such sites.", min=0,
+                             metavar="N", added=True)
     skip_bad_steps: int = option(0, "Skip up to N optimisation steps whose loss or gradient is NaN/inf before "
                                  "stopping.", min=0, metavar="N")
 
@@ -111,13 +117,16 @@ class DatasetConfig(ConfigBase):
             (self.lam == 1.0 or self.objective == "cs", "lam is the weight of D_CS: it needs objective 'cs'"),
             (self.objective != "free-bits" or self.free_bits > 0, "objective 'free-bits' needs free_bits NATS > 0"),
             (self.free_bits == 0 or self.objective == "free-bits", "free_bits needs objective 'free-bits'"),
+            (self.kl_samples == 0 or self.objective in ("free-bits", "cs"),
+             "kl_samples is for objectives 'free-bits' and 'cs' (meanfield and elbo sample such a KL already)"),
         ])
         parse_schedule(self.anneal, total_steps=10**9)  # the syntax; the run's step count is checked later
         return self
 
     def objective_loss(self) -> Any:
         """The Pyro loss this configuration names."""
-        return build_objective(self.objective, self.num_particles, self.lam, self.free_bits, self.free_bits_per)
+        return build_objective(self.objective, self.num_particles, self.lam, self.free_bits, self.free_bits_per,
+                               mc_samples=self.kl_samples or None)
 
 
 @dataclass
@@ -133,9 +142,15 @@ class DatasetModelKind(ModelKind):
     (a :class:`DatasetConfig`) and ``build``."""
 
     config_class: ClassVar[type] = DatasetConfig
-    commands: ClassVar[tuple[str, ...]] = ("evaluate", "diagnose")
+    commands: ClassVar[tuple[str, ...]] = ("evaluate", "sample", "diagnose")
     checkpoint: ClassVar[str] = "best.pt"
     distributed: ClassVar[bool] = True
+    #: the latent site whose collapse ``diagnose`` measures, and the observed site that ``sample`` draws
+    latent_site: ClassVar[str] = "z"
+    observed_site: ClassVar[str] = "x"
+    #: options of ``dgm-pyro sample`` for this model's runs: a dataclass of :func:`~dgm_pyro.config.option`
+    #: fields, given to :meth:`draw` as keyword arguments when set on the command line (``None``: none)
+    sample_options: ClassVar[Optional[type]] = None
 
     def load_data(self, config: DatasetConfig) -> ConditionalDataset:
         return load_dataset(config.dataset, likelihood=config.likelihood)
@@ -163,6 +178,21 @@ class DatasetModelKind(ModelKind):
         if config.anneal.startswith("cyclical"):
             raise DgmPyroError(f"the cyclical annealing schedule '{config.anneal}' spans the run's whole length; a run "
                                "that uses it cannot be extended")
+
+    def check_module(self, config: DatasetConfig, data: ConditionalDataset, module: torch.nn.Module) -> None:
+        """The configured objective evaluated once on two validation rows, before any folder is made: an objective
+        that does not apply to the model (free bits per dimension of a mixture prior, D_CS without a closed form)
+        is refused in one line. The random state is restored, so the run's draws are unchanged."""
+        x, y = (t[:2] for t in data.splits["valid"])
+        state = pyro.util.get_rng_state()
+        try:
+            with torch.no_grad():
+                config.objective_loss().loss(module.model, module.guide, x, y)
+        except (ValueError, NotImplementedError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DgmPyroError(f"objective '{config.objective}' cannot train this {self.name} model: {first}") from None
+        finally:
+            pyro.util.set_rng_state(state)
 
     def annealing_schedule(self, config: DatasetConfig, data: ConditionalDataset) -> Any:
         total = config.epochs * steps_per_epoch(data.sizes()["train"], config.batch_size)
@@ -275,13 +305,79 @@ class DatasetModelKind(ModelKind):
             raise DgmPyroError(f"samples must be >= 1, got {num_samples}")
         x, y = to_device(run.device, *run.dataset.splits[split])
         groups = y.argmax(1) if run.dataset.condition == "label" else None
-        report = collapse_report(run.module.model, run.module.guide, x, y, groups=groups, num_samples=num_samples,
-                                 minibatch_size=minibatch_size, particles=particles, seed=seed)
-        report.extra = {"run": str(run.path), "split": split, "seed": seed, "particles": particles,
-                        "conditioned_on": "label" if groups is not None else "none"}
+        report = collapse_report(run.module.model, run.module.guide, x, y, site=self.latent_site, groups=groups,
+                                 num_samples=num_samples, minibatch_size=minibatch_size, particles=particles, seed=seed)
+        report.extra.update({"run": str(run.path), "split": split, "seed": seed, "particles": particles,
+                             "conditioned_on": "label" if groups is not None else "none"})
         if write:
             plots = [plot_kl_per_dimension(report, run.path / "plots" / "kl_per_dimension.png"),
                      plot_collapse_over_training(run.path, report.latent_dim)]
             report.extra["files"] = [str(run.path / "diagnostics.json")] + [str(p) for p in plots if p is not None]
             write_json(run.path / "diagnostics.json", report.to_dict())
         return report
+
+    def conditions(self, run: DatasetRun, label: Optional[int] = None,
+                   condition: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The conditions y (C, y_dim) that :meth:`sample` draws for: the rows of ``condition``; else every class
+        (or ``label``) of label-conditioned data, one empty row of unconditional data, the first 8 test
+        conditions of other data (for quadrant completion, the given quadrants of the first test images)."""
+        ds = run.dataset
+        if condition is not None:
+            if label is not None:
+                raise DgmPyroError("give either a label or a condition, not both")
+            if condition.dim() != 2 or condition.shape[1] != ds.y_dim:
+                raise DgmPyroError(f"condition must have shape (N, {ds.y_dim}); got {tuple(condition.shape)}")
+            if not torch.isfinite(condition).all():
+                raise DgmPyroError("condition contains NaN or infinite values")
+            return condition
+        if ds.condition == "label":
+            if label is not None and not 0 <= label < ds.num_classes:
+                raise DgmPyroError(f"label must be between 0 and {ds.num_classes - 1}, got {label}")
+            labels = range(ds.num_classes) if label is None else [label]
+            return torch.nn.functional.one_hot(torch.tensor(list(labels)), ds.num_classes).float()
+        if label is not None:
+            raise DgmPyroError(f"dataset '{ds.name}' is not label-conditioned; give a condition instead of a label")
+        return torch.zeros(1, 0) if ds.condition == "none" else ds.splits["test"][1][:8]
+
+    def sample(self, run: DatasetRun, label: Optional[int] = None, condition: Optional[torch.Tensor] = None,
+               num: int = 8, mean: bool = True, seed: int = 0, texts: Optional[list[str]] = None,
+               **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num`` samples for each of :meth:`conditions` (seed P1.8), drawn by :meth:`draw` with ``options`` (the
+        model's ``sample_options``). Returns ``(x, y)`` on the CPU: ``x`` (C, num, x_dim) and the C conditions y."""
+        if texts is not None:
+            raise DgmPyroError(f"{run.path}: not a text-conditioned run (dataset '{run.dataset.name}'); prompts need "
+                               "a run trained on captions")
+        return self.draw_per_condition(run, self.conditions(run, label, condition), num, mean, seed, **options)
+
+    def draw_per_condition(self, run: DatasetRun, y: torch.Tensor, num: int, mean: bool, seed: int,
+                           **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num`` draws of :meth:`draw` per row of ``y``, after seeding with ``seed``: (x (C, num, x_dim), y)."""
+        if num < 1:
+            raise DgmPyroError(f"num must be >= 1, got {num}")
+        pyro.set_rng_seed(seed)
+        x = self.draw(run, y.repeat_interleave(num, 0).to(run.device), mean, **options).cpu()
+        return x.reshape(y.shape[0], num, -1), y
+
+    def draw(self, run: DatasetRun, y: torch.Tensor, mean: bool, **options: Any) -> torch.Tensor:
+        """One x per row of ``y``, shape (N, x_dim): the module's ``sample(y, mean=mean)`` where it has one, else
+        ``model(None, y)`` run forward (z from the prior), taking the mean of the distribution at
+        ``observed_site`` (``mean``) or its draw. Subclasses with ``sample_options`` override this."""
+        if options:
+            raise DgmPyroError(f"a {self.name} run's sample takes no {', '.join(sorted(options))}")
+        if callable(getattr(run.module, "sample", None)):
+            with torch.no_grad():
+                return run.module.sample(y, mean=mean)
+        return self.draw_from(run.module.model, run, y, mean)
+
+    def draw_from(self, model: Callable, run: DatasetRun, y: torch.Tensor, mean: bool) -> torch.Tensor:
+        """``model(None, y)`` run forward (a model kind may pass it conditioned, ``poutine.condition(model,
+        data={"z": z})``): the mean of the distribution at ``observed_site`` (``mean``), or its draw; (N, x_dim)."""
+        with torch.no_grad():
+            site = poutine.trace(model).get_trace(None, y).nodes.get(self.observed_site)
+        if site is None or site["type"] != "sample":
+            raise DgmPyroError(f"the {self.name} model has no sample site '{self.observed_site}' to draw; name its "
+                               "observed site in the model kind's observed_site")
+        d = site["fn"]
+        if not mean:
+            return site["value"].to(torch.float32)
+        return likelihood_mean(d, run.dataset.likelihood) if isinstance(d, Independent) else d.mean
