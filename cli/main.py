@@ -80,7 +80,10 @@ def _progress(json_out: bool) -> bool:
 
 
 def _size(path: Path) -> str:
-    n = float(path.stat().st_size)
+    return _size_of(path.stat().st_size)
+
+
+def _size_of(n: float) -> str:
     if n < 1000:
         return f"{n:.0f} B"
     for unit in ("kB", "MB", "GB"):
@@ -91,10 +94,14 @@ def _size(path: Path) -> str:
 
 
 def _report_files(paths: list[Any]) -> None:
-    """``wrote PATH (SIZE)`` for each file written."""
+    """``wrote PATH (SIZE)`` for each file written, ``wrote DIR/ (N files, SIZE)`` for each folder."""
     for p in map(Path, paths):
         if p.is_file():
             click.echo(f"wrote {p} ({_size(p)})")
+        elif p.is_dir():
+            files = [f for f in p.rglob("*") if f.is_file()]
+            total = sum(f.stat().st_size for f in files)
+            click.echo(f"wrote {p}/ ({len(files)} files, {_size_of(total)})")
 
 
 class _EchoHandler(logging.Handler):
@@ -360,11 +367,14 @@ def _model_command(kind: Any) -> click.Command:
     return _device_option(cmd)
 
 
-@cli.group(cls=TrainGroup, make_command=_model_command, invoke_without_command=False)
+@cli.group(cls=TrainGroup, make_command=_model_command, invoke_without_command=False,
+           subcommand_metavar="[MODEL] [OPTIONS]...", options_metavar="")
 def train() -> None:
     """Train a model and report its test metrics; writes a run folder (MODEL defaults to cvae).
 
-    ``dgm-pyro train --resume RUN`` continues any run. See ``dgm-pyro train MODEL --help`` for a model's options.
+    Each model has its own options, shown by 'dgm-pyro train MODEL --help': its settings, and --out, --name,
+    --config, --resume, --json, --device, --threads and --quiet. 'dgm-pyro train --resume RUN' continues any
+    run; with --epochs N (or --steps N) it trains a finished one further.
     """
 
 
@@ -559,7 +569,7 @@ def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split:
               help="With sparse edges: the most probable new edges kept per node and step.")
 @click.option("--negatives", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="With sparse edges: non-edges drawn uniformly per step to score against every true edge.")
-@click.option("--no-plots", is_flag=True, help="Do not write plots/forecast_*.png.")
+@click.option("--no-plots", is_flag=True, help="Do not write the plots (plots/NAME_*.png beside the forecast file).")
 @_seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @_device_option

@@ -106,6 +106,30 @@ def test_quickstart_example_matches_the_exact_evidence():
     assert torch.allclose(ns["res"].log_evidence.float(), exact, atol=0.05)
 
 
+def test_quickstart_shows_the_lines_train_prints(tmp_path):
+    """The output quoted in docs/quickstart.md is what `dgm-pyro train` prints: each quoted line, with its numbers
+    and the run folder's path written generically, is a line of a short run's output (stop reason aside)."""
+    import re
+
+    from click.testing import CliRunner
+
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    quoted = re.search(r"```\n(run folder:.*?)```", text, flags=re.S).group(1).splitlines()
+    r = CliRunner().invoke(cli, ["train", "--out", str(tmp_path), "--epochs", "2", "--hidden", "16", "--particles",
+                                 "20"])
+    assert r.exit_code == 0, r.output
+
+    def shape(line: str) -> str:
+        line = re.sub(r"\S*cvae-\d{8}-\d{6}", "RUN", line)
+        return re.sub(r"\(# [kMG]?B\)", "(SIZE)", re.sub(r"-?\d+(\.\d+)?", "#", line)).rstrip()
+
+    printed = {shape(line) for line in r.stdout.splitlines()}
+    lines = [q for q in quoted if q.strip() not in ("...", "")]
+    assert len(lines) >= 10
+    for line in lines:
+        assert shape(line) in printed, line
+
+
 def _graphs_example(steps: int) -> dict:
     code = _python_blocks("docs/graphs.md")
     assert "range(400)" in code

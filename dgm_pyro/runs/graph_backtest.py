@@ -150,7 +150,9 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
     result = {**settings, "rows": rows, "mean": _means(rows)}
     write_json(out_dir / "backtest.json", result)
     _write_csv(out_dir / "backtest.csv", rows)
-    result["files"] = [str(out_dir / n) for n in ("settings.json", "backtest.json", "backtest.csv")]
+    # the fitted origins' run folders (checkpoints, metrics.csv, the baseline) come after the tables
+    result["files"] = [str(out_dir / n) for n in ("settings.json", "backtest.json", "backtest.csv")] + sorted(
+        str(p) for p in out_dir.glob("origin-*") if p.is_dir())
     return result
 
 

@@ -522,6 +522,11 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     _write_netcdf(idata, out_path)
     notes = [] if total >= 10 else [f"coverage is NaN: intervals need at least 10 draws, this forecast has {total} "
                                     "(raise --samples)"]
+    point = [name for name, rows in metrics.items()
+             if rows and all(not math.isfinite(r.get("coverage_50", math.nan)) for r in rows) and name != "GraphSSM"]
+    if total >= 10 and point:
+        notes.append(f"coverage (cov50, cov90, PIT50, PIT90) is NaN for {', '.join(point)}: point forecasts have no "
+                     "predictive interval")
     not_scored = {} if run.baseline is not None else {"GCN+GRU": _why_no_baseline(run)}
     result: dict[str, Any] = {"run": str(run.path), "out": str(out_path), "horizon": horizon, "samples": num_samples,
                               "chains": chains, "seed": seed, "edges": "sparse" if sparse else "dense",

@@ -3,6 +3,7 @@ and bad input (one line, exit code 2, nothing modified)."""
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,11 @@ def test_forecast_netcdf_and_scores(graph_run, tmp_path):
     assert json.loads((tmp_path / "f.json").read_text())["metrics"] == res["metrics"]
     assert (tmp_path / "plots" / "f_edges.png").is_file() and not (graph_run / "forecast.json").exists()
     assert res["files"][0] == str(out) and res["files"][-1] == str(tmp_path / "f.json")
-    assert res["not_scored"] == {} and res["notes"] == [] and res["unfinished"] == []
+    assert res["not_scored"] == {} and res["unfinished"] == []
+    # point forecasts have no interval: their coverage columns are NaN, and a note says why
+    assert res["notes"] == ["coverage (cov50, cov90, PIT50, PIT90) is NaN for persistence, GCN+GRU: "
+                            "point forecasts have no predictive interval"]
+    assert all(row["coverage_50"] is None for row in res["metrics"]["persistence"])
     # the same seed gives the same numbers
     again = json.loads(run("forecast", graph_run, "--horizon", 3, "--chains", 2, "--samples", 5, "--out", out,
                            "--json", "--no-plots").stdout)
@@ -445,8 +450,10 @@ def test_backtest_without_refit_reuses_the_first_fit(tmp_path):
     ssm = [x for x in res["rows"] if x["forecaster"] == "GraphSSM"]
     assert [x["train_steps"] for x in ssm] == [4, 4, 0, 0] and [x["refit"] for x in ssm] == [True, True, False, False]
     assert not (folder / "origin-25").exists() and "GCN+GRU" not in res["mean"]
+    assert res["files"][3:] == [str(folder / "origin-20")]  # the one fitted origin's run folder is listed
     r = run("backtest", "--origins", "20,25", *BACKTEST, "--baseline-steps", "0", "--no-refit", "--out", tmp_path)
     assert r.exit_code == 0 and "fitted once" in r.output and "| GraphSSM | 1 |" in r.output
+    assert re.search(r"wrote \S+/origin-20/ \(\d+ files, [\d.]+ [kM]?B\)", r.output)
 
 
 @pytest.mark.parametrize("origins, message", [("1", "out of range"), ("20,59", "out of range"),

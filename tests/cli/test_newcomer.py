@@ -120,3 +120,15 @@ def test_environment_records_the_models_package_and_version(tmp_path):
         name = "local"
 
     assert model_origin(Local()) == {"name": "local", "module": __name__, "package": None, "version": None}
+
+
+def test_the_train_help_says_where_the_options_are():
+    """No raw reStructuredText in the help; the options every model takes are named, with where to see them."""
+    r = run("train", "--help")
+    text = " ".join(r.stdout.split())
+    assert r.exit_code == 0 and "``" not in r.stdout
+    assert text.startswith("Usage: cli train [MODEL] [OPTIONS]...")  # the program name is "cli" under CliRunner
+    assert "shown by 'dgm-pyro train MODEL --help'" in text and "--resume" in text
+    sub = run("train", "cvae", "--help").stdout
+    for flag in ("--out", "--name", "--config", "--resume", "--json", "--device", "--threads", "--quiet"):
+        assert flag in sub, flag
