@@ -3,15 +3,15 @@ and the baselines on the dynamic SBM, link prediction on CollegeMsg and the high
 likelihood's scaling.
 
     python benchmarks/graph_forecast.py dsbm --seeds 0 1 2 --steps 800 --schedule linear:600:0.5 --samples 500 \
-        --jobs 2 --deterministic-decoder --json docs/graph_dsbm.json
+        --jobs 2 --deterministic-decoder --json docs/results/graph_dsbm.json
     python benchmarks/graph_forecast.py collegemsg --seeds 0 1 2 --steps 400 --samples 200 --jobs 2 \
-        --ablate-edge-memory --json docs/graph_collegemsg.json
+        --ablate-edge-memory --json docs/results/graph_collegemsg.json
     python benchmarks/graph_forecast.py highschool --seeds 0 1 2 --steps 300 --samples 200 --ablate-edge-memory \
-        --json docs/graph_highschool.json
+        --json docs/results/graph_highschool.json
     python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
     python benchmarks/graph_forecast.py sparse-data --nodes 1000 10000 --snapshots 15 --out graphs
     dgm-pyro train graph-ssm --dataset pt:graphs/graph10000.pt --steps 150 --lr 0.03 --baseline-steps 0 --name g10k
-    python benchmarks/graph_forecast.py sparse runs/g10k --samples 100 --json docs/graph_sparse_forecast.json
+    python benchmarks/graph_forecast.py sparse runs/g10k --samples 100 --json docs/results/graph_sparse_forecast.json
 
 Every run is a real ``train graph-ssm`` run folder (under a temporary folder) scored by ``forecast_run``:
 the same split, the same metrics, the same baselines as the CLI.

@@ -8,7 +8,7 @@ table gives the median seconds per step of each and the ratios.
 
     git worktree add /tmp/dgm-reference <commit>
     python benchmarks/graph_step.py --reference /tmp/dgm-reference --lengths 30 90 270 --nodes 200 \\
-        --json docs/graph_step.json
+        --json docs/results/graph_step.json
 
 ``--write-csv DIR`` instead writes the dynamic SBM of the first length and ``--nodes`` (seed 0) as a CSV folder
 (``edges.csv``, ``nodes.csv``) for timing the default ``dgm-pyro train graph-ssm --dataset csv:DIR``:

@@ -5,7 +5,7 @@ the active units, from ``CVAEKind.diagnose``. Writes a Markdown table and a plot
 ``--dataset digits-unconditional`` runs the plain VAE instead (MI is then I(x; z)).
 
     python benchmarks/posterior_collapse.py --seeds 0 1 2 --particles 1000 --jobs 2 \\
-        --plot docs/posterior_collapse.png --json docs/posterior_collapse.json
+        --plot docs/posterior_collapse.png --json docs/results/posterior_collapse.json
 """
 
 from __future__ import annotations

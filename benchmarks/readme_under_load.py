@@ -3,8 +3,8 @@ install the test extras and run the tests) and its "What it does" sequence, top 
 optionally while a second ``dgm-pyro train graph-ssm`` runs on the same machine (issue "Works under real
 conditions"). Exits non-zero if any command fails.
 
-    python benchmarks/readme_under_load.py --runs 3 --load --json docs/readme_under_load.json
-    python benchmarks/readme_under_load.py --runs 1 --json docs/readme_alone.json
+    python benchmarks/readme_under_load.py --runs 3 --load --json docs/results/readme_under_load.json
+    python benchmarks/readme_under_load.py --runs 1 --json docs/results/readme_alone.json
 """
 
 from __future__ import annotations

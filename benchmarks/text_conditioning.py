@@ -13,7 +13,7 @@ dropout P or mean pooling), then measures on the held-out phrasings:
   with the share of PSIS k-hat > 0.7.
 
     python benchmarks/text_conditioning.py --seeds 0 1 2 --encoders builtin minilm --standard-prior \
-        --dropout 0 --mean-pooling --json docs/text_conditioning.json
+        --dropout 0 --mean-pooling --json docs/results/text_conditioning.json
 """
 
 from __future__ import annotations

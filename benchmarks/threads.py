@@ -5,7 +5,7 @@ Each timed command runs in its own process (``dgm-pyro ... --threads N --quiet``
 the ratio 2 threads / 1 thread measured in the same condition. This decides the CLI's default thread count
 (docs/cli.md, "Threads").
 
-    python benchmarks/threads.py --json docs/threads.json
+    python benchmarks/threads.py --json docs/results/threads.json
 """
 
 from __future__ import annotations

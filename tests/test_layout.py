@@ -67,3 +67,18 @@ def test_library_never_imports_the_cli_nor_private_names():
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "dgm_pyro"):
                 private = [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"]
                 assert not private, (f, private)
+
+
+def test_result_files_live_in_one_folder():
+    """Benchmark results (JSON) are in docs/results/, not beside the pages; every one is named by a page or a
+    benchmark, and every docs/results/ file a page names exists."""
+    import re
+
+    docs = ROOT / "docs"
+    assert not list(docs.glob("*.json"))
+    text = "".join(p.read_text() for p in [*docs.glob("*.md"), *(ROOT / "benchmarks").glob("*.py")])
+    named = set(re.findall(r"docs/results/([\w.-]+\.json)|\(results/([\w.-]+\.json)\)", text))
+    named = {a or b for a, b in named}
+    held = {p.name for p in (docs / "results").glob("*.json")}
+    assert held <= named, held - named
+    assert named <= held, named - held

@@ -384,8 +384,8 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
     coordinate holds the feature names; the ``static_features`` attribute names those that were conditioned on
     (``static``: a flag per feature), whose draws repeat their last value.
 
-    Dense forecasts: ``posterior_predictive`` also ``A`` and ``edge_prob`` (chain, draw, horizon, node,
-    node_to), ``observed_data`` the true ``A``. Sparse forecasts (``edge_index``): group ``edge_draws`` with
+    Dense forecasts: ``posterior_predictive`` also ``A`` (int8) and ``edge_prob`` (float16) (chain, draw, horizon,
+    node, node_to), ``observed_data`` the true ``A``. Sparse forecasts (``edge_index``): group ``edge_draws`` with
     one row per drawn edge (dimension ``edge``: ``edge_chain``, ``edge_draw``, ``edge_horizon`` (1-based),
     ``src``, ``dst`` node positions), sorted by horizon, then chain and draw, and ``num_edges`` (chain, draw,
     horizon); group ``edge_top_k`` with ``dst`` (horizon, node, rank; -1 where a node has fewer) and ``prob``
@@ -416,7 +416,9 @@ def to_inference_data(forecast: dict[str, Any], chains: int, history: GraphSeque
             observed["A"] = torch.stack([future.adjacency(t) for t in range(h)]).numpy().astype(np.int8)
     predictive = {"X": split(forecast["X"], np.float32)}
     if not sparse:
-        predictive.update(A=split(forecast["A"], np.int8), edge_prob=split(forecast["edge_prob"], np.float32))
+        # half precision (absolute error at most 2.4e-4 for probabilities in [0, 1]): it halves the file, whose
+        # size is the per-draw probabilities (zlib barely compresses floats; measured in docs/cli.md)
+        predictive.update(A=split(forecast["A"], np.int8), edge_prob=split(forecast["edge_prob"], np.float16))
     attrs = {"model": "dgm_pyro.models.GraphSSM", "directed": int(history.directed), "edges": "sparse" if sparse
              else "dense", "static_features": ",".join(n for n, st in zip(history.feature_names, static) if st)}
     idata = az.from_dict(posterior_predictive=predictive, observed_data=observed, coords=coords, dims=dims,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -58,7 +59,8 @@ def test_forecast_netcdf_and_scores(graph_run, tmp_path):
     pp = idata.posterior_predictive
     assert pp["X"].dims == ("chain", "draw", "horizon", "node", "feature") and pp["X"].shape == (2, 5, 3, 200, 4)
     assert pp["A"].dims == ("chain", "draw", "horizon", "node", "node_to") and pp["A"].shape == (2, 5, 3, 200, 200)
-    assert pp["edge_prob"].shape == (2, 5, 3, 200, 200)
+    assert pp["edge_prob"].shape == (2, 5, 3, 200, 200) and pp["edge_prob"].dtype == np.float16  # half the file
+    assert pp["A"].dtype == np.int8 and 0 <= float(pp["edge_prob"].min()) and float(pp["edge_prob"].max()) <= 1
     assert set(pp["A"].values.flatten().tolist()) <= {0, 1}
     obs = idata.observed_data
     assert obs["X"].shape == (3, 200, 4) and obs["A"].shape == (3, 200, 200) and obs["X_history"].shape == (27, 200, 4)
