@@ -7,7 +7,6 @@ registered model, generated from its configuration (:mod:`cli.options`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,125 +16,13 @@ from typing import Any, Optional
 
 import click
 
-from dgm_pyro.checkpoint import jsonable
 from dgm_pyro.errors import DgmPyroError
-from dgm_pyro.metrics import FORECAST_MAX_NODES
-from dgm_pyro.runs.graph_ssm import EDGE_OUTPUTS
 
+from .common import (EchoHandler, device_option, emit_json, load_for, print_evaluation, progress_enabled, report_files,
+                     runtime_options, seed_option, without_per_datapoint)
+from .graph import backtest_command, forecast
 from .options import (ModelCommand, SampleCommand, TrainGroup, config_options, given_settings, model_sample_settings,
                       resolve_config)
-
-
-def _without_per_datapoint(ev: dict[str, Any]) -> dict[str, Any]:
-    """An evaluation as printed: its per-datapoint values stay in the file that ``ev["file"]`` names."""
-    return {k: v for k, v in ev.items() if k != "per_datapoint"}
-
-
-def _emit_json(obj: Any) -> None:
-    click.echo(json.dumps(jsonable(obj), indent=2, sort_keys=True))
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e5 else f"{v:.3f}"
-    return str(v)
-
-
-def _print_evaluation(ev: dict[str, Any]) -> None:
-    from dgm_pyro.runs.dataset_models import ESTIMATORS
-
-    rows = [
-        ("datapoints", ev["num_datapoints"]),
-        ("particles K", ev["num_particles"]),
-        ("ELBO (nats/datapoint)", ev["elbo"]),
-        ("log-likelihood, " + ESTIMATORS[ev.get("method", "is")], ev["log_evidence"]),
-        ("  standard error", ev["log_evidence_stderr"]),
-        ("ESS mean / min", f"{_fmt(ev['ess_mean'])} / {_fmt(ev['ess_min'])}"),
-        ("PSIS k-hat max", ev["khat_max"]),
-        ("  share with k-hat > 0.7", ev["khat_frac_above_0.7"]),
-    ]
-    if "true_log_likelihood" in ev:
-        rows.append(("true log-likelihood (generator)", ev["true_log_likelihood"]))
-    if "baseline_ncll" in ev:
-        rows += [("CVAE negative CLL (importance-sampled)", ev["cvae_ncll"]),
-                 ("CVAE negative ELBO", ev["cvae_neg_elbo"]),
-                 ("NN baseline negative CLL", ev["baseline_ncll"])]
-    width = max(len(r[0]) for r in rows)
-    click.echo(f"{ev['split']} metrics on {ev['dataset']}:")
-    for name, v in rows:
-        click.echo(f"  {name:<{width}}  {_fmt(v)}")
-    frac = ev.get("khat_frac_above_0.7")
-    if frac:
-        click.echo(f"  note: k-hat > 0.7 for {frac:.1%} of datapoints; their importance-sampled values are unreliable "
-                   "(overconfident encoder); treat the log-likelihood as a lower estimate.")
-
-
-def _progress(json_out: bool) -> bool:
-    """A tqdm bar where stderr is a terminal (and not --quiet/--json); otherwise progress comes as log lines."""
-    ctx = click.get_current_context(silent=True)
-    quiet = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
-    return not json_out and not quiet and sys.stderr.isatty()
-
-
-def _size(path: Path) -> str:
-    return _size_of(path.stat().st_size)
-
-
-def _size_of(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("kB", "MB", "GB"):
-        n /= 1000
-        if n < 1000 or unit == "GB":
-            break
-    return f"{n:.1f} {unit}"
-
-
-def _report_files(paths: list[Any]) -> None:
-    """``wrote PATH (SIZE)`` for each file written, ``wrote DIR/ (N files, SIZE)`` for each folder."""
-    for p in map(Path, paths):
-        if p.is_file():
-            click.echo(f"wrote {p} ({_size(p)})")
-        elif p.is_dir():
-            files = [f for f in p.rglob("*") if f.is_file()]
-            total = sum(f.stat().st_size for f in files)
-            click.echo(f"wrote {p}/ ({len(files)} files, {_size_of(total)})")
-
-
-class _EchoHandler(logging.Handler):
-    """Library log records (``dgm_pyro.*``) as lines on stderr: progress and phases at INFO, warnings prefixed."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        click.echo(("warning: " + msg) if record.levelno >= logging.WARNING else msg, err=True)
-
-
-def _set_threads(ctx: click.Context, param: click.Parameter, value: Optional[int]) -> Optional[int]:
-    from dgm_pyro.device import set_threads
-
-    set_threads(value)
-    return value
-
-
-def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    if value:
-        root = ctx.find_root()
-        root.obj["quiet"] = True
-        root.obj["handler"].setLevel(logging.WARNING)
-    return value
-
-
-def _runtime_options(f: Any) -> Any:
-    """``--threads`` and ``--quiet``, on every command."""
-    f = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
-                     help="No progress or phase lines on stderr (warnings, errors and results still print).")(f)
-    return click.option("--threads", type=click.IntRange(min=0), default=None, metavar="N", expose_value=False,
-                        callback=_set_threads,
-                        help="CPU threads for torch in this process; 0: torch's default (one per core). Default: "
-                             "$OMP_NUM_THREADS if set, else 1, the fast choice when the cores are shared "
-                             "(docs/cli.md#threads).")(f)
 
 
 class _Group(click.Group):
@@ -188,7 +75,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Deep generative models written the Pyro way."""
     obj = ctx.ensure_object(dict)
     obj["debug"] = debug
-    handler = _EchoHandler()
+    handler = EchoHandler()
     # rank 0 speaks for a torchrun job
     handler.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     logger = logging.getLogger("dgm_pyro")
@@ -196,17 +83,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     logger.addHandler(handler)
     obj["handler"] = handler
     ctx.call_on_close(lambda: logger.removeHandler(handler))
-
-
-#: ``--seed`` of every command that draws random numbers
-_seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-                            help="Seed of every random draw of the command: the same seed gives the same numbers.")
-
-
-def _device_option(f: Any) -> Any:
-    f = click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-                     help="Where to run: auto picks CUDA when a GPU is present.")(f)
-    return _runtime_options(f)
 
 
 def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[str], resume: Optional[str],
@@ -242,7 +118,7 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
     if resume is not None and rank == 0:
         _say_where_it_resumes(run_dir)
     try:
-        summary = train_run(config, run_dir, resume=resume is not None, progress=_progress(json_out), on_start=announce,
+        summary = train_run(config, run_dir, resume=resume is not None, progress=progress_enabled(json_out), on_start=announce,
                             device=dev)
     except KeyboardInterrupt:
         if rank == 0:
@@ -253,15 +129,15 @@ def _run_train(kind: Any, ctx: click.Context, out: str, config_file: Optional[st
     if rank != 0:
         return  # rank 0 evaluates and reports
     run = load_run(run_dir, device=dev)
-    ev = run.kind.final_evaluation(run, progress=_progress(json_out))
+    ev = run.kind.final_evaluation(run, progress=progress_enabled(json_out))
     if json_out:
-        _emit_json({"run": str(run_dir), "train": summary,
-                    **({"test": _without_per_datapoint(ev)} if ev is not None else {})})
+        emit_json({"run": str(run_dir), "train": summary,
+                    **({"test": without_per_datapoint(ev)} if ev is not None else {})})
         return
     _print_training(run, summary)
     if ev is not None:
-        _print_evaluation(ev)
-    _report_files(sorted(p for p in run_dir.rglob("*") if p.is_file() and p.parent.name != "__pycache__"))
+        print_evaluation(ev)
+    report_files(sorted(p for p in run_dir.rglob("*") if p.is_file() and p.parent.name != "__pycache__"))
     click.echo("next: " + "   |   ".join(f"dgm-pyro {c} {run_dir}" + (" --horizon 5" if c == "forecast" else "")
                                         for c in run.kind.commands))
 
@@ -325,7 +201,7 @@ def _prepare_resume(kind: Any, ctx: click.Context, config_file: Optional[str], r
         msg = (f"{run_dir}: training is complete ({state.get(unit)} {length_field}); nothing was changed. To train "
                f"further: dgm-pyro train --resume {run_dir} --{length_field} N")
     if D.rank() == 0:
-        _emit_json({"run": str(run_dir), "complete": True}) if json_out else click.echo(msg)
+        emit_json({"run": str(run_dir), "complete": True}) if json_out else click.echo(msg)
     return False
 
 
@@ -364,7 +240,7 @@ def _model_command(kind: Any) -> click.Command:
     cmd = ModelCommand(kind.name, callback=callback, params=config_options(kind.config_class) + common,
                        help=f"Train {kind.name}: {kind.description}. Writes a run folder.",
                        short_help=kind.description)
-    return _device_option(cmd)
+    return device_option(cmd)
 
 
 @cli.group(cls=TrainGroup, make_command=_model_command, invoke_without_command=False,
@@ -378,19 +254,11 @@ def train() -> None:
     """
 
 
-def _load(run_dir: str, command: str, device: str) -> Any:
-    """Load a run folder for ``command``, refusing runs whose model does not support it."""
-    from dgm_pyro.device import resolve_device
-    from dgm_pyro.runs import load_run
-
-    return load_run(run_dir, device=resolve_device(device), command=command)
-
-
 @cli.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@_seed_option
+@seed_option
 @click.option("--method", type=click.Choice(["is", "adaptive", "ais"]), default="is", show_default=True,
               help="Importance sampling with the encoder as proposal; adaptive importance sampling from the encoder "
                    "mixed with Gaussians fitted per datapoint; or annealed importance sampling (HMC) from the encoder.")
@@ -400,18 +268,18 @@ def _load(run_dir: str, command: str, device: str) -> Any:
               help="Adapted rounds of --method adaptive after the encoder's (cost: about 1 + 2.5 R times "
                    "importance sampling's).")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-@_device_option
+@device_option
 def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, ais_steps: int, rounds: int,
              json_out: bool, device: str) -> None:
     """Test ELBO, importance-sampled (or adaptive, or annealed) log-likelihood and PSIS k-hat of a trained run."""
-    run = _load(run_dir, "evaluate", device)
-    ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=_progress(json_out),
+    run = load_for(run_dir, "evaluate", device)
+    ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=progress_enabled(json_out),
                            method=method, ais_steps=ais_steps, rounds=rounds)
     if json_out:
-        _emit_json(_without_per_datapoint(ev))
+        emit_json(without_per_datapoint(ev))
         return
-    _print_evaluation(ev)
-    _report_files([ev["file"]])
+    print_evaluation(ev)
+    report_files([ev["file"]])
 
 
 def _read_condition(path: str, ds) -> "Any":
@@ -475,9 +343,9 @@ def _read_prompts(texts: tuple[str, ...], text_file: Optional[str]) -> Optional[
               help="Decoder mean E[x|y,z] or a draw x ~ p(x|y,z).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output .png grid (image data) or .npz; default RUN/samples.png or RUN/samples.npz.")
-@_seed_option
+@seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-@_device_option
+@device_option
 def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file: Optional[str],
            condition: Optional[str], num: int, mode: str, out: Optional[str], seed: int, json_out: bool,
            device: str, **model_options: Any) -> None:
@@ -488,7 +356,7 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
     from dgm_pyro.plotting import save_sample_grid
 
     prompts = _read_prompts(texts, text_file)
-    run = _load(run_dir, "sample", device)
+    run = load_for(run_dir, "sample", device)
     options = model_sample_settings(click.get_current_context(), run.kind)
     ds = run.dataset
     out_path = Path(out) if out else run.path / ("samples.png" if ds.image_shape else "samples.npz")
@@ -517,10 +385,10 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
     info = {"out": str(out_path), "conditions": int(x.shape[0]), "per_condition": num, "mode": mode, "seed": seed,
             **({"prompts": prompts} if prompts else {})}
     if json_out:
-        _emit_json(info)
+        emit_json(info)
         return
     click.echo(f"{x.shape[0]} condition(s) x {num} samples ({mode})")
-    _report_files([out_path])
+    report_files([out_path])
 
 
 @cli.command()
@@ -532,163 +400,35 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="B of the minibatch MI estimator (ceiling log B).")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
-@_seed_option
+@seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-@_device_option
+@device_option
 def diagnose(run_dir: str, particles: int, samples: int, batch_size: int, split: str, seed: int,
              json_out: bool, device: str) -> None:
     """Posterior-collapse report of a trained run: NLL, KL, mutual information, aggregate KL, active units."""
-    run = _load(run_dir, "diagnose", device)
+    run = load_for(run_dir, "diagnose", device)
     report = run.kind.diagnose(run, particles=particles, split=split, seed=seed, num_samples=samples,
                                minibatch_size=batch_size)
     if json_out:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
         return
     given = "conditional on the label" if report.conditional else "unconditional"
     click.echo(f"posterior-collapse report, {split} split ({given}), nats per datapoint:")
     click.echo(str(report))
-    _report_files(report.extra["files"])
+    report_files(report.extra["files"])
 
 
-@cli.command()
-@click.argument("run_dir", metavar="RUN", type=click.Path())
-@click.option("--horizon", type=int, required=True, help="Snapshots to forecast after the history (H >= 1).")
-@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Draws per chain.")
-@click.option("--chains", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Independent chains (the NetCDF's chain dimension).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="NetCDF file for the arviz InferenceData; default RUN/forecast.nc.")
-@click.option("--stationarity", type=click.IntRange(min=0), default=0, show_default=True, metavar="STEPS",
-              help="Also roll out max(chains, 4) chains for STEPS steps and report R-hat/ESS of summary statistics "
-                   "(P4.4); 0 skips it.")
-@click.option("--edges", "edge_output", type=click.Choice(EDGE_OUTPUTS), default="auto", show_default=True,
-              help="dense: every draw's N x N edge probabilities and draws, all pairs scored; sparse: each draw's "
-                   "edges as a COO list plus the --top-k most probable new edges per node, scored on all true "
-                   f"edges and --negatives sampled non-edges; auto: dense up to {FORECAST_MAX_NODES} nodes.")
-@click.option("--top-k", type=click.IntRange(min=0), default=10, show_default=True,
-              help="With sparse edges: the most probable new edges kept per node and step.")
-@click.option("--negatives", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="With sparse edges: non-edges drawn uniformly per step to score against every true edge.")
-@click.option("--no-plots", is_flag=True, help="Do not write the plots (plots/NAME_*.png beside the forecast file).")
-@_seed_option
-@click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-@_device_option
-def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,
-             edge_output: str, top_k: int, negatives: int, no_plots: bool, seed: int, json_out: bool,
-             device: str) -> None:
-    """Forecast the next H snapshots of a graph-ssm run as sample paths (seed P4.4), scored against the
-    held-out snapshots and the baselines."""
-    if horizon < 1:
-        raise DgmPyroError(f"--horizon must be >= 1, got {horizon}")
-    if stationarity and stationarity < 20:
-        raise DgmPyroError(f"--stationarity needs at least 20 steps, got {stationarity}")
-    run = _load(run_dir, "forecast", device)
-    res = run.kind.forecast(run, horizon=horizon, num_samples=samples, chains=chains, seed=seed, out=out,
-                            plots=not no_plots, stationarity_steps=stationarity, edges=edge_output, top_k=top_k,
-                            negatives=negatives)
-    if json_out:
-        _emit_json(res)
-        return
-    click.echo(f"forecast: {chains} chain(s) x {samples} draws, horizon {horizon}, {res['edges']} edges")
-    if res["edges"] == "sparse" and res["scored_steps"]:
-        pairs = ", ".join(str(p) for p in res["edge_pairs"]["pairs_per_step"])
-        click.echo(f"  edge scores on every true edge and up to {negatives} sampled non-edges per step ({pairs} pairs; "
-                   "the estimator is in the JSON)")
-    if res["scored_steps"]:
-        cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
-                ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90"),
-                ("pit_coverage_50", "PIT50"), ("pit_coverage_90", "PIT90")]
-        click.echo(f"held-out scores per horizon step (truth for h <= {res['scored_steps']}):")
-        width = max(len(n) for n in res["metrics"])
-        click.echo(f"  {'forecaster':<{width}}  h  " + "  ".join(f"{c[1]:>7}" for c in cols))
-        for name, rows in res["metrics"].items():
-            for r in rows:
-                click.echo(f"  {name:<{width}}  {r['h']}  " + "  ".join(f"{_fmt(r[c[0]]):>7}" for c in cols))
-        for name, why in res["not_scored"].items():
-            click.echo(f"  {name}: no row; {why}")
-        for note in res["notes"]:
-            click.echo(f"  note: {note}")
-    else:
-        click.echo("no held-out snapshots to score (train with --test-steps K to hold some out)")
-    st = res.get("stationarity")
-    if st:
-        verdict = "stationary" if st["stationary"] else "NOT stationary (R-hat >= 1.05)"
-        click.echo(f"long-run rollout, {st['chains']} chains x {st['steps']} steps: {verdict}; R-hat edge density "
-                   f"{_fmt(st['edge_density']['rhat'])}, mean feature {_fmt(st['mean_feature']['rhat'])}")
-    _report_files(res["files"])
-
-
-#: graph-ssm options that a backtest does not take: its origins split the sequence, and it does not stop early
-_NOT_IN_BACKTEST = {"test_steps", "valid_steps", "patience"}
-
-
-def _backtest_command() -> click.Command:
-    """``dgm-pyro backtest``: the graph-ssm training options plus the backtest's own."""
-    from dgm_pyro.runs.graph_ssm import GraphConfig
-
-    @click.pass_context
-    def callback(ctx: click.Context, origins: str, horizon: int, refit: bool, refit_steps: int, samples: int, out: str,
-                 config_file: Optional[str], json_out: bool, device: str, **_: Any) -> None:
-        from dgm_pyro.device import resolve_device
-        from dgm_pyro.registry import get_model
-        from dgm_pyro.runs import new_run_dir
-        from dgm_pyro.runs.graph_backtest import backtest_graph, summary_table
-
-        try:
-            points = [int(v) for v in origins.split(",") if v.strip()]
-        except ValueError:
-            raise DgmPyroError(f"--origins must be comma-separated snapshot indices like 30,35,40; got '{origins}'") \
-                from None
-        config = resolve_config(get_model("graph-ssm"), ctx, config_file)
-        if Path(out).is_file():
-            raise DgmPyroError(f"{out}: is a file; --out takes a folder")
-        folder = new_run_dir(out, "backtest")
-        res = backtest_graph(config, points, horizon, folder, refit=refit, refit_steps=refit_steps,
-                             num_samples=samples, progress=_progress(json_out), device=resolve_device(device))
-        if json_out:
-            _emit_json(res)
-            return
-        click.echo(f"backtest of graph-ssm on {config.dataset}: origins {', '.join(map(str, res['origins']))}, horizon "
-                   f"{horizon}, {'refitted (warm start, ' + str(refit_steps) + ' steps)' if refit else 'fitted once'}")
-        click.echo("mean over origins:")
-        click.echo(summary_table(res))
-        _report_files(res["files"])
-
-    own = [
-        click.Option(["--origins"], required=True, metavar="T1,T2,...",
-                     help="Snapshot indices where forecasts start; the model trains on the snapshots before each."),
-        click.Option(["--horizon"], type=click.IntRange(min=1), default=5, show_default=True,
-                     help="Snapshots forecast and scored per origin."),
-        click.Option(["--refit/--no-refit"], default=True, show_default=True,
-                     help="Refit at every origin after the first, warm-started from the previous weights."),
-        click.Option(["--refit-steps"], type=click.IntRange(min=1), default=100, show_default=True,
-                     help="SVI steps of each refit (the first fit runs --steps)."),
-        click.Option(["--samples"], type=click.IntRange(min=1), default=100, show_default=True,
-                     help="Forecast paths per origin."),
-        click.Option(["--out"], type=click.Path(), default="runs", show_default=True,
-                     help="Folder in which the backtest folder backtest-<timestamp> is made."),
-        click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), default=None,
-                     help="TOML file of graph-ssm options (flags given on the command line win)."),
-        click.Option(["--json", "json_out"], is_flag=True, help="Print only JSON."),
-    ]
-    params = [o for o in config_options(GraphConfig) if o.name not in _NOT_IN_BACKTEST] + own
-    cmd = click.Command("backtest", callback=callback, params=params,
-                        help="Rolling-origin backtest of graph-ssm with warm-started refits: one row of metrics per "
-                             "origin, forecaster and horizon step (the shape of pyro.contrib.forecast.backtest).",
-                        short_help="Rolling-origin backtest of graph-ssm with refits.")
-    return _device_option(cmd)
-
-
-cli.add_command(_backtest_command())
+cli.add_command(forecast)
+cli.add_command(backtest_command())
 
 
 @cli.command()
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
-@_runtime_options
+@runtime_options
 def datasets(json_out: bool) -> None:
     """List the built-in datasets and the file formats accepted by --dataset."""
     from dgm_pyro.data import BUILTIN_DATASETS
-    from dgm_pyro.data.graphs import GRAPH_DATASETS
+    from dgm_pyro.data.graph_files import GRAPH_DATASETS
 
     info = dict(BUILTIN_DATASETS)
     info["npz:PATH"] = ("your .npz: array x (N, D) or (N, H, W), optional y (N,) labels or (N, K) covariates, or "
@@ -696,7 +436,7 @@ def datasets(json_out: bool) -> None:
     info["idx:DIR"] = "MNIST-style IDX files: train-images-idx3-ubyte, train-labels-idx1-ubyte, optional t10k-*"
     info.update({f"{k} (graph-ssm)": v for k, v in GRAPH_DATASETS.items()})
     if json_out:
-        _emit_json(info)
+        emit_json(info)
         return
     width = max(map(len, info))
     for name, desc in info.items():

@@ -10,10 +10,9 @@ from ..errors import DgmPyroError
 from .dataset import LIKELIHOODS, ConditionalDataset
 from .digits import DIGITS_SPLIT, load_digits
 from .digits_text import load_digits_text
-from .graphs import (
+from .graphs import GraphSequence, dynamic_sbm
+from .graph_files import (
     GRAPH_DATASETS,
-    GraphSequence,
-    dynamic_sbm,
     load_collegemsg,
     load_highschool,
     load_graph_csv,

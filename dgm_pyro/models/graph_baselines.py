@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import DgmPyroError
 from ..data.graphs import GraphSequence, dsbm_step, edge_indicator, pair_index
 from .gnn import SnapshotEncoder
-from .graph_ssm import PairHistory
+from .graph_memory import PairHistory
 
 __all__ = ["Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle"]
 

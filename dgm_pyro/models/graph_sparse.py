@@ -37,7 +37,7 @@ import torch
 from torch.nn.functional import softplus
 
 from ..data.graphs import sorted_lookup
-from .graph_ssm import PairHistory
+from .graph_memory import PairHistory
 
 __all__ = ["sparse_forecast", "SPARSE_CLUSTERS"]
 

@@ -9,8 +9,8 @@ from .base import ModelKind, Run, extend_run, load_run, load_weights, new_run_di
     require_run_dir, restart_in_place, run_data, train_run, training_state, unfinished_training
 from .cvae import CVAEConfig, CVAEKind, TrainConfig, build_baseline, build_model, generate
 from .dataset_models import DatasetConfig, DatasetModelKind, DatasetRun
-from .graph_ssm import GraphConfig, GraphRun, GraphSSMKind, build_graph_model, forecast_run, load_graph_sequence, \
-    to_inference_data, training_history
+from .graph_forecast import GraphRun, forecast_run, to_inference_data
+from .graph_ssm import GraphConfig, GraphSSMKind, build_graph_model, load_graph_sequence, training_history
 
 __all__ = ["ModelKind", "Run", "train_run", "load_run", "load_weights", "new_run_dir", "read_run_config",
            "require_run_dir", "restart_in_place", "extend_run", "run_data", "training_state", "unfinished_training", "DatasetConfig", "DatasetModelKind", "DatasetRun", "CVAEConfig",

@@ -22,7 +22,7 @@ import pyro
 import torch
 
 from ..checkpoint import write_json
-from ..data.graphs import load_graph_dataset
+from ..data.graph_files import load_graph_dataset
 from ..errors import DgmPyroError
 from ..metrics import FORECAST_MAX_NODES, forecast_scores, score_window
 from ..models.graph_baselines import DSBMOracle, HistoricalMean, Persistence

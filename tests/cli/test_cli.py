@@ -518,10 +518,10 @@ def test_the_command_keeps_freed_memory_and_no_number_changes(monkeypatch):
 
 
 def test_file_sizes_are_printed_in_decimal_units(tmp_path):
-    from cli.main import _size
+    from cli.common import size
 
     sizes = {"a": 999, "b": 1500, "c": 74_000_000, "d": 2_500_000_000_000}
     for name, n in sizes.items():
         with open(tmp_path / name, "wb") as f:
             f.truncate(n)
-    assert [_size(tmp_path / n) for n in sizes] == ["999 B", "1.5 kB", "74.0 MB", "2500.0 GB"]
+    assert [size(tmp_path / n) for n in sizes] == ["999 B", "1.5 kB", "74.0 MB", "2500.0 GB"]

@@ -254,7 +254,7 @@ def test_sparse_forecast_scores_match_the_dense_ones(graph_run, tmp_path):
 
 
 def test_large_graphs_forecast_sparse_by_default(graph_run, tmp_path, monkeypatch):
-    import dgm_pyro.runs.graph_ssm as graph_runs
+    import dgm_pyro.runs.graph_forecast as graph_runs
 
     monkeypatch.setattr(graph_runs, "FORECAST_MAX_NODES", 100)
     r = run("forecast", graph_run, "--horizon", 1, "--edges", "dense", "--out", tmp_path / "d.nc")
@@ -394,7 +394,7 @@ def test_backtest_rows_refits_and_files(tmp_path):
     import pyro
 
     from dgm_pyro.checkpoint import load_checkpoint
-    from dgm_pyro.data.graphs import load_graph_dataset
+    from dgm_pyro.data.graph_files import load_graph_dataset
     from dgm_pyro.metrics import forecast_scores
     from dgm_pyro.runs import GraphConfig, GraphSSMKind, build_graph_model
     from dgm_pyro.runs.graph_ssm import sequence_on

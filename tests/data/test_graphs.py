@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dgm_pyro.models import DSBMOracle
-from dgm_pyro.data.graphs import (GraphSequence, dynamic_sbm, load_collegemsg, load_graph_csv,
-                                  load_graph_dataset, load_graph_pt)
+from dgm_pyro.data.graph_files import load_collegemsg, load_graph_csv, load_graph_dataset, load_graph_pt
+from dgm_pyro.data.graphs import GraphSequence, dynamic_sbm
 from dgm_pyro.errors import DgmPyroError
 
 
@@ -84,7 +84,7 @@ def test_collegemsg_ships_offline():
 def test_a_last_snapshot_the_observation_does_not_cover_is_dropped():
     """Events at times 0..9.5 in snapshots of width 2: five snapshots, the last [8, 10). Observed until 10 it is
     whole and kept; observed until 9.5 it holds half its width and is dropped, with its events."""
-    from dgm_pyro.data.graphs import _from_events
+    from dgm_pyro.data.graph_files import _from_events
 
     t = np.arange(0, 10, 0.5)
     src, dst = np.zeros(len(t), dtype=np.int64), np.ones(len(t), dtype=np.int64)
@@ -98,7 +98,7 @@ def test_a_last_snapshot_the_observation_does_not_cover_is_dropped():
 def test_highschool_ships_offline_with_hourly_snapshots_and_class_features():
     """86 hours with contacts among 180 students; each snapshot's edges are exactly the distinct pairs in
     contact during that hour, counted here from the file independently; class one-hot static features."""
-    from dgm_pyro.data.graphs import HIGHSCHOOL_FILE, load_highschool
+    from dgm_pyro.data.graph_files import HIGHSCHOOL_FILE, load_highschool
 
     seq = load_highschool()
     assert (seq.num_nodes, seq.num_steps, seq.num_features) == (180, 86, 6) and not seq.directed
@@ -121,7 +121,7 @@ def test_highschool_ships_offline_with_hourly_snapshots_and_class_features():
 
 
 def test_highschool_bins_skip_empty_hours_and_bad_files_are_refused(tmp_path, monkeypatch):
-    from dgm_pyro.data import graphs
+    from dgm_pyro.data import graph_files as graphs
 
     f = tmp_path / "c.csv"
     # contacts at hours 0, 0, 5 and 9 (four empty hours between, then three): three snapshots

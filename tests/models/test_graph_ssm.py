@@ -11,7 +11,7 @@ from pyro.infer import Trace_ELBO
 
 from dgm_pyro.data.graphs import dynamic_sbm
 from dgm_pyro.models import GraphSSM
-from dgm_pyro.models.graph_ssm import node_activity
+from dgm_pyro.models.graph_memory import node_activity
 
 
 def _tiny(directed=False, n=5, f=2, t=3, seed=0):
