@@ -52,3 +52,26 @@ def _write_idx(folder, images: np.ndarray, labels: np.ndarray, test_images: np.n
 def write_idx():
     """Writes the four MNIST IDX files: ``write_idx(folder, images, labels, test_images, test_labels, gz=True)``."""
     return _write_idx
+
+
+@pytest.fixture()
+def interrupt_training(monkeypatch):
+    """``stop = interrupt_training(n)``: from now on the Trainer raises KeyboardInterrupt (Ctrl-C) at the end of its
+    (n+1)-th interval, after n checkpoints; ``stop()`` puts the real loop back."""
+    from dgm_pyro.training import Trainer
+
+    real = Trainer._interval
+
+    def arm(n: int):
+        calls = []
+
+        def interval(self):
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real(self)
+
+        monkeypatch.setattr(Trainer, "_interval", interval)
+        return lambda: monkeypatch.setattr(Trainer, "_interval", real)
+
+    return arm

@@ -90,27 +90,17 @@ def test_an_objective_that_cannot_apply_is_refused_before_any_folder(plugin, tmp
     assert r.exit_code == 2 and "kl_samples is for objectives" in r.stderr and not (tmp_path / "ks").exists()
 
 
-def test_the_run_records_the_package_and_resumes_exactly(plugin, trained, tmp_path, monkeypatch):
+def test_the_run_records_the_package_and_resumes_exactly(plugin, trained, tmp_path, interrupt_training):
     whole, info = trained
     env = json.loads((whole / "environment.json").read_text())
     assert env["model"] == {"name": "mixture-vae", "module": "mixture_vae", "package": plugin["name"],
                             "version": plugin["version"]}
     assert info["train"]["epochs_run"] == 3
 
-    from dgm_pyro.training import Trainer
-
-    real, calls = Trainer._interval, []
-
-    def interrupted_after_two(self):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "_interval", interrupted_after_two)
+    restore = interrupt_training(2)
     r = _cli("train", "mixture-vae", *TRAIN, "--out", tmp_path, "--name", "cut")
     assert r.exit_code == 130 and "dgm-pyro train --resume" in r.stderr
-    monkeypatch.setattr(Trainer, "_interval", real)
+    restore()
     r = _cli("train", "--resume", tmp_path / "cut", "--json")
     assert r.exit_code == 0, r.output
     a = torch.load(whole / "checkpoint.pt", weights_only=True)["model_state"]

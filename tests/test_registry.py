@@ -80,7 +80,7 @@ def _cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def test_outside_model_trains_resumes_and_evaluates_through_the_cli(registered, tmp_path, monkeypatch):
+def test_outside_model_trains_resumes_and_evaluates_through_the_cli(registered, tmp_path, interrupt_training):
     r = _cli("train", "linear-vae", "--help")
     assert r.exit_code == 0 and "--latent-dim" in r.output and "--decoder" not in r.output
     r = _cli("train", "linear-vae", "--out", tmp_path / "whole", *ARGS)
@@ -90,20 +90,10 @@ def test_outside_model_trains_resumes_and_evaluates_through_the_cli(registered, 
         (tmp_path / "whole").glob("linear-vae-*").__next__().joinpath("config.json").read_text())["model"] == "linear-vae"
 
     # the same run, crashed after its second epoch, then resumed from the checkpoint
-    from dgm_pyro.training import Trainer
-
-    real, calls = Trainer._interval, []
-
-    def crash_after_two(self):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(self)
-
-    monkeypatch.setattr(Trainer, "_interval", crash_after_two)
+    restore = interrupt_training(2)
     r = _cli("train", "linear-vae", "--out", tmp_path / "crashed", *ARGS)
     assert r.exit_code != 0
-    monkeypatch.setattr(Trainer, "_interval", real)
+    restore()
     (crashed,) = (tmp_path / "crashed").glob("linear-vae-*")
     assert len((crashed / "metrics.csv").read_text().splitlines()) == 3  # header and two epochs
     r = _cli("train", "--resume", crashed, "--json")
