@@ -56,3 +56,128 @@ def test_resume_after_a_worse_epoch_keeps_the_best_score_and_the_patience_used(t
     assert a["callbacks"]["Validation"]["best_epoch"] == b["callbacks"]["Validation"]["best_epoch"] == 1
     for k in a["model_state"]:
         assert (a["model_state"][k] == b["model_state"][k]).all(), k
+
+
+# ---------------------------------------------------------------- callbacks against a scripted trainer
+
+from types import SimpleNamespace  # noqa: E402
+
+import torch  # noqa: E402
+
+from dgm_pyro import callbacks as C  # noqa: E402
+from dgm_pyro.errors import DgmPyroError  # noqa: E402
+
+
+class ScriptedTrainer:
+    """The part of the Trainer that AggressiveTraining uses: ``step`` returns the scripted encoder losses in turn
+    (and 7.0 for the decoder step), and every call is recorded."""
+
+    def __init__(self, encoder_losses):
+        self.losses = list(encoder_losses)
+        self.calls, self.batches = [], 0
+        self.guide_params, self.model_params = ["q"], ["p"]
+        self.guide_optimizer, self.model_optimizer = "opt_q", "opt_p"
+        self.generator = "gen"
+        self.data = SimpleNamespace(random_batch=self._batch)
+
+    def _batch(self, generator):
+        assert generator == "gen"
+        self.batches += 1
+        return (f"inner{self.batches}",), 0.5
+
+    def step(self, args, weight, params, optimizers, check, where, kwargs):
+        self.calls.append((args, weight, params, optimizers, check, where, kwargs))
+        return self.losses.pop(0) if params == ["q"] else 7.0
+
+
+def test_aggressive_training_steps_the_encoder_until_a_window_of_its_loss_is_no_better():
+    """Windows of AGGRESSIVE_WINDOW encoder steps: sums 50, 40, 40; the third is no better than the second, so
+    the encoder takes 3 windows of steps on fresh minibatches, then the decoder one step on the given batch."""
+    w = C.AGGRESSIVE_WINDOW
+    trainer = ScriptedTrainer([5.0] * w + [4.0] * w + [4.0] * w + [0.0] * 100)
+    cb = C.AggressiveTraining()
+    got = cb.train_batch(trainer, ("batch",), 2.0, True, "here", {"k": 1})
+    encoder = [c for c in trainer.calls if c[2] == ["q"]]
+    decoder = [c for c in trainer.calls if c[2] == ["p"]]
+    assert len(encoder) == 3 * w and trainer.batches == 3 * w and got == 7.0
+    assert [c[0] for c in encoder] == [(f"inner{i}",) for i in range(1, 3 * w + 1)]
+    assert all(c[1] == 0.5 and c[3] == ["opt_q"] and c[5] == "here" and c[6] == {"k": 1} for c in encoder)
+    assert [c[4] for c in encoder] == [True] + [False] * (3 * w - 1)  # the finite check on the first step only
+    assert decoder == [(("batch",), 2.0, ["p"], ["opt_p"], False, "here", {"k": 1})] and trainer.calls[-1] == decoder[0]
+    # a loss that keeps falling: at most AGGRESSIVE_MAX_INNER encoder steps
+    trainer = ScriptedTrainer([100.0 - i * 0.5 for i in range(200)])
+    C.AggressiveTraining().train_batch(trainer, ("batch",), 1.0, False, "", {})
+    assert sum(c[2] == ["q"] for c in trainer.calls) == C.AGGRESSIVE_MAX_INNER
+    assert not any(c[4] for c in trainer.calls)
+
+
+def test_aggressive_training_leaves_for_joint_updates_once_the_mutual_information_stops_rising():
+    cb = C.AggressiveTraining()
+    assert cb.state == {"aggressive": True, "best_valid_mi": -float("inf")} and cb.now
+    trainer = ScriptedTrainer([1.0] * 1000)
+    rows = []
+    for mi in (0.5, 0.8, 0.8, 2.0):  # the third equals the best so far: no rise, aggressive mode ends
+        cb.train_batch(trainer, ("b",), 1.0, False, "", {})
+        row = {"valid_mi": mi}
+        cb.on_interval_end(trainer, row)
+        rows.append(row["aggressive"])
+    assert rows == [1.0, 1.0, 1.0, 0.0] and cb.state == {"aggressive": False, "best_valid_mi": 0.8}
+    before = len(trainer.calls)
+    assert cb.train_batch(trainer, ("b",), 1.0, False, "", {}) is None and len(trainer.calls) == before
+    # the state survives a checkpoint: a resumed callback is in joint mode at once
+    again = C.AggressiveTraining()
+    again.load_state_dict(cb.state_dict())
+    assert again.state == cb.state and again.now is False
+    off = C.AggressiveTraining(enabled=False)
+    row = {"valid_mi": 1.0}
+    off.on_interval_end(trainer, row)
+    assert row["aggressive"] == 0.0 and off.state == {"aggressive": False, "best_valid_mi": -float("inf")}
+
+
+def test_aggressive_training_refuses_what_it_cannot_run(monkeypatch):
+    no_encoder = SimpleNamespace(guide_optimizer=None)
+    with pytest.raises(DgmPyroError, match=r"needs a module with guide_parameters\(\)"):
+        C.AggressiveTraining().on_train_start(no_encoder)
+    C.AggressiveTraining(enabled=False).on_train_start(no_encoder)  # off: nothing to check
+    monkeypatch.setattr(C.D, "world_size", lambda: 2)
+    with pytest.raises(DgmPyroError, match="not supported with several processes"):
+        C.AggressiveTraining().on_train_start(SimpleNamespace(guide_optimizer="opt"))
+
+
+class ForecastingModule:
+    """``forecast`` records its arguments and returns log-likelihoods drawn from torch's global generator, so that
+    the seeding of each validation is visible in the score."""
+
+    def __init__(self):
+        self.calls = []
+
+    def forecast(self, x, edges, horizon, num_samples, future):
+        self.calls.append((x, edges, horizon, num_samples, future))
+        return {"log_lik": torch.randn(num_samples, horizon) - 10.0}
+
+
+def test_forecast_validation_scores_the_held_out_snapshots_on_fixed_random_numbers():
+    history = (torch.zeros(5, 3, 1), ["e"] * 5)
+    held_out = (torch.zeros(2, 3, 1), ["f", "g"])
+    module = ForecastingModule()
+    trainer = SimpleNamespace(module=module, data=SimpleNamespace(unit="step"), state={}, improved=None)
+    cb = C.ForecastValidation(history, held_out, patience=2, num_samples=7, seed=11)
+    torch.manual_seed(0)
+    outside = torch.get_rng_state()
+    row = {"step": 10}
+    cb.on_interval_end(trainer, row)
+    assert torch.equal(torch.get_rng_state(), outside)  # the training random state is left as it was
+    (x, edges, horizon, samples, future), = module.calls
+    assert x is history[0] and edges is history[1] and horizon == 2 and samples == 7 and future is held_out
+    torch.manual_seed(11)
+    expected = float((torch.randn(7, 2) - 10.0).mean())
+    assert row == {"step": 10, "valid_log_likelihood": pytest.approx(expected, abs=1e-6), "best": 1.0}
+    assert trainer.improved is True and cb.summary() == {"best_step": 10, "best_valid_log_likelihood": row[
+        "valid_log_likelihood"]}
+    # the same draws every interval: an unchanged model scores the same, which is no improvement and uses patience
+    for step in (20, 30):
+        row = {"step": step}
+        cb.on_interval_end(trainer, row)
+        assert row["valid_log_likelihood"] == pytest.approx(expected, abs=1e-6) and row["best"] == 0.0
+    assert trainer.state == {"stopped": "early"} and cb.state["bad_epochs"] == 2 and cb.state["best_epoch"] == 10
+    assert C.ForecastValidation(history, held_out, patience=2).num_samples == 20  # the default
