@@ -32,12 +32,17 @@ from .errors import DgmPyroError
 
 __all__ = ["edge_scores", "pair_edge_scores", "sample_pairs", "feature_scores", "forecast_scores",
            "expected_calibration_error", "randomised_pit", "EDGE_METRICS", "FEATURE_METRICS", "score_window",
-           "backtest", "stationarity_check", "FORECAST_MAX_NODES"]
+           "backtest", "stationarity_check", "FORECAST_MAX_NODES", "PROBABILITY_METRICS", "ranking_only",
+           "balanced_ap"]
 
 #: forecasts are dense (S x H x N x N edge probabilities): larger graphs are trained but not forecast
 FORECAST_MAX_NODES = 2000
 
-EDGE_METRICS = ("auc", "ap", "auc_new", "ap_new", "brier", "ece", "density_error", "edge_log_lik")
+EDGE_METRICS = ("auc", "ap", "auc_new", "ap_new", "ap_1to1", "ap_new_1to1", "brier", "ece", "density_error",
+                "edge_log_lik")
+#: draws of the balanced negative sets of ``ap_1to1`` (as many non-edges as edges, as VGRNN and most dynamic link
+#: prediction papers score), and their seed
+BALANCED_DRAWS, BALANCED_SEED = 10, 0
 FEATURE_METRICS = ("crps", "energy", "mae", "coverage_50", "coverage_90", "pit_coverage_50", "pit_coverage_90")
 
 
@@ -63,6 +68,25 @@ def _ranking(truth: np.ndarray, prob: np.ndarray, weight: Optional[np.ndarray] =
             float(average_precision_score(truth, prob, sample_weight=weight)))
 
 
+def balanced_ap(truth: np.ndarray, prob: np.ndarray, draws: int = BALANCED_DRAWS, seed: int = BALANCED_SEED) -> float:
+    """Average precision with as many negatives as positives: the mean over ``draws`` sets, each every positive
+    and that many negatives drawn uniformly without replacement (all of them where there are fewer), from a
+    generator seeded with ``seed``. The AP of the papers that sample 1:1 (VGRNN, EvolveGCN); it is far higher than
+    the AP over every non-edge of a sparse graph, so the two are reported side by side, named."""
+    from sklearn.metrics import average_precision_score
+
+    pos, neg = np.flatnonzero(truth == 1), np.flatnonzero(truth == 0)
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    aps = []
+    for _ in range(draws):
+        chosen = neg if neg.size <= pos.size else rng.choice(neg, size=pos.size, replace=False)
+        idx = np.concatenate([pos, chosen])
+        aps.append(average_precision_score(truth[idx], prob[idx]))
+    return float(np.mean(aps))
+
+
 def edge_scores(prob: torch.Tensor, truth: torch.Tensor, previous: torch.Tensor, directed: bool) -> dict[str, float]:
     """Edge metrics of one horizon step over every pair.
 
@@ -84,15 +108,18 @@ def pair_edge_scores(prob: torch.Tensor, truth: torch.Tensor, new: torch.Tensor,
     at weight 1 and m non-edges drawn uniformly from the n_0 non-edges at weight n_0 / m, the Brier score,
     density error and log-likelihood are unbiased (Horvitz-Thompson) estimates of those over all pairs, AUC is
     unbiased (the Mann-Whitney statistic of all positives against a uniform sample of negatives), and AP and
-    ECE are consistent ratio estimates. Without ``weight``: the exact metrics of these pairs."""
+    ECE are consistent ratio estimates, and the balanced APs (``ap_1to1``, :func:`balanced_ap`) are NaN. Without
+    ``weight``: the exact metrics of these pairs."""
     p = prob.double().numpy()
     y = truth.double().numpy()
     w = None if weight is None else weight.double().numpy()
     new = new.bool().numpy()
     auc, ap = _ranking(y, p, w)
     auc_new, ap_new = _ranking(y[new], p[new], None if w is None else w[new])
+    balanced = (balanced_ap(y, p), balanced_ap(y[new], p[new])) if w is None else (math.nan, math.nan)
     pc = np.clip(p, 1e-6, 1 - 1e-6)
-    return {"auc": auc, "ap": ap, "auc_new": auc_new, "ap_new": ap_new,
+    return {"auc": auc, "ap": ap, "auc_new": auc_new, "ap_new": ap_new, "ap_1to1": balanced[0],
+            "ap_new_1to1": balanced[1],
             "brier": float(np.average((p - y) ** 2, weights=w)), "ece": expected_calibration_error(p, y, weight=w),
             "density_error": float(abs(np.average(p, weights=w) - np.average(y, weights=w))),
             "edge_log_lik": float(np.average(y * np.log(pc) + (1 - y) * np.log1p(-pc), weights=w))}
@@ -170,14 +197,26 @@ def randomised_pit(samples: torch.Tensor, truth: torch.Tensor, seed: int = 0) ->
     return below + v * (at_most - below)
 
 
-def forecast_scores(forecast: dict[str, torch.Tensor], future: GraphSequence, origin: GraphSequence,
-                    horizon: Optional[int] = None) -> list[dict[str, Any]]:
+#: the edge metrics that need probabilities: NaN for a forecaster of ranking scores
+PROBABILITY_METRICS = ("brier", "ece", "density_error", "edge_log_lik")
+
+
+def ranking_only(row: dict[str, Any]) -> dict[str, Any]:
+    """A score row of a forecaster whose edge scores rank pairs but are not probabilities: its
+    :data:`PROBABILITY_METRICS` set to NaN."""
+    return {**row, **{k: math.nan for k in PROBABILITY_METRICS if k in row}}
+
+
+def forecast_scores(forecast: dict[str, Optional[torch.Tensor]], future: GraphSequence, origin: GraphSequence,
+                    horizon: Optional[int] = None, probabilistic: bool = True) -> list[dict[str, Any]]:
     """Every metric for each horizon step h = 1..H of a forecast against the held-out future.
 
     Args:
-        forecast: ``X`` draws (S, H, N, F) and ``edge_prob`` (H, N, N) or (S, H, N, N) (averaged over S).
+        forecast: ``X`` draws (S, H, N, F) (``None``: no feature forecast, its metrics NaN) and ``edge_prob``
+            (H, N, N) or (S, H, N, N) (averaged over S).
         future: the true snapshots T+1..T+H' (H' >= H).
         origin: the history; its last snapshot defines the new links.
+        probabilistic: ``False`` for edge scores that only rank pairs (:func:`ranking_only`).
     """
     probs = forecast["edge_prob"]
     if probs.dim() == 4:
@@ -188,8 +227,9 @@ def forecast_scores(forecast: dict[str, torch.Tensor], future: GraphSequence, or
     for h in range(h_max):
         row: dict[str, Any] = {"h": h + 1}
         row.update(edge_scores(probs[h], future.adjacency(h), previous, future.directed))
-        row.update(feature_scores(forecast["X"][:, h], future.x[h]))
-        rows.append(row)
+        x = forecast["X"]
+        row.update(feature_scores(x[:, h], future.x[h]) if x is not None else dict.fromkeys(FEATURE_METRICS, math.nan))
+        rows.append(row if probabilistic else ranking_only(row))
     return rows
 
 

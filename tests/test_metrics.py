@@ -105,3 +105,22 @@ def test_energy_score_by_blocks_of_nodes_equals_all_at_once(monkeypatch):
     whole = energy_score_empirical(draws.transpose(0, 1).contiguous(), truth)
     monkeypatch.setattr(metrics, "ENERGY_BLOCK", 30 * 30 * 7)  # blocks of 7 nodes
     assert torch.allclose(metrics._energy_score(draws, truth), whole, rtol=1e-12, atol=1e-12)
+
+
+def test_balanced_ap_samples_as_many_non_edges_as_edges():
+    """By hand: 2 positives ranked above every negative give AP 1 whatever is drawn; with one positive ranked last of
+    3 pairs, AP over 1:1 draws is the mean over which negative is drawn (each equally likely, 1/2 both ways)."""
+    import numpy as np
+
+    from dgm_pyro.metrics import balanced_ap
+
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    assert balanced_ap(y, np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.1, 0.0, 0.2])) == 1.0
+    # one positive with score 0.5 between negatives 0.9 and 0.1: AP is 1 against the 0.1 negative, 1/2 against 0.9
+    y, p = np.array([1, 0, 0]), np.array([0.5, 0.9, 0.1])
+    got = balanced_ap(y, p, draws=4000, seed=1)
+    assert abs(got - 0.75) < 0.02
+    assert np.isnan(balanced_ap(np.zeros(4), np.ones(4)))
+    # fewer negatives than positives: all of them, every draw
+    assert balanced_ap(np.array([1, 1, 1, 0]), np.array([0.9, 0.8, 0.1, 0.5])) == pytest.approx(
+        (1 + 1 + 3 / 4) / 3)

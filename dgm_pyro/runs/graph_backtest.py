@@ -26,6 +26,7 @@ from ..data.graph_files import load_graph_dataset
 from ..errors import DgmPyroError
 from ..metrics import FORECAST_MAX_NODES, forecast_scores, score_window
 from ..models.graph_baselines import DSBMOracle, HistoricalMean, Persistence
+from ..models.link_heuristics import link_heuristics
 from ..training import deterministic_algorithms
 from .graph_ssm import GraphConfig, GraphSSMKind, sequence_on, build_graph_baseline, build_graph_model, static_features
 
@@ -135,6 +136,9 @@ def backtest_graph(config: GraphConfig, origins: Sequence[int], horizon: int, ou
             others.append(baseline.cpu())
         for f in others:
             scores[f.name] = forecast_scores(f.forecast(hist, horizon), fut, hist, horizon)
+        for heuristic in link_heuristics():
+            scores[heuristic.name] = forecast_scores(heuristic.forecast(hist, horizon), fut, hist, horizon,
+                                                     probabilistic=heuristic.probabilistic)
         if baseline is not None:
             baseline.to(device)
         if "blocks" in hist.truth:

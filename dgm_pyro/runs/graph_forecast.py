@@ -20,10 +20,11 @@ import torch
 from ..checkpoint import write_json
 from ..data.graphs import GraphSequence
 from ..errors import DgmPyroError
-from ..metrics import (FORECAST_MAX_NODES, feature_scores, forecast_scores, pair_edge_scores, sample_pairs,
-                       stationarity_check)
+from ..metrics import (FORECAST_MAX_NODES, feature_scores, forecast_scores, pair_edge_scores, ranking_only,
+                       sample_pairs, stationarity_check)
 from ..models.graph_baselines import DSBMOracle, HistoricalMean, Persistence
 from ..models.graph_sparse import sparse_forecast
+from ..models.link_heuristics import link_heuristics
 from ..plotting import plot_forecast
 from ..training import deterministic_algorithms
 from .base import Run
@@ -192,11 +193,16 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     _write_netcdf(idata, out_path)
     notes = [] if total >= 10 else [f"coverage is NaN: intervals need at least 10 draws, this forecast has {total} "
                                     "(raise --samples)"]
-    point = [name for name, rows in metrics.items()
-             if rows and all(not math.isfinite(r.get("coverage_50", math.nan)) for r in rows) and name != "GraphSSM"]
+    heuristics = {h.name: h for h in link_heuristics()}
+    point = [name for name, rows in metrics.items() if rows and name not in heuristics and name != "GraphSSM"
+             and all(not math.isfinite(r.get("coverage_50", math.nan)) for r in rows)]
     if total >= 10 and point:
         notes.append(f"coverage (cov50, cov90, PIT50, PIT90) is NaN for {', '.join(point)}: point forecasts have no "
                      "predictive interval")
+    if any(name in heuristics for name in metrics):
+        ranking = [name for name, h in heuristics.items() if not h.probabilistic and name in metrics]
+        notes.append(f"the link heuristics ({', '.join(heuristics)}) forecast edges only: their feature columns are "
+                     f"NaN; {', '.join(ranking)} give ranking scores, not probabilities: only AUC and AP apply")
     not_scored = {} if run.baseline is not None else {"GCN+GRU": _why_no_baseline(run)}
     result: dict[str, Any] = {"run": str(run.path), "out": str(out_path), "horizon": horizon, "samples": num_samples,
                               "chains": chains, "seed": seed, "edges": "sparse" if sparse else "dense",
@@ -231,6 +237,9 @@ def _dense_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored: 
         metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
     for forecaster in _baselines(run):
         metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)
+    for heuristic in link_heuristics():
+        metrics[heuristic.name] = forecast_scores(heuristic.forecast(history, scored), future, history, scored,
+                                                  probabilistic=heuristic.probabilistic)
     if "blocks" in history.truth:
         oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
         metrics["oracle"] = forecast_scores(oracle, future, history, scored)
@@ -267,6 +276,12 @@ def _sparse_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored:
             metrics[forecaster.name] = _pair_rows(probs, forecaster.features(history, scored), future, pairs, new)
         else:  # the GCN+GRU baseline and the oracle exist only on small graphs: dense forecasts, gathered
             metrics[forecaster.name] = _gathered_rows(forecaster.forecast(history, scored), future, pairs, new)
+    if n <= FORECAST_MAX_NODES:  # the heuristics score all N x N pairs at once
+        nan_x = torch.full((1, scored, n, history.num_features), math.nan)
+        for heuristic in link_heuristics():
+            scores = heuristic.scores(history)
+            rows = _pair_rows([scores[p[0], p[1]].float() for p, _, _ in pairs], nan_x, future, pairs, new)
+            metrics[heuristic.name] = rows if heuristic.probabilistic else [ranking_only(r) for r in rows]
     if "blocks" in history.truth:
         oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
         metrics["oracle"] = _gathered_rows(oracle, future, pairs, new)

@@ -21,6 +21,9 @@ from dgm_pyro.runs import GraphConfig, GraphSSMKind, build_graph_model, load_gra
 TINY = ["--steps", "4", "--checkpoint-every", "2", "--baseline-steps", "2", "--test-steps", "3", "--hidden", "16"]
 
 
+#: the link-prediction heuristics every forecast and backtest table has beside the baselines
+HEURISTICS = ["EWMA", "EdgeBank", "common neighbours", "Adamic-Adar", "preferential attachment", "Katz"]
+
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -64,7 +67,7 @@ def test_forecast_netcdf_and_scores(graph_run, tmp_path):
     assert set(pp["A"].values.flatten().tolist()) <= {0, 1}
     obs = idata.observed_data
     assert obs["X"].shape == (3, 200, 4) and obs["A"].shape == (3, 200, 200) and obs["X_history"].shape == (27, 200, 4)
-    assert set(res["metrics"]) == {"GraphSSM", "persistence", "historical mean", "GCN+GRU", "oracle"}
+    assert set(res["metrics"]) == {"GraphSSM", "persistence", "historical mean", "GCN+GRU", *HEURISTICS, "oracle"}
     rows = res["metrics"]["GraphSSM"]
     assert [row["h"] for row in rows] == [1, 2, 3]
     assert all(0 <= row["auc"] <= 1 and row["crps"] > 0 and row["log_lik"] < 0 for row in rows)
@@ -79,7 +82,13 @@ def test_forecast_netcdf_and_scores(graph_run, tmp_path):
     assert res["not_scored"] == {} and res["unfinished"] == []
     # point forecasts have no interval: their coverage columns are NaN, and a note says why
     assert res["notes"] == ["coverage (cov50, cov90, PIT50, PIT90) is NaN for persistence, GCN+GRU: "
-                            "point forecasts have no predictive interval"]
+                            "point forecasts have no predictive interval",
+                            "the link heuristics (EWMA, EdgeBank, common neighbours, Adamic-Adar, preferential "
+                            "attachment, Katz) forecast edges only: their feature columns are NaN; common neighbours, "
+                            "Adamic-Adar, preferential attachment, Katz give ranking scores, not probabilities: only "
+                            "AUC and AP apply"]
+    assert all(row["crps"] is None and row["brier"] is None and 0 <= row["auc"] <= 1
+               for row in res["metrics"]["Katz"]) and res["metrics"]["EWMA"][0]["brier"] > 0
     assert all(row["coverage_50"] is None for row in res["metrics"]["persistence"])
     # the same seed gives the same numbers
     again = json.loads(run("forecast", graph_run, "--horizon", 3, "--chains", 2, "--samples", 5, "--out", out,
@@ -405,7 +414,7 @@ def test_backtest_rows_refits_and_files(tmp_path):
     folder = Path(res["files"][0]).parent
     assert res["origins"] == [20, 25] and res["refit"] is True
     rows = res["rows"]
-    names = ["GraphSSM", "persistence", "historical mean", "GCN+GRU", "oracle"]
+    names = ["GraphSSM", "persistence", "historical mean", "GCN+GRU", *HEURISTICS, "oracle"]
     assert [(x["t1"], x["forecaster"], x["h"]) for x in rows] == [(t, n, h) for t in (20, 25) for n in names
                                                                    for h in (1, 2)]
     assert all(x["t0"] == 0 and x["t2"] == x["t1"] + 2 for x in rows)

@@ -176,3 +176,119 @@ def test_annealing_state_round_trip():
     with a.handler():
         tr = poutine.trace(model).get_trace(X)
     assert tr.nodes["z"]["scale"] == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------- every schedule's defaults, values and refusals
+
+
+def test_schedule_defaults_and_reprs():
+    from dgm_pyro.infer.annealing import Constant, Cyclical, Linear, Sigmoid
+
+    assert repr(Constant()) == "Constant(1)" and Constant().settled_step == 0
+    assert repr(Linear()) == "Linear(start=0, end=1, steps=1000)" and Linear().settled_step == 1000
+    assert repr(Cyclical(100)) == "Cyclical(total_steps=100, cycles=4, ratio=0.5)"
+    assert repr(Sigmoid()) == "Sigmoid(steps=1000, steepness=10, start=0, end=1)" and Sigmoid().settled_step == 1000
+
+
+def test_sigmoid_between_any_two_ends_by_hand():
+    import math
+
+    from dgm_pyro.infer.annealing import Sigmoid
+
+    sched = Sigmoid(steps=10, steepness=4.0, start=0.5, end=2.0)
+
+    def s(u):
+        return 1 / (1 + math.exp(-4.0 * (u - 0.5)))
+
+    for t in (0, 3, 5, 10, 25):
+        u = min(t / 10, 1.0)
+        assert sched(t) == pytest.approx(0.5 + 1.5 * (s(u) - s(0)) / (s(1) - s(0)), abs=1e-12)
+    assert sched(0) == pytest.approx(0.5) and sched(10) == pytest.approx(2.0) and sched(99) == pytest.approx(2.0)
+    assert Sigmoid(steps=10, start=1.0, end=0.0)(10) == pytest.approx(0.0)  # annealing down works too
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda S: S.Constant(-0.5), "Constant: beta must be finite and >= 0, got -0.5"),
+    (lambda S: S.Constant(float("inf")), "Constant: beta must be finite and >= 0, got inf"),
+    (lambda S: S.Linear(steps=0), "Linear: steps must be >= 1, got 0"),
+    (lambda S: S.Linear(start=-1.0), "Linear: start and end must be finite and >= 0, got -1.0, 1.0"),
+    (lambda S: S.Linear(end=float("nan")), "Linear: start and end must be finite and >= 0, got 0.0, nan"),
+    (lambda S: S.Cyclical(0), "Cyclical: need 1 <= cycles <= total_steps, got cycles=4, total_steps=0"),
+    (lambda S: S.Cyclical(10, cycles=0), "Cyclical: need 1 <= cycles <= total_steps, got cycles=0, total_steps=10"),
+    (lambda S: S.Cyclical(3, cycles=4), "Cyclical: need 1 <= cycles <= total_steps, got cycles=4, total_steps=3"),
+    (lambda S: S.Cyclical(10, ratio=0.0), "Cyclical: ratio must be in (0, 1], got 0.0"),
+    (lambda S: S.Cyclical(10, ratio=1.5), "Cyclical: ratio must be in (0, 1], got 1.5"),
+    (lambda S: S.Sigmoid(steps=0), "Sigmoid: need steps >= 1 and steepness > 0, got 0, 10.0"),
+    (lambda S: S.Sigmoid(steepness=0.0), "Sigmoid: need steps >= 1 and steepness > 0, got 1000, 0.0"),
+    (lambda S: S.Sigmoid(end=-2.0), "Sigmoid: start and end must be finite and >= 0, got 0.0, -2.0"),
+])
+def test_schedules_refuse_bad_settings_with_their_values(make, message):
+    import re
+
+    from dgm_pyro.infer import annealing
+
+    with pytest.raises(DgmPyroError, match="^" + re.escape(message) + "$"):
+        make(annealing)
+
+
+def test_boundary_settings_are_accepted():
+    from dgm_pyro.infer.annealing import Constant, Cyclical, Linear, Sigmoid
+
+    assert Constant(0.0)(5) == 0.0 and Linear(start=0.0, end=0.0, steps=1)(0) == 0.0
+    assert Cyclical(4, cycles=4, ratio=1.0)(0) == 0.0 and Cyclical(1, cycles=1)(0) == 0.0
+    assert Sigmoid(steps=1, start=0.0, end=0.0)(1) == 0.0
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("none", "None"),
+    ("constant:0.25", "Constant(0.25)"),
+    ("constant:2", "Constant(2)"),
+    ("linear:0.1:500", "Linear(start=0.1, end=1, steps=500)"),
+    ("linear:0:1e3", "Linear(start=0, end=1, steps=1000)"),
+    ("cyclical:3:0.25", "Cyclical(total_steps=120, cycles=3, ratio=0.25)"),
+    ("sigmoid:300", "Sigmoid(steps=300, steepness=10, start=0, end=1)"),
+    ("sigmoid:300:4.5", "Sigmoid(steps=300, steepness=4.5, start=0, end=1)"),
+])
+def test_parse_schedule_forms(spec, expected):
+    from dgm_pyro.infer.annealing import parse_schedule
+
+    assert repr(parse_schedule(spec, total_steps=120)) == expected
+
+
+USAGE = "none, constant:BETA, linear:START:STEPS, cyclical:CYCLES:RATIO, sigmoid:STEPS[:STEEPNESS]"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cosine:3", f"unknown annealing schedule 'cosine:3'; use {USAGE}"),
+    ("none:1", f"unknown annealing schedule 'none:1'; use {USAGE}"),
+    ("", f"unknown annealing schedule ''; use {USAGE}"),
+    ("constant", "bad annealing schedule 'constant'; expected constant:BETA"),
+    ("constant:a", "bad annealing schedule 'constant:a'; expected constant:BETA"),
+    ("linear:0.5", "bad annealing schedule 'linear:0.5'; expected linear:START:STEPS"),
+    ("linear:0:2.5", "bad annealing schedule 'linear:0:2.5'; expected linear:START:STEPS"),
+    ("cyclical:2.5:0.5", "bad annealing schedule 'cyclical:2.5:0.5'; expected cyclical:CYCLES:RATIO"),
+    ("cyclical:2", "bad annealing schedule 'cyclical:2'; expected cyclical:CYCLES:RATIO"),
+    ("sigmoid", "bad annealing schedule 'sigmoid'; expected sigmoid:STEPS[:STEEPNESS]"),
+    ("sigmoid:1:2:3", "bad annealing schedule 'sigmoid:1:2:3'; expected sigmoid:STEPS[:STEEPNESS]"),
+    ("sigmoid:10:x", "bad annealing schedule 'sigmoid:10:x'; expected sigmoid:STEPS[:STEEPNESS]"),
+])
+def test_parse_schedule_refusals_name_the_form(spec, message):
+    import re
+
+    from dgm_pyro.infer.annealing import parse_schedule
+
+    with pytest.raises(DgmPyroError, match="^" + re.escape(message) + "$"):
+        parse_schedule(spec, total_steps=100)
+
+
+def test_annealing_state_from_another_schedule_is_refused_naming_both():
+    from dgm_pyro.infer.annealing import Annealing, Constant, Linear
+
+    a = Annealing(Linear(steps=10), step=3)
+    assert a.state_dict() == {"step": 3, "schedule": "Linear(start=0, end=1, steps=10)"}
+    b = Annealing(Linear(steps=10))
+    b.load_state_dict(a.state_dict())
+    assert b.step_count == 3 and b.beta == pytest.approx(0.3)
+    with pytest.raises(DgmPyroError, match=r"^annealing state is for Linear\(start=0, end=1, steps=10\), not "
+                                           r"Constant\(0\.5\)$"):
+        Annealing(Constant(0.5)).load_state_dict(a.state_dict())

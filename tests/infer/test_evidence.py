@@ -393,3 +393,33 @@ def test_a_model_that_does_not_broadcast_gets_a_hint_and_works_unvectorised():
     res = log_evidence(model, guide, x, num_particles=10, vectorize=False)
     assert torch.allclose(res.log_evidence, dist.Normal(0.0, 2 ** 0.5).log_prob(x), atol=1e-6)
 
+
+
+def test_summary_is_the_means_of_hand_made_results():
+    """EvidenceResult.summary against numbers written by hand: means, the standard error of a mean of independent
+    estimates, the k-hat shares with the strict thresholds, and non-finite values as None."""
+    import math
+
+    from dgm_pyro.infer.evidence import EvidenceResult
+
+    t = torch.tensor
+    res = EvidenceResult(log_evidence=t([-1.0, -2.0, -6.0]), stderr=t([0.3, 0.4, 1.2]), elbo=t([-2.0, -3.0, -7.0]),
+                         elbo_stderr=t([0.1, 0.2, 0.2]), ess=t([10.0, 4.0, 1.0]), khat=t([0.5, 0.7, 0.9]),
+                         num_particles=50, plates=("data",))
+    assert res.summary() == {
+        "num_datapoints": 3, "num_particles": 50, "log_evidence": -3.0,
+        "log_evidence_stderr": pytest.approx(math.sqrt(0.09 + 0.16 + 1.44) / 3),
+        "elbo": -4.0, "elbo_stderr": pytest.approx(0.3 / 3), "ess_mean": 5.0, "ess_min": 1.0,
+        "khat_max": pytest.approx(0.9), "khat_frac_above_0.5": pytest.approx(2 / 3),
+        "khat_frac_above_0.7": pytest.approx(1 / 3)}
+    # constant weights (k-hat -inf) beside finite ones: the max of the finite; all -inf: -inf is None
+    mixed = EvidenceResult(t([0.0, 0.0]), t([0.0, 0.0]), t([0.0, 0.0]), t([0.0, 0.0]), t([2.0, 2.0]),
+                           t([-math.inf, 0.2]), 2, ("data",))
+    assert mixed.summary()["khat_max"] == pytest.approx(0.2) and mixed.summary()["khat_frac_above_0.5"] == 0.0
+    exact = EvidenceResult(t([0.0]), t([0.0]), t([0.0]), t([0.0]), t([2.0]), t([-math.inf]), 2, ("data",))
+    assert exact.summary()["khat_max"] is None and exact.summary()["khat_frac_above_0.7"] == 0.0
+    # no diagnostics (k-hat NaN): no k-hat figures; an infinite evidence is None, not inf
+    none = EvidenceResult(t([-math.inf]), t([math.nan]), t([-1.0]), t([0.0]), t([1.0]), t([math.nan]), 5, ())
+    s = none.summary()
+    assert s["khat_max"] is None and s["khat_frac_above_0.5"] is None and s["khat_frac_above_0.7"] is None
+    assert s["log_evidence"] is None and s["log_evidence_stderr"] is None and s["elbo"] == -1.0

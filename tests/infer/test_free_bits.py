@@ -139,3 +139,42 @@ def test_sites_without_closed_form_need_mc_samples_and_match_quadrature():
     pyro.set_rng_seed(0)
     reg = FreeBitsELBO(lam=0.1, mc_samples=200_000).components(model, guide, None)["regulariser"]
     assert reg == pytest.approx(float(exact.sum()), abs=0.01)
+
+
+def test_settings_reach_pyros_elbo_and_the_refusals_name_their_values():
+    import re
+
+    loss = FreeBitsELBO(lam=0.25, per="site", num_particles=3, vectorize_particles=True, max_plate_nesting=2,
+                        mc_samples=1)
+    from pyro.infer import Trace_ELBO
+
+    pyros = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=2)
+    assert (loss.num_particles, loss.vectorize_particles, loss.max_plate_nesting, loss.mc_samples) == (
+        pyros.num_particles, pyros.vectorize_particles, pyros.max_plate_nesting, 1)
+    assert FreeBitsELBO(max_plate_nesting=2).max_plate_nesting == 2
+    default = FreeBitsELBO()
+    assert (default.lam, default.per, default.num_particles, default.vectorize_particles, default.mc_samples) == (
+        0.5, "dim", 1, False, None)
+    assert repr(default) == ("FreeBitsELBO(lam=0.5, per='dim', num_particles=1): E_q[log p(x|z)] - sum_g max(0.5, "
+                             "E_batch KL_g(q(z|x) || p(z))), g over latent dimensions")
+    assert repr(loss).endswith("g over latent sites") and "num_particles=3" in repr(loss)
+    for kwargs, message in [({"lam": -0.1}, "FreeBitsELBO: lam must be >= 0, got -0.1"),
+                            ({"per": "group"}, "FreeBitsELBO: per must be 'dim' or 'site', got 'group'"),
+                            ({"mc_samples": 0}, "FreeBitsELBO: mc_samples must be >= 1, got 0")]:
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            FreeBitsELBO(**kwargs)
+
+
+def test_a_site_not_factorised_per_dimension_is_named_with_both_distributions():
+    import re
+
+    def model():
+        pyro.sample("z", dist.MultivariateNormal(torch.zeros(2), torch.eye(2)))
+
+    def guide():
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "FreeBitsELBO(per='dim'): site 'z' is not factorised over its dimensions (Independent vs "
+            "MultivariateNormal); use per='site' (command line: --free-bits-per site)") + "$"):
+        FreeBitsELBO(lam=0.1).loss(model, guide)

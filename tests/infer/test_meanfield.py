@@ -48,3 +48,26 @@ def test_same_value_as_pyros_and_a_warning_once_where_the_kl_is_sampled():
         got = MeanFieldELBO().loss(model, guide, x)
     pyro.set_rng_seed(1)
     assert got == pytest.approx(TraceMeanField_ELBO().loss(model, guide, x), rel=1e-6)
+
+
+def test_arguments_reach_pyros_elbo_and_a_site_after_an_observed_one_is_checked():
+    """Positional and keyword arguments are Pyro's; a latent site that follows an observed site is still checked, and
+    the warning says all of this, word for word."""
+    assert MeanFieldELBO(3).num_particles == 3 and MeanFieldELBO(num_particles=2).num_particles == 2
+    mix = dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.5, 0.5])),
+                                 dist.Normal(torch.tensor([[-1.0], [1.0]]), 1.0).to_event(1))
+
+    def model(x):
+        pyro.sample("w", dist.Normal(0.0, 1.0), obs=torch.tensor(0.3))
+        pyro.sample("u", dist.Normal(0.0, 1.0))  # closed form: no warning for it
+        pyro.sample("z", mix)
+
+    def guide(x):
+        pyro.sample("u", dist.Normal(0.1, 1.0))
+        pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+
+    with pytest.warns(RuntimeWarning) as record:
+        MeanFieldELBO().loss(model, guide, None)
+    assert [str(w.message) for w in record] == [
+        "meanfield: the KL of latent site 'z' (Independent against MixtureSameFamily) has no closed form; it is "
+        "estimated by sampling, as objective 'elbo' does"]

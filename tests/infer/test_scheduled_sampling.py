@@ -27,3 +27,18 @@ def test_schedules_follow_their_formulas():
 def test_bad_schedules_are_refused(spec):
     with pytest.raises(DgmPyroError):
         parse_teacher_forcing(spec)
+
+
+def test_schedule_refusals_and_their_boundaries():
+    import re
+
+    from dgm_pyro.infer.scheduled_sampling import Exponential, InverseSigmoid
+
+    assert Exponential(0.5, floor=1.0)(10) == 1.0 and Exponential(0.5).floor == 0.0 and InverseSigmoid(1.0)(0) == 0.5
+    for make, message in [(lambda: Exponential(0.0), "Exponential: need 0 < rate < 1 and 0 <= floor <= 1, got 0.0, 0.0"),
+                          (lambda: Exponential(1.0), "Exponential: need 0 < rate < 1 and 0 <= floor <= 1, got 1.0, 0.0"),
+                          (lambda: Exponential(0.5, floor=1.5),
+                           "Exponential: need 0 < rate < 1 and 0 <= floor <= 1, got 0.5, 1.5"),
+                          (lambda: InverseSigmoid(0.5), "InverseSigmoid: k must be >= 1, got 0.5")]:
+        with pytest.raises(DgmPyroError, match="^" + re.escape(message) + "$"):
+            make()
