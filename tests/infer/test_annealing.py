@@ -292,3 +292,17 @@ def test_annealing_state_from_another_schedule_is_refused_naming_both():
     with pytest.raises(DgmPyroError, match=r"^annealing state is for Linear\(start=0, end=1, steps=10\), not "
                                            r"Constant\(0\.5\)$"):
         Annealing(Constant(0.5)).load_state_dict(a.state_dict())
+
+
+def test_scale_latents_defaults_to_one_and_infinite_ends_are_refused():
+    from dgm_pyro.infer.annealing import Linear, scale_latents
+
+    import pyro.poutine as poutine
+
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    assert scale_latents().scale == 1.0
+    assert poutine.trace(scale_latents(model)).get_trace().nodes["z"]["scale"] == 1.0
+    with pytest.raises(DgmPyroError, match=r"^Linear: start and end must be finite and >= 0, got inf, 1.0$"):
+        Linear(start=float("inf"))

@@ -1,5 +1,8 @@
 """FreeBitsELBO: the floor of lam nats per group, zero gradient below it, the ELBO at lam = 0."""
 
+import contextlib
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -178,3 +181,80 @@ def test_a_site_not_factorised_per_dimension_is_named_with_both_distributions():
             "FreeBitsELBO(per='dim'): site 'z' is not factorised over its dimensions (Independent vs "
             "MultivariateNormal); use per='site' (command line: --free-bits-per site)") + "$"):
         FreeBitsELBO(lam=0.1).loss(model, guide)
+
+
+def test_monte_carlo_kl_per_dimension_against_a_long_run_and_without_reparameterised_draws():
+    """A Normal against a Laplace (no closed-form KL in torch): per dimension, the KL estimate from mc_samples draws
+    is each dimension's own (dimension 0 is far from the prior, dimension 1 close, so the clamp at lam acts on one
+    only); and a guide without rsample (a Bernoulli against a Binomial) is estimated from sample()."""
+    q = dist.Normal(torch.zeros(3, 2), torch.tensor([0.05, 1.2])).to_event(1)
+    p = dist.Laplace(torch.zeros(3, 2), 1.0).to_event(1)
+    torch.manual_seed(0)
+    kl = FreeBitsELBO(lam=0.3, mc_samples=20000)._elementwise_kl("z", q, p, None)
+    assert kl.shape == (3, 2)
+    torch.manual_seed(1)
+    z = q.base_dist.sample((200000,))
+    exact = (q.base_dist.log_prob(z) - p.base_dist.log_prob(z)).mean(0)  # (3, 2): the long run
+    assert torch.allclose(kl, exact, atol=0.03) and float(kl[0, 0] - kl[0, 1]) > 1.0
+    qb, pb = dist.Bernoulli(torch.tensor([0.3, 0.8])), dist.Binomial(1, torch.tensor([0.6, 0.6]))
+    torch.manual_seed(0)
+    got = FreeBitsELBO(lam=0.0, per="site", mc_samples=50000)._elementwise_kl("b", qb, pb, None)
+    want = torch.tensor([0.3 * math.log(0.3 / 0.6) + 0.7 * math.log(0.7 / 0.4),
+                         0.8 * math.log(0.8 / 0.6) + 0.2 * math.log(0.2 / 0.4)])
+    assert torch.allclose(got, want, atol=0.02)
+    with pytest.raises(NotImplementedError, match=r"^FreeBitsELBO: no closed-form KL for site 'b' \(Bernoulli vs "
+                                                  r"Binomial\); pass mc_samples=N \(command line: --kl-samples N\) "
+                                                  r"for a Monte Carlo estimate$"):
+        FreeBitsELBO(lam=0.0, per="site")._elementwise_kl("b", qb, pb, None)
+
+
+def _one_site(n, scale=None):
+    loc = torch.linspace(-1.0, 1.0, n).unsqueeze(-1).expand(n, 2) * torch.tensor([1.0, 0.1])
+
+    def model():
+        with pyro.plate("data", n):
+            with (pyro.poutine.scale(scale=scale) if scale is not None else contextlib.nullcontext()):
+                pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    def guide():
+        with pyro.plate("data", n):
+            with (pyro.poutine.scale(scale=scale) if scale is not None else contextlib.nullcontext()):
+                pyro.sample("z", dist.Normal(loc, 0.5).to_event(1))
+
+    kl = torch.distributions.kl_divergence(dist.Normal(loc, 0.5), dist.Normal(0.0, 1.0))  # (n, 2)
+    return model, guide, kl
+
+
+def test_regulariser_with_one_datapoint_and_with_a_tensor_scale_by_hand():
+    """R = scale x count x sum_g max(lam, mean_batch KL_g): one datapoint (the mean is its own KL), and a per-datapoint
+    tensor scale entering through its mean over the batch."""
+    lam = 0.2
+    model, guide, kl = _one_site(1)
+    got = FreeBitsELBO(lam=lam).components(model, guide)["regulariser"]
+    assert got == pytest.approx(float(kl[0].clamp(min=lam).sum()), rel=1e-6)
+    scale = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    model, guide, kl = _one_site(4, scale)
+    got = FreeBitsELBO(lam=lam).components(model, guide)["regulariser"]
+    assert got == pytest.approx(float(scale.mean() * 4 * kl.mean(0).clamp(min=lam).sum()), rel=1e-6)
+
+
+def test_components_average_the_particles():
+    """With 2 particles drawn one after the other, each term is the mean of the two one-particle terms on the same
+    random stream."""
+    def model(x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.3 * x, 0.8))
+
+    x = torch.tensor([0.5, -1.0, 2.0])
+    pyro.set_rng_seed(4)
+    two = FreeBitsELBO(lam=0.1, per="site", num_particles=2).components(model, guide, x)
+    pyro.set_rng_seed(4)
+    ones = [FreeBitsELBO(lam=0.1, per="site").components(model, guide, x) for _ in range(2)]
+    for key in ("reconstruction", "regulariser"):
+        assert two[key] == pytest.approx((ones[0][key] + ones[1][key]) / 2, rel=1e-6)
+    assert ones[0]["reconstruction"] != ones[1]["reconstruction"]

@@ -146,3 +146,32 @@ def test_one_particle_is_the_elbo_and_two_particles_the_hand_computed_bound(lg):
     assert -loss == pytest.approx(float(want), rel=1e-12)
     # the two draws differ, so L_2 is not the ELBO of either: the test sees the normaliser
     assert float((log_w[0] - log_w[1]).abs().min()) > 1e-3
+
+
+def test_keyword_data_reach_the_gradient_step_and_the_single_trace_api_is_refused():
+    import re
+
+    from dgm_pyro.infer import IWELBO
+
+    def model(x=None):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x=None):
+        w = pyro.param("w", torch.tensor(0.5))
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Normal(w * x, 0.9))
+
+    x = torch.tensor([0.4, -0.3])
+    loss = IWELBO(num_particles=4)
+    loss.loss(model, guide, x=x)  # the first call finds the batch plates (drawing a trace), later ones do not
+    pyro.set_rng_seed(0)
+    value = loss.loss_and_grads(model, guide, x=x)
+    pyro.set_rng_seed(0)
+    assert value == pytest.approx(loss.loss(model, guide, x=x), rel=1e-6)
+    assert repr(loss) == ("IWELBO(num_particles=4, estimator='iwae'): log (1/K) sum_k p(x, z_k) / q(z_k|x) per "
+                          "datapoint")
+    with pytest.raises(NotImplementedError, match="^" + re.escape(
+            "IWELBO draws its particles in one vectorised trace; see differentiable_loss") + "$"):
+        loss._get_trace(model, guide, (), {"x": x})
