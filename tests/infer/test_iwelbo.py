@@ -170,7 +170,7 @@ def test_keyword_data_reach_the_gradient_step_and_the_single_trace_api_is_refuse
     value = loss.loss_and_grads(model, guide, x=x)
     pyro.set_rng_seed(0)
     assert value == pytest.approx(loss.loss(model, guide, x=x), rel=1e-6)
-    assert repr(loss) == ("IWELBO(num_particles=4, estimator='iwae'): log (1/K) sum_k p(x, z_k) / q(z_k|x) per "
+    assert repr(loss) == ("IWELBO(num_particles=4, estimator='dreg'): log (1/K) sum_k p(x, z_k) / q(z_k|x) per "
                           "datapoint")
     with pytest.raises(NotImplementedError, match="^" + re.escape(
             "IWELBO draws its particles in one vectorised trace; see differentiable_loss") + "$"):
