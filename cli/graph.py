@@ -64,7 +64,8 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
         click.echo(f"  edge scores on every true edge and up to {negatives} sampled non-edges per step ({pairs} pairs; "
                    "the estimator is in the JSON)")
     if res["scored_steps"]:
-        cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("brier", "Brier"), ("ece", "ECE"),
+        cols = [("auc", "AUC"), ("auc_new", "AUC new"), ("ap", "AP"), ("ap_1to1", "AP 1:1"), ("brier", "Brier"),
+                ("ece", "ECE"),
                 ("crps", "CRPS"), ("energy", "energy"), ("coverage_50", "cov50"), ("coverage_90", "cov90"),
                 ("pit_coverage_50", "PIT50"), ("pit_coverage_90", "PIT90")]
         click.echo(f"held-out scores per horizon step (truth for h <= {res['scored_steps']}):")

@@ -192,7 +192,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def summary_table(result: dict[str, Any], metrics: Sequence[str] = ("auc", "ap", "crps", "coverage_90"),
+def summary_table(result: dict[str, Any], metrics: Sequence[str] = ("auc", "ap", "ap_1to1", "crps", "coverage_90"),
                   max_h: Optional[int] = None) -> str:
     """A Markdown table of the mean over origins per forecaster and h (for the command line and docs)."""
     names = list(result["mean"])
