@@ -59,8 +59,11 @@ def print_evaluation(ev: dict[str, Any]) -> None:
         click.echo(f"  {name:<{width}}  {fmt(v)}")
     frac = ev.get("khat_frac_above_0.7")
     if frac:
+        why = ("(overconfident encoder): 'dgm-pyro evaluate RUN --method adaptive' adapts the proposal per datapoint"
+               if ev.get("method", "is") == "is" else "even with the adapted proposal: raise --particles, or compare "
+               "with --method ais")
         click.echo(f"  note: k-hat > 0.7 for {frac:.1%} of datapoints; their importance-sampled values are unreliable "
-                   "(overconfident encoder); treat the log-likelihood as a lower estimate.")
+                   f"{why}; treat the log-likelihood as a lower estimate.")
 
 
 def progress_enabled(json_out: bool) -> bool:

@@ -259,9 +259,10 @@ def train() -> None:
 @click.option("--particles", type=click.IntRange(min=1), default=1000, show_default=True, help="Importance samples K.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default="test", show_default=True)
 @seed_option
-@click.option("--method", type=click.Choice(["is", "adaptive", "ais"]), default="is", show_default=True,
-              help="Importance sampling with the encoder as proposal; adaptive importance sampling from the encoder "
-                   "mixed with Gaussians fitted per datapoint; or annealed importance sampling (HMC) from the encoder.")
+@click.option("--method", type=click.Choice(["auto", "is", "adaptive", "ais"]), default="auto", show_default=True,
+              help="Importance sampling with the encoder as proposal (is); adaptive importance sampling from the encoder "
+                   "mixed with Gaussians fitted per datapoint (adaptive); annealed importance sampling (HMC) from the "
+                   "encoder (ais); auto: adaptive where the model allows it (continuous latents), else is.")
 @click.option("--ais-steps", type=click.IntRange(min=1), default=100, show_default=True, metavar="T",
               help="Temperatures of --method ais (cost: about 6 T times importance sampling's).")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, metavar="R",

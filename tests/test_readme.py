@@ -55,5 +55,6 @@ def test_what_it_does_runs_top_to_bottom(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "dsbm" / "forecast.nc").is_file()
     assert "sparse edges" in outputs["forecast runs/dsbm --horizon 5 --edges sparse --out runs/dsbm/sparse.nc"]
     assert "oracle" in outputs["forecast runs/dsbm --horizon 5"]
-    assert "adaptive importance sampling" in outputs["evaluate runs/digits --method adaptive"]
+    assert "adaptive importance sampling" in outputs["evaluate runs/digits --particles 5000"]  # the default, auto
+    assert "importance-sampled" in outputs["evaluate runs/digits --method is"]
     assert len(list((tmp_path / "runs").glob("backtest-*/backtest.csv"))) == 1

@@ -31,7 +31,7 @@ from ..errors import DgmPyroError
 from .ais import JointDensities
 from .weights import latent_sites, log_importance_weights, reduce_to_batch
 
-__all__ = ["adaptive_log_weights", "FULL_COVARIANCE_MAX_DIM"]
+__all__ = ["adaptive_log_weights", "adaptive_unsupported", "FULL_COVARIANCE_MAX_DIM"]
 
 #: Largest unconstrained event size of a site that gets a full covariance per datapoint (above it, diagonal).
 FULL_COVARIANCE_MAX_DIM = 256
@@ -81,6 +81,28 @@ class _SiteFit:
         if extra > 0:
             ladj = ladj.sum(tuple(range(-extra, 0)))
         return (self.gauss.log_prob(flat) - ladj.double()).to(self.dtype)
+
+
+def adaptive_unsupported(model: Callable, guide: Callable, *args, **kwargs) -> "str | None":
+    """Why adaptive importance sampling cannot estimate this model's evidence (``None``: it can): a model latent
+    without a guide site, or a discrete latent. One guide trace and one model replay, with the random state
+    restored, so the caller's draws are unchanged."""
+    import pyro
+    from pyro.util import get_rng_state, set_rng_state
+
+    state = get_rng_state()
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+            m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
+    finally:
+        set_rng_state(state)
+    guided = latent_sites(g_tr)
+    unguided = sorted(latent_sites(m_tr) - guided)
+    if unguided:
+        return f"the model latent(s) {', '.join(map(repr, unguided))} have no guide site"
+    discrete = [n for n in sorted(guided) if g_tr.nodes[n]["fn"].support.is_discrete]
+    return f"the latent(s) {', '.join(map(repr, discrete))} are discrete" if discrete else None
 
 
 def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int, keep_dims: set[int],

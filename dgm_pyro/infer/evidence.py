@@ -44,7 +44,7 @@ from .weights import (
     site_log_prob,
 )
 
-__all__ = ["log_evidence", "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates",
+__all__ = ["log_evidence", "resolve_method", "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates",
            "check_model_and_guide", "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ KHAT_WARN = 0.7
 #: Fewest particles for which PSIS k-hat is estimated (below, k-hat is NaN).
 MIN_PARTICLES_FOR_KHAT = 100
 #: Estimators of :func:`log_evidence`.
-METHODS = ("is", "adaptive", "ais")
+METHODS = ("is", "adaptive", "ais", "auto")
 
 
 @dataclass
@@ -76,6 +76,7 @@ class EvidenceResult:
         num_particles: K.
         plates: names of the batch plates kept, outermost first.
         log_weights: the (K, *batch) log-weights, when asked for with ``keep_log_weights=True``.
+        method: the estimator that made ``log_evidence`` (``"auto"`` resolved to ``"adaptive"`` or ``"is"``).
     """
 
     log_evidence: torch.Tensor
@@ -87,6 +88,7 @@ class EvidenceResult:
     num_particles: int
     plates: tuple[str, ...]
     log_weights: Optional[torch.Tensor] = None
+    method: str = "is"
 
     def summary(self) -> dict[str, Any]:
         """Averages over datapoints, as plain floats (non-finite values become ``None``)."""
@@ -126,6 +128,21 @@ def psis_khat(log_w: torch.Tensor) -> torch.Tensor:
     return torch.where(spread < 1e-4, torch.full_like(khat, -math.inf), khat)
 
 
+def resolve_method(method: str, model: Callable, guide: Callable, *args, num_particles: int = 1000,
+                   **kwargs) -> str:
+    """The estimator ``method`` names: itself, or for ``"auto"`` ``"adaptive"`` where adaptive importance sampling
+    applies (continuous latents, each with a guide site, ``num_particles`` >= 2) and ``"is"`` otherwise (with a
+    log line that says why). Draws nothing: the caller's random state is unchanged."""
+    if method != "auto":
+        return method
+    from .adaptive import adaptive_unsupported
+
+    why_not = "K = 1" if num_particles < 2 else adaptive_unsupported(model, guide, *args, **kwargs)
+    if why_not is not None:
+        log.info("method auto: importance sampling with the guide (adaptive does not apply: %s)", why_not)
+    return "is" if why_not is not None else "adaptive"
+
+
 def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1000,
                  chunk_size: Optional[int] = None, vectorize: bool = True, diagnostics: bool = True,
                  keep_log_weights: bool = False, warn: bool = True, progress: bool = False, method: str = "is",
@@ -154,9 +171,11 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
             the guide's, from the mixture of the guide, share ``defensive``, and per-datapoint Gaussians fitted
             to the previous round's weighted draws; the last round's weights make the estimate and k-hat;
             continuous latents, each with a guide site; always vectorised; keeps every round's draws in
-            memory) or ``"ais"`` (annealed importance sampling with ``num_steps`` temperatures and HMC
+            memory), ``"ais"`` (annealed importance sampling with ``num_steps`` temperatures and HMC
             transitions of ``hmc_steps`` leapfrog steps of initial size ``step_size`` in the guide's scale;
-            continuous latents, each with a guide site; always vectorised).
+            continuous latents, each with a guide site; always vectorised), or ``"auto"``: adaptive where it
+            applies (continuous latents, each with a guide site, K >= 2), else importance sampling; the
+            result's ``method`` says which.
 
     Returns:
         :class:`EvidenceResult` with per-datapoint ``log_evidence``, ``stderr``, ``elbo``, ``ess``, ``khat``.
@@ -165,6 +184,7 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         raise DgmPyroError(f"num_particles must be >= 1, got {num_particles}")
     if method not in METHODS:
         raise DgmPyroError(f"method must be one of {', '.join(map(repr, METHODS))}, got '{method}'")
+    method = resolve_method(method, model, guide, *args, num_particles=num_particles, **kwargs)
     shared, nesting, numel = batch_plates(model, guide, args, kwargs, warn=warn)
     keep = {d for _, d in shared}
     with torch.no_grad():
@@ -249,4 +269,4 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
                       RuntimeWarning, stacklevel=2)
     return EvidenceResult(log_evidence=log_ev, stderr=stderr, elbo=guide_log_w.mean(0), elbo_stderr=elbo_stderr, ess=ess,
                           khat=khat, num_particles=K, plates=tuple(n for n, _ in shared),
-                          log_weights=log_w if keep_log_weights else None)
+                          log_weights=log_w if keep_log_weights else None, method=method)

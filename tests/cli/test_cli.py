@@ -53,8 +53,10 @@ def test_train_json_and_run_folder(trained):
 
     run = load_run(path)
     pyro.set_rng_seed(0)
-    again = log_evidence(run.module.model, run.module.guide, *run.dataset.splits["test"], num_particles=20, warn=False)
+    again = log_evidence(run.module.model, run.module.guide, *run.dataset.splits["test"], num_particles=20, warn=False,
+                         method="auto")
     assert float(again.log_evidence.mean()) == pytest.approx(test["log_evidence"], abs=1e-9)
+    assert test["method"] == again.method == "adaptive" and test["rounds"] == 3  # the default: the adapted proposal
     assert json.loads((path / "config.json").read_text())["epochs"] == 2
     # --device auto (the default) picks the CPU on a machine without a GPU
     env = json.loads((path / "environment.json").read_text())
@@ -80,7 +82,9 @@ def test_evaluate_json_and_text(trained):
     ev = json.loads(r.stdout)
     assert ev["num_particles"] == 150 and ev["khat_max"] is not None
     r = run("evaluate", path, "--particles", "5", "--split", "valid")
-    assert r.exit_code == 0 and "log-likelihood, importance-sampled" in r.stdout and "valid metrics" in r.stdout
+    assert r.exit_code == 0 and "log-likelihood, adaptive importance sampling" in r.stdout and "valid metrics" in r.stdout
+    r = run("evaluate", path, "--particles", "5", "--split", "valid", "--method", "is")
+    assert r.exit_code == 0 and "log-likelihood, importance-sampled" in r.stdout
 
 
 def test_sample_png_and_npz(trained, tmp_path):
@@ -436,14 +440,14 @@ def test_an_evaluation_with_more_particles_is_kept(trained, tmp_path):
     r = run("evaluate", copy, "--particles", "10")
     assert r.exit_code == 0
     assert (f"warning: {copy / 'evaluation.json'} holds an evaluation with 40 particles; kept it, and wrote this one "
-            "(10 particles) to evaluation-test-is-K10.json") in r.stderr
+            "(10 particles) to evaluation-test-adaptive-K10.json") in r.stderr
     assert (copy / "evaluation.json").read_text() == kept
-    assert json.loads((copy / "evaluation-test-is-K10.json").read_text())["num_particles"] == 10
-    assert f"wrote {copy / 'evaluation-test-is-K10.json'} (" in r.stdout
+    assert json.loads((copy / "evaluation-test-adaptive-K10.json").read_text())["num_particles"] == 10
+    assert f"wrote {copy / 'evaluation-test-adaptive-K10.json'} (" in r.stdout
     # another split is another evaluation: kept beside it too
     assert run("evaluate", copy, "--particles", "10", "--split", "valid").exit_code == 0
     assert (copy / "evaluation.json").read_text() == kept
-    assert json.loads((copy / "evaluation-valid-is-K10.json").read_text())["split"] == "valid"
+    assert json.loads((copy / "evaluation-valid-adaptive-K10.json").read_text())["split"] == "valid"
 
 
 def test_progress_lines_without_a_terminal_and_quiet(tmp_path):
@@ -456,7 +460,7 @@ def test_progress_lines_without_a_terminal_and_quiet(tmp_path):
     assert lines[1] == "training cvae: up to 2 epochs on cpu"
     assert lines[2].startswith("train: epoch 1/2, loss ") and "valid elbo" in lines[2] and "ETA" in lines[2]
     assert lines[3].startswith("train: epoch 2/2, loss ")
-    assert lines[4] == "evaluating: importance-sampled log-likelihood of the test split, 20 particles"
+    assert lines[4] == "evaluating: adaptive importance sampling log-likelihood of the test split, 20 particles"
     assert "wrote " in r.stdout and "/best.pt (" in r.stdout and "kB)" in r.stdout
     r = run("train", "--out", tmp_path / "b", *TINY, "--quiet")
     assert r.exit_code == 0 and r.stderr == ""

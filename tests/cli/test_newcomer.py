@@ -85,20 +85,20 @@ def test_the_top_level_help_gives_each_command_its_whole_first_sentence():
 
 
 def test_evaluations_of_other_methods_are_kept_beside_the_first(tmp_path):
-    """train writes evaluation.json (importance sampling, K particles on test); an adaptive evaluation goes beside
-    it under its own name, with a line saying so, and the first is unchanged; a larger K of the same method and
-    split replaces evaluation.json."""
+    """train writes evaluation.json (adaptive importance sampling, the default, K particles on test); an evaluation
+    with the encoder alone as proposal goes beside it under its own name, with a line saying so, and the first is
+    unchanged; a larger K of the same method and split replaces evaluation.json."""
     r = run("train", "--out", tmp_path, "--name", "r", "--epochs", "1", *TINY, "--json")
     assert r.exit_code == 0, r.output
     path = tmp_path / "r"
     first = (path / "evaluation.json").read_text()
-    assert json.loads(first)["method"] == "is" and json.loads(first)["num_particles"] == 5
-    r = run("evaluate", path, "--method", "adaptive", "--rounds", "1", "--particles", "20", "--json")
+    assert json.loads(first)["method"] == "adaptive" and json.loads(first)["num_particles"] == 5
+    r = run("evaluate", path, "--method", "is", "--particles", "20", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["file"] == str(path / "evaluation-test-adaptive-K20.json")
-    assert "holds the importance-sampled evaluation of the test split (K=5); kept it" in r.stderr
+    assert json.loads(r.stdout)["file"] == str(path / "evaluation-test-is-K20.json")
+    assert "holds the adaptive importance sampling evaluation of the test split (K=5); kept it" in r.stderr
     assert (path / "evaluation.json").read_text() == first
-    assert json.loads((path / "evaluation-test-adaptive-K20.json").read_text())["method"] == "adaptive"
+    assert json.loads((path / "evaluation-test-is-K20.json").read_text())["method"] == "is"
     r = run("evaluate", path, "--particles", "30", "--json")
     assert r.exit_code == 0 and json.loads((path / "evaluation.json").read_text())["num_particles"] == 30
 

@@ -423,3 +423,57 @@ def test_summary_is_the_means_of_hand_made_results():
     s = none.summary()
     assert s["khat_max"] is None and s["khat_frac_above_0.5"] is None and s["khat_frac_above_0.7"] is None
     assert s["log_evidence"] is None and s["log_evidence_stderr"] is None and s["elbo"] == -1.0
+
+
+def test_auto_is_adaptive_where_it_applies_and_importance_sampling_elsewhere(caplog):
+    """auto: adaptive for continuous guided latents; plain importance sampling for a discrete latent, an unguided
+    one, or a single particle (with a line saying why); the resolution draws nothing."""
+    import logging
+
+    from dgm_pyro.infer.evidence import resolve_method
+
+    def model(x):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+
+    def discrete_model(x):
+        with pyro.plate("data", 3):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    def discrete_guide(x):
+        with pyro.plate("data", 3):
+            pyro.sample("c", dist.Bernoulli(0.3))
+
+    def unguided_model(x):
+        with pyro.plate("data", 3):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            z = pyro.sample("z", dist.Normal(w, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    x = torch.tensor([0.3, -1.0, 2.0])
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert resolve_method("auto", model, guide, x, num_particles=100) == "adaptive"
+    assert torch.equal(torch.get_rng_state(), before)
+    with caplog.at_level(logging.INFO, logger="dgm_pyro.infer.evidence"):
+        assert resolve_method("auto", discrete_model, discrete_guide, x, num_particles=100) == "is"
+        assert resolve_method("auto", unguided_model, guide, x, num_particles=100) == "is"
+        assert resolve_method("auto", model, guide, x, num_particles=1) == "is"
+    assert [r.getMessage() for r in caplog.records] == [
+        "method auto: importance sampling with the guide (adaptive does not apply: the latent(s) 'c' are discrete)",
+        "method auto: importance sampling with the guide (adaptive does not apply: the model latent(s) 'w' have no "
+        "guide site)",
+        "method auto: importance sampling with the guide (adaptive does not apply: K = 1)"]
+    assert resolve_method("ais", discrete_model, discrete_guide, x) == "ais"  # a named method is kept as it is
+    pyro.set_rng_seed(3)
+    auto = log_evidence(model, guide, x, num_particles=100, method="auto", warn=False)
+    pyro.set_rng_seed(3)
+    adaptive = log_evidence(model, guide, x, num_particles=100, method="adaptive", warn=False)
+    assert auto.method == "adaptive" and torch.equal(auto.log_evidence, adaptive.log_evidence)
+    assert log_evidence(discrete_model, discrete_guide, x, num_particles=50, method="auto", warn=False).method == "is"
