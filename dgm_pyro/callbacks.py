@@ -8,6 +8,7 @@ checkpoint and restored on resume, so that resumed runs stay exact.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Any, Callable, ContextManager, Optional
 
@@ -19,12 +20,14 @@ from .infer.annealing import Annealing, Schedule
 from .infer.evidence import log_evidence
 
 __all__ = ["Callback", "Validation", "ForecastValidation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling",
-           "OnInterval",
+           "OnInterval", "diverged", "DIVERGENCE_NATS",
            "AGGRESSIVE_MAX_INNER", "AGGRESSIVE_WINDOW"]
 
 #: aggressive training (He et al. 2019): at most this many encoder steps per decoder step, and the
 #: encoder loss is compared over windows of this many steps (stop when a window is no better)
 AGGRESSIVE_MAX_INNER, AGGRESSIVE_WINDOW = 100, 10
+
+log = logging.getLogger("dgm_pyro.training")
 
 
 class Callback:
@@ -131,6 +134,19 @@ class _EarlyStopping(Callback):
         self.state.update(state)
 
 
+#: a validation score this many nats per datapoint below the best so far (or ten times the best's size, if more)
+#: is a divergence, not a bad epoch
+DIVERGENCE_NATS = 1000.0
+
+
+def diverged(score: float, best: float) -> bool:
+    """Whether a validation score (higher is better) has diverged from the best so far: it is not finite, or it lies
+    more than max(DIVERGENCE_NATS, 10 |best|) below it (the first score is compared with nothing)."""
+    if not math.isfinite(score):
+        return True
+    return math.isfinite(best) and score < best - max(DIVERGENCE_NATS, 10 * abs(best))
+
+
 class Validation(_EarlyStopping):
     """Validation ELBO and K-particle importance-sampled log-likelihood after every interval, the best
     interval (``best.pt``) and early stopping after ``patience`` intervals without improvement (delayed while
@@ -169,9 +185,17 @@ class Validation(_EarlyStopping):
         measured = self._measure(trainer.module) if D.rank() == 0 else None
         valid_elbo, valid_ll, collapse = D.broadcast_object(measured)
         score = valid_elbo if self.criterion == "elbo" else valid_ll
+        best, best_epoch = self.state["best_score"], self.state["best_epoch"]
         # while beta is still moving the objective changes under the model: patience waits for it
         improved = self._update(trainer, row, score, counts=self.annealing is None or self.annealing.settled)
         row.update(valid_elbo=valid_elbo, valid_log_likelihood=valid_ll, best=float(improved), **collapse)
+        if diverged(score, best):
+            trainer.state["stopped"] = "diverged"
+            log.warning("the validation %s fell from %.6g (%s %d) to %.6g: training diverged and stopped; best.pt keeps "
+                        "%s %d. The likelihood is likely degenerate: a Gaussian's variance collapses onto repeated "
+                        "values, such as the exact zeros of images (grey levels in [0, 1] want --likelihood bernoulli); "
+                        "otherwise lower --lr or --clip-norm", self.criterion.replace("_", "-"), best,
+                        trainer.data.unit, best_epoch, score, trainer.data.unit, best_epoch)
 
     def summary(self) -> dict[str, Any]:
         return {"best_epoch": self.state["best_epoch"], f"best_valid_{self.criterion}": self.state["best_score"]}

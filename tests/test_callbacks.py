@@ -181,3 +181,33 @@ def test_forecast_validation_scores_the_held_out_snapshots_on_fixed_random_numbe
         assert row["valid_log_likelihood"] == pytest.approx(expected, abs=1e-6) and row["best"] == 0.0
     assert trainer.state == {"stopped": "early"} and cb.state["bad_epochs"] == 2 and cb.state["best_epoch"] == 10
     assert C.ForecastValidation(history, held_out, patience=2).num_samples == 20  # the default
+
+
+def test_divergence_is_a_score_far_below_the_best_or_not_finite():
+    assert C.diverged(float("nan"), -90.0) and C.diverged(-float("inf"), -float("inf"))
+    assert not C.diverged(-1e12, -float("inf"))  # the first score has nothing to fall from
+    assert C.diverged(-1091.0, -90.0) and not C.diverged(-1089.0, -90.0)  # 1000 nats below the best
+    assert C.diverged(-38_500.1, -3500.0) and not C.diverged(-38_000.0, -3500.0)  # ten times the best's size
+
+
+def test_a_diverging_validation_score_stops_training_and_says_what_to_change(tmp_path, monkeypatch, caplog):
+    """A Gaussian whose variance collapses onto repeated values: validation ELBO -100, -90, then -1e12. Training
+    stops at that epoch (not after its patience), best.pt keeps epoch 2, and one warning names the likelihood."""
+    import logging
+
+    scores = {1: -100.0, 2: -90.0, 3: -1e12, 4: -1e13}
+    measure = Validation.on_interval_end
+
+    def on_interval_end(self, trainer, row):
+        self._epoch = int(row["epoch"])
+        measure(self, trainer, row)
+
+    monkeypatch.setattr(Validation, "on_interval_end", on_interval_end)
+    monkeypatch.setattr(Validation, "_measure", lambda self, module: (scores[self._epoch], scores[self._epoch], {}))
+    with caplog.at_level(logging.WARNING, logger="dgm_pyro.training"):
+        summary = train_run(TrainConfig(**dict(SMALL, epochs=6, patience=5)), tmp_path / "run")
+    assert summary["stopped"] == "diverged" and summary["epochs_run"] == 3 and summary["best_epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["callbacks"]["Validation"]["best_epoch"] == 2
+    (message,) = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
+    assert message.startswith("the validation elbo fell from -90 (epoch 2) to -1e+12: training diverged and stopped; "
+                              "best.pt keeps epoch 2.") and "--likelihood bernoulli" in message
