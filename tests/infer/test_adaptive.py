@@ -147,3 +147,155 @@ def test_exact_posterior_stays_exact():
     x = truth.sample(y)
     res = log_evidence(truth.model, truth.exact_guide, x, y, num_particles=300, method="adaptive", num_rounds=1)
     assert torch.allclose(res.log_evidence, truth.log_marginal(x, y), atol=0.02)
+
+
+# ---------------------------------------------------------------- the fitted proposal, by hand
+
+
+def _weighted_draws(k=6, b=2, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(k, b, d, generator=g, dtype=torch.float64)
+    log_w = torch.randn(k, b, generator=g, dtype=torch.float64)
+    return z, log_w
+
+
+def _by_hand(z, log_w, spread, jitter=1e-6):
+    """Weighted mean and the covariance shrunk by D / (ESS + D) towards diag(spread), per datapoint (numpy)."""
+    import numpy as np
+
+    zs, lw = z.numpy(), log_w.numpy()
+    out = []
+    for j in range(zs.shape[1]):
+        w = np.exp(lw[:, j] - lw[:, j].max())
+        w /= w.sum()
+        ess, d = 1.0 / (w ** 2).sum(), zs.shape[2]
+        mean = (w[:, None] * zs[:, j]).sum(0)
+        c = zs[:, j] - mean
+        cov = (w[:, None, None] * c[:, :, None] * c[:, None, :]).sum(0)
+        lam = d / (ess + d)
+        cov = (1 - lam) * cov + lam * np.diag(spread[j]) + jitter * np.eye(d)
+        out.append((mean, cov, (1 - lam) * np.diag(cov - jitter * np.eye(d) - lam * np.diag(spread[j])) / (1 - lam)
+                    + lam * spread[j]))
+    return out
+
+
+def test_site_fit_is_the_shrunk_weighted_gaussian_of_its_draws(monkeypatch):
+    import numpy as np
+
+    from dgm_pyro.infer import adaptive
+
+    z, log_w = _weighted_draws()
+    fn = dist.Normal(torch.zeros(2, 2, dtype=torch.float64), 1.0).to_event(1)
+    fit = _SiteFit(fn, z, log_w)
+    spread = (z.var(0) + 1e-6).numpy()
+    for j, (mean, cov, _) in enumerate(_by_hand(z, log_w, spread)):
+        np.testing.assert_allclose(fit.gauss.loc[j].numpy(), mean, atol=1e-12)
+        np.testing.assert_allclose(fit.gauss.covariance_matrix[j].numpy(), cov, atol=1e-10)
+    # a later round shrinks towards the previous round's variances, not the draws' spread
+    later = _SiteFit(fn, z, log_w, previous=fit)
+    for j, (mean, cov, _) in enumerate(_by_hand(z, log_w, (fit.variance + 1e-6).numpy())):
+        np.testing.assert_allclose(later.gauss.covariance_matrix[j].numpy(), cov, atol=1e-10)
+    # above FULL_COVARIANCE_MAX_DIM dimensions: the same variances, no correlations; at it: full covariance
+    monkeypatch.setattr(adaptive, "FULL_COVARIANCE_MAX_DIM", 1)
+    diag = _SiteFit(fn, z, log_w)
+    assert isinstance(diag.gauss.base_dist, dist.Normal)
+    for j, (mean, cov, _) in enumerate(_by_hand(z, log_w, spread)):
+        np.testing.assert_allclose(diag.gauss.base_dist.loc[j].numpy(), mean, atol=1e-12)
+        np.testing.assert_allclose(diag.gauss.base_dist.scale[j].numpy() ** 2, np.diag(cov) - 1e-6, atol=1e-10)
+    monkeypatch.setattr(adaptive, "FULL_COVARIANCE_MAX_DIM", 2)
+    assert isinstance(_SiteFit(fn, z, log_w).gauss, dist.MultivariateNormal)
+
+
+def test_site_fit_of_a_positive_vector_site_in_float32():
+    """A LogNormal vector site: the fit lives in log space, so log g(z) = N(log z; fit) - sum log z (the Jacobian
+    of exp summed over the event), in the site's dtype; its draws are positive and in the site's shape."""
+    z64, log_w = _weighted_draws(k=8, b=3, d=2, seed=1)
+    z = z64.exp().float()
+    fn = dist.LogNormal(torch.zeros(3, 2), 1.0).to_event(1)
+    fit = _SiteFit(fn, z, log_w.float())
+    got = fit.log_prob(z)
+    want = fit.gauss.log_prob(z64) - z64.sum(-1)
+    assert got.dtype == torch.float32 and got.shape == (8, 3)
+    assert torch.allclose(got.double(), want, atol=1e-4)
+    draws = fit.sample(5)
+    assert draws.shape == (5, 3, 2) and draws.dtype == torch.float32 and bool((draws > 0).all())
+
+
+def test_knobs_of_the_adaptive_rounds(monkeypatch):
+    """Defaults (3 rounds, defensive 0.2), a defensive share of 1 (the guide alone: every weight is p/q), two
+    particles, chunks, keyword data, and each round's fit shrinking towards the one before."""
+    from dgm_pyro.infer import adaptive
+
+    def model(x=None):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x=None):
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Normal(0.6 * x, 0.9))
+
+    x = torch.tensor([0.7, -0.4])
+    exact = dist.Normal(0.0, math.sqrt(1.25)).log_prob(x).double()
+    fitted = []
+    real = adaptive._SiteFit
+
+    class Recording(real):
+        def __init__(self, fn, z, log_w, previous=None, jitter=1e-6):
+            fitted.append(previous)
+            super().__init__(fn, z, log_w, previous, jitter)
+
+    monkeypatch.setattr(adaptive, "_SiteFit", Recording)
+    pyro.set_rng_seed(0)
+    default = log_evidence(model, guide, x=x, num_particles=400, method="adaptive", warn=False)
+    assert len(fitted) == 3 and fitted[0] is None and isinstance(fitted[1], real) and isinstance(fitted[2], real)
+    assert torch.allclose(default.log_evidence, exact, atol=0.02)
+    monkeypatch.setattr(adaptive, "_SiteFit", real)
+    # defensive 1: the proposal is the guide alone, so log w = log p(x, z) - log q(z | x) exactly
+    pyro.set_rng_seed(1)
+    res = log_evidence(model, guide, x=x, num_particles=300, method="adaptive", defensive=1.0, warn=False,
+                       keep_log_weights=True)
+    assert torch.isfinite(res.log_weights).all() and torch.allclose(res.log_evidence, exact, atol=0.05)
+    two = log_evidence(model, guide, x=x, num_particles=2, method="adaptive", warn=False)
+    assert two.log_evidence.shape == (2,) and torch.isfinite(two.log_evidence).all()
+    pyro.set_rng_seed(2)
+    chunked = log_evidence(model, guide, x=x, num_particles=30, method="adaptive", chunk_size=7, warn=False,
+                           keep_log_weights=True)
+    assert chunked.log_weights.shape == (30, 2) and torch.allclose(chunked.log_evidence, exact, atol=0.1)
+    # called directly, adaptive_log_weights defaults to 3 rounds and a defensive share of 0.2
+    from dgm_pyro.infer.evidence import batch_plates
+
+    shared, nesting, _ = batch_plates(model, guide, (), {"x": x})
+    keep = {d for _, d in shared}
+    pyro.set_rng_seed(5)
+    plain = adaptive.adaptive_log_weights(model, guide, (), {"x": x}, 50, keep, nesting)
+    pyro.set_rng_seed(5)
+    explicit = adaptive.adaptive_log_weights(model, guide, (), {"x": x}, 50, keep, nesting, num_rounds=3,
+                                             defensive=0.2)
+    assert torch.equal(plain[0], explicit[0]) and torch.equal(plain[1], explicit[1])
+
+
+def test_adaptive_refusals_word_for_word(discrete_pair):
+    import re
+
+    truth = LinearGaussianCVAE(dtype=torch.float64)
+    y = torch.randn(4, truth.y_dim, dtype=torch.float64)
+    x = truth.sample(y)
+
+    def empty_guide(x, y):
+        pass
+
+    for kwargs, message in [
+            ({"num_rounds": 0}, "adaptive importance sampling needs num_rounds >= 1, got 0"),
+            ({"defensive": 1.5}, "the defensive share must lie in (0, 1], got 1.5"),
+            ({"num_particles": 1}, "adaptive importance sampling needs num_particles >= 2 to fit a proposal, got 1")]:
+        with pytest.raises(DgmPyroError, match="^" + re.escape(message) + "$"):
+            log_evidence(truth.model, truth.exact_guide, x, y, **{"num_particles": 10, **kwargs}, method="adaptive")
+    with pytest.raises(DgmPyroError, match="^" + re.escape(
+            "adaptive importance sampling needs a guide site for every model latent; 'z' have none (use method='is')")
+            + "$"):
+        log_evidence(truth.model, empty_guide, x, y, num_particles=10, method="adaptive", warn=False)
+    model, guide = discrete_pair
+    with pytest.raises(DgmPyroError, match=r"^adaptive importance sampling needs continuous latents; '\w+' is discrete "
+                                           r"\(use method='is'\)$"):
+        log_evidence(model, guide, torch.zeros(3), num_particles=10, method="adaptive")
