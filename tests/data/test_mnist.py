@@ -180,3 +180,41 @@ def test_a_users_grey_images_are_binarised_dynamically_like_mnist(tmp_path):
     np.savez(tmp_path / "big.npz", x=x * 255)
     with pytest.raises(DgmPyroError, match=r"bernoulli-grey likelihood needs x in \[0, 1\]"):
         load_dataset(f"npz:{tmp_path / 'big.npz'}", likelihood="bernoulli-grey")
+
+
+def test_mnist_text_captions_name_the_digit_and_measure_the_image(idx_folder):
+    """mnist-text: the images and split of mnist (binarised the same way), one caption per training image naming its
+    digit as a numeral or a word, the held-out phrasings on the test split, and the attributes measured on the
+    28x28 images."""
+    from dgm_pyro.data import load_dataset
+    from dgm_pyro.data.digits_text import DIGIT_WORDS, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+
+    folder = idx_folder[0]
+    labelled, text = load_dataset(f"mnist:{folder}"), load_dataset(f"mnist-text:{folder}")
+    assert text.name == f"mnist-text:{folder}" and text.condition == "text" and text.image_shape == (28, 28)
+    assert text.likelihood == "bernoulli" and text.binarize == "dynamic" and text.binarized_columns() == (0,)
+    for split in ("train", "valid", "test"):
+        assert torch.equal(text.splits[split][0], labelled.splits[split][0])
+        assert text.splits[split][1].shape == (labelled.sizes()[split], 0)
+        for caption, label in zip(text.extra["texts"][split], text.extra["labels"][split].tolist()):
+            words = caption.replace(",", " ").replace("(", " ").split()
+            assert str(label) in words or DIGIT_WORDS[label] in words, (caption, label)
+    test_starts = {"an image of", "please draw", "a", "an"}
+    assert all(any(c.startswith(s) for s in test_starts) or "(" in c for c in text.extra["texts"]["test"])
+    assert len(TRAIN_TEMPLATES) == len(HELDOUT_TEMPLATES) == 4
+
+
+def test_attributes_of_a_28_pixel_digit_by_hand():
+    """A stroke whose top lies right of its bottom leans right (slant > 0), its mirror image left; twice the ink is
+    twice as thick."""
+    from dgm_pyro.data.digits_text import digit_attributes
+
+    img = torch.zeros(28, 28)
+    for r in range(4, 24):
+        img[r, 20 - (r - 4) // 2] = 1.0  # top at column 20, bottom at column 11
+    x = torch.stack([img.flatten(), img.flip(1).flatten(), 2 * img.flatten()])
+    attrs = digit_attributes(x)
+    assert attrs["slant"][0] > 0.4 and attrs["slant"][1] == pytest.approx(-float(attrs["slant"][0]))
+    assert attrs["thickness"].tolist() == [20.0, 20.0, 40.0]
+    with pytest.raises(ValueError, match="square images"):
+        digit_attributes(torch.zeros(2, 30))
