@@ -1,6 +1,6 @@
 """Models: plain Pyro ``model``/``guide`` pairs on ``PyroModule``s."""
 
-from .baseline import NNBaseline
+from .baseline import BaselineGuess, NNBaseline
 from .cvae import CVAE
 from .emissions import FeatureBlocks, HurdleLogNormal
 from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
@@ -11,6 +11,6 @@ from .link_heuristics import EWMA, AdamicAdar, CommonNeighbours, EdgeBank, Katz,
 from .markov import MarkovNormal
 from .nn import MLP
 
-__all__ = ["CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "MarkovNormal",
+__all__ = ["BaselineGuess", "CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "MarkovNormal",
            "GraphSSM", "Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle", "sparse_forecast", "EWMA",
            "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz", "link_heuristics"]

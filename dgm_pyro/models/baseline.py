@@ -12,10 +12,11 @@ from typing import Optional, Sequence
 import pyro
 import torch
 from pyro.nn import PyroModule
+from torch import nn
 
 from .nn import MLP, likelihood_mean, likelihood_out_features, make_likelihood
 
-__all__ = ["NNBaseline"]
+__all__ = ["NNBaseline", "BaselineGuess"]
 
 
 class NNBaseline(PyroModule):
@@ -47,3 +48,24 @@ class NNBaseline(PyroModule):
     def sample(self, y: torch.Tensor, mean: bool = True) -> torch.Tensor:
         d = self.decode(y)
         return likelihood_mean(d, self.likelihood) if mean else d.sample().to(torch.float32)
+
+
+class BaselineGuess(nn.Module):
+    """Condition features c = [y, E[x | y]] with E[x | y] the guess of a trained :class:`NNBaseline`, for a CVAE's
+    ``condition_net``: Sohn et al. 2015 (and Pyro's CVAE tutorial) feed the baseline's prediction to the prior
+    network, so the CVAE models what the deterministic guess misses. The baseline is frozen: it is trained before
+    the CVAE, and no gradient reaches it (its guess is computed without one).
+
+    Shapes: y (N, y_dim) -> c (N, y_dim + x_dim).
+    """
+
+    def __init__(self, baseline: NNBaseline):
+        super().__init__()
+        self.baseline = baseline
+
+    @property
+    def dim(self) -> int:
+        return self.baseline.y_dim + self.baseline.x_dim
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([y, self.baseline.sample(y, mean=True).to(y.dtype)], -1)

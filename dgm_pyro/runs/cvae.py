@@ -18,7 +18,7 @@ from ..config import field_default, option
 from ..data import ConditionalDataset
 from ..device import to_device
 from ..errors import DgmPyroError
-from ..models import CVAE, NNBaseline
+from ..models import CVAE, BaselineGuess, NNBaseline
 from ..models.cvae import DECODERS, PRIORS
 from ..models.text import (POOLINGS, TEXT_ENCODERS, HashedNgramEncoder, MiniLMEncoder, check_captions, featurize,
                            vocabulary)
@@ -45,6 +45,9 @@ class CVAEConfig(DatasetConfig):
     hidden_dims: list[int] = option([256, 256], "Hidden widths of each network, comma-separated.", flag="--hidden",
                                     min=1)
     baseline: bool = option(True, "Also train the NN baseline p(x|y) for quadrant-completion data.")
+    baseline_guess: bool = option(False, "Feed the NN baseline's guess E[x|y] to the CVAE beside y (Sohn et al. 2015, "
+                                  "Pyro's CVAE tutorial): the baseline trains first, then stays frozen; quadrant "
+                                  "data.", added=True)
     decoder: str = option("mlp", "Pixels independent given z (mlp) or a masked autoregressive network (strong "
                           "enough to ignore z).", choices=DECODERS)
     decoder_dropout: float = option(0.0, "Zero each autoregressive input pixel with this probability in training "
@@ -68,6 +71,7 @@ class CVAEConfig(DatasetConfig):
             (len(self.hidden_dims) >= 1, "hidden_dims must hold at least one width"),
             (self.decoder_dropout == 0 or self.decoder == "autoregressive",
              "decoder_dropout needs decoder 'autoregressive'"),
+            (not self.baseline_guess or self.baseline, "baseline_guess needs the NN baseline (drop --no-baseline)"),
         ])
         return self
 
@@ -115,6 +119,12 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
         raise DgmPyroError(f"the autoregressive decoder needs categorical or binary data; dataset '{ds.name}' is "
                            f"{ds.likelihood}")
     y_dim, condition_net = ds.y_dim, None
+    if config.baseline_guess:
+        if ds.condition != "quadrant":
+            raise DgmPyroError(f"--baseline-guess feeds the NN baseline of quadrant completion to the CVAE; dataset "
+                               f"'{ds.name}' has condition '{ds.condition}'")
+        condition_net = BaselineGuess(build_baseline(config, ds))
+        y_dim = condition_net.dim
     if ds.condition == "text" and config.text_encoder == "builtin":
         condition_net = HashedNgramEncoder(config.text_dim, dropout=config.text_dropout, pooling=config.text_pooling)
         condition_net.fit_vocabulary(ds.extra["texts"]["train"])
@@ -180,20 +190,31 @@ class CVAEKind(DatasetModelKind):
 
     def train(self, config: CVAEConfig, data: ConditionalDataset, module: torch.nn.Module, run_dir: Path,
               resume: bool, progress: bool, callbacks: list[Any], device: torch.device) -> dict[str, Any]:
+        if config.baseline_guess:  # the CVAE reads the trained baseline's guess: the baseline goes first
+            base_summary = self._train_baseline(config, data, run_dir, resume, progress, device)
+            load_weights(module.condition_net.baseline, run_dir / "baseline" / self.checkpoint)
+            summary = super().train(config, data, module, run_dir, resume, progress, callbacks, device)
+            summary["baseline"] = base_summary
+            return summary
         summary = super().train(config, data, module, run_dir, resume, progress, callbacks, device)
         if self.wants_baseline(config, data):
-            base_dir = run_dir / "baseline"
-            log.info("training the NN baseline p(x|y) into %s", base_dir)
-            pyro.set_rng_seed(config.seed)
-            baseline = build_baseline(config, data).to(device)
-            # the baseline has no latent variable: the objective and annealing options do not apply to it
-            base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none",
-                                              aggressive=False, track_collapse=False)
-            trainer = self.trainer(base_config, baseline, to_device(device, *data.splits["train"]), base_dir,
-                                   self.callbacks(base_config, data, device), progress, label="baseline",
-                                   binarize=data.binarized_columns())
-            summary["baseline"] = trainer.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
+            summary["baseline"] = self._train_baseline(config, data, run_dir, resume, progress, device)
         return summary
+
+    def _train_baseline(self, config: CVAEConfig, data: ConditionalDataset, run_dir: Path, resume: bool,
+                        progress: bool, device: torch.device) -> dict[str, Any]:
+        """Train the NN baseline p(x|y) into ``run_dir/baseline`` (from weights drawn after reseeding)."""
+        base_dir = run_dir / "baseline"
+        log.info("training the NN baseline p(x|y) into %s", base_dir)
+        pyro.set_rng_seed(config.seed)
+        baseline = build_baseline(config, data).to(device)
+        # the baseline has no latent variable: the objective and annealing options do not apply to it
+        base_config = dataclasses.replace(config, objective="elbo", lam=1.0, free_bits=0.0, anneal="none",
+                                          aggressive=False, track_collapse=False, kl_samples=0)
+        trainer = self.trainer(base_config, baseline, to_device(device, *data.splits["train"]), base_dir,
+                               self.callbacks(base_config, data, device), progress, label="baseline",
+                               binarize=data.binarized_columns())
+        return trainer.fit(resume=resume and (base_dir / "checkpoint.pt").is_file())
 
     def make_run(self, path: Path, config: CVAEConfig, data: ConditionalDataset, module: torch.nn.Module,
                  device: torch.device) -> DatasetRun:

@@ -529,3 +529,31 @@ def test_file_sizes_are_printed_in_decimal_units(tmp_path):
         with open(tmp_path / name, "wb") as f:
             f.truncate(n)
     assert [size(tmp_path / n) for n in sizes] == ["999 B", "1.5 kB", "74.0 MB", "2500.0 GB"]
+
+
+def test_the_cvae_can_read_the_trained_baselines_guess(tmp_path):
+    """--baseline-guess (Sohn et al.; Pyro's tutorial): the NN baseline trains first into baseline/, its weights are
+    copied into the CVAE's condition network and stay frozen through the CVAE's training, and the CVAE reads
+    [y, E[x|y]]; it needs quadrant data and the baseline."""
+    from dgm_pyro.runs import load_run
+
+    r = run("train", "--dataset", "digits-q2", "--baseline-guess", "--out", tmp_path, "--name", "g", *TINY, "--json")
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "g"
+    base = torch.load(path / "baseline" / "best.pt", weights_only=True)["model_state"]
+    for name in ("checkpoint.pt", "best.pt"):
+        cvae = torch.load(path / name, weights_only=True)["model_state"]
+        for k, v in base.items():
+            assert torch.equal(cvae[f"condition_net.baseline.{k}"], v), (name, k)
+    run_ = load_run(path)
+    y = run_.dataset.splits["test"][1][:5]
+    with torch.no_grad():
+        feats = run_.module.features(y)
+        guess = run_.baseline.sample(y, mean=True)
+    assert feats.shape == (5, 64) and torch.equal(feats[:, :32], y) and torch.allclose(feats[:, 32:], guess)
+    assert json.loads(r.stdout)["test"]["baseline_ncll"] > 0
+    r = run("train", "--dataset", "digits", "--baseline-guess", "--out", tmp_path / "no", *TINY)
+    assert r.exit_code == 2 and "needs quadrant" not in r.stderr and "quadrant completion" in r.stderr
+    assert not (tmp_path / "no").exists()
+    r = run("train", "--dataset", "digits-q2", "--baseline-guess", "--no-baseline", "--out", tmp_path / "nb", *TINY)
+    assert r.exit_code == 2 and "baseline_guess needs the NN baseline" in r.stderr
