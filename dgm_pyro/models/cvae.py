@@ -68,12 +68,14 @@ class CVAE(PyroModule):
         condition_net: a module that turns the raw condition y (N, ...) into the features c (N, y_dim) that
             the three networks read, trained with them (for text, a
             :class:`~dgm_pyro.models.text.HashedNgramEncoder` on feature ids); ``None``: c = y.
+        activation: ``"relu"`` (default) or ``"tanh"`` (Burda et al. 2016) between the MLPs' layers.
     """
 
     def __init__(self, x_dim: int, y_dim: int, latent_dim: int = 8, hidden_dims: Sequence[int] = (256, 256),
                  likelihood: str = "bernoulli", levels: Optional[int] = None, prior: str = "learned",
                  x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
-                 decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None):
+                 decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None,
+                 activation: str = "relu"):
         super().__init__(name)
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got '{prior}'")
@@ -89,8 +91,9 @@ class CVAE(PyroModule):
         self.condition_net = condition_net
         self.prior_net: Optional[nn.Module] = None
         if prior == "learned":
-            self.prior_net = MLP(y_dim, hidden_dims, 2 * latent_dim) if y_dim else _LearnedConstant(2 * latent_dim)
-        self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim)
+            self.prior_net = (MLP(y_dim, hidden_dims, 2 * latent_dim, activation) if y_dim
+                              else _LearnedConstant(2 * latent_dim))
+        self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim, activation)
         if decoder == "autoregressive":
             if likelihood not in ("categorical", "bernoulli"):
                 raise ValueError(f"the autoregressive decoder needs a categorical or bernoulli likelihood, not "
@@ -98,7 +101,8 @@ class CVAE(PyroModule):
             per_dim = likelihood_out_features(likelihood, x_dim, levels) // x_dim
             self.decoder = MADE(x_dim, latent_dim + y_dim, hidden_dims, per_dim)
         else:
-            self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels))
+            self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels),
+                               activation)
 
     def guide_parameters(self):
         """The inference network's parameters (the encoder), for aggressive training."""

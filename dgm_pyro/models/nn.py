@@ -8,18 +8,25 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["MLP", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast",
+__all__ = ["MLP", "ACTIVATIONS", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast",
            "UnnormalizedCategorical"]
 
 
-class MLP(nn.Sequential):
-    """Fully connected network ``in_features -> hidden_dims... -> out_features`` with ReLU between layers."""
+#: the nonlinearities an MLP takes between its layers
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
-    def __init__(self, in_features: int, hidden_dims: Sequence[int], out_features: int):
+
+class MLP(nn.Sequential):
+    """Fully connected network ``in_features -> hidden_dims... -> out_features`` with ``activation`` (ReLU, or tanh
+    as in Burda et al. 2016) between layers."""
+
+    def __init__(self, in_features: int, hidden_dims: Sequence[int], out_features: int, activation: str = "relu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{activation}'")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden_dims:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
             width = h
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)

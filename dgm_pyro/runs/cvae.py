@@ -20,6 +20,7 @@ from ..device import to_device
 from ..errors import DgmPyroError
 from ..models import CVAE, BaselineGuess, NNBaseline
 from ..models.cvae import DECODERS, PRIORS
+from ..models.nn import ACTIVATIONS
 from ..models.text import (POOLINGS, TEXT_ENCODERS, HashedNgramEncoder, MiniLMEncoder, check_captions, featurize,
                            vocabulary)
 from ..registry import register_model
@@ -44,6 +45,9 @@ class CVAEConfig(DatasetConfig):
     latent_dim: int = option(8, "Dimension of z.", min=1)
     hidden_dims: list[int] = option([256, 256], "Hidden widths of each network, comma-separated.", flag="--hidden",
                                     min=1)
+    activation: str = option("relu", "Nonlinearity of the MLPs: relu, or tanh (Burda et al. 2016's IWAE networks: "
+                             "--hidden 200,200 --latent-dim 50 --activation tanh).", choices=tuple(ACTIVATIONS),
+                             added=True)
     baseline: bool = option(True, "Also train the NN baseline p(x|y) for quadrant-completion data.")
     baseline_guess: bool = option(False, "Feed the NN baseline's guess E[x|y] to the CVAE beside y (Sohn et al. 2015, "
                                   "Pyro's CVAE tutorial): the baseline trains first, then stays frozen; quadrant "
@@ -131,7 +135,8 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
         y_dim = condition_net.dim
     return CVAE(ds.x_dim, y_dim, latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
                 likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale,
-                decoder=config.decoder, decoder_dropout=config.decoder_dropout, condition_net=condition_net)
+                decoder=config.decoder, decoder_dropout=config.decoder_dropout, condition_net=condition_net,
+                activation=config.activation)
 
 
 def build_baseline(config: CVAEConfig, ds: ConditionalDataset) -> NNBaseline:

@@ -106,3 +106,19 @@ def test_unnormalized_categorical_is_torchs_categorical_bit_for_bit():
     assert ours.expand((4, 5, 64)) is ours
     with pytest.raises(ValueError):
         UnnormalizedCategorical(torch.tensor([[float("nan"), 0.0]]), validate_args=True)
+
+
+def test_burda_networks_tanh_between_the_layers():
+    """--activation tanh (Burda et al.'s IWAE networks): every MLP of the CVAE computes tanh between its layers, and
+    the decoder's output is exactly the affine-tanh-affine-tanh-affine chain of its weights."""
+    from dgm_pyro.models.nn import MLP
+
+    model = CVAE(784, 0, latent_dim=50, hidden_dims=[200, 200], likelihood="bernoulli", activation="tanh")
+    for net in (model.encoder, model.decoder):
+        assert [type(m).__name__ for m in net] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+    z = torch.randn(3, 50)
+    l1, _, l2, _, l3 = model.decoder
+    assert torch.allclose(model.decoder(z), l3(torch.tanh(l2(torch.tanh(l1(z))))))
+    assert [type(m).__name__ for m in CVAE(4, 2, hidden_dims=[8]).encoder] == ["Linear", "ReLU", "Linear"]
+    with pytest.raises(ValueError, match="activation must be one of relu, tanh, got 'gelu'"):
+        MLP(3, [4], 2, activation="gelu")
