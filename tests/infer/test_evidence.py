@@ -477,3 +477,15 @@ def test_auto_is_adaptive_where_it_applies_and_importance_sampling_elsewhere(cap
     adaptive = log_evidence(model, guide, x, num_particles=100, method="adaptive", warn=False)
     assert auto.method == "adaptive" and torch.equal(auto.log_evidence, adaptive.log_evidence)
     assert log_evidence(discrete_model, discrete_guide, x, num_particles=50, method="auto", warn=False).method == "is"
+
+
+def test_khat_is_minus_infinity_only_for_constant_weights():
+    """Weights that vary a little (log-weights spread over 0.5 nats) have a tail and a finite k-hat; weights constant
+    to float rounding (spread 1e-6) have none: -inf."""
+    from dgm_pyro.infer.evidence import psis_khat
+
+    g = torch.Generator().manual_seed(0)
+    varied = 0.5 * torch.rand(500, 2, generator=g, dtype=torch.float64)
+    flat = torch.zeros(500, 1, dtype=torch.float64) + 1e-6 * torch.rand(500, 1, generator=g, dtype=torch.float64)
+    k = psis_khat(varied)
+    assert k.dtype == torch.float64 and bool(torch.isfinite(k).all()) and psis_khat(flat).item() == -math.inf

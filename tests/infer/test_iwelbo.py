@@ -175,3 +175,44 @@ def test_keyword_data_reach_the_gradient_step_and_the_single_trace_api_is_refuse
     with pytest.raises(NotImplementedError, match="^" + re.escape(
             "IWELBO draws its particles in one vectorised trace; see differentiable_loss") + "$"):
         loss._get_trace(model, guide, (), {"x": x})
+
+
+def test_dreg_has_the_iwae_value_and_each_model_its_own_plates(lg):
+    """The doubly-reparameterised objective changes the gradient, not the value: the same bound as iwae on the same
+    draws. The plates found for one model are not used for another (one IWELBO, two models whose batch plates
+    differ in name and size)."""
+    import re
+
+    truth, x, y = lg
+    iwae, dreg = IWELBO(4, estimator="iwae"), IWELBO(4, estimator="dreg")
+    for loss in (iwae, dreg):
+        loss.loss(truth.model, truth.exact_guide, x, y)
+    pyro.set_rng_seed(11)
+    a = iwae.loss(truth.model, truth.exact_guide, x, y)
+    pyro.set_rng_seed(11)
+    b = dreg.loss(truth.model, truth.exact_guide, x, y)
+    assert a == pytest.approx(b, rel=1e-12)
+    assert (IWELBO().num_particles, IWELBO().estimator) == (10, "dreg")
+    with pytest.raises(DgmPyroError, match="^" + re.escape("estimator must be one of iwae, dreg, got 'reinforce'") + "$"):
+        IWELBO(estimator="reinforce")
+
+    def grid_model(v):
+        with pyro.plate("cols", 3, dim=-1), pyro.plate("rows", 2, dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("v", dist.Normal(z, 1.0), obs=v)
+
+    def grid_guide(v):
+        with pyro.plate("cols", 3, dim=-1), pyro.plate("rows", 2, dim=-2):
+            pyro.sample("z", dist.Normal(0.5 * v, 0.8))
+
+    v = torch.tensor([[0.1, -0.5, 1.0], [0.3, 0.2, -1.0]])
+    shared = IWELBO(3, estimator="iwae")
+    shared.loss(truth.model, truth.exact_guide, x, y)
+    shared.loss(grid_model, grid_guide, v)  # finds this model's plates (a trace that draws)
+    pyro.set_rng_seed(2)
+    value = shared.loss(grid_model, grid_guide, v)
+    fresh = IWELBO(3, estimator="iwae")
+    fresh.loss(grid_model, grid_guide, v)
+    pyro.set_rng_seed(2)
+    assert value == pytest.approx(fresh.loss(grid_model, grid_guide, v), rel=1e-12)  # its own plates, not the first's
+    assert shared._batch(grid_model, grid_guide, (v,), {}) != shared._batch(truth.model, truth.exact_guide, (x, y), {})

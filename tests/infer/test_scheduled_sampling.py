@@ -42,3 +42,53 @@ def test_schedule_refusals_and_their_boundaries():
                           (lambda: InverseSigmoid(0.5), "InverseSigmoid: k must be >= 1, got 0.5")]:
         with pytest.raises(DgmPyroError, match="^" + re.escape(message) + "$"):
             make()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cosine:3", "unknown scheduled-sampling schedule 'cosine:3'; use none, linear:STEPS[:END], "
+                 "exponential:RATE[:FLOOR] or inverse-sigmoid:K"),
+    ("linear:2.5", "bad scheduled-sampling schedule 'linear:2.5'; use none, linear:STEPS[:END], "
+                   "exponential:RATE[:FLOOR] or inverse-sigmoid:K"),
+    ("linear:10:1.5", "bad scheduled-sampling schedule 'linear:10:1.5'; use none, linear:STEPS[:END], "
+                      "exponential:RATE[:FLOOR] or inverse-sigmoid:K"),
+    ("exponential:x", "bad scheduled-sampling schedule 'exponential:x'; use none, linear:STEPS[:END], "
+                      "exponential:RATE[:FLOOR] or inverse-sigmoid:K"),
+])
+def test_teacher_forcing_refusals_name_the_forms(spec, message):
+    import re
+
+    from dgm_pyro.infer.scheduled_sampling import parse_teacher_forcing
+
+    with pytest.raises(DgmPyroError, match="^" + re.escape(message) + "$"):
+        parse_teacher_forcing(spec)
+
+
+def test_teacher_forcing_forms_and_their_ends():
+    from dgm_pyro.infer.scheduled_sampling import parse_teacher_forcing
+
+    assert repr(parse_teacher_forcing("linear:10:1")) == "Linear(start=1, end=1, steps=10)"  # END = 1 is allowed
+    assert repr(parse_teacher_forcing("linear:10")) == "Linear(start=1, end=0, steps=10)"
+    assert parse_teacher_forcing("none")(50) == 1.0
+
+
+def test_ais_schedule_default_steepness_and_refusal():
+    import re
+
+    import torch
+
+    from dgm_pyro.infer.ais import sigmoid_schedule
+
+    b = sigmoid_schedule(4)
+    s = torch.sigmoid(4.0 * (2 * torch.linspace(0, 1, 5, dtype=torch.float64) - 1))
+    assert torch.allclose(b, (s - s[0]) / (s[-1] - s[0]))
+    with pytest.raises(DgmPyroError, match="^" + re.escape("num_steps must be >= 1, got 0") + "$"):
+        sigmoid_schedule(0)
+
+
+def test_latent_scale_refusal_names_the_value():
+    import re
+
+    from dgm_pyro.infer.annealing import LatentScaleMessenger
+
+    with pytest.raises(ValueError, match="^" + re.escape("latent scale must be finite and >= 0, got -1.0") + "$"):
+        LatentScaleMessenger(-1.0)
