@@ -204,6 +204,9 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
         notes.append(f"the link heuristics ({', '.join(heuristics)}) forecast edges only: their feature columns are "
                      f"NaN; {', '.join(ranking)} give ranking scores, not probabilities: only AUC and AP apply")
     not_scored = {} if run.baseline is not None else {"GCN+GRU": _why_no_baseline(run)}
+    if sparse and history.num_nodes > FORECAST_MAX_NODES:
+        not_scored.update({h.name: f"the link heuristics score all N x N pairs, up to {FORECAST_MAX_NODES} nodes"
+                           for h in link_heuristics()})
     result: dict[str, Any] = {"run": str(run.path), "out": str(out_path), "horizon": horizon, "samples": num_samples,
                               "chains": chains, "seed": seed, "edges": "sparse" if sparse else "dense",
                               "scored_steps": scored, "metrics": metrics,

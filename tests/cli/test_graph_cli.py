@@ -270,6 +270,9 @@ def test_large_graphs_forecast_sparse_by_default(graph_run, tmp_path, monkeypatc
     assert r.exit_code == 2 and "use --edges sparse" in r.output and not (tmp_path / "d.nc").exists()
     r = run("forecast", graph_run, "--horizon", 1, "--samples", 5, "--out", tmp_path / "a.nc", "--json", "--no-plots")
     assert r.exit_code == 0 and json.loads(r.stdout)["edges"] == "sparse"
+    res = json.loads(r.stdout)  # above the dense limit the N x N heuristics have no row, and say why
+    assert not set(HEURISTICS) & set(res["metrics"])
+    assert res["not_scored"]["Katz"] == "the link heuristics score all N x N pairs, up to 100 nodes"
     monkeypatch.setattr(graph_runs, "SPARSE_MAX_EDGES", 1000)
     r = run("forecast", graph_run, "--horizon", 2, "--samples", 5, "--out", tmp_path / "b.nc")
     assert r.exit_code == 2 and "train it longer" in r.output and len(r.output.strip().splitlines()) == 1
