@@ -211,3 +211,94 @@ def test_a_diverging_validation_score_stops_training_and_says_what_to_change(tmp
     (message,) = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
     assert message.startswith("the validation elbo fell from -90 (epoch 2) to -1e+12: training diverged and stopped; "
                               "best.pt keeps epoch 2.") and "--likelihood bernoulli" in message
+
+
+def _scripted_validation(scores, criterion="elbo", patience=2):
+    """A Validation whose measure returns the scripted (elbo, log-likelihood) pairs in turn, and a trainer stub."""
+    cb = C.Validation((torch.zeros(1, 1), torch.zeros(1, 0)), particles=2, patience=patience, criterion=criterion)
+    pairs = iter(scores)
+    cb._measure = lambda module: (*next(pairs), {})
+    trainer = SimpleNamespace(module=None, data=SimpleNamespace(unit="epoch"), state={}, improved=None)
+    return cb, trainer
+
+
+def test_validation_selects_on_its_criterion_and_resets_patience_on_improvement():
+    """The ELBO rises while the log-likelihood falls: with criterion log_likelihood (iwae, dreg) the best epoch is
+    the first; with the ELBO, the last. Patience counts bad epochs since the last improvement."""
+    scores = [(-10.0, -5.0), (-9.0, -6.0), (-8.0, -7.0)]
+    for criterion, best in (("log_likelihood", 1), ("elbo", 3)):
+        cb, trainer = _scripted_validation(scores, criterion, patience=5)
+        for epoch in (1, 2, 3):
+            cb.on_interval_end(trainer, {"epoch": epoch})
+        assert cb.state["best_epoch"] == best and cb.summary() == {
+            "best_epoch": best, f"best_valid_{criterion}": dict(elbo=-8.0, log_likelihood=-5.0)[criterion]}
+    # scores 1, 0, 2, 1, 1 with patience 2: bad, improved (the count starts again), bad, bad -> stops at epoch 5
+    cb, trainer = _scripted_validation([(s, s) for s in (1.0, 0.0, 2.0, 1.0, 1.0)], patience=2)
+    stopped_at = None
+    for epoch in range(1, 6):
+        cb.on_interval_end(trainer, {"epoch": epoch})
+        if trainer.state.get("stopped") and stopped_at is None:
+            stopped_at = epoch
+    assert stopped_at == 5 and cb.state == {"best_score": 2.0, "best_epoch": 3, "bad_epochs": 2}
+
+
+def test_validation_defaults_and_refusal():
+    import re
+
+    cb = C.Validation((torch.zeros(1, 1), torch.zeros(1, 0)), particles=2, patience=1)
+    assert cb.criterion == "elbo" and cb.track is False and cb.fields == ("valid_elbo", "valid_log_likelihood", "best")
+    assert cb.state == {"best_score": -float("inf"), "best_epoch": 0, "bad_epochs": 0}
+    with pytest.raises(ValueError, match="^" + re.escape("criterion must be 'elbo' or 'log_likelihood', got 'nll'")
+                       + "$"):
+        C.Validation((torch.zeros(1, 1), torch.zeros(1, 0)), particles=2, patience=1, criterion="nll")
+    assert C.Validation((torch.zeros(1, 1), torch.zeros(1, 0)), 2, 1, criterion="log_likelihood").criterion == \
+        "log_likelihood"
+
+
+def test_validation_measures_are_the_librarys_on_the_same_draws():
+    """valid_elbo and valid_log_likelihood are log_evidence's with the given particles; the collapse columns are
+    collapse_report's with the label groups, 10 draws and no NLL, and they leave the random state as it was."""
+    import pyro
+
+    from dgm_pyro.diagnostics import collapse_report
+    from dgm_pyro.infer import log_evidence
+    from dgm_pyro.models import LinearGaussianCVAE
+
+    pyro.set_rng_seed(0)
+    truth = LinearGaussianCVAE(dtype=torch.float64)
+    y = torch.randn(40, truth.y_dim, dtype=torch.float64)
+    x = truth.sample(y)
+    groups = torch.arange(40) % 3
+    module = SimpleNamespace(model=truth.model, guide=truth.exact_guide)
+    cb = C.Validation((x, y), particles=7, patience=1, track_collapse=True, groups=groups)
+    pyro.set_rng_seed(5)
+    elbo, ll, collapse = cb._measure(module)
+    after = torch.get_rng_state()
+    pyro.set_rng_seed(5)
+    res = log_evidence(truth.model, truth.exact_guide, x, y, num_particles=7, diagnostics=False, warn=False)
+    assert torch.equal(torch.get_rng_state(), after)  # the collapse measures drew from a forked generator
+    report = collapse_report(truth.model, truth.exact_guide, x, y, groups=groups, num_samples=10, particles=0)
+    assert elbo == pytest.approx(float(res.elbo.mean())) and ll == pytest.approx(float(res.log_evidence.mean()))
+    assert collapse == {"valid_kl": pytest.approx(report.kl), "valid_mi": pytest.approx(report.mutual_information),
+                        "valid_au": float(report.active_units)}
+
+
+def test_kl_annealing_callback_scales_latents_and_says_which_schedule():
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    from dgm_pyro.infer.annealing import Constant
+
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    off, on = C.KLAnnealing(None), C.KLAnnealing(Constant(0.25))
+    assert off.summary() == {"annealing": "none"} and on.summary() == {"annealing": "Constant(0.25)"}
+    for cb, beta in ((off, 1.0), (on, 0.25)):
+        with cb.step_context(None):
+            assert poutine.trace(model).get_trace().nodes["z"]["scale"] == beta
+    sched = C.ScheduledSampling(Constant(0.5))
+    row = {}
+    sched.on_interval_end(None, row)
+    assert row == {"teacher_forcing": 1.0} and sched.summary() == {"teacher_forcing": "Constant(0.5)"}
