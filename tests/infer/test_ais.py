@@ -111,3 +111,92 @@ def test_schedule_and_refusals(discrete_pair):
     with pytest.raises(DgmPyroError, match="method must be"):
         log_evidence(model, guide, torch.zeros(3), num_particles=4, method="hmc")
     assert math.isfinite(float(sigmoid_schedule(1)[1]))
+
+
+def test_step_size_adapts_per_datapoint_from_the_acceptance_rate(monkeypatch):
+    """The transitions are replaced by a script: every chain of datapoint 0 accepts, every chain of datapoint 1
+    rejects. The step size starts at 0.5 for both, is multiplied by 1.1 after a step whose mean acceptance (over
+    the chains of that datapoint) is above 0.65 and divided by 1.1 otherwise, within [1e-4, 10]; each transition
+    gets the densities at the chains' current state."""
+    from dgm_pyro.infer import ais
+
+    def model(x=None):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x=None):
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.9))
+
+    seen = []
+
+    def scripted(target, z, sd, eps, beta, steps, event_dims, densities):
+        seen.append((eps.clone(), densities, steps))
+        log_accept = torch.zeros_like(densities[0])
+        log_accept[..., 1] = -math.inf
+        return z, log_accept
+
+    monkeypatch.setattr(ais, "hmc_transition", scripted)
+    log_evidence(model, guide, x=torch.tensor([0.3, -0.2]), num_particles=4, method="ais", num_steps=100, warn=False)
+    assert len(seen) == 100 and all(s[2] == 5 and s[1] is not None and len(s[1]) == 2 for s in seen)
+    up, down = 0.5, 0.5
+    for eps, _, _ in seen:
+        assert eps.shape[0] == 1 and float(eps[..., 0]) == pytest.approx(up, rel=1e-5)  # float32 data
+        assert float(eps[..., 1]) == pytest.approx(down, rel=1e-5)
+        up, down = min(up * 1.1, 10.0), max(down / 1.1, 1e-4)
+    assert float(seen[-1][0][..., 0]) == 10.0 and float(seen[-1][0][..., 1]) == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_ais_takes_keyword_data_and_refuses_what_it_cannot_move():
+    """AIS with keyword data; a latent without a guide site and one without reparameterised draws (a von Mises
+    angle) are refused by name; called directly, ais_log_weights defaults to 100 temperatures, 5 leapfrog steps
+    and a step size of 0.5."""
+    import re
+
+    from dgm_pyro.infer.ais import ais_log_weights
+    from dgm_pyro.infer.evidence import batch_plates
+
+    def model(x=None):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x=None):
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.9))
+
+    x = torch.tensor([0.3, -0.2])
+    res = log_evidence(model, guide, x=x, num_particles=64, method="ais", num_steps=20, warn=False)
+    exact = dist.Normal(0.0, math.sqrt(2.0)).log_prob(x)
+    assert torch.allclose(res.log_evidence.float(), exact, atol=0.05)
+    shared, nesting, _ = batch_plates(model, guide, (), {"x": x})
+    keep = {d for _, d in shared}
+    pyro.set_rng_seed(1)
+    plain = ais_log_weights(model, guide, (), {"x": x}, 3, keep, nesting)
+    pyro.set_rng_seed(1)
+    explicit = ais_log_weights(model, guide, (), {"x": x}, 3, keep, nesting, num_steps=100, hmc_steps=5, step_size=0.5)
+    assert torch.equal(plain, explicit)
+
+    def two_latents(x=None):
+        with pyro.plate("data", 2):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            z = pyro.sample("z", dist.Normal(w, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(DgmPyroError, match="^" + re.escape("AIS needs a guide site for every model latent; 'w' have none")
+                       + "$"):
+        log_evidence(two_latents, guide, x=x, num_particles=4, method="ais", num_steps=2, warn=False)
+
+    def angle_model(x=None):
+        with pyro.plate("data", 2):
+            a = pyro.sample("a", dist.VonMises(0.0, 1.0))
+            pyro.sample("x", dist.Normal(a, 1.0), obs=x)
+
+    def angle_guide(x=None):
+        with pyro.plate("data", 2):
+            pyro.sample("a", dist.VonMises(x, 2.0))
+
+    assert not dist.VonMises(0.0, 1.0).has_rsample
+    with pytest.raises(DgmPyroError, match="^" + re.escape("AIS needs continuous latents; 'a' is not") + "$"):
+        log_evidence(angle_model, angle_guide, x=x, num_particles=4, method="ais", num_steps=2, warn=False)
