@@ -131,7 +131,7 @@ KNOWN = [
      "            out |= _member(d, path * self.nn + key)\n", "            pass\n",
      ["tests/models/test_graph_sparse.py"]),
     ("early stopping state not restored on resume", "dgm_pyro/callbacks.py",
-     "        self.state.update(state)\n\n\nclass Validation", "        return\n\n\nclass Validation",
+     "        self.state.update(state)\n\n\n#: a validation score", "        return\n\n\n#: a validation score",
      ["tests/test_callbacks.py", "tests/test_training.py"]),
     ("CVAE.sample ignores the condition", "dgm_pyro/models/cvae.py",
      "        y = self.features(y)\n        z = self.prior(y).sample()\n",
