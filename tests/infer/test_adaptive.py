@@ -198,7 +198,7 @@ def test_site_fit_is_the_shrunk_weighted_gaussian_of_its_draws(monkeypatch):
     # above FULL_COVARIANCE_MAX_DIM dimensions: the same variances, no correlations; at it: full covariance
     monkeypatch.setattr(adaptive, "FULL_COVARIANCE_MAX_DIM", 1)
     diag = _SiteFit(fn, z, log_w)
-    assert isinstance(diag.gauss.base_dist, dist.Normal)
+    assert isinstance(diag.gauss.base_dist, dist.Normal) and diag.log_prob(z).shape == (6, 2)
     for j, (mean, cov, _) in enumerate(_by_hand(z, log_w, spread)):
         np.testing.assert_allclose(diag.gauss.base_dist.loc[j].numpy(), mean, atol=1e-12)
         np.testing.assert_allclose(diag.gauss.base_dist.scale[j].numpy() ** 2, np.diag(cov) - 1e-6, atol=1e-10)
@@ -299,3 +299,34 @@ def test_adaptive_refusals_word_for_word(discrete_pair):
     with pytest.raises(DgmPyroError, match=r"^adaptive importance sampling needs continuous latents; '\w+' is discrete "
                                            r"\(use method='is'\)$"):
         log_evidence(model, guide, torch.zeros(3), num_particles=10, method="adaptive")
+
+
+def test_site_fit_sums_an_elementwise_jacobian_over_the_sites_event():
+    """A site whose support is declared elementwise (positive) while its event holds 2 numbers: the Jacobian of exp
+    comes per element and is summed over the event, so log g(z) = N(log z; fit) - sum log z as for a vector site."""
+    from types import SimpleNamespace
+
+    from torch.distributions import constraints
+
+    z64, log_w = _weighted_draws(k=8, b=3, d=2, seed=2)
+    fit = _SiteFit(SimpleNamespace(support=constraints.positive, event_dim=1), z64.exp(), log_w)
+    got = fit.log_prob(z64.exp())
+    assert got.shape == (8, 3)
+    assert torch.allclose(got, fit.gauss.log_prob(z64) - z64.sum(-1), atol=1e-10)
+
+
+def test_adaptive_names_every_unguided_latent():
+    import re
+
+    def model(x=None):
+        with pyro.plate("data", 2):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+            w = pyro.sample("w", dist.Normal(u, 1.0))
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    def guide(x=None):
+        pass
+
+    with pytest.raises(DgmPyroError, match="^" + re.escape("adaptive importance sampling needs a guide site for every "
+                                                           "model latent; 'u', 'w' have none (use method='is')") + "$"):
+        log_evidence(model, guide, x=torch.zeros(2), num_particles=4, method="adaptive", warn=False)

@@ -306,3 +306,9 @@ def test_scale_latents_defaults_to_one_and_infinite_ends_are_refused():
     assert poutine.trace(scale_latents(model)).get_trace().nodes["z"]["scale"] == 1.0
     with pytest.raises(DgmPyroError, match=r"^Linear: start and end must be finite and >= 0, got inf, 1.0$"):
         Linear(start=float("inf"))
+
+
+def test_a_gentle_sigmoid_is_allowed():
+    from dgm_pyro.infer.annealing import Sigmoid
+
+    assert Sigmoid(steps=10, steepness=0.5)(10) == pytest.approx(1.0)

@@ -201,12 +201,17 @@ def test_svi_trains_the_cvae_end_to_end():
 def _masked_pair(model_mask=None, guide_mask=None):
     loc = torch.tensor([[0.5], [-1.0], [2.0]])
 
+    import contextlib
+
+    def masked(mask):
+        return poutine.mask(mask=mask) if mask is not None else contextlib.nullcontext()
+
     def model():
-        with pyro.plate("data", 3), poutine.mask(mask=model_mask if model_mask is not None else True):
+        with pyro.plate("data", 3), masked(model_mask):
             pyro.sample("z", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
 
     def guide():
-        with pyro.plate("data", 3), poutine.mask(mask=guide_mask if guide_mask is not None else True):
+        with pyro.plate("data", 3), masked(guide_mask):
             pyro.sample("z", dist.Normal(loc, 0.5).to_event(1))
 
     d = cs_divergence(dist.Normal(loc, 0.5).to_event(1), dist.Normal(0.0, 1.0).expand([3, 1]).to_event(1))

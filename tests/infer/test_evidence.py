@@ -489,3 +489,36 @@ def test_khat_is_minus_infinity_only_for_constant_weights():
     flat = torch.zeros(500, 1, dtype=torch.float64) + 1e-6 * torch.rand(500, 1, generator=g, dtype=torch.float64)
     k = psis_khat(varied)
     assert k.dtype == torch.float64 and bool(torch.isfinite(k).all()) and psis_khat(flat).item() == -math.inf
+
+
+def test_auto_at_two_particles_with_keyword_data_and_every_name_in_the_reason(caplog):
+    import logging
+
+    from dgm_pyro.infer.evidence import resolve_method
+
+    def model(x=None):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x=None):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+
+    def two_discrete(x=None):
+        with pyro.plate("data", 3):
+            a = pyro.sample("a", dist.Bernoulli(0.5))
+            b = pyro.sample("b", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(a + b, 1.0), obs=x)
+
+    def two_discrete_guide(x=None):
+        with pyro.plate("data", 3):
+            pyro.sample("a", dist.Bernoulli(0.3))
+            pyro.sample("b", dist.Bernoulli(0.6))
+
+    x = torch.tensor([0.3, -1.0, 2.0])
+    assert resolve_method("auto", model, guide, x=x, num_particles=2) == "adaptive"  # keyword data, K = 2 fits
+    assert resolve_method("auto", model, guide, x=x) == "adaptive"
+    with caplog.at_level(logging.INFO, logger="dgm_pyro.infer.evidence"):
+        assert resolve_method("auto", two_discrete, two_discrete_guide, x=x, num_particles=10) == "is"
+    assert caplog.records[-1].getMessage().endswith("(adaptive does not apply: the latent(s) 'a', 'b' are discrete)")
