@@ -91,10 +91,11 @@ class ScriptedTrainer:
 
 
 def test_aggressive_training_steps_the_encoder_until_a_window_of_its_loss_is_no_better():
-    """Windows of AGGRESSIVE_WINDOW encoder steps: sums 50, 40, 40; the third is no better than the second, so
+    """Windows of AGGRESSIVE_WINDOW encoder steps, compared by their sums: 46, 40, 40 (the first window ends on a low
+    step, so comparing last steps instead of sums would stop after two); the third is no better than the second, so
     the encoder takes 3 windows of steps on fresh minibatches, then the decoder one step on the given batch."""
     w = C.AGGRESSIVE_WINDOW
-    trainer = ScriptedTrainer([5.0] * w + [4.0] * w + [4.0] * w + [0.0] * 100)
+    trainer = ScriptedTrainer([5.0] * (w - 1) + [1.0] + [4.0] * w + [4.0] * w + [0.0] * 100)
     cb = C.AggressiveTraining()
     got = cb.train_batch(trainer, ("batch",), 2.0, True, "here", {"k": 1})
     encoder = [c for c in trainer.calls if c[2] == ["q"]]
@@ -135,12 +136,16 @@ def test_aggressive_training_leaves_for_joint_updates_once_the_mutual_informatio
 
 
 def test_aggressive_training_refuses_what_it_cannot_run(monkeypatch):
+    import re
+
     no_encoder = SimpleNamespace(guide_optimizer=None)
-    with pytest.raises(DgmPyroError, match=r"needs a module with guide_parameters\(\)"):
+    with pytest.raises(DgmPyroError, match="^" + re.escape("aggressive training needs a module with guide_parameters() "
+                                                           "(the encoder's parameters)") + "$"):
         C.AggressiveTraining().on_train_start(no_encoder)
     C.AggressiveTraining(enabled=False).on_train_start(no_encoder)  # off: nothing to check
     monkeypatch.setattr(C.D, "world_size", lambda: 2)
-    with pytest.raises(DgmPyroError, match="not supported with several processes"):
+    with pytest.raises(DgmPyroError, match="^" + re.escape("aggressive training is not supported with several "
+                                                           "processes (its inner loop is sequential)") + "$"):
         C.AggressiveTraining().on_train_start(SimpleNamespace(guide_optimizer="opt"))
 
 
@@ -180,7 +185,8 @@ def test_forecast_validation_scores_the_held_out_snapshots_on_fixed_random_numbe
         cb.on_interval_end(trainer, row)
         assert row["valid_log_likelihood"] == pytest.approx(expected, abs=1e-6) and row["best"] == 0.0
     assert trainer.state == {"stopped": "early"} and cb.state["bad_epochs"] == 2 and cb.state["best_epoch"] == 10
-    assert C.ForecastValidation(history, held_out, patience=2).num_samples == 20  # the default
+    default = C.ForecastValidation(history, held_out, patience=2)
+    assert (default.num_samples, default.seed) == (20, 0)  # the defaults
 
 
 def test_divergence_is_a_score_far_below_the_best_or_not_finite():
@@ -209,8 +215,10 @@ def test_a_diverging_validation_score_stops_training_and_says_what_to_change(tmp
     assert summary["stopped"] == "diverged" and summary["epochs_run"] == 3 and summary["best_epoch"] == 2
     assert load_checkpoint(tmp_path / "run" / "best.pt")["callbacks"]["Validation"]["best_epoch"] == 2
     (message,) = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
-    assert message.startswith("the validation elbo fell from -90 (epoch 2) to -1e+12: training diverged and stopped; "
-                              "best.pt keeps epoch 2.") and "--likelihood bernoulli" in message
+    assert message == ("the validation elbo fell from -90 (epoch 2) to -1e+12: training diverged and stopped; best.pt "
+                       "keeps epoch 2. The likelihood is likely degenerate: a Gaussian's variance collapses onto "
+                       "repeated values, such as the exact zeros of images (grey levels in [0, 1] want --likelihood "
+                       "bernoulli); otherwise lower --lr or --clip-norm")
 
 
 def _scripted_validation(scores, criterion="elbo", patience=2):
@@ -302,3 +310,14 @@ def test_kl_annealing_callback_scales_latents_and_says_which_schedule():
     row = {}
     sched.on_interval_end(None, row)
     assert row == {"teacher_forcing": 1.0} and sched.summary() == {"teacher_forcing": "Constant(0.5)"}
+
+
+def test_a_diverging_log_likelihood_is_named_as_such(caplog):
+    import logging
+
+    cb, trainer = _scripted_validation([(-5.0, -5.0), (-9e9, -9e9)], criterion="log_likelihood", patience=5)
+    with caplog.at_level(logging.WARNING, logger="dgm_pyro.training"):
+        for epoch in (1, 2):
+            cb.on_interval_end(trainer, {"epoch": epoch})
+    assert trainer.state == {"stopped": "diverged"}
+    assert caplog.records[-1].getMessage().startswith("the validation log-likelihood fell from -5 (epoch 1) to -9e+09")
