@@ -522,3 +522,32 @@ def test_auto_at_two_particles_with_keyword_data_and_every_name_in_the_reason(ca
     with caplog.at_level(logging.INFO, logger="dgm_pyro.infer.evidence"):
         assert resolve_method("auto", two_discrete, two_discrete_guide, x=x, num_particles=10) == "is"
     assert caplog.records[-1].getMessage().endswith("(adaptive does not apply: the latent(s) 'a', 'b' are discrete)")
+
+
+def test_auto_through_log_evidence_sees_the_particle_count_and_keyword_data(caplog):
+    import logging
+
+    from dgm_pyro.infer.evidence import resolve_method
+
+    def model(x=None):
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x=None):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+
+    def unguided_pair(x=None):
+        with pyro.plate("data", 3):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+            w = pyro.sample("w", dist.Normal(u, 1.0))
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    x = torch.tensor([0.3, -1.0, 2.0])
+    assert log_evidence(model, guide, x=x, num_particles=1, method="auto", warn=False).method == "is"
+    assert log_evidence(model, guide, x=x, num_particles=20, method="auto", warn=False).method == "adaptive"
+    with caplog.at_level(logging.INFO, logger="dgm_pyro.infer.evidence"):
+        assert resolve_method("auto", unguided_pair, guide, x=x, num_particles=10) == "is"
+    assert caplog.records[-1].getMessage().endswith("(adaptive does not apply: the model latent(s) 'u', 'w' have no "
+                                                    "guide site)")
