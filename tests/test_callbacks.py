@@ -16,9 +16,8 @@ class Stop(Exception):
     pass
 
 
-@pytest.fixture
-def scripted_validation(monkeypatch):
-    """Validation measures SCORES[epoch] instead of the model; the early-stopping logic under it is the real one."""
+def _score_validation_by_epoch(monkeypatch, scores):
+    """Validation measures scores[epoch] instead of the model; the early-stopping logic under it is the real one."""
     measure = Validation.on_interval_end
 
     def on_interval_end(self, trainer, row):
@@ -26,7 +25,12 @@ def scripted_validation(monkeypatch):
         measure(self, trainer, row)
 
     monkeypatch.setattr(Validation, "on_interval_end", on_interval_end)
-    monkeypatch.setattr(Validation, "_measure", lambda self, module: (SCORES[self._epoch], SCORES[self._epoch], {}))
+    monkeypatch.setattr(Validation, "_measure", lambda self, module: (scores[self._epoch], scores[self._epoch], {}))
+
+
+@pytest.fixture
+def scripted_validation(monkeypatch):
+    _score_validation_by_epoch(monkeypatch, SCORES)
 
 
 def _stop_at(epoch):
@@ -201,15 +205,7 @@ def test_a_diverging_validation_score_stops_training_and_says_what_to_change(tmp
     stops at that epoch (not after its patience), best.pt keeps epoch 2, and one warning names the likelihood."""
     import logging
 
-    scores = {1: -100.0, 2: -90.0, 3: -1e12, 4: -1e13}
-    measure = Validation.on_interval_end
-
-    def on_interval_end(self, trainer, row):
-        self._epoch = int(row["epoch"])
-        measure(self, trainer, row)
-
-    monkeypatch.setattr(Validation, "on_interval_end", on_interval_end)
-    monkeypatch.setattr(Validation, "_measure", lambda self, module: (scores[self._epoch], scores[self._epoch], {}))
+    _score_validation_by_epoch(monkeypatch, {1: -100.0, 2: -90.0, 3: -1e12, 4: -1e13})
     with caplog.at_level(logging.WARNING, logger="dgm_pyro.training"):
         summary = train_run(TrainConfig(**dict(SMALL, epochs=6, patience=5)), tmp_path / "run")
     assert summary["stopped"] == "diverged" and summary["epochs_run"] == 3 and summary["best_epoch"] == 2

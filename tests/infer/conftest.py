@@ -17,3 +17,41 @@ def discrete_pair():
             pyro.sample("c", dist.Bernoulli(0.5))
 
     return model, guide
+
+
+@pytest.fixture
+def latent_pair():
+    """``make(prior, proposal, noise)``: a model z ~ prior, x ~ N(z, noise^2 I) per row of x (plate ``obs``) and a
+    guide z ~ proposal(x): the smallest pair on which an objective's latent term can be checked by hand."""
+    def make(prior, proposal, noise=1.0):
+        def model(x):
+            with pyro.plate("obs", x.shape[0]):
+                z = pyro.sample("z", prior)
+                pyro.sample("x", dist.Normal(z, noise).to_event(1), obs=x)
+
+        def guide(x):
+            with pyro.plate("obs", x.shape[0]):
+                pyro.sample("z", proposal(x))
+
+        return model, guide
+
+    return make
+
+
+@pytest.fixture
+def normal_pair():
+    """``make(n, noise, a, b)``: z ~ N(0, 1), x ~ N(z, noise^2) for n datapoints (plate ``data``, data by keyword
+    ``x``), and the guide z ~ N(a x, b^2); log p(x) = N(x; 0, 1 + noise^2) exactly."""
+    def make(n, noise=1.0, a=0.5, b=0.8):
+        def model(x=None):
+            with pyro.plate("data", n):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, noise), obs=x)
+
+        def guide(x=None):
+            with pyro.plate("data", n):
+                pyro.sample("z", dist.Normal(a * x, b))
+
+        return model, guide
+
+    return make

@@ -221,19 +221,12 @@ def test_site_fit_of_a_positive_vector_site_in_float32():
     assert draws.shape == (5, 3, 2) and draws.dtype == torch.float32 and bool((draws > 0).all())
 
 
-def test_knobs_of_the_adaptive_rounds(monkeypatch):
+def test_knobs_of_the_adaptive_rounds(monkeypatch, normal_pair):
     """Defaults (3 rounds, defensive 0.2), a defensive share of 1 (the guide alone: every weight is p/q), two
     particles, chunks, keyword data, and each round's fit shrinking towards the one before."""
     from dgm_pyro.infer import adaptive
 
-    def model(x=None):
-        with pyro.plate("data", 2):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
-
-    def guide(x=None):
-        with pyro.plate("data", 2):
-            pyro.sample("z", dist.Normal(0.6 * x, 0.9))
+    model, guide = normal_pair(2, noise=0.5, a=0.6, b=0.9)
 
     x = torch.tensor([0.7, -0.4])
     exact = dist.Normal(0.0, math.sqrt(1.25)).log_prob(x).double()

@@ -113,21 +113,14 @@ def test_schedule_and_refusals(discrete_pair):
     assert math.isfinite(float(sigmoid_schedule(1)[1]))
 
 
-def test_step_size_adapts_per_datapoint_from_the_acceptance_rate(monkeypatch):
+def test_step_size_adapts_per_datapoint_from_the_acceptance_rate(monkeypatch, normal_pair):
     """The transitions are replaced by a script: every chain of datapoint 0 accepts, every chain of datapoint 1
     rejects. The step size starts at 0.5 for both, is multiplied by 1.1 after a step whose mean acceptance (over
     the chains of that datapoint) is above 0.65 and divided by 1.1 otherwise, within [1e-4, 10]; each transition
     gets the densities at the chains' current state."""
     from dgm_pyro.infer import ais
 
-    def model(x=None):
-        with pyro.plate("data", 2):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x=None):
-        with pyro.plate("data", 2):
-            pyro.sample("z", dist.Normal(0.5 * x, 0.9))
+    model, guide = normal_pair(2, noise=1.0, a=0.5, b=0.9)
 
     seen = []
 
@@ -148,7 +141,7 @@ def test_step_size_adapts_per_datapoint_from_the_acceptance_rate(monkeypatch):
     assert float(seen[-1][0][..., 0]) == 10.0 and float(seen[-1][0][..., 1]) == pytest.approx(1e-4, rel=1e-6)
 
 
-def test_ais_takes_keyword_data_and_refuses_what_it_cannot_move():
+def test_ais_takes_keyword_data_and_refuses_what_it_cannot_move(normal_pair):
     """AIS with keyword data; a latent without a guide site and one without reparameterised draws (a von Mises
     angle) are refused by name; called directly, ais_log_weights defaults to 100 temperatures, 5 leapfrog steps
     and a step size of 0.5."""
@@ -157,14 +150,7 @@ def test_ais_takes_keyword_data_and_refuses_what_it_cannot_move():
     from dgm_pyro.infer.ais import ais_log_weights
     from dgm_pyro.infer.evidence import batch_plates
 
-    def model(x=None):
-        with pyro.plate("data", 2):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x=None):
-        with pyro.plate("data", 2):
-            pyro.sample("z", dist.Normal(0.5 * x, 0.9))
+    model, guide = normal_pair(2, noise=1.0, a=0.5, b=0.9)
 
     x = torch.tensor([0.3, -0.2])
     res = log_evidence(model, guide, x=x, num_particles=64, method="ais", num_steps=20, warn=False)

@@ -93,21 +93,14 @@ def test_scale_and_mask_are_honoured():
     assert masked["regulariser"] == pytest.approx(2.0 * float(d[mask].sum()), rel=1e-9)
 
 
-def test_full_covariance_and_mixture_sites_use_closed_forms():
+def test_full_covariance_and_mixture_sites_use_closed_forms(latent_pair):
     loc = torch.tensor([[0.5, -0.2], [1.0, 0.3]], dtype=torch.float64)
     tril = torch.tensor([[[0.8, 0.0], [0.3, 0.5]], [[1.1, 0.0], [-0.4, 0.7]]], dtype=torch.float64)
     mix = dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.3, 0.7], dtype=torch.float64)),
                                  dist.MultivariateNormal(torch.tensor([[-1.0, 0.0], [1.5, 0.5]], dtype=torch.float64),
                                                          scale_tril=0.6 * torch.eye(2, dtype=torch.float64)))
 
-    def mog_model(x):
-        with pyro.plate("obs", 2):
-            z = pyro.sample("z", mix)
-            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
-
-    def mvn_guide(x):
-        with pyro.plate("obs", 2):
-            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=tril))
+    mog_model, mvn_guide = latent_pair(mix, lambda x: dist.MultivariateNormal(loc, scale_tril=tril))
 
     got = CSELBO(lam=0.7).components(mog_model, mvn_guide, torch.zeros(2, 2, dtype=torch.float64))["regulariser"]
     want = 0.7 * float(cs_divergence(dist.MultivariateNormal(loc, scale_tril=tril), mix).sum())

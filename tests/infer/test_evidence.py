@@ -425,21 +425,14 @@ def test_summary_is_the_means_of_hand_made_results():
     assert s["log_evidence"] is None and s["log_evidence_stderr"] is None and s["elbo"] == -1.0
 
 
-def test_auto_is_adaptive_where_it_applies_and_importance_sampling_elsewhere(caplog):
+def test_auto_is_adaptive_where_it_applies_and_importance_sampling_elsewhere(caplog, normal_pair):
     """auto: adaptive for continuous guided latents; plain importance sampling for a discrete latent, an unguided
     one, or a single particle (with a line saying why); the resolution draws nothing."""
     import logging
 
     from dgm_pyro.infer.evidence import resolve_method
 
-    def model(x):
-        with pyro.plate("data", 3):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", 3):
-            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+    model, guide = normal_pair(3)
 
     def discrete_model(x):
         with pyro.plate("data", 3):
@@ -491,19 +484,12 @@ def test_khat_is_minus_infinity_only_for_constant_weights():
     assert k.dtype == torch.float64 and bool(torch.isfinite(k).all()) and psis_khat(flat).item() == -math.inf
 
 
-def test_auto_at_two_particles_with_keyword_data_and_every_name_in_the_reason(caplog):
+def test_auto_at_two_particles_with_keyword_data_and_every_name_in_the_reason(caplog, normal_pair):
     import logging
 
     from dgm_pyro.infer.evidence import resolve_method
 
-    def model(x=None):
-        with pyro.plate("data", 3):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x=None):
-        with pyro.plate("data", 3):
-            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+    model, guide = normal_pair(3, noise=1.0, a=0.5, b=0.8)
 
     def two_discrete(x=None):
         with pyro.plate("data", 3):
@@ -524,19 +510,12 @@ def test_auto_at_two_particles_with_keyword_data_and_every_name_in_the_reason(ca
     assert caplog.records[-1].getMessage().endswith("(adaptive does not apply: the latent(s) 'a', 'b' are discrete)")
 
 
-def test_auto_through_log_evidence_sees_the_particle_count_and_keyword_data(caplog):
+def test_auto_through_log_evidence_sees_the_particle_count_and_keyword_data(caplog, normal_pair):
     import logging
 
     from dgm_pyro.infer.evidence import resolve_method
 
-    def model(x=None):
-        with pyro.plate("data", 3):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x=None):
-        with pyro.plate("data", 3):
-            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+    model, guide = normal_pair(3, noise=1.0, a=0.5, b=0.8)
 
     def unguided_pair(x=None):
         with pyro.plate("data", 3):

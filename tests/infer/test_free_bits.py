@@ -238,18 +238,10 @@ def test_regulariser_with_one_datapoint_and_with_a_tensor_scale_by_hand():
     assert got == pytest.approx(float(scale.mean() * 4 * kl.mean(0).clamp(min=lam).sum()), rel=1e-6)
 
 
-def test_components_average_the_particles():
+def test_components_average_the_particles(normal_pair):
     """With 2 particles drawn one after the other, each term is the mean of the two one-particle terms on the same
     random stream."""
-    def model(x):
-        with pyro.plate("data", 3):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", 3):
-            pyro.sample("z", dist.Normal(0.3 * x, 0.8))
-
+    model, guide = normal_pair(3, noise=0.5, a=0.3)
     x = torch.tensor([0.5, -1.0, 2.0])
     pyro.set_rng_seed(4)
     two = FreeBitsELBO(lam=0.1, per="site", num_particles=2).components(model, guide, x)

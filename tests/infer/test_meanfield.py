@@ -11,22 +11,10 @@ from pyro.infer import TraceMeanField_ELBO
 from dgm_pyro.infer import MeanFieldELBO
 
 
-def _pair(prior):
-    x = torch.randn(20, 2)
+def test_same_value_as_pyros_and_a_warning_once_where_the_kl_is_sampled(latent_pair):
+    def _pair(prior):
+        return (*latent_pair(prior, lambda x: dist.Normal(0.5 * x, 0.7).to_event(1), noise=0.5), torch.randn(20, 2))
 
-    def model(x):
-        with pyro.plate("obs", 20):
-            z = pyro.sample("z", prior)
-            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
-
-    def guide(x):
-        with pyro.plate("obs", 20):
-            pyro.sample("z", dist.Normal(0.5 * x, 0.7).to_event(1))
-
-    return model, guide, x
-
-
-def test_same_value_as_pyros_and_a_warning_once_where_the_kl_is_sampled():
     mix = dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.4, 0.6])),
                                  dist.Normal(torch.tensor([[-1.0, 0.0], [1.0, 1.0]]), 1.0).to_event(1))
     model, guide, x = _pair(mix)
