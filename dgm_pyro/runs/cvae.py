@@ -236,10 +236,19 @@ class CVAEKind(DatasetModelKind):
         return run
 
     def sample(self, run: DatasetRun, label: Optional[int] = None, condition: Optional[torch.Tensor] = None,
-               num: int = 8, mean: bool = True, seed: int = 0,
-               texts: Optional[list[str]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generate ``num`` samples per condition (seed P1.8); see :func:`generate`."""
-        return generate(run, label=label, condition=condition, num=num, mean=mean, seed=seed, texts=texts)
+               num: int = 8, mean: bool = True, seed: int = 0, texts: Optional[list[str]] = None,
+               **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate ``num`` samples per condition (seed P1.8); see :func:`generate`. A text-conditioned run (or
+        ``texts``) is sampled from prompts; anything else as every dataset model is."""
+        ds = run.dataset
+        if ds.condition != "text" and texts is None:
+            return super().sample(run, label=label, condition=condition, num=num, mean=mean, seed=seed, **options)
+        if label is not None or condition is not None:
+            raise DgmPyroError(f"{run.path}: a text-conditioned run is sampled from prompts (--text, --text-file), "
+                               "not from a label or condition file" if ds.condition == "text" else
+                               "give prompts or a label or a condition, not several")
+        y = prompt_conditions(run, default_prompts(ds) if texts is None else texts)
+        return self.draw_per_condition(run, y, num, mean, seed, **options)
 
 
 def default_prompts(ds: ConditionalDataset) -> list[str]:
@@ -286,12 +295,4 @@ def generate(run: DatasetRun, label: Optional[int] = None, condition: Optional[t
     first 8 test captions). Returns ``(x, y)`` on the CPU with ``x`` of shape (C, num, x_dim) for C
     conditions and ``y`` the conditions the model took.
     """
-    ds = run.dataset
-    if ds.condition != "text" and texts is None:
-        return DatasetModelKind.sample(run.kind, run, label=label, condition=condition, num=num, mean=mean, seed=seed)
-    if label is not None or condition is not None:
-        raise DgmPyroError(f"{run.path}: a text-conditioned run is sampled from prompts (--text, --text-file), "
-                           "not from a label or condition file" if ds.condition == "text" else
-                           "give prompts or a label or a condition, not several")
-    y = prompt_conditions(run, default_prompts(ds) if texts is None else texts)
-    return run.kind.draw_per_condition(run, y, num, mean, seed)
+    return run.kind.sample(run, label=label, condition=condition, num=num, mean=mean, seed=seed, texts=texts)
