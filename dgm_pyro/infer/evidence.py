@@ -193,13 +193,13 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         chunks = []
         guide_log_w = None  # the guide's own weights where the estimate uses another proposal (the ELBO)
         done = 0
+        what = {"ais": "annealed importance sampling", "adaptive": "adaptive importance sampling"}.get(
+            method, "importance sampling")
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=num_particles, desc="importance sampling", unit="particle", leave=False)
-        what = {"ais": "annealed importance sampling", "adaptive": "adaptive importance sampling"}.get(
-            method, "importance sampling")
+            bar = tqdm(total=num_particles, desc=what, unit="particle", leave=False)
         clock = Heartbeat(log, num_particles)  # without a bar: a log line every 30 s
         if method == "adaptive":
             from .adaptive import adaptive_log_weights

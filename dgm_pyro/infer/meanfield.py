@@ -4,7 +4,7 @@ The mean-field ELBO (seed P1.4) E_q[log p(x|z)] - KL(q(z|x) || p(z)) takes each 
 where ``torch.distributions.kl_divergence`` has one, and Pyro's implementation silently falls back to the
 Monte Carlo estimate log q(z|x) - log p(z) elsewhere (a mixture prior, a normalising flow). Its value is right
 either way; its variance is not what "closed-form KL" promises. :class:`MeanFieldELBO` warns once per site that
-falls back, naming it and the two distributions.
+falls back, naming it and the two distributions, and refuses a model latent without a guide site by name.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
+
+from ..errors import DgmPyroError
 
 __all__ = ["MeanFieldELBO"]
 
@@ -30,10 +32,11 @@ class MeanFieldELBO(TraceMeanField_ELBO):
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"] or name in self._checked:
                 continue
-            self._checked.add(name)
             guide_site = guide_trace.nodes.get(name)
-            if guide_site is None:
-                continue
+            if guide_site is None:  # Pyro's mean-field ELBO would fail with a bare KeyError
+                raise DgmPyroError(f"meanfield: model latent site '{name}' has no guide site; the mean-field ELBO "
+                                   "needs one for every latent (objective 'elbo' draws it from its prior)")
+            self._checked.add(name)
             try:
                 kl_divergence(guide_site["fn"], site["fn"])
             except NotImplementedError:

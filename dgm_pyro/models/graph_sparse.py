@@ -82,9 +82,7 @@ class _PathMemory:
         if self.on:
             self.rho = module.memory_decay
             self.history = PairHistory.after(edges, self.n, self.rho)
-            self.keys = self.history.keys
-        else:
-            self.keys = torch.zeros(0, dtype=torch.long, device=module.z0.device)
+            self.keys = self.history.keys  # (read only when ``on``)
         self.drawn: list[torch.Tensor] = []
 
     def at(self, step: int, skey: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -186,3 +186,70 @@ def test_ais_takes_keyword_data_and_refuses_what_it_cannot_move(normal_pair):
     assert not dist.VonMises(0.0, 1.0).has_rsample
     with pytest.raises(DgmPyroError, match="^" + re.escape("AIS needs continuous latents; 'a' is not") + "$"):
         log_evidence(angle_model, angle_guide, x=x, num_particles=4, method="ais", num_steps=2, warn=False)
+
+
+def test_leapfrog_is_the_hand_computed_integrator(normal_pair):
+    """z ~ N(0, 1), x ~ N(z, 1), guide N(a x, b^2), at temperature beta: the potential is
+    U(z) = -(beta log p(x, z) + (1 - beta) log q(z)), dU/dz = beta (2 z - x) + (1 - beta) (z - a x) / b^2. In the
+    guide's scale sd = b: a half step of momentum, then per step a full position step and a full momentum step,
+    the last momentum step a half one; the potential returned is U at the end."""
+    from dgm_pyro.infer.ais import JointDensities, _leapfrog
+
+    a, b, beta, steps = 0.5, 0.8, 0.6, 3
+    model, guide = normal_pair(2, noise=1.0, a=a, b=b)
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    target = JointDensities(model, guide, (), {"x": x}, 4, {-1}, 1)
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    r0 = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    eps = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+
+    def dU(z):
+        return beta * (2 * z - x) + (1 - beta) * (z - a * x) / b ** 2
+
+    def U(z):
+        log_p = dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+        return -(beta * log_p + (1 - beta) * dist.Normal(a * x, b).log_prob(z))
+
+    z, r = z0.clone(), r0 - 0.5 * eps * b * dU(z0)
+    for i in range(steps):
+        z = z + eps * b * r
+        r = r - (1.0 if i < steps - 1 else 0.5) * eps * b * dU(z)
+    got_z, got_r, potential = _leapfrog(target, {"z": z0}, {"z": r0}, {"z": torch.full_like(z0, b)}, eps, beta, steps)
+    torch.testing.assert_close(got_z["z"], z)
+    torch.testing.assert_close(got_r["z"], r)
+    torch.testing.assert_close(potential, U(z))
+
+
+def test_a_proposal_with_an_undefined_density_is_rejected():
+    """A target whose log density is NaN outside (-1, 1): from z = 0.9 a long step leaves it, so every chain's
+    acceptance is 0 (log -inf) and the chains stay where they were (a NaN is no acceptance probability)."""
+    from dgm_pyro.infer.ais import hmc_transition
+
+    class Target:
+        keep, nesting = {-1}, 1
+
+        def log_densities(self, z):
+            inside = -0.5 * z["z"] ** 2
+            log_p = torch.where(z["z"].abs() < 1, inside, torch.full_like(inside, math.nan))
+            return log_p, inside
+
+    torch.manual_seed(0)
+    z = {"z": torch.full((50, 3), 0.9)}
+    new, log_accept = hmc_transition(Target(), z, {"z": torch.ones(50, 3)}, torch.full((1, 3), 10.0), 1.0, 2,
+                                     {"z": 0})
+    assert bool((log_accept == -math.inf).all()) and torch.equal(new["z"], z["z"])
+
+
+def test_ais_names_every_latent_without_a_guide_site(normal_pair):
+    _, guide = normal_pair(2)
+
+    def model(x=None):
+        with pyro.plate("data", 2):
+            v = pyro.sample("v", dist.Normal(0.0, 1.0))
+            w = pyro.sample("w", dist.Normal(v, 1.0))
+            z = pyro.sample("z", dist.Normal(w, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(DgmPyroError, match="^AIS needs a guide site for every model latent; 'v', 'w' have none$"):
+        log_evidence(model, guide, x=torch.tensor([0.3, -0.2]), num_particles=4, method="ais", num_steps=2, warn=False)

@@ -10,7 +10,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 from dgm_pyro.divergences import cs_divergence, kl_divergence
-from dgm_pyro.infer import CSELBO, log_evidence
+from dgm_pyro.infer import CSELBO, FreeBitsELBO, log_evidence
 
 X = torch.tensor([0.3, -1.2, 2.0, 0.8], dtype=torch.float64)
 M = torch.tensor([0.1, -0.5, 1.0, 0.9], dtype=torch.float64)
@@ -310,3 +310,11 @@ def test_monte_carlo_fallback_uses_the_given_draws_and_the_refusal_names_both_si
             "CSELBO: no closed-form D_CS for site 'z' (Normal vs Laplace); pass mc_samples=N (command line: "
             "--kl-samples N) for a Monte Carlo estimate") + "$"):
         CSELBO().loss(model, guide)
+
+
+@pytest.mark.parametrize("objective", [CSELBO(lam=1.0), FreeBitsELBO(lam=0.1)])
+def test_a_nan_loss_is_reported_as_pyros_elbos_do(normal_pair, objective):
+    """Pyro's ELBOs warn "Encountered NaN: loss" when the loss is NaN; so do the regularised ones."""
+    model, guide = normal_pair(2)
+    with pyro.validation_enabled(False), pytest.warns(UserWarning, match="^Encountered NaN: loss$"):
+        assert math.isnan(objective.loss(model, guide, x=torch.tensor([0.3, float("nan")])))

@@ -530,3 +530,75 @@ def test_auto_through_log_evidence_sees_the_particle_count_and_keyword_data(capl
         assert resolve_method("auto", unguided_pair, guide, x=x, num_particles=10) == "is"
     assert caplog.records[-1].getMessage().endswith("(adaptive does not apply: the model latent(s) 'u', 'w' have no "
                                                     "guide site)")
+
+
+@pytest.mark.parametrize("method, what", [("is", "importance sampling"), ("ais", "annealed importance sampling"),
+                                          ("adaptive", "adaptive importance sampling")])
+def test_progress_bar_and_heartbeat_name_the_method_and_count_the_particles(lg, monkeypatch, caplog, method, what):
+    """With ``progress=True`` one tqdm bar of K particles named by the method, left behind on nothing, updated to
+    K and closed; without it a log line per chunk once its interval has passed (here at once), naming the
+    method, the particles done of K and the datapoints."""
+    import logging
+
+    import tqdm.auto
+
+    from dgm_pyro.infer import evidence
+    from dgm_pyro.progress import Heartbeat
+
+    truth, x, y = lg
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.done, self.closed = kwargs, 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.done += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    args = (truth.model, truth.exact_guide, x[:3], y[:3])
+    options = dict(num_particles=30, chunk_size=10, num_steps=2, hmc_steps=1, num_rounds=1, method=method)
+    log_evidence(*args, progress=True, **options)
+    assert [(b.kwargs, b.done, b.closed) for b in bars] == [
+        (dict(total=30, desc=what, unit="particle", leave=False), 30, True)]
+    monkeypatch.setattr(evidence, "Heartbeat", lambda logger, total: Heartbeat(logger, total, every=0.0))
+    with caplog.at_level(logging.INFO, logger="dgm_pyro.infer.evidence"):
+        log_evidence(*args, **options)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dgm_pyro.infer.evidence"]
+    expected = [] if method == "adaptive" else [f"{what}: {k} of 30 particles for 3 datapoint(s); " for k in (10, 20)]
+    assert [line[:len(e)] for line, e in zip(lines, expected)] == expected and len(lines) == len(expected)
+    assert all("elapsed" in line for line in lines)
+
+
+def test_public_defaults(normal_pair, monkeypatch):
+    """log_evidence's documented defaults: K = 1000 particles, no log-weights kept, no progress bar; AIS with 100
+    temperatures, 5 leapfrog steps of size 0.5; adaptive importance sampling with 3 rounds, a defensive share of
+    0.2 (the estimators are replaced by recorders of what they are given)."""
+    import tqdm.auto
+
+    from dgm_pyro.infer import adaptive, ais
+
+    model, guide = normal_pair(2)
+    x = torch.tensor([0.3, -0.2])
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda **kwargs: pytest.fail("a progress bar by default"))
+    res = log_evidence(model, guide, x=x)
+    assert res.num_particles == 1000 and res.log_weights is None and res.log_evidence.shape == (2,)
+    seen = {}
+
+    def record(name, out):
+        def recorder(*args, **kwargs):
+            seen[name] = (args[4], kwargs)
+            return out(args[4])
+        return recorder
+
+    monkeypatch.setattr(ais, "ais_log_weights", record("ais", lambda k: torch.zeros(k, 2)))
+    monkeypatch.setattr(adaptive, "adaptive_log_weights", record("adaptive", lambda k: (torch.zeros(k, 2),) * 2))
+    log_evidence(model, guide, x=x, method="ais", diagnostics=False)
+    log_evidence(model, guide, x=x, method="adaptive", diagnostics=False)
+    assert seen["ais"] == (1000, dict(num_steps=100, hmc_steps=5, step_size=0.5))
+    assert seen["adaptive"][0] == 1000 and seen["adaptive"][1]["num_rounds"] == 3
+    assert seen["adaptive"][1]["defensive"] == 0.2

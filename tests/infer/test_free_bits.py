@@ -184,11 +184,13 @@ def test_a_site_not_factorised_per_dimension_is_named_with_both_distributions():
 
 
 def test_monte_carlo_kl_per_dimension_against_a_long_run_and_without_reparameterised_draws():
-    """A Normal against a Laplace (no closed-form KL in torch): per dimension, the KL estimate from mc_samples draws
+    """A Normal against a logistic (no closed-form KL in torch or Pyro): per dimension, the KL estimate from mc_samples draws
     is each dimension's own (dimension 0 is far from the prior, dimension 1 close, so the clamp at lam acts on one
     only); and a guide without rsample (a Bernoulli against a Binomial) is estimated from sample()."""
     q = dist.Normal(torch.zeros(3, 2), torch.tensor([0.05, 1.2])).to_event(1)
-    p = dist.Laplace(torch.zeros(3, 2), 1.0).to_event(1)
+    p = dist.Logistic(torch.zeros(3, 2), 1.0).to_event(1)
+    with pytest.raises(NotImplementedError):
+        torch.distributions.kl_divergence(q.base_dist, p.base_dist)
     torch.manual_seed(0)
     kl = FreeBitsELBO(lam=0.3, mc_samples=20000)._elementwise_kl("z", q, p, None)
     assert kl.shape == (3, 2)
@@ -250,3 +252,44 @@ def test_components_average_the_particles(normal_pair):
     for key in ("reconstruction", "regulariser"):
         assert two[key] == pytest.approx((ones[0][key] + ones[1][key]) / 2, rel=1e-6)
     assert ones[0]["reconstruction"] != ones[1]["reconstruction"]
+
+
+def test_tensor_scale_under_a_mask_and_for_one_datapoint_and_a_site_outside_any_plate():
+    """R = s x count x sum_g max(lam, mean KL_g), the scale s and the mean over the unmasked datapoints only (a
+    masked datapoint's scale does not count); one datapoint with a tensor scale is its own mean; a global site
+    (no plate) with per="dim" clamps each dimension's KL, not their sum."""
+    lam = 0.2
+    scale, rows = torch.tensor([0.5, 1.0, 2.0, 4.0]), torch.tensor([True, False, True, True])
+    model, guide, kl = _one_site(4, scale)
+    masked = [pyro.poutine.mask(f, mask=rows) for f in (model, guide)]
+    got = FreeBitsELBO(lam=lam).components(*masked)["regulariser"]
+    assert got == pytest.approx(float((0.5 + 2.0 + 4.0) / 3 * 3 * kl[rows].mean(0).clamp(min=lam).sum()), rel=1e-6)
+    model, guide, kl = _one_site(1, torch.tensor([3.0]))
+    got = FreeBitsELBO(lam=lam).components(model, guide)["regulariser"]
+    assert got == pytest.approx(float(3.0 * kl[0].clamp(min=lam).sum()), rel=1e-6)
+
+    def global_model():
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    def global_guide():
+        pyro.sample("z", dist.Normal(torch.tensor([0.1, 2.0]), 1.0).to_event(1))
+
+    got = FreeBitsELBO(lam=0.5, per="dim").components(global_model, global_guide)["regulariser"]
+    assert got == pytest.approx(0.5 + 2.0, rel=1e-6)  # KL per dimension: 0.005 (clamped to 0.5) and 2.0
+
+
+def test_monte_carlo_kl_has_the_reparameterised_gradient():
+    """KL(N(m, 1) || Logistic(0, 1)) = const + 2 E log cosh(z / 2) (no closed form in torch or Pyro): its derivative
+    in m is E tanh(z / 2), z ~ N(m, 1), here by quadrature (0.282 at m = 0.7). The Monte Carlo estimate's gradient
+    matches it within 0.02 (about 7 of its standard errors with 20 000 draws); from draws that are not
+    reparameterised it would be about 0."""
+    m = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    q, p = dist.Normal(m, 1.0), dist.Logistic(torch.zeros(1, dtype=torch.float64), 1.0)
+    with pytest.raises(NotImplementedError):
+        torch.distributions.kl_divergence(q, p)
+    torch.manual_seed(0)
+    kl = FreeBitsELBO(lam=0.0, per="site", mc_samples=20000)._elementwise_kl("z", q, p, None)
+    (grad,) = torch.autograd.grad(kl.sum(), m)
+    grid = torch.linspace(-10.0, 12.0, 20001, dtype=torch.float64)
+    want = torch.trapezoid(torch.tanh(grid / 2) * dist.Normal(0.7, 1.0).log_prob(grid).exp(), grid)
+    assert float(want) > 0.25 and float(grad) == pytest.approx(float(want), abs=0.02)  # 0.282

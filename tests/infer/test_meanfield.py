@@ -59,3 +59,21 @@ def test_arguments_reach_pyros_elbo_and_a_site_after_an_observed_one_is_checked(
     assert [str(w.message) for w in record] == [
         "meanfield: the KL of latent site 'z' (Independent against MixtureSameFamily) has no closed form; it is "
         "estimated by sampling, as objective 'elbo' does"]
+
+
+def test_a_model_latent_without_a_guide_site_is_refused_by_name():
+    """Pyro's mean-field ELBO fails on it with a bare KeyError; ours names the site and the objective that can."""
+    from dgm_pyro.errors import DgmPyroError
+
+    def model(x):
+        pyro.sample("u", dist.Normal(0.0, 1.0))
+        pyro.sample("v", dist.Normal(0.0, 1.0))
+
+    def guide(x):
+        pyro.sample("u", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(DgmPyroError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pyro's own "Found vars in model but not guide"
+        MeanFieldELBO().loss(model, guide, None)
+    assert str(info.value) == ("meanfield: model latent site 'v' has no guide site; the mean-field ELBO needs one "
+                               "for every latent (objective 'elbo' draws it from its prior)")

@@ -168,3 +168,129 @@ def test_nodes_with_equal_factors_leave_no_empty_cluster():
         p = float(torch.sigmoid((g[0] * h[0]).sum() + m.edge_bias))
     drawn = out["edge_index"].shape[1] / (200 * N * (N - 1) / 2)
     assert drawn == pytest.approx(p, abs=4 * (p * (1 - p) / (200 * N * (N - 1) / 2)) ** 0.5)
+
+
+def test_path_memory_at_later_steps_is_the_history_recursion_over_the_paths_draws():
+    """(A, M, C) before forecast step t of path s, computed in closed form from the path's draws (rho^t M_T +
+    sum_j rho^(t-1-j) A_j, C_T + sum_j A_j), equal to :class:`PairHistory`'s recursion over the history followed
+    by that path's drawn snapshots, at steps 1 to 3 and for pairs with and without history."""
+    from dgm_pyro.models.graph_memory import PairHistory
+    from dgm_pyro.models.graph_sparse import _PathMemory
+
+    m, seq, _ = _frozen_model(True)
+    memory = _PathMemory(m, seq.edges)
+    nn_ = N * N
+    hist = memory.keys
+    fresh = torch.tensor([k for k in range(0, nn_, 7) if k not in set(hist.tolist()) and k // N != k % N][:6])
+    gen = torch.Generator().manual_seed(0)
+    paths = 2
+    for _ in range(3):  # each path draws some history pairs and some fresh ones at every step
+        keys = torch.cat([hist[torch.randperm(hist.numel(), generator=gen)[:8]], fresh[torch.rand(6, generator=gen) < 0.5]])
+        memory.drawn.append(torch.sort(torch.cat([s * nn_ + torch.unique(keys) for s in range(paths)])).values)
+    query = torch.cat([hist[:20], fresh])
+    for step in (1, 2, 3):
+        for s in range(paths):
+            drawn = [d[(d // nn_) == s] % nn_ for d in memory.drawn[:step]]
+            ref = PairHistory.after(list(seq.edges) + [torch.stack([d // N, d % N]) for d in drawn], N,
+                                    m.memory_decay.detach())
+            expected = ref.at(torch.full_like(query, len(seq.edges) + step), query // N, query % N)
+            for got, want in zip(memory.at(step, s * nn_ + query), expected):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_pairs_drawn_a_block_of_paths_at_a_time_are_each_paths_own(monkeypatch):
+    """The pairs with memory are drawn for blocks of paths (at most ``_CHUNK`` path-and-pair keys at once): with
+    blocks of two paths, every path still draws each of its pairs at most once per step, and only its own."""
+    from dgm_pyro.models import graph_sparse
+    from dgm_pyro.models.graph_sparse import _PathMemory
+
+    m, seq, _ = _frozen_model(False)
+    monkeypatch.setattr(graph_sparse, "_CHUNK", 2 * _PathMemory(m, seq.edges).keys.numel())
+    paths = 7
+    index = sparse_forecast(m, seq.x, seq.edges, horizon=3, num_samples=paths, top_k=0)["edge_index"].long()
+    key = (index[1] * paths + index[0]) * N * N + index[2] * N + index[3]
+    assert torch.unique(key).numel() == key.numel()
+    assert set(index[0].tolist()) == set(range(paths)) and set(index[1].tolist()) == {0, 1, 2}
+
+
+def test_empty_requests_give_empty_answers_of_the_right_type():
+    """Scores asked for no pairs are an empty float tensor; a step where no path draws a new edge has no top-k
+    destination (-1, long) and no probability (NaN, float) for any node."""
+    m, seq, _ = _frozen_model(False)
+    with torch.no_grad():
+        m.edge_bias.fill_(-40.0)
+    fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=5, top_k=3,
+                         score_pairs=[torch.zeros(2, 0, dtype=torch.long)])
+    assert fc["edge_index"].shape == (4, 0)
+    assert fc["pair_prob"][0].shape == (0,) and fc["pair_prob"][0].dtype == torch.float32
+    assert fc["top_k_dst"].dtype == torch.long and (fc["top_k_dst"] == -1).all()
+    assert fc["top_k_prob"].dtype == torch.float32 and fc["top_k_prob"].isnan().all()
+
+
+def test_path_degrees_count_each_paths_edges_by_hand():
+    from dgm_pyro.models.graph_sparse import _path_degrees
+
+    n, nn_ = 3, 9
+    drawn = torch.tensor([0 * nn_ + 0 * n + 1, 0 * nn_ + 0 * n + 2, 1 * nn_ + 1 * n + 0])  # 0->1, 0->2 | 1->0
+    out = _path_degrees(drawn, 2, n, directed=True)
+    assert out.shape == (2, n, 2)
+    assert out[..., 0].tolist() == [[2, 0, 0], [0, 1, 0]] and out[..., 1].tolist() == [[0, 1, 1], [1, 0, 0]]
+    both = _path_degrees(drawn, 2, n, directed=False)
+    assert (both[..., 0] == both[..., 1]).all() and both[..., 0].tolist() == [[2, 1, 1], [1, 1, 0]]
+
+
+def test_ranked_orders_by_node_then_descending_score_with_ties_by_position():
+    from dgm_pyro.models.graph_sparse import _ranked
+
+    gen = torch.Generator().manual_seed(0)
+    node = torch.randint(0, 3, (300,), generator=gen)
+    score = torch.randint(0, 2, (300,), generator=gen).float()  # many ties
+    order, rank = _ranked(node, score)
+    expected = sorted(range(300), key=lambda i: (int(node[i]), -float(score[i]), i))
+    assert order.tolist() == expected
+    sorted_node = node[order].tolist()
+    assert rank.tolist() == [sorted_node[:i].count(sorted_node[i]) for i in range(300)]
+
+
+def _fake_step(paths: int, n: int):
+    """A step of ``paths`` paths and ``n`` nodes whose mean probability of pair (u, v) is v / 10."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(memory=SimpleNamespace(n=n, nn=n * n), g=torch.zeros(paths, n, 1),
+                           mean_probability=lambda src, dst: dst.float() / 10)
+
+
+@pytest.mark.parametrize("k, budget, pool", [(2, 0, 4), (1, 252, 4), (1, 0, 2), (3, 0, 6)])
+def test_top_k_ranks_the_pool_of_each_nodes_most_drawn_new_pairs(monkeypatch, k, budget, pool):
+    """Node 0 drew its new pair (0, j) on 8 - j of the 7 paths (j = 1..7), and (0, j) has probability j / 10: the
+    top k are the k most probable of the m = max(2k, budget // (S N)) most drawn, i.e. pool, ..., pool - k + 1.
+    Node 1 drew one new pair (1, 2) and one (1, 3) that is an edge at the origin (not new); the other nodes
+    none: -1 and NaN where a node has fewer than k."""
+    from dgm_pyro.models import graph_sparse
+    from dgm_pyro.models.graph_sparse import _top_k
+
+    monkeypatch.setattr(graph_sparse, "_TOP_K_BUDGET", budget)
+    paths, n = 7, 8
+    keys = [s * n * n + j for j in range(1, 8) for s in range(8 - j)] + [0 * n * n + n + 2, n + 3, n * n + n + 3]
+    origin = torch.tensor([n + 3])
+    dst, prob = _top_k(_fake_step(paths, n), torch.sort(torch.tensor(keys)).values, origin, k, directed=True)
+    assert dst.dtype == torch.long and dst.shape == prob.shape == (n, k)
+    assert dst[0].tolist() == list(range(pool, pool - k, -1))
+    torch.testing.assert_close(prob[0], dst[0].float() / 10)
+    assert dst[1].tolist() == [2] + [-1] * (k - 1) and prob[1, 0] == pytest.approx(0.2)
+    assert (dst[2:] == -1).all() and prob[2:].isnan().all() and prob[1, 1:].isnan().all()
+
+
+def test_kmeans_separates_well_separated_groups():
+    """Three groups far apart (10, 10 and 1 points, the lone one last) are three clusters after Lloyd's
+    iterations from evenly spaced rows (a lone point's cluster is centred on it: at half its coordinates, here
+    nearer the first group's centre, it would lose it)."""
+    from dgm_pyro.models.graph_sparse import _kmeans
+
+    gen = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(10, 2, generator=gen) * 0.1 + torch.tensor([10.0, 0.0]),
+                        torch.randn(10, 2, generator=gen) * 0.1 + 10, torch.tensor([[16.0, 0.0]])])
+    groups = [0] * 10 + [1] * 10 + [2]
+    labels = _kmeans(points, 3).tolist()
+    assert sorted(set(labels)) == [0, 1, 2]
+    assert all((labels[i] == labels[j]) == (groups[i] == groups[j]) for i in range(21) for j in range(21))
