@@ -139,7 +139,8 @@ class _Step:
         return torch.cat(out) if out else key.new_zeros(0, dtype=self.g.dtype)
 
     def draw(self, directed: bool, clusters: int, limit: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Each path's edges of this step as sorted keys s N^2 + u N + v, and the sampler's event counts.
+        """Each path's edges of this step as sorted keys s N^2 + u N + v, and the sampler's counts: ``events``
+        the Poisson events drawn, ``accepted`` the edges they gave (pairs with memory aside).
         Raises ``ValueError`` before a path draws more than ``limit`` edges (or 20 ``limit`` Poisson events)."""
         memory, n, nn_ = self.memory, self.memory.n, self.memory.nn
         s_count = self.g.shape[0]
@@ -175,14 +176,14 @@ class _Step:
             logit = (g[u] * h[v]).sum(-1) + self.bias
             keep = torch.rand(block.shape, device=h.device) * rate[u, k] < softplus(logit)
             keep &= (u != v) if directed else (u < v)
-            key = u[keep] * n + v[keep]
+            key = torch.unique(u[keep] * n + v[keep])  # a pair is an edge when it keeps at least one event
             if memory.on:
                 key = key[~memory.has(self.step, s, key)]
             if key.numel() > limit:
                 raise ValueError(f"a path drew {key.numel()} edges in one step, more than {limit}")
             events += block.numel()
             kept += key.numel()
-            drawn.append(s * nn_ + torch.unique(key))
+            drawn.append(s * nn_ + key)
         out = torch.sort(torch.cat(drawn)).values
         return out, {"events": float(events), "accepted": float(kept)}
 
@@ -257,8 +258,8 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
     Returns:
         ``X`` (S, H, N, F) feature draws; ``edge_index`` (4, E) int32, the drawn edges as rows (path, step, src,
         dst), sorted by step, then path, then pair; ``top_k_dst`` and ``top_k_prob`` (H, N, k); ``pair_prob``
-        a list of (P_h,) mean probabilities at ``score_pairs``; ``sampler`` the Poisson events drawn and kept
-        per step.
+        a list of (P_h,) mean probabilities at ``score_pairs``; ``sampler`` per step the Poisson events drawn
+        and the edges they gave.
     """
     if horizon < 1 or num_samples < 1:
         raise ValueError("horizon and num_samples must be >= 1")

@@ -42,11 +42,16 @@ def _dense_probabilities(m: GraphSSM, seq, z: torch.Tensor, memory: tuple,
                                 None if activity is None else activity.unsqueeze(0))[0]
 
 
-@pytest.mark.parametrize("directed, activity", [(False, False), (True, False), (False, True), (True, True)])
-def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity):
+@pytest.mark.parametrize("directed, activity, clusters", [(False, False, 64), (True, False, 64), (False, True, 64),
+                                                         (True, True, 64), (False, False, 4), (True, True, 4)])
+def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity, clusters):
+    """With 64 clusters of 40 nodes each cluster is about one node and its bound is tight; with 4 the bounds are
+    loose and the thinning rejects most events (each kept event's pair drawn uniformly in its cluster)."""
     m, seq, z = _frozen_model(directed, activity)
     paths = 3000
-    fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=paths, top_k=0)
+    fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=paths, top_k=0, clusters=clusters)
+    if clusters < N:
+        assert fc["sampler"][0]["accepted"] < 0.5 * fc["sampler"][0]["events"]
     p = _dense_probabilities(m, seq, z, m.dense_memory(seq.edges), m.activity(seq.edges))
     index = fc["edge_index"]
     assert (index[1] == 0).all() and index[0].max() == paths - 1
@@ -294,3 +299,59 @@ def test_kmeans_separates_well_separated_groups():
     labels = _kmeans(points, 3).tolist()
     assert sorted(set(labels)) == [0, 1, 2]
     assert all((labels[i] == labels[j]) == (groups[i] == groups[j]) for i in range(21) for j in range(21))
+
+
+def _bare_step(bias: float, g: torch.Tensor, h: torch.Tensor):
+    """A forecast step without edge memory: factors g, h (S, N, e) and an edge bias."""
+    from types import SimpleNamespace
+
+    from dgm_pyro.models.graph_sparse import _PathMemory, _Step
+
+    module = SimpleNamespace(num_nodes=g.shape[1], edge_memory=False, edge_bias=torch.tensor(bias))
+    return _Step(module, g, h, _PathMemory(module, []), 0)
+
+
+def test_the_thinning_bound_is_tight_where_a_clusters_factors_are_equal():
+    """Four groups of 10 nodes, each group's h equal: k-means finds the groups, each block's bound is its logits
+    (+ 1e-4), and the thinning keeps every event but the u = v ones and the repeats of a pair (about 3% here).
+    The sampler's counts over both paths: ``accepted`` is the number of edges drawn, ``events`` a little more."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.rand(2, 40, 3, generator=gen)
+    h = (torch.arange(4).repeat_interleave(10).float().unsqueeze(-1) * torch.tensor([0.3, -0.2, 0.1])).expand(2, 40, 3)
+    torch.manual_seed(0)
+    drawn, stats = _bare_step(-3.0, g, h).draw(directed=True, clusters=4, limit=10 ** 6)
+    assert set((drawn // 1600).tolist()) == {0, 1}
+    assert stats["accepted"] == drawn.numel() > 100
+    assert drawn.numel() < stats["events"] < drawn.numel() / 0.9
+
+
+def test_a_path_over_its_edge_limit_is_refused_and_one_at_it_is_not():
+    """Every logit 20 (zero factors): 40 x 40 blocks' events at rate softplus(20) each, about 32 000 (sd 180). At
+    an edge limit of 1561, 20 x 1561 = 31 220 events is exceeded and the step refused before any thinning; at 1661
+    (33 220) it is not. Then the edges themselves against the limit."""
+    zeros = torch.zeros(1, 40, 2)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"^a path's Poisson bound expects \d+ events in one step, more than 20 x 1561 "
+                                         r"\(its edge limit\)$"):
+        _bare_step(20.0, zeros, zeros).draw(directed=True, clusters=4, limit=1561)
+    drawn, _ = _bare_step(20.0, zeros, zeros).draw(directed=True, clusters=4, limit=1661)
+    assert drawn.numel() == 40 * 39  # every pair u != v
+    # logits 15: about 24 000 events, every pair an edge (miss chance 5e-4): a limit of 1560 edges is not exceeded
+    drawn, _ = _bare_step(15.0, zeros, zeros).draw(directed=True, clusters=4, limit=1560)
+    assert drawn.numel() == 40 * 39
+    with pytest.raises(ValueError, match=r"^a path drew 1560 edges in one step, more than 1559$"):
+        _bare_step(15.0, zeros, zeros).draw(directed=True, clusters=4, limit=1559)
+
+
+def test_every_path_draws_its_pairs_with_memory():
+    """Memory so strong that every pair of the last snapshot is an edge again with probability about 1: each path,
+    the first included, draws all of them."""
+    m, seq, _ = _frozen_model(False)
+    with torch.no_grad():
+        m.memory_last.fill_(30.0)
+    index = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=3, top_k=0)["edge_index"].long()
+    last = seq.edges[-1]
+    want = set((torch.minimum(last[0], last[1]) * N + torch.maximum(last[0], last[1])).tolist())
+    for s in range(3):
+        at = index[:, index[0] == s]
+        assert want <= set((at[2] * N + at[3]).tolist())
