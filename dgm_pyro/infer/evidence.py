@@ -228,7 +228,9 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
                     except (RuntimeError, ValueError) as e:
                         if not vectorize:
                             raise
-                        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                        # the error's first line (Pyro appends the trace's shapes after it), else its type
+                        lines = str(e).strip().splitlines()
+                        first = lines[0][:200] if lines and not lines[0].startswith("Trace Shapes:") else type(e).__name__
                         raise DgmPyroError(f"the vectorised pass over particles failed ({first}); the model or guide "
                                            "may not broadcast over a leading particle dimension: pass "
                                            "vectorize=False") from e
