@@ -306,7 +306,8 @@ def test_masks_obs_mask_and_deterministic_sites():
 def test_guide_site_missing_from_the_model_is_refused_with_the_names():
     def model(x):
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            z = pyro.sample("z", dist.Normal(w, 1.0))
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
     def guide(x):
@@ -315,8 +316,8 @@ def test_guide_site_missing_from_the_model_is_refused_with_the_names():
 
     with pytest.raises(DgmPyroError) as info:
         log_evidence(model, guide, torch.zeros(3), num_particles=10)
-    assert str(info.value) == ("guide site(s) 'zz' have no site of that name in the model (model latent sites: 'z'); "
-                               "the guide must sample the model's latent sites under the same names")
+    assert str(info.value) == ("guide site(s) 'zz' have no site of that name in the model (model latent sites: 'w', "
+                               "'z'); the guide must sample the model's latent sites under the same names")
 
     def observed_only(x):
         with pyro.plate("data", x.shape[0]):
@@ -362,6 +363,15 @@ def test_subsampled_inner_plate_is_refused():
             for name in "abcde":
                 pyro.sample(name, dist.Normal(z, 1.0), obs=x[:3])
 
+    def four(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("items", x.shape[0], subsample_size=3):
+            for name in "abcd":
+                pyro.sample(name, dist.Normal(z, 1.0), obs=x[:3])
+
+    with pytest.raises(DgmPyroError, match=r"^site\(s\) 'a' \(plate 'items'\), 'b' \(plate 'items'\), 'c' \(plate "
+                                           r"'items'\), 'd' \(plate 'items'\) are subsampled"):
+        log_evidence(four, guide, torch.zeros(10), num_particles=10)
     with pytest.raises(DgmPyroError) as info:
         log_evidence(five, guide, torch.zeros(10), num_particles=10)
     assert str(info.value) == (
@@ -768,3 +778,89 @@ def test_importance_weights_carry_the_guides_gradient_unless_detached(lg):
     default, _ = log_importance_weights(truth.model, guide, (x[:3], y[:3]), {}, 5, True, {-1}, 1)
     assert torch.allclose(torch.autograd.grad(default.sum(), scale)[0], grads[0][0])
     assert not torch.allclose(grads[0][0], grads[1][0])
+
+
+def test_batch_plates_are_the_plates_every_site_shares_outermost_first():
+    """The plates every sample site of model and guide shares, sorted by dim (outermost first, whatever their names),
+    the largest nesting and the number of datapoints; a global site shares no plate; a model without plates has
+    nesting 0; enumerated sites and a model without sample sites are refused word for word."""
+    from dgm_pyro.infer.evidence import batch_plates
+
+    def nested(x):
+        with pyro.plate("outer", 3, dim=-2), pyro.plate("inner", 4, dim=-1):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def nested_guide(x):
+        with pyro.plate("outer", 3, dim=-2), pyro.plate("inner", 4, dim=-1):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    assert batch_plates(nested, nested_guide, (torch.zeros(3, 4),), {}) == ([("outer", -2), ("inner", -1)], 2, 12)
+
+    def with_global(x):
+        g = pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 3):
+            pyro.sample("x", dist.Normal(g, 1.0), obs=x)
+
+    def global_guide(x):
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+
+    assert batch_plates(with_global, global_guide, (torch.zeros(3),), {}) == ([], 1, 1)
+
+    def global_observed_first(x):  # the guide's one site is in the plate; the model's first is not
+        pyro.sample("c", dist.Normal(0.0, 1.0), obs=torch.tensor(0.0))
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def local_guide(x):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    assert batch_plates(global_observed_first, local_guide, (torch.zeros(3),), {}) == ([], 1, 1)
+
+    def no_plates(x):
+        pyro.sample("x", dist.Normal(pyro.sample("g", dist.Normal(0.0, 1.0)), 1.0), obs=x)
+
+    assert batch_plates(no_plates, global_guide, (torch.tensor(0.5),), {}) == ([], 0, 1)
+
+    def enumerated_guide(x):
+        pyro.sample("g", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+
+    with pytest.raises(DgmPyroError) as info:
+        batch_plates(no_plates, enumerated_guide, (torch.tensor(0.5),), {})
+    assert str(info.value) == "site 'g' is enumerated; log_evidence needs sampled or observed sites only"
+
+    def nothing(x):
+        pass
+
+    with pytest.raises(DgmPyroError) as info:
+        batch_plates(nothing, nothing, (None,), {})
+    assert str(info.value) == "the model has no sample sites; nothing to estimate"
+
+
+def test_unguided_latents_are_named_in_a_warning_only_when_asked_pointing_at_the_callers_line():
+    import warnings
+
+    from dgm_pyro.infer.evidence import batch_plates
+
+    def model(x):
+        with pyro.plate("data", 2):
+            v = pyro.sample("v", dist.Normal(0.0, 1.0))
+            w = pyro.sample("w", dist.Normal(v, 1.0))
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.tensor([0.3, -0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch_plates(model, guide, (x,), {})
+    with pytest.warns(UserWarning) as record:
+        log_evidence(model, guide, x, num_particles=4)
+    assert len(record) == 1 and record[0].filename == __file__
+    assert str(record[0].message) == (
+        "model latent site(s) 'v', 'w' have no guide site: they are drawn from their prior as part of the proposal "
+        "(their prior terms cancel, so the estimate stays correct, but it needs many particles when the prior is far "
+        "from their posterior)")
