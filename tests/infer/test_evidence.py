@@ -864,3 +864,31 @@ def test_unguided_latents_are_named_in_a_warning_only_when_asked_pointing_at_the
         "model latent site(s) 'v', 'w' have no guide site: they are drawn from their prior as part of the proposal "
         "(their prior terms cancel, so the estimate stays correct, but it needs many particles when the prior is far "
         "from their posterior)")
+
+
+def test_a_site_whose_log_density_is_the_number_zero_counts_nothing():
+    """Pyro allows a log-density that is the number 0 (not a tensor; "a tensor or zero"): the estimate is the one
+    without that site, on the same draws."""
+    class Flat(dist.Normal):
+        def log_prob(self, value):
+            return 0.0
+
+    def make(extra):
+        def model(x):
+            with pyro.plate("data", 2):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+                if extra:
+                    pyro.sample("extra", Flat(0.0, 1.0), obs=torch.tensor([5.0, -7.0]))
+        return model
+
+    def guide(x):
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+
+    x = torch.tensor([0.3, -0.2])
+    pyro.set_rng_seed(0)
+    a = log_evidence(make(False), guide, x, num_particles=20)
+    pyro.set_rng_seed(0)
+    b = log_evidence(make(True), guide, x, num_particles=20)
+    torch.testing.assert_close(b.log_evidence, a.log_evidence)
