@@ -233,3 +233,51 @@ def test_a_changed_default_leaves_older_graph_runs_as_they_were():
     assert GraphConfig.from_saved(saved).node_activity is False and GraphConfig().node_activity is True
     # forecasts drew the last latent from the guide until final_state came, with the transition as its default
     assert GraphConfig.from_saved(saved).final_state == "guide" and GraphConfig().final_state == "transition"
+
+
+def test_evaluation_estimates_blocks_of_datapoints_and_joins_them(registered, tmp_path, monkeypatch):
+    """``evaluate`` hands ``log_evidence`` at most EVALUATION_BLOCK datapoints at a time (adaptive importance
+    sampling holds a covariance per datapoint) and joins the blocks in order: with blocks of 7 and a recorder in
+    place of the estimator whose value is known per datapoint, every datapoint's value comes back in its row."""
+    from dgm_pyro.infer.evidence import EvidenceResult
+    from dgm_pyro.runs import dataset_models
+    from dgm_pyro.runs.base import load_run
+
+    r = _cli("train", "linear-vae", "--out", tmp_path, "--epochs", "1", "--particles", "2", "--json")
+    assert r.exit_code == 0, r.output
+    run = load_run(next(tmp_path.glob("linear-vae-*")))
+    sizes = []
+
+    def recorder(model, guide, x, y, num_particles, **kwargs):
+        sizes.append(x.shape[0])
+        value = -x.double().sum(-1)
+        nan = torch.full_like(value, float("nan"))
+        return EvidenceResult(value, value.abs(), value - 1, value.abs(), value.abs(), nan, num_particles, ("data",),
+                              method="is")
+
+    monkeypatch.setattr(dataset_models, "EVALUATION_BLOCK", 7)
+    monkeypatch.setattr(dataset_models, "log_evidence", recorder)
+    out = run.kind.evaluate(run, particles=3, method="is", write=False)
+    x = run.dataset.splits["test"][0]
+    assert sizes == [7] * (x.shape[0] // 7) + ([x.shape[0] % 7] if x.shape[0] % 7 else [])
+    assert out["per_datapoint"]["log_evidence"] == (-x.double().sum(-1)).tolist()
+    assert out["per_datapoint"]["elbo"] == (-x.double().sum(-1) - 1).tolist()
+
+
+def test_evidence_results_of_blocks_join_field_by_field():
+    from dgm_pyro.infer.evidence import EvidenceResult
+
+    def part(values, k=5, method="is", weights=True):
+        t = torch.tensor(values, dtype=torch.float64)
+        lw = torch.stack([t] * k) if weights else None
+        return EvidenceResult(t, t + 1, t + 2, t + 3, t + 4, t + 5, k, ("data",), lw, method)
+
+    joined = EvidenceResult.cat([part([1.0, 2.0]), part([3.0])])
+    for i, name in enumerate(("log_evidence", "stderr", "elbo", "elbo_stderr", "ess", "khat")):
+        assert getattr(joined, name).tolist() == [1.0 + i, 2.0 + i, 3.0 + i]
+    assert joined.log_weights.shape == (5, 3) and joined.log_weights[0].tolist() == [1.0, 2.0, 3.0]
+    assert (joined.num_particles, joined.plates, joined.method) == (5, ("data",), "is")
+    assert EvidenceResult.cat([part([1.0], weights=False), part([2.0], weights=False)]).log_weights is None
+    for other in (part([3.0], k=6), part([3.0], method="adaptive")):
+        with pytest.raises(ValueError, match="^EvidenceResult.cat: the parts differ in particles, plates or method$"):
+            EvidenceResult.cat([part([1.0]), other])

@@ -27,7 +27,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import pyro
 import torch
@@ -89,6 +89,18 @@ class EvidenceResult:
     plates: tuple[str, ...]
     log_weights: Optional[torch.Tensor] = None
     method: str = "is"
+
+    @classmethod
+    def cat(cls, parts: Sequence["EvidenceResult"]) -> "EvidenceResult":
+        """The results of consecutive blocks of datapoints (along the outermost batch plate) as one result."""
+        first = parts[0]
+        if any((p.num_particles, p.plates, p.method) != (first.num_particles, first.plates, first.method)
+               for p in parts):
+            raise ValueError("EvidenceResult.cat: the parts differ in particles, plates or method")
+        fields = ("log_evidence", "stderr", "elbo", "elbo_stderr", "ess", "khat")
+        kept = None if first.log_weights is None else torch.cat([p.log_weights for p in parts], 1)
+        return cls(**{f: torch.cat([getattr(p, f) for p in parts], 0) for f in fields},
+                   num_particles=first.num_particles, plates=first.plates, log_weights=kept, method=first.method)
 
     def summary(self) -> dict[str, Any]:
         """Averages over datapoints, as plain floats (non-finite values become ``None``)."""

@@ -55,3 +55,19 @@ def normal_pair():
         return model, guide
 
     return make
+
+
+@pytest.fixture
+def grid_pair():
+    """A model and guide over a 2 x 3 grid of datapoints v (plates ``rows``, dim -2, outside ``cols``, dim -1: the
+    names' alphabetical order is not the plates' order): z ~ N(0, 1), v ~ N(z, 1), guide z ~ N(v / 2, 0.8^2)."""
+    def model(v):
+        with pyro.plate("cols", 3, dim=-1), pyro.plate("rows", 2, dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("v", dist.Normal(z, 1.0), obs=v)
+
+    def guide(v):
+        with pyro.plate("cols", 3, dim=-1), pyro.plate("rows", 2, dim=-2):
+            pyro.sample("z", dist.Normal(0.5 * v, 0.8))
+
+    return model, guide

@@ -323,3 +323,25 @@ def test_adaptive_names_every_unguided_latent():
     with pytest.raises(DgmPyroError, match="^" + re.escape("adaptive importance sampling needs a guide site for every "
                                                            "model latent; 'u', 'w' have none (use method='is')") + "$"):
         log_evidence(model, guide, x=torch.zeros(2), num_particles=4, method="adaptive", warn=False)
+
+
+def test_a_full_covariance_fit_draws_from_its_own_gaussian():
+    """The fit's draws (drawn as loc + L eps, without broadcasting L over the draws) have the fitted Gaussian's mean
+    and covariance, per datapoint: here two datapoints with correlations of opposite signs (5 standard errors)."""
+    from dgm_pyro.infer.adaptive import _SiteFit
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(400, 2, 2, generator=gen, dtype=torch.float64)
+    z = torch.stack([base[:, 0] @ torch.tensor([[1.0, 0.8], [0.0, 0.6]], dtype=torch.float64),
+                     base[:, 1] @ torch.tensor([[0.5, -0.9], [0.0, 0.3]], dtype=torch.float64) + 2.0], 1)
+    fit = _SiteFit(dist.Normal(torch.zeros(2, 2), 1.0).to_event(1), z, torch.zeros(400, 2, dtype=torch.float64))
+    torch.manual_seed(1)
+    draws = fit.sample(20000)
+    assert draws.shape == (20000, 2, 2)
+    cov = fit.gauss.covariance_matrix
+    sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert ((draws.mean(0) - fit.gauss.loc).abs() < 5 * sd / 20000 ** 0.5).all()
+    centred = draws - draws.mean(0)
+    emp = torch.einsum("kni,knj->nij", centred, centred) / 19999
+    assert ((emp - cov).abs() < 5 * (sd[..., :, None] * sd[..., None, :]) * (2 / 20000) ** 0.5).all()
+    assert float(cov[0, 0, 1]) > 0.3 and float(cov[1, 0, 1]) < -0.1  # the two correlations, of opposite signs

@@ -177,7 +177,7 @@ def test_keyword_data_reach_the_gradient_step_and_the_single_trace_api_is_refuse
         loss._get_trace(model, guide, (), {"x": x})
 
 
-def test_dreg_has_the_iwae_value_and_each_model_its_own_plates(lg):
+def test_dreg_has_the_iwae_value_and_each_model_its_own_plates(lg, grid_pair):
     """The doubly-reparameterised objective changes the gradient, not the value: the same bound as iwae on the same
     draws. The plates found for one model are not used for another (one IWELBO, two models whose batch plates
     differ in name and size)."""
@@ -196,15 +196,7 @@ def test_dreg_has_the_iwae_value_and_each_model_its_own_plates(lg):
     with pytest.raises(DgmPyroError, match="^" + re.escape("estimator must be one of iwae, dreg, got 'reinforce'") + "$"):
         IWELBO(estimator="reinforce")
 
-    def grid_model(v):
-        with pyro.plate("cols", 3, dim=-1), pyro.plate("rows", 2, dim=-2):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("v", dist.Normal(z, 1.0), obs=v)
-
-    def grid_guide(v):
-        with pyro.plate("cols", 3, dim=-1), pyro.plate("rows", 2, dim=-2):
-            pyro.sample("z", dist.Normal(0.5 * v, 0.8))
-
+    grid_model, grid_guide = grid_pair
     v = torch.tensor([[0.1, -0.5, 1.0], [0.3, 0.2, -1.0]])
     shared = IWELBO(3, estimator="iwae")
     shared.loss(truth.model, truth.exact_guide, x, y)
