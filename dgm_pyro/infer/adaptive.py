@@ -113,7 +113,8 @@ def adaptive_unsupported(model: Callable, guide: Callable, *args, **kwargs) -> "
 
 def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: dict, num: int, keep_dims: set[int],
                          nesting: int, num_rounds: int = 3, defensive: float = 0.2,
-                         chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_size: int | None = None, on_chunk: Callable[[int, int], None] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(num, ...) log-weights of the last round of adaptive importance sampling, and those of round 0 (the
     guide alone), with size-1 dims where plates were summed (as
     :func:`~dgm_pyro.infer.weights.log_importance_weights`).
@@ -124,6 +125,7 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
             mixture's draws, the model).
         defensive: a in (0, 1], the guide's share of the mixture.
         chunk_size: particles evaluated at once (default: all).
+        on_chunk: called after each chunk with the draws made so far and in all, (R + 1) ``num`` (for progress).
     """
     if num_rounds < 1:
         raise DgmPyroError(f"adaptive importance sampling needs num_rounds >= 1, got {num_rounds}")
@@ -173,7 +175,7 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
                                 (math.log1p(-defensive) if defensive < 1 else -math.inf) + log_g)
         return log_p - log_r, z
 
-    def run(step: Callable[[int], tuple]) -> tuple[torch.Tensor, dict]:
+    def run(step: Callable[[int], tuple], before: int) -> tuple[torch.Tensor, dict]:
         lws, zs = [], []
         done = 0
         while done < num:
@@ -182,13 +184,15 @@ def adaptive_log_weights(model: Callable, guide: Callable, args: tuple, kwargs: 
             lws.append(out[0])
             zs.append(out[1])
             done += k
+            if on_chunk is not None:
+                on_chunk(before + done, (num_rounds + 1) * num)
         return torch.cat(lws, 0), {n: torch.cat([z[n] for z in zs], 0) for n in latents}
 
     with torch.no_grad():
-        log_w0, z = run(guide_round)
+        log_w0, z = run(guide_round, 0)
         log_w = log_w0
         fits: dict = {}
-        for _ in range(num_rounds):
+        for r in range(num_rounds):
             fits = {n: _SiteFit(fns[n], z[n], log_w, fits.get(n)) for n in latents}
-            log_w, z = run(lambda k: mixture_round(k, fits, log_w0))
+            log_w, z = run(lambda k: mixture_round(k, fits, log_w0), (r + 1) * num)
     return log_w.detach(), log_w0.detach()

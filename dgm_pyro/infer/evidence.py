@@ -216,10 +216,16 @@ def log_evidence(model: Callable, guide: Callable, *args, num_particles: int = 1
         if method == "adaptive":
             from .adaptive import adaptive_log_weights
 
+            def on_chunk(drawn: int, total: int) -> None:  # without a bar: a log line every 30 s
+                if bar is None and drawn < total:
+                    clock.beat(drawn / total * num_particles,
+                               f"{what}: {drawn} of {total} draws (the guide's round and {num_rounds} adapted) "
+                               f"for {numel} datapoint(s)")
+
             with pyro.validation_enabled(False):
                 lw, lw_guide = adaptive_log_weights(model, guide, args, kwargs, num_particles, keep, nesting,
                                                     num_rounds=num_rounds, defensive=defensive,
-                                                    chunk_size=chunk_size)
+                                                    chunk_size=chunk_size, on_chunk=on_chunk)
             chunks.append(lw.double())
             guide_log_w = lw_guide.double()
             if bar is not None:

@@ -583,7 +583,7 @@ def test_auto_through_log_evidence_sees_the_particle_count_and_keyword_data(capl
 def test_progress_bar_and_heartbeat_name_the_method_and_count_the_particles(lg, monkeypatch, caplog, method, what):
     """With ``progress=True`` one tqdm bar of K particles named by the method, left behind on nothing, updated to
     K and closed; without it a log line per chunk once its interval has passed (here at once), naming the
-    method, the particles done of K and the datapoints."""
+    method, the particles (adaptive: the draws of every round) done of all, and the datapoints."""
     import logging
 
     import tqdm.auto
@@ -615,7 +615,11 @@ def test_progress_bar_and_heartbeat_name_the_method_and_count_the_particles(lg, 
     with caplog.at_level(logging.INFO, logger="dgm_pyro.infer.evidence"):
         log_evidence(*args, **options)
     lines = [r.getMessage() for r in caplog.records if r.name == "dgm_pyro.infer.evidence"]
-    expected = [] if method == "adaptive" else [f"{what}: {k} of 30 particles for 3 datapoint(s); " for k in (10, 20)]
+    if method == "adaptive":  # the guide's round and one adapted round of 30 draws each
+        expected = [f"{what}: {k} of 60 draws (the guide's round and 1 adapted) for 3 datapoint(s); "
+                    for k in (10, 20, 30, 40, 50)]
+    else:
+        expected = [f"{what}: {k} of 30 particles for 3 datapoint(s); " for k in (10, 20)]
     assert [line[:len(e)] for line, e in zip(lines, expected)] == expected and len(lines) == len(expected)
     assert all("elapsed" in line for line in lines)
 
