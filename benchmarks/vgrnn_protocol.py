@@ -12,7 +12,7 @@ every node, isolated ones included: the paper's negatives range over all nodes);
 Reported per dataset, forecaster and seed, the mean over the 3 target snapshots of: AUC (every non-edge), AP with
 as many sampled non-edges as edges (``ap_1to1``, the mean over 10 draws: the paper's way), AP with every non-edge,
 and the same for new links only (pairs with no edge in the snapshot before: VGRNN's "dynamic new link
-prediction"). Extra ``train graph-ssm`` options go after ``--``, for example ``-- --steps 600 --hidden 64``.
+prediction"). Extra ``train graph-ssm`` options go after ``--``, for example ``-- --steps 600 --edge-proximity true``.
 """
 
 from __future__ import annotations
@@ -52,10 +52,13 @@ def run_protocol(folder: Path, seed: int, extra: list[str]) -> dict:
 
 
 def _options(extra: list[str]) -> dict:
-    """``--name value`` pairs of GraphConfig fields (numbers parsed)."""
+    """``--name value`` pairs of GraphConfig fields (numbers and true/false parsed)."""
     out = {}
     for flag, value in zip(extra[::2], extra[1::2]):
         key = flag.lstrip("-").replace("-", "_")
+        if value in ("true", "false"):
+            out[key] = value == "true"
+            continue
         for cast in (int, float):
             try:
                 value = cast(value)

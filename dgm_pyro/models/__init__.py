@@ -7,10 +7,10 @@ from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persi
 from .graph_sparse import sparse_forecast
 from .graph_ssm import GraphSSM
 from .linear_gaussian import LinearGaussianCVAE
-from .link_heuristics import EWMA, AdamicAdar, CommonNeighbours, EdgeBank, Katz, PreferentialAttachment, link_heuristics
+from .link_heuristics import EWMA, AdamicAdar, CommonNeighbours, EdgeBank, Katz, PreferentialAttachment, katz_index, link_heuristics
 from .markov import MarkovNormal
 from .nn import MLP
 
 __all__ = ["BaselineGuess", "CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "MarkovNormal",
            "GraphSSM", "Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle", "sparse_forecast", "EWMA",
-           "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz", "link_heuristics"]
+           "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz", "katz_index", "link_heuristics"]

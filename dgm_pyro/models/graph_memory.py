@@ -1,6 +1,7 @@
 """What a graph's past adds to an edge's logit in the GraphSSM (seed P4): each pair's edge history
 (:class:`PairHistory`: the edge before, its decayed memory and count) and each node's decayed past degree
-(:func:`node_activity`), for the observed snapshots and, step by step, for forecast paths.
+(:func:`node_activity`) and each pair's proximity in the graph of all past edges (:func:`katz_proximity`), for the
+observed snapshots and, step by step, for forecast paths.
 """
 
 from __future__ import annotations
@@ -8,8 +9,44 @@ from __future__ import annotations
 import torch
 
 from ..data.graphs import derived, sorted_lookup
+from .link_heuristics import katz_index
 
-__all__ = ["PairHistory", "node_activity"]
+__all__ = ["PairHistory", "node_activity", "katz_proximity", "proximity_history", "past_union", "PROXIMITY_SCALE"]
+
+#: the Katz index's scale in the proximity feature log(1 + K / scale): pairs about four hops apart and closer get
+#: distinct values, unconnected pairs 0
+PROXIMITY_SCALE = 1e-8
+
+
+def katz_proximity(union: torch.Tensor, damping: float) -> torch.Tensor:
+    """The proximity feature pi_uv = log(1 + K_uv / :data:`PROXIMITY_SCALE`) (..., N, N), float32, of symmetric 0/1
+    graphs ``union`` (..., N, N): K the Katz index with beta = ``damping`` / the largest degree
+    (:func:`~dgm_pyro.models.link_heuristics.katz_index`, in float64: K spans many orders of magnitude)."""
+    return torch.log1p(katz_index(union, damping, normalise="degree") / PROXIMITY_SCALE).float()
+
+
+def past_union(edges: list[torch.Tensor], num_nodes: int) -> torch.Tensor:
+    """The symmetric 0/1 graph (N, N) of every edge in ``edges`` (a directed edge links both ways), no self-loops."""
+    device = edges[0].device if edges else None
+    union = torch.zeros(num_nodes, num_nodes, device=device)
+    for e in edges:
+        union[e[0], e[1]] = 1.0
+        union[e[1], e[0]] = 1.0
+    return union.fill_diagonal_(0.0)
+
+
+def proximity_history(edges: list[torch.Tensor], num_nodes: int, damping: float, keys: torch.Tensor) -> torch.Tensor:
+    """The proximity (:func:`katz_proximity`) of the pairs with keys u N + v ``keys`` (P,) before each snapshot:
+    (T, P), row t from the union graph of snapshots 0..t-1 (0-based; row 0 all zero). One N x N inversion per
+    snapshot, computed once per edge sequence (:func:`~dgm_pyro.data.graphs.derived`)."""
+
+    def build() -> torch.Tensor:
+        rows = [torch.zeros(keys.shape[0], device=keys.device)]
+        for t in range(1, len(edges)):
+            rows.append(katz_proximity(past_union(edges[:t], num_nodes), damping).flatten().index_select(0, keys))
+        return torch.stack(rows) if edges else torch.zeros(0, keys.shape[0], device=keys.device)
+
+    return derived(f"katz proximity {damping} over {keys.shape[0]} pairs", edges, num_nodes, build)
 
 
 def node_activity(edges: list[torch.Tensor], num_nodes: int, directed: bool, decay: torch.Tensor) -> torch.Tensor:

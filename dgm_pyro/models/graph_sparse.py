@@ -263,6 +263,9 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
     """
     if horizon < 1 or num_samples < 1:
         raise ValueError("horizon and num_samples must be >= 1")
+    if getattr(module, "edge_proximity", False):
+        raise ValueError("a GraphSSM with edge_proximity forecasts with its dense rollout (GraphSSM.forecast): the "
+                         "Katz proximity is an N x N matrix")
     n = module.num_nodes
     memory = _PathMemory(module, edges)
     last = edges[-1]

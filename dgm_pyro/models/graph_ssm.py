@@ -12,17 +12,21 @@ move depends on the whole graph's state. The edge decoder is autoregressive in t
 a pair is
 
     sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}) [+ eta log(1 + C_{uv,t-1})]
-        + kappa (log(1 + D_{u,t-1}) + log(1 + D_{v,t-1})) + mu (log(1 + K_{u,t-1}) + log(1 + K_{v,t-1})),
+        + kappa (log(1 + D_{u,t-1}) + log(1 + D_{v,t-1})) + mu (log(1 + K_{u,t-1}) + log(1 + K_{v,t-1}))
+        [+ phi pi_{uv,t-1}],
     M_{uv,t-1} = sum_{s <= t-1} rho^{t-1-s} A_{uv,s}      (a decayed count of the pair's past edges)
     C_{uv,t-1} = sum_{s <= t-1} A_{uv,s}                  (the undecayed count: the pair's long-run frequency)
     D_{v,t-1}  = sum_{s <= t-1} beta^{t-1-s} deg_s(v)     (the node's decayed past degree: its recent activity)
     K_{v,t-1}  = sum_{s <= t-1} deg_s(v)                  (its undecayed past degree: its long-run activity)
+    pi_{uv,t-1} = log(1 + Katz_uv(U_{t-1}) / 1e-8)        (the pair's proximity in the union graph U_{t-1} of
+                                                            snapshots 1..t-1: paths of every length, damped)
 
 (undirected; two maps g, h for directed graphs, and there the source's out-degrees and the destination's
 in-degrees with their own kappa and mu), over pairs u < v (undirected) or all ordered pairs u != v (directed);
 alpha, gamma, eta, kappa, mu and rho, beta in (0, 1) are learned, ``edge_memory=False`` drops the pair memory
 terms, ``edge_frequency=True`` adds the undecayed pair count and ``node_activity=False`` drops the two activity
-terms (node-level propensities: how active a node was lately, and over the whole history). So
+terms (node-level propensities: how active a node was lately, and over the whole history); ``edge_proximity=True``
+adds the proximity term (pairs that share neighbours, or are a few hops apart, link more: triadic closure). So
 p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts feed their own
 sampled edges back.
 
@@ -55,7 +59,7 @@ from ..data.graphs import edge_indicator, pair_index, uniform_nonedges
 from .emissions import FeatureBlocks, HurdleLogNormal
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
-from .graph_memory import PairHistory, node_activity
+from .graph_memory import PairHistory, katz_proximity, node_activity, past_union, proximity_history
 from .nn import MLP, cat_broadcast
 
 __all__ = ["GraphSSM", "EDGE_LIKELIHOODS", "FINAL_STATES"]
@@ -103,6 +107,10 @@ class GraphSSM(PyroModule):
         final_state: how forecasts draw the last latent Z_T given the history (:meth:`filter`): ``transition``
             (its exact conditional posterior p(Z_T | Z_{T-1}): no observed snapshot is emitted from Z_T) or
             ``guide`` (the guide's q(Z_T | Z_{T-1}, X_{1:T}, A_{1:T}), as forecasts did before this option).
+        edge_proximity: add phi pi_uv, the pair's Katz proximity in the graph of all past edges
+            (:func:`~dgm_pyro.models.graph_memory.katz_proximity`, damping ``proximity_damping`` over the largest
+            degree), to the edge logits. Dense likelihood only (an N x N inversion per snapshot and, in forecasts,
+            per path and step after the first).
     """
 
     def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
@@ -112,13 +120,18 @@ class GraphSSM(PyroModule):
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
                  feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = True,
-                 final_state: str = "transition", name: str = "graph_ssm"):
+                 final_state: str = "transition", edge_proximity: bool = False, proximity_damping: float = 0.5,
+                 name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
             raise ValueError(f"edge_likelihood must be one of {EDGE_LIKELIHOODS}")
         if final_state not in FINAL_STATES:
             raise ValueError(f"final_state must be one of {FINAL_STATES}; got {final_state!r}")
         self.final_state = final_state
+        if edge_proximity and edge_likelihood != "dense":
+            raise ValueError("edge_proximity needs the dense edge likelihood (an N x N Katz index per snapshot)")
+        if not 0 < proximity_damping < 1:
+            raise ValueError(f"proximity_damping must be in (0, 1); got {proximity_damping}")
         n, f, d = num_nodes, num_features, latent_dim
         self.num_nodes, self.num_features, self.latent_dim = n, f, d
         self.directed, self.edge_likelihood = directed, edge_likelihood
@@ -176,6 +189,9 @@ class GraphSSM(PyroModule):
             self.activity_weight = nn.Parameter(torch.zeros(2 if directed else 1))
             self.activity_count_weight = nn.Parameter(torch.zeros(2 if directed else 1))
             self.activity_decay_logit = nn.Parameter(torch.tensor(0.0))  # beta = 0.5
+        self.edge_proximity, self.proximity_damping = edge_proximity, float(proximity_damping)
+        if edge_proximity:
+            self.proximity_weight = nn.Parameter(torch.tensor(0.0))
         # guide q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t})
         self.embedding = nn.Parameter(0.1 * torch.randn(n, embedding_dim))
         self.encoder = SnapshotEncoder(f + embedding_dim, hidden, gnn)
@@ -324,14 +340,17 @@ class GraphSSM(PyroModule):
         return logits
 
     def edge_probabilities(self, z: torch.Tensor, memory: Optional[tuple[torch.Tensor, ...]] = None,
-                           activity: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           activity: Optional[torch.Tensor] = None,
+                           proximity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
         dense (A_{t-1}, M_{t-1}, C_{t-1}) triple of (..., N, N) tensors, ``activity`` (..., N, 4) the nodes'
-        past degrees (:meth:`activity`)."""
+        past degrees (:meth:`activity`), ``proximity`` (..., N, N) the pairs' pi (:func:`katz_proximity`)."""
         g, h = self.edge_factors(z, activity)
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
             logits = logits + self.memory_term(*memory)
+        if self.edge_proximity and proximity is not None:
+            logits = logits + self.proximity_weight * proximity
         return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes, device=logits.device))
 
     def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -402,6 +421,8 @@ class GraphSSM(PyroModule):
                 # the memory term is zero for pairs that never had an edge: add it at the K columns that did
                 logits = logits.index_add(-1, torch.searchsorted(keys, history.keys),
                                           self.memory_term(history.last, history.decayed, history.count))
+            if self.edge_proximity:
+                logits = logits + self.proximity_weight * proximity_history(edges, n, self.proximity_damping, keys)
             observed = edge_indicator(edges, keys, n)
             with time, pyro.plate("pairs", self.num_pairs, dim=-1):
                 # the 0/1 targets are built here, so argument validation would only re-check T x P known values
@@ -494,7 +515,8 @@ class GraphSSM(PyroModule):
                 num_samples: int) -> Iterator[dict[str, Any]]:
         """Yield ``steps`` forecast steps (P4.4) of ``num_samples`` paths, each a dict with the latent ``z``
         (S, N, d) it is emitted from, feature draws ``x`` (S, N, F), ``edge_prob`` and edge draws ``A``
-        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}, C_{t-1}) and node ``activity`` (S, N, 4) it used.
+        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}, C_{t-1}), node ``activity`` (S, N, 4) and pair
+        ``proximity`` (N, N) or (S, N, N) (None without these terms) it used.
         Draws Z_T given the history first (:meth:`filter`), then alternately emits from Z and moves
         Z ~ p(Z' | Z), feeding the sampled edges back."""
         z = self.filter(x, edges, num_samples)
@@ -503,15 +525,21 @@ class GraphSSM(PyroModule):
         if self.edge_memory:
             memory = tuple(m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
         activity = self.forecast_activity(edges, num_samples)
-        for _ in range(steps):
+        # the union of past edges: the history's, then each path's with its own draws
+        union = past_union(edges, self.num_nodes).to(z.device) if self.edge_proximity else None
+        for step in range(steps):
             h = self.emission_input(z, last_x)
             x_draw = self.draw_features(h, last_x)
-            p = self.edge_probabilities(h, memory, activity)
+            proximity = None if union is None else katz_proximity(union, self.proximity_damping)
+            p = self.edge_probabilities(h, memory, activity, proximity)
             a = torch.bernoulli(p)
             if not self.directed:
                 a = a.triu(1)
                 a = a + a.transpose(-1, -2)
-            yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory, "activity": activity}
+            yield {"z": z, "h": h, "x": x_draw, "edge_prob": p, "A": a, "memory": memory, "activity": activity,
+                   "proximity": proximity}
+            if union is not None and step + 1 < steps:
+                union = torch.maximum(union, torch.maximum(a, a.transpose(-1, -2)))
             if memory is not None:
                 memory = (a, self.memory_decay * memory[1] + a, memory[2] + a)
             # out-degree (row sums) and in-degree (column sums); equal when undirected

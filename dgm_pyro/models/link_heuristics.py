@@ -25,7 +25,7 @@ from ..data.graphs import GraphSequence, pair_index
 from ..errors import DgmPyroError
 
 __all__ = ["EWMA", "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz",
-           "link_heuristics", "EWMA_DECAYS"]
+           "katz_index", "link_heuristics", "EWMA_DECAYS"]
 
 #: the decays EWMA chooses from (on the history alone)
 EWMA_DECAYS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -157,9 +157,26 @@ class PreferentialAttachment(_Heuristic):
         return torch.outer(deg, deg)
 
 
+def katz_index(adjacency: torch.Tensor, damping: float = 0.5, normalise: str = "eigenvalue") -> torch.Tensor:
+    """The Katz index K = sum_{l >= 1} beta^l A^l = (I - beta A)^-1 - I (..., N, N), float64, of symmetric 0/1
+    adjacency matrices A (..., N, N) (a batch of graphs allowed), with beta = ``damping`` / r and r the largest
+    eigenvalue of A (``normalise="eigenvalue"``) or its largest degree (``"degree"``: an upper bound of that
+    eigenvalue, cheap for a batch of graphs), so that the series converges. Zero for a graph without edges."""
+    if normalise not in ("eigenvalue", "degree"):
+        raise ValueError(f"normalise must be 'eigenvalue' or 'degree', got {normalise!r}")
+    a = adjacency.double()
+    n = a.shape[-1]
+    if n == 0:
+        return a.clone()
+    r = torch.linalg.eigvalsh(a)[..., -1] if normalise == "eigenvalue" else a.sum(-1).amax(-1)
+    beta = torch.where(r > 0, damping / r.clamp_min(1e-12), torch.zeros_like(r))
+    eye = torch.eye(n, dtype=a.dtype, device=a.device)
+    return torch.linalg.inv(eye - beta[..., None, None] * a) - eye
+
+
 class Katz(_Heuristic):
     """sum_{l >= 1} beta^l (A^l)_uv = ((I - beta A)^-1 - I)_uv in the history's union graph, with beta =
-    ``damping`` / (the largest eigenvalue of A), so that the series converges."""
+    ``damping`` / (the largest eigenvalue of A), so that the series converges (:func:`katz_index`)."""
 
     name = "Katz"
 
@@ -169,13 +186,7 @@ class Katz(_Heuristic):
         self.damping = damping
 
     def scores(self, history: GraphSequence) -> torch.Tensor:
-        a = _symmetric_union(history)
-        n = a.shape[0]
-        rho = float(torch.linalg.eigvalsh(a)[-1]) if n else 0.0
-        if rho <= 0:
-            return torch.zeros(n, n, dtype=torch.float64)
-        eye = torch.eye(n, dtype=torch.float64)
-        return torch.linalg.inv(eye - (self.damping / rho) * a) - eye
+        return katz_index(_symmetric_union(history), self.damping)
 
 
 def link_heuristics() -> list[_Heuristic]:

@@ -168,6 +168,9 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     if not sparse and history.num_nodes > FORECAST_MAX_NODES:
         raise DgmPyroError(f"the graph has {history.num_nodes} nodes; dense forecasts (N^2 edge probabilities per "
                            f"draw and step) are available up to {FORECAST_MAX_NODES} nodes: use --edges sparse")
+    if sparse and getattr(run.module, "edge_proximity", False):
+        raise DgmPyroError("this run's edge logits use the Katz proximity (--edge-proximity), an N x N matrix: "
+                           "forecast it with --edges dense")
     if sparse and stationarity_steps:
         raise DgmPyroError("the stationarity check rolls out dense graphs; leave it out with --edges sparse")
     out_path = Path(out) if out is not None else run.path / "forecast.nc"

@@ -87,6 +87,9 @@ class GraphConfig(ConfigBase):
                               "Z_{T-1}), its exact posterior: no snapshot is emitted from Z_T) or guide (from the "
                               "guide's q(Z_T | Z_{T-1}, history); runs made before this option).",
                               choices=FINAL_STATES, added=True, before="guide")
+    edge_proximity: bool = option(False, "Edge logits also use the pair's Katz proximity in the graph of all past "
+                                  "edges (triadic closure: pairs with common neighbours or a few hops apart link "
+                                  "more; dense likelihood only).", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
@@ -108,6 +111,9 @@ class GraphConfig(ConfigBase):
     def validate(self) -> "GraphConfig":
         self.check_fields()
         parse_teacher_forcing(self.scheduled_sampling)
+        if self.edge_proximity and self.edge_likelihood == "sparse":
+            raise DgmPyroError("--edge-proximity needs the dense edge likelihood (an N x N Katz index per snapshot); "
+                               "leave out --edge-likelihood sparse")
         kinds = self.feature_emission.split(",")
         allowed = FEATURE_EMISSIONS + (("auto",) if len(kinds) == 1 else ())
         if any(k not in allowed for k in kinds):
@@ -202,16 +208,22 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
     """The configured :class:`GraphSSM`, sized for the data, with feature scaling from the snapshots it trains
     on (the history before the ``valid_steps`` held out)."""
     history = training_history(config, history)[0]
+    likelihood = config.resolved_edge_likelihood(history.num_nodes)
+    if config.edge_proximity and likelihood == "sparse":
+        raise DgmPyroError(f"--edge-proximity needs the dense edge likelihood, which --edge-likelihood auto uses up "
+                           f"to {config.DENSE_MAX_NODES} nodes; this graph has {history.num_nodes}: pass "
+                           "--edge-likelihood dense")
     shift, scale = _feature_standardisation(history, 1e-3)
     model = GraphSSM(history.num_nodes, history.num_features, latent_dim=config.latent_dim, hidden=config.hidden,
                     directed=history.directed, gnn=config.gnn,
-                    edge_likelihood=config.resolved_edge_likelihood(history.num_nodes),
+                    edge_likelihood=likelihood,
                     negatives_per_edge=config.negatives_per_edge,
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
                     edge_memory=config.edge_memory, static=static_features(config, history),
                     edge_frequency=config.edge_frequency,
                     feature_emission=resolved_feature_emission(config, history),
-                    node_activity=config.node_activity, final_state=config.final_state)
+                    node_activity=config.node_activity, final_state=config.final_state,
+                    edge_proximity=config.edge_proximity)
     if model.edge_likelihood == "sparse":
         # large sparse graphs: start the edge bias at the logit of the observed density; the default -3 expects
         # tens of times too many edges there, and the sampled-negative likelihood takes hundreds of steps to undo it

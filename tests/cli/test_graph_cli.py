@@ -638,3 +638,24 @@ def test_final_state_guide_keeps_the_weights_and_changes_only_the_forecast(graph
     r = run("train", "graph-ssm", "--out", tmp_path / "bad", "--final-state", "smoother", *TINY)
     assert r.exit_code == 2 and "smoother" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_edge_proximity_trains_forecasts_and_refuses_what_it_cannot_do(tmp_path):
+    """--edge-proximity adds the Katz term (its weight trained and saved) and forecasts densely from the command
+    line; with the sparse likelihood, or asked for sparse forecasts, it is refused with one line and exit code 2,
+    leaving nothing behind."""
+    r = run("train", "graph-ssm", "--out", tmp_path, "--json", "--edge-proximity", *TINY)
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    assert json.loads((path / "config.json").read_text())["edge_proximity"] is True
+    assert "proximity_weight" in torch.load(path / "checkpoint.pt", weights_only=True)["model_state"]
+    r = run("forecast", path, "--horizon", "2", "--samples", "5", "--no-plots", "--out", tmp_path / "p.nc")
+    assert r.exit_code == 0, r.output
+    r = run("forecast", path, "--horizon", "2", "--samples", "5", "--no-plots", "--edges", "sparse",
+            "--out", tmp_path / "s.nc")
+    assert r.exit_code == 2 and "forecast it with --edges dense" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.nc").exists()
+    r = run("train", "graph-ssm", "--out", tmp_path, "--name", "sp", "--edge-proximity", "--edge-likelihood",
+            "sparse", *TINY)
+    assert r.exit_code == 2 and "needs the dense edge likelihood" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "sp").exists()

@@ -9,7 +9,7 @@ from dgm_pyro.data.graphs import GraphSequence
 from dgm_pyro.errors import DgmPyroError
 from dgm_pyro.metrics import forecast_scores
 from dgm_pyro.models.link_heuristics import (EWMA, EWMA_DECAYS, AdamicAdar, CommonNeighbours, EdgeBank, Katz,
-                                             PreferentialAttachment, link_heuristics)
+                                             PreferentialAttachment, katz_index, link_heuristics)
 
 
 def _sequence(snapshots, n=5, directed=False):
@@ -42,6 +42,24 @@ def test_katz_is_the_damped_sum_of_walks():
     assert got[0, 3] > 0 and got[0, 4] == 0 and got[0, 1] > got[0, 2] > got[0, 3]
     with pytest.raises(DgmPyroError, match="damping must be in"):
         Katz(damping=1.0)
+
+
+def test_katz_index_by_degree_and_in_batches():
+    """beta = damping / the largest degree (2 on the path) gives the same series with that beta; a batch of graphs
+    is scored graph by graph; an empty graph scores zero."""
+    a = torch.zeros(5, 5, dtype=torch.float64)
+    for u, v in [(0, 1), (1, 2), (2, 3)]:
+        a[u, v] = a[v, u] = 1
+    series = sum((0.5 / 2) ** k * torch.linalg.matrix_power(a, k) for k in range(1, 80))
+    assert torch.allclose(katz_index(a, 0.5, normalise="degree"), series, atol=1e-12)
+    star = torch.zeros(5, 5, dtype=torch.float64)
+    star[0, 1:] = star[1:, 0] = 1
+    batch = katz_index(torch.stack([a, star, torch.zeros(5, 5)]), 0.3, normalise="degree")
+    assert torch.allclose(batch[0], katz_index(a, 0.3, normalise="degree"))
+    assert torch.allclose(batch[1], katz_index(star, 0.3, normalise="degree"))
+    assert torch.equal(batch[2], torch.zeros(5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="normalise"):
+        katz_index(a, 0.5, normalise="spectral")
 
 
 def test_edgebank_remembers_every_past_edge_or_those_of_its_window():
