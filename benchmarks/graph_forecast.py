@@ -8,6 +8,8 @@ likelihood's scaling.
         --ablate-edge-memory --json docs/results/graph_collegemsg.json
     python benchmarks/graph_forecast.py highschool --seeds 0 1 2 --steps 300 --samples 200 --ablate-edge-memory \
         --json docs/results/graph_highschool.json
+    python benchmarks/graph_forecast.py collegemsg --seeds 0 1 2 --steps 400 --samples 200 --edge-proximity \
+        --json docs/results/graph_collegemsg_proximity.json
     python benchmarks/graph_forecast.py scaling --nodes 1000 3000 10000
     python benchmarks/graph_forecast.py sparse-data --nodes 1000 10000 --snapshots 15 --out graphs
     dgm-pyro train graph-ssm --dataset pt:graphs/graph10000.pt --steps 150 --lr 0.03 --baseline-steps 0 --name g10k
@@ -176,6 +178,8 @@ def real_data(args: argparse.Namespace) -> dict:
         variants["GraphSSM, --edge-frequency"] = {"edge_frequency": True}
     if args.hurdle:
         variants["GraphSSM, --feature-emission hurdle"] = {"feature_emission": "hurdle"}
+    if args.edge_proximity:
+        variants["GraphSSM, --edge-proximity"] = {"edge_proximity": True}
     if args.ablate_edge_memory:
         variants["GraphSSM (no edge memory)"] = {"edge_memory": False}
     if args.ablate_node_activity:
@@ -360,6 +364,8 @@ def main() -> None:
                         "guide (--final-state guide; the same weights)")
     p.add_argument("--edge-frequency", action="store_true",
                    help="collegemsg, highschool: a variant with the long-run edge-frequency term (--edge-frequency)")
+    p.add_argument("--edge-proximity", action="store_true",
+                   help="collegemsg, highschool: also the model with the Katz proximity term")
     p.add_argument("--hurdle", action="store_true",
                    help="collegemsg, highschool: a variant with the hurdle feature emission (--feature-emission hurdle)")
     p.add_argument("--jobs", type=int, default=1, help="dsbm, collegemsg, highschool: runs in parallel (one thread each when > 1)")

@@ -38,7 +38,8 @@ Site names: the latent path ``z`` (T, N, d), one site in model and guide whose d
 :class:`~dgm_pyro.models.markov.MarkovNormal` (drawn step by step; given a path, its T transition log-densities
 are one batched network call, in the guide too); given it the emissions of all snapshots are conditionally
 independent and observed in batched sites:
-features ``x`` (T, N, F) in plates ``time`` x ``nodes``, edges ``a`` (T, P) in ``time`` x ``pairs`` (dense) or
+features ``x`` (T, N, F) in plates ``time`` x ``nodes``, edges ``a`` (T, P) (dense: one event of a
+:class:`~dgm_pyro.models.graph_likelihood.DenseGraphBernoulli`) or
 ``a_edges`` and ``a_nonedges`` (sparse). The ELBO of P4.1 is Pyro's ``Trace_ELBO`` on this model and guide.
 """
 
@@ -55,8 +56,9 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..data.graphs import edge_indicator, pair_index, uniform_nonedges
+from ..data.graphs import derived, edge_indicator, pair_index, uniform_nonedges
 from .emissions import FeatureBlocks, HurdleLogNormal
+from .graph_likelihood import DenseGraphBernoulli
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
 from .graph_memory import PairHistory, katz_proximity, node_activity, past_union, proximity_history
@@ -399,7 +401,7 @@ class GraphSSM(PyroModule):
 
         Given the latents ``zs`` (T, N, d) = Z_{0:T-1} the emissions of all snapshots are conditionally
         independent, so they are computed in batched calls over time and observed as single sites: ``x``
-        (T, N, F_d) in plates ``time`` x ``nodes`` and ``a`` (T, P) in ``time`` x ``pairs`` (sparse:
+        (T, N, F_d) in plates ``time`` x ``nodes`` and ``a`` (T, P), one event (:class:`DenseGraphBernoulli`; sparse:
         ``a_edges`` over every edge of every snapshot, ``a_nonedges`` over the sampled non-edges)."""
         num_t, n = len(edges), self.num_nodes
         h = self.emission_input(zs, x)
@@ -414,20 +416,19 @@ class GraphSSM(PyroModule):
             pairs = pair_index(n, self.directed).to(zs.device)
             keys = pairs[0] * n + pairs[1]  # ascending
             g, hd = self.edge_factors(h, activity)
-            # index_select on the flattened (N, N): its backward is an index_add, several times cheaper than
-            # that of indexing with the two index tensors
-            logits = (g @ hd.transpose(-1, -2)).flatten(-2).index_select(-1, keys) + self.edge_bias  # (T, P)
+            memory = None
             if history is not None and history.keys.numel():
-                # the memory term is zero for pairs that never had an edge: add it at the K columns that did
-                logits = logits.index_add(-1, torch.searchsorted(keys, history.keys),
-                                          self.memory_term(history.last, history.decayed, history.count))
-            if self.edge_proximity:
-                logits = logits + self.proximity_weight * proximity_history(edges, n, self.proximity_damping, keys)
-            observed = edge_indicator(edges, keys, n)
-            with time, pyro.plate("pairs", self.num_pairs, dim=-1):
-                # the 0/1 targets are built here, so argument validation would only re-check T x P known values
-                # (measured 5-7 ms of a 0.24 s step at T = 90, N = 200)
-                pyro.sample("a", dist.Bernoulli(logits=logits, validate_args=False), obs=observed)
+                memory = self.memory_term(history.last, history.decayed, history.count)
+            proximity = proximity_history(edges, n, self.proximity_damping, keys) if self.edge_proximity else None
+            # the 0/1 targets, built once per edge sequence: the distribution scores this very tensor from the
+            # edges and a blocked sum over all pairs, without (T, P) logits (graph_likelihood)
+            observed = derived(f"edge indicator over {keys.shape[0]} pairs", edges, n,
+                               lambda: edge_indicator(edges, keys, n))
+            pyro.sample("a", DenseGraphBernoulli(g, hd, self.edge_bias, keys, n, memory=memory,
+                                                 memory_keys=None if memory is None else history.keys,
+                                                 proximity=proximity,
+                                                 weight=self.proximity_weight if self.edge_proximity else None,
+                                                 observed=edges, indicator=observed), obs=observed)
             return
         # sparse: every edge of every snapshot, and per snapshot m_t non-edges drawn uniformly from its
         # num_non_t, each weighted num_non_t / m_t: an unbiased estimate of the sum over all non-edges
