@@ -47,7 +47,7 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path, guide_f
     variant = (config.scheduled_sampling.replace(":", "_") + ("-deterministic" if config.deterministic_decoder else "")
                + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else "")
                + ("-hurdle" if config.feature_emission == "hurdle" else "")
-               + ("" if config.node_activity else "-no-activity"))
+               + ("" if config.node_activity else "-no-activity") + ("-proximity" if config.edge_proximity else ""))
     run_dir = root / f"{config.dataset}-{variant}-seed{config.seed}"
     start = time.perf_counter()
     train_run(config, run_dir)

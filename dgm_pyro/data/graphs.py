@@ -88,16 +88,12 @@ def derived(name: str, edges: Sequence[torch.Tensor], num_nodes: int, build: Cal
 
 def edge_indicator(edges: list[torch.Tensor], keys: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """A_t on the pairs with ascending keys u N + v ``keys`` (P,) (those of :func:`pair_index`): a (T, P) 0/1
-    float tensor for the T edge indices ``edges`` (2, E_t)."""
+    float tensor for the T edge indices ``edges`` (2, E_t). Models build it once per edge sequence
+    (:func:`derived`)."""
     size = keys.shape[0]
-
-    def positions() -> torch.Tensor:  # of the edges in the flattened (T, P)
-        return torch.cat([t * size + torch.searchsorted(keys, e[0] * num_nodes + e[1]) for t, e in enumerate(edges)])
-
-    flat = derived(f"indicator over {size} pairs", edges, num_nodes, positions) if edges else None
     out = torch.zeros(len(edges) * size, device=keys.device)
-    if flat is not None:
-        out[flat] = 1.0
+    if edges:
+        out[torch.cat([t * size + torch.searchsorted(keys, e[0] * num_nodes + e[1]) for t, e in enumerate(edges)])] = 1.0
     return out.view(len(edges), size)
 
 

@@ -16,8 +16,9 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..errors import DgmPyroError
-from ..data.graphs import GraphSequence, dsbm_step, edge_indicator, pair_index
+from ..data.graphs import GraphSequence, derived, dsbm_step, edge_indicator, pair_index
 from .gnn import SnapshotEncoder
+from .graph_likelihood import DenseGraphBernoulli
 from .graph_memory import PairHistory
 
 __all__ = ["Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle"]
@@ -123,9 +124,12 @@ class GCNGRUForecaster(PyroModule):
         pairs = pair_index(n, self.directed).to(x.device)
         keys = pairs[0] * n + pairs[1]
         emb = self.edge_head(states)
-        logits = self._logits(emb).flatten(-2).index_select(-1, keys)
-        with time, poutine.scale(scale=1.0 / keys.shape[0]):
-            pyro.sample("a", dist.Bernoulli(logits=logits).to_event(1), obs=edge_indicator(edges[1:], keys, n))
+        # every pair of snapshots 2..T, one event; scored without (T, N^2) logits (graph_likelihood)
+        observed = derived(f"edge indicator over {keys.shape[0]} pairs", edges[1:], n,
+                           lambda: edge_indicator(edges[1:], keys, n))
+        with poutine.scale(scale=1.0 / keys.shape[0]):
+            pyro.sample("a", DenseGraphBernoulli(emb, emb, self.edge_bias, keys, n, observed=edges[1:],
+                                                 indicator=observed), obs=observed)
 
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
         """No latent variables: the empty guide."""
