@@ -86,3 +86,26 @@ def test_logits_samples_and_batched_values():
         DenseGraphBernoulli(g, g, torch.tensor(0.5), keys, n, memory=memory)
     with pytest.raises(ValueError, match="come together"):
         DenseGraphBernoulli(g, g, torch.tensor(0.5), keys, n, observed=edges)
+
+
+def test_any_set_of_pairs_is_masked_like_the_full_logits():
+    """Pairs that are neither every ordered pair nor every u < v (here every other ordered pair) are summed through
+    the general mask: the same value and gradient as the full logits."""
+    n, t = 8, 3
+    all_edges, all_keys, _ = _graph(True, n, t, seed=4)
+    keys = all_keys[::2]
+    edges = []
+    for e in all_edges:
+        k = e[0] * n + e[1]
+        k = k[torch.isin(k, keys)]
+        edges.append(torch.stack([k // n, k % n]))
+    g = torch.randn(t, n, 3, requires_grad=True)
+    h = torch.randn(t, n, 3, requires_grad=True)
+    bias = torch.tensor(0.2, requires_grad=True)
+    indicator = edge_indicator(edges, keys, n)
+    d = DenseGraphBernoulli(g, h, bias, keys, n, observed=edges, indicator=indicator)
+    fast = d.log_prob(indicator)
+    want = torch.distributions.Bernoulli(logits=d.logits).log_prob(indicator).sum()
+    torch.testing.assert_close(fast, want)
+    for a, b in zip(torch.autograd.grad(fast, (g, h, bias)), torch.autograd.grad(want, (g, h, bias))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
