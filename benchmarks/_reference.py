@@ -12,14 +12,15 @@ from dgm_pyro.models.nn import MLP
 
 
 class TorchCVAE(torch.nn.Module):
-    """Same layers as a categorical :class:`CVAE` (weights copied), no Pyro."""
+    """Same layers as a categorical or Bernoulli :class:`CVAE` (weights copied), no Pyro."""
 
     def __init__(self, cvae: CVAE, hidden_dims):
         super().__init__()
-        self.levels, self.x_dim, self.x_scale = cvae.levels, cvae.x_dim, cvae.x_scale.clone()
+        self.levels, self.x_dim, self.likelihood = cvae.levels, cvae.x_dim, cvae.likelihood
+        self.x_shift, self.x_scale = cvae.x_shift.clone(), cvae.x_scale.clone()
         self.prior_net = MLP(cvae.y_dim, hidden_dims, 2 * cvae.latent_dim)
         self.encoder = MLP(cvae.x_dim + cvae.y_dim, hidden_dims, 2 * cvae.latent_dim)
-        self.decoder = MLP(cvae.latent_dim + cvae.y_dim, hidden_dims, cvae.x_dim * cvae.levels)
+        self.decoder = MLP(cvae.latent_dim + cvae.y_dim, hidden_dims, cvae.x_dim * (cvae.levels or 1))
         for name in ("prior_net", "encoder", "decoder"):
             getattr(self, name).load_state_dict(getattr(cvae, name).state_dict())
 
@@ -34,13 +35,18 @@ class TorchCVAE(torch.nn.Module):
 
     def log_weights(self, x, y, num_particles: int = 1):
         """(K, N) log p(x, z|y) - log q(z|x,y) with z ~ q, reparameterised."""
-        q_loc, q_scale = self._gauss(self.encoder(torch.cat([x / self.x_scale, y], -1)))
+        q_loc, q_scale = self._gauss(self.encoder(torch.cat([(x - self.x_shift) / self.x_scale, y], -1)))
         p_loc, p_scale = self._gauss(self.prior_net(y))
         z = q_loc + q_scale * torch.randn(num_particles, *q_loc.shape)
         yk = y.expand(num_particles, *y.shape)
-        logits = self.decoder(torch.cat([z, yk], -1)).reshape(num_particles, x.shape[0], self.x_dim, self.levels)
-        log_px = torch.log_softmax(logits, -1).gather(-1, x.long().expand(num_particles, *x.shape).unsqueeze(-1))
-        return log_px.squeeze(-1).sum(-1) + self._normal_log_prob(z, p_loc, p_scale) - self._normal_log_prob(z, q_loc, q_scale)
+        out = self.decoder(torch.cat([z, yk], -1))
+        if self.likelihood == "bernoulli":
+            log_px = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+        else:
+            logits = out.reshape(num_particles, x.shape[0], self.x_dim, self.levels)
+            log_px = torch.log_softmax(logits, -1).gather(-1, x.long().expand(num_particles, *x.shape).unsqueeze(-1))
+            log_px = log_px.squeeze(-1).sum(-1)
+        return log_px + self._normal_log_prob(z, p_loc, p_scale) - self._normal_log_prob(z, q_loc, q_scale)
 
     def loss(self, x, y):
         """Negative single-sample ELBO summed over the batch (what Trace_ELBO estimates)."""

@@ -1,11 +1,12 @@
 """SVI step time of the CVAE: dgm-pyro's Pyro model/guide against the same networks and loss by hand.
 
 Interleaved paired runs (Pyro block, then PyTorch block, repeated); prints the median of the per-pair
-time ratios. Goal: at most 1.10x. Digits, batch 100, Adam, gradient clipping in both. Pyro's argument
-validation is off, as in ``dgm_pyro.training.Trainer`` after its first step; ``--validation`` turns it
-on to show its cost.
+time ratios. Goal: at most 1.10x on digits, 1.05x on MNIST (issue 29). Batch 100, Adam, gradient clipping in
+both, the default CVAE of the dataset (MNIST: Bernoulli, a minibatch binarised once). Pyro's argument validation
+is off, as in ``dgm_pyro.training.Trainer`` after its first step; ``--validation`` turns it on to show its cost.
 
     python benchmarks/svi_step.py --pairs 30 --steps 20
+    python benchmarks/svi_step.py --dataset mnist --pairs 15 --steps 10 --threads 1
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _reference import TorchCVAE  # noqa: E402
 
 from dgm_pyro.runs import TrainConfig  # noqa: E402
-from dgm_pyro.data import load_digits  # noqa: E402
+from dgm_pyro.data import load_dataset  # noqa: E402
 from dgm_pyro.runs import build_model  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", help="digits or mnist (any dataset of train cvae)")
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=100)
@@ -39,9 +41,11 @@ def main() -> None:
     pyro.enable_validation(args.validation)
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(0)
-    ds = load_digits()
+    cfg = TrainConfig(dataset=args.dataset).validate()
+    ds = load_dataset(cfg.dataset, likelihood=cfg.likelihood)
     x, y = ds.splits["train"]
-    cfg = TrainConfig()
+    if ds.likelihood == "bernoulli":  # the step of a binarised minibatch (training re-draws it each time)
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
     cvae = build_model(cfg, ds)
     ref = TorchCVAE(cvae, cfg.hidden_dims)
     elbo = Trace_ELBO()
@@ -77,10 +81,12 @@ def main() -> None:
         tt.append((t2 - t1) / args.steps)
         ratios.append(tp[-1] / tt[-1])
     q = statistics.quantiles(ratios, n=4)
+    print(f"{args.dataset}: x_dim {ds.x_dim}, hidden {cfg.hidden_dims}, latent {cfg.latent_dim}, {ds.likelihood}")
     print(f"threads={args.threads} batch={args.batch_size} pairs={args.pairs} steps/pair={args.steps} "
           f"pyro validation={'on' if args.validation else 'off'}")
     print(f"median step: dgm-pyro {1e3 * statistics.median(tp):.2f} ms, plain PyTorch {1e3 * statistics.median(tt):.2f} ms")
-    print(f"ratio dgm-pyro / PyTorch: median {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[2]:.3f}); goal <= 1.10")
+    print(f"ratio dgm-pyro / PyTorch: median {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[2]:.3f}); goal <= "
+          f"{1.05 if args.dataset.startswith('mnist') else 1.10:.2f}")
 
 
 if __name__ == "__main__":
