@@ -6,6 +6,8 @@ attachment, Katz).
 
     python benchmarks/vgrnn_protocol.py ../shared/data/vgrnn/dblp ../shared/data/vgrnn/fb --seeds 0 1 2 \
         --json docs/results/vgrnn_protocol.json
+    python benchmarks/vgrnn_protocol.py ../shared/data/vgrnn/dblp ../shared/data/vgrnn/fb --seeds 0 1 2 \
+        --json docs/results/vgrnn_protocol_proximity.json -- --edge-proximity true --steps 600   # the winner
 
 Each data folder is a ``csv:`` graph (``edges.csv`` with ``src,dst,time`` = snapshot index and ``nodes.csv`` with
 every node, isolated ones included: the paper's negatives range over all nodes); the product never ships them.
