@@ -106,9 +106,9 @@ def run_all(configs: list[GraphConfig], args: argparse.Namespace) -> list[dict]:
     """Train and score every config, ``args.jobs`` at a time (one thread each when more than one)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    root = tempfile.mkdtemp(prefix="dgm-graph-")
     threads = 1 if args.jobs > 1 else torch_threads()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # the run folders (each forecast.nc is about 160 MB on CollegeMsg) are removed when the results are in
+    with tempfile.TemporaryDirectory(prefix="dgm-graph-") as root, ProcessPoolExecutor(max_workers=args.jobs) as pool:
         return list(pool.map(_run_job, [(cfg, args.samples, root, threads, args.ablate_final_state)
                                         for cfg in configs]))
 
