@@ -4,6 +4,7 @@ from .baseline import BaselineGuess, NNBaseline
 from .cvae import CVAE
 from .emissions import FeatureBlocks, HurdleLogNormal
 from .graph_baselines import DSBMOracle, GCNGRUForecaster, HistoricalMean, Persistence
+from .graph_likelihood import DenseGraphBernoulli
 from .graph_sparse import sparse_forecast
 from .graph_ssm import GraphSSM
 from .linear_gaussian import LinearGaussianCVAE
@@ -13,4 +14,5 @@ from .nn import MLP
 
 __all__ = ["BaselineGuess", "CVAE", "FeatureBlocks", "HurdleLogNormal", "NNBaseline", "LinearGaussianCVAE", "MLP", "MarkovNormal",
            "GraphSSM", "Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle", "sparse_forecast", "EWMA",
-           "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz", "katz_index", "link_heuristics"]
+           "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz", "katz_index", "link_heuristics",
+           "DenseGraphBernoulli"]
