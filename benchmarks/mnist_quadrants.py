@@ -82,7 +82,7 @@ def table(args: argparse.Namespace) -> None:
             base, elbo = PYRO_TUTORIAL[q]
             rows.append(f"| {q} quadrant(s): Pyro's tutorial (published) | {base} | {elbo} | not reported | "
                         f"{elbo / base:.2f} | |")
-        rows.append(f"| {q} quadrant(s): dgm-pyro, seeds {', '.join(map(str, done))} | {cell('baseline_ncll')} | "
+        rows.append(f"| {q} quadrant(s): dgm-pyro, seed{'s' if len(done) > 1 else ''} {', '.join(map(str, done))} | {cell('baseline_ncll')} | "
                     f"{cell('cvae_neg_elbo')} | at most {cell('cvae_ncll')} | {cell('ratio', 2)} | "
                     f"{cell('khat_frac_above_0.7', 2)} |")
     print("| nats per test image | NN baseline | CVAE, negative ELBO | CVAE, negative CLL | CVAE ELBO / NN | "
