@@ -93,13 +93,19 @@ def derived(name: str, edges: Sequence[torch.Tensor], num_nodes: int, build: Cal
 
 def edge_indicator(edges: list[torch.Tensor], keys: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """A_t on the pairs with ascending keys u N + v ``keys`` (P,) (those of :func:`pair_index`): a (T, P) 0/1
-    float tensor for the T edge indices ``edges`` (2, E_t). Models build it once per edge sequence
-    (:func:`derived`)."""
+    float tensor for the T edge indices ``edges`` (2, E_t), built once per edge sequence and pair set
+    (:func:`derived`) and shared: do not modify it in place. The models observe this very tensor, which
+    :class:`~dgm_pyro.models.graph_likelihood.DenseGraphBernoulli` recognises and scores from the edges."""
     size = keys.shape[0]
-    out = torch.zeros(len(edges) * size, device=keys.device)
-    if edges:
-        out[torch.cat([t * size + torch.searchsorted(keys, e[0] * num_nodes + e[1]) for t, e in enumerate(edges)])] = 1.0
-    return out.view(len(edges), size)
+
+    def build() -> torch.Tensor:
+        out = torch.zeros(len(edges) * size, device=keys.device)
+        if edges:
+            out[torch.cat([t * size + torch.searchsorted(keys, e[0] * num_nodes + e[1])
+                           for t, e in enumerate(edges)])] = 1.0
+        return out.view(len(edges), size)
+
+    return derived(f"edge indicator over {size} pairs", edges, num_nodes, build)
 
 
 @dataclass

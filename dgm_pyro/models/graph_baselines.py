@@ -16,7 +16,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ..errors import DgmPyroError
-from ..data.graphs import GraphSequence, derived, dsbm_step, edge_indicator, pair_index
+from ..data.graphs import GraphSequence, dsbm_step, edge_indicator, pair_index
 from .gnn import SnapshotEncoder
 from .graph_likelihood import DenseGraphBernoulli
 from .graph_memory import PairHistory
@@ -125,8 +125,7 @@ class GCNGRUForecaster(PyroModule):
         keys = pairs[0] * n + pairs[1]
         emb = self.edge_head(states)
         # every pair of snapshots 2..T, one event; scored without (T, N^2) logits (graph_likelihood)
-        observed = derived(f"edge indicator over {keys.shape[0]} pairs", edges[1:], n,
-                           lambda: edge_indicator(edges[1:], keys, n))
+        observed = edge_indicator(edges[1:], keys, n)
         with poutine.scale(scale=1.0 / keys.shape[0]):
             pyro.sample("a", DenseGraphBernoulli(emb, emb, self.edge_bias, keys, n, observed=edges[1:],
                                                  indicator=observed), obs=observed)

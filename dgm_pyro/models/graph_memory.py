@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..data.graphs import derived, sorted_lookup
-from .link_heuristics import katz_index
+from .link_heuristics import katz_index, past_union
 
-__all__ = ["PairHistory", "node_activity", "katz_proximity", "proximity_history", "past_union", "PROXIMITY_SCALE"]
+__all__ = ["PairHistory", "node_activity", "katz_proximity", "proximity_history", "PROXIMITY_SCALE"]
 
 #: the Katz index's scale in the proximity feature log(1 + K / scale): pairs about four hops apart and closer get
 #: distinct values, unconnected pairs 0
@@ -23,16 +23,6 @@ def katz_proximity(union: torch.Tensor, damping: float) -> torch.Tensor:
     graphs ``union`` (..., N, N): K the Katz index with beta = ``damping`` / the largest degree
     (:func:`~dgm_pyro.models.link_heuristics.katz_index`, in float64: K spans many orders of magnitude)."""
     return torch.log1p(katz_index(union, damping, normalise="degree") / PROXIMITY_SCALE).float()
-
-
-def past_union(edges: list[torch.Tensor], num_nodes: int) -> torch.Tensor:
-    """The symmetric 0/1 graph (N, N) of every edge in ``edges`` (a directed edge links both ways), no self-loops."""
-    device = edges[0].device if edges else None
-    union = torch.zeros(num_nodes, num_nodes, device=device)
-    for e in edges:
-        union[e[0], e[1]] = 1.0
-        union[e[1], e[0]] = 1.0
-    return union.fill_diagonal_(0.0)
 
 
 def proximity_history(edges: list[torch.Tensor], num_nodes: int, damping: float, keys: torch.Tensor) -> torch.Tensor:

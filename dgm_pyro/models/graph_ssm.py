@@ -56,12 +56,13 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions.utils import vec_to_tril_matrix
 
-from ..data.graphs import derived, edge_indicator, pair_index, uniform_nonedges
+from ..data.graphs import edge_indicator, pair_index, uniform_nonedges
 from .emissions import FeatureBlocks, HurdleLogNormal
 from .graph_likelihood import DenseGraphBernoulli
 from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
-from .graph_memory import PairHistory, katz_proximity, node_activity, past_union, proximity_history
+from .graph_memory import PairHistory, katz_proximity, node_activity, proximity_history
+from .link_heuristics import past_union
 from .nn import MLP, cat_broadcast
 
 __all__ = ["GraphSSM", "EDGE_LIKELIHOODS", "FINAL_STATES"]
@@ -422,8 +423,7 @@ class GraphSSM(PyroModule):
             proximity = proximity_history(edges, n, self.proximity_damping, keys) if self.edge_proximity else None
             # the 0/1 targets, built once per edge sequence: the distribution scores this very tensor from the
             # edges and a blocked sum over all pairs, without (T, P) logits (graph_likelihood)
-            observed = derived(f"edge indicator over {keys.shape[0]} pairs", edges, n,
-                               lambda: edge_indicator(edges, keys, n))
+            observed = edge_indicator(edges, keys, n)
             pyro.sample("a", DenseGraphBernoulli(g, hd, self.edge_bias, keys, n, memory=memory,
                                                  memory_keys=None if memory is None else history.keys,
                                                  proximity=proximity,

@@ -25,7 +25,7 @@ from ..data.graphs import GraphSequence, pair_index
 from ..errors import DgmPyroError
 
 __all__ = ["EWMA", "EdgeBank", "CommonNeighbours", "AdamicAdar", "PreferentialAttachment", "Katz",
-           "katz_index", "link_heuristics", "EWMA_DECAYS"]
+           "katz_index", "past_union", "link_heuristics", "EWMA_DECAYS"]
 
 #: the decays EWMA chooses from (on the history alone)
 EWMA_DECAYS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -36,12 +36,19 @@ def _adjacencies(history: GraphSequence) -> torch.Tensor:
     return torch.stack([history.adjacency(t) for t in range(history.num_steps)])
 
 
+def past_union(edges: Sequence[torch.Tensor], num_nodes: int) -> torch.Tensor:
+    """The symmetric 0/1 graph (N, N) of every edge in ``edges`` (a directed edge links both ways), no self-loops."""
+    device = edges[0].device if edges else None
+    union = torch.zeros(num_nodes, num_nodes, device=device)
+    for e in edges:
+        union[e[0], e[1]] = 1.0
+        union[e[1], e[0]] = 1.0
+    return union.fill_diagonal_(0.0)
+
+
 def _symmetric_union(history: GraphSequence) -> torch.Tensor:
-    """The union graph of the history (N, N), 0/1, undirected (a directed edge links both ways), no self-loops."""
-    union = (_adjacencies(history).sum(0) > 0).double()
-    union = ((union + union.T) > 0).double()
-    union.fill_diagonal_(0)
-    return union
+    """The union graph of the history (N, N), 0/1 in float64 (:func:`past_union`)."""
+    return past_union(history.edges, history.num_nodes).double()
 
 
 class _Heuristic:
