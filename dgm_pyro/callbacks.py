@@ -59,6 +59,9 @@ class Callback:
     def on_checkpoint(self, trainer: Any, row: dict[str, float]) -> None:
         """After the interval's row and checkpoint are written (rank 0 only)."""
 
+    def on_train_end(self, trainer: Any) -> None:
+        """After the last interval, or when training stops with an error (rank 0 and the others)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -1,10 +1,10 @@
-"""How faithful generation from a text description is (seed P1.8), measured on ``digits-text``.
+"""How faithful generation from a text description is (seed P1.8), measured on ``digits-text`` and ``mnist-text``.
 
 - **Digit**: for every digit 0-9, every held-out phrasing (:data:`~dgm_pyro.data.digits_text.HELDOUT_TEMPLATES`),
   the digit written as a numeral ("7") and as a word ("seven") and every combination of the captioned
   attributes (none, thick, thin x none, left, right), ``num`` images are generated from the prompt; an
-  independent classifier (scikit-learn logistic regression on the pixels of the digits *training* split
-  only, :func:`digit_classifier`) reads each image, and the share read as the digit the prompt names is
+  independent classifier (trained on the dataset's *training* split only, :func:`digit_classifier`) reads
+  each image, and the share read as the digit the prompt names is
   reported per phrasing and form. Chance is 10%.
 - **Attributes**: for each digit, phrasing, form and value of the other attribute, two prompts differ in
   one attribute only ("thick seven" vs "thin seven", "... leaning right" vs "... leaning left"); both are
@@ -12,14 +12,16 @@
   attribute (:func:`~dgm_pyro.data.digits_text.digit_attributes`) of the first prompt's images is above
   the second's.
 
-``generate`` is any function ``prompts -> images (P, num, 64)`` on the 0-16 pixel scale, so a
-label-conditioned model (prompts mapped to their digit) gives the reference row.
+``generate`` is any function ``prompts -> images (P, num, S*S)`` on the scale of the classifier's data (0-16 for
+the 8x8 digits, [0, 1] for MNIST), so a label-conditioned model (prompts mapped to their digit) gives the
+reference row.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -36,17 +38,46 @@ _THICKNESS = (None, "thick", "thin")
 _SLANT = (None, "right", "left")
 
 
-def digit_classifier(seed: int = 0) -> Any:
-    """Logistic regression (scikit-learn, ``max_iter=2000``) on the 64 pixels / 16 of the digits training
-    split; ``predict`` takes images (N, 64) on the 0-16 scale divided by 16. Its accuracy on the test split
-    is ``classifier.test_accuracy_``."""
-    from sklearn.linear_model import LogisticRegression
+def digit_classifier(seed: int = 0, dataset: str = "digits") -> Any:
+    """An independent digit classifier, trained on the *training* split of ``dataset`` only.
 
-    ds = load_digits()
-    x, y = ds.splits["train"]
-    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x.numpy() / 16.0, y.argmax(1).numpy())
-    xt, yt = ds.splits["test"]
-    clf.test_accuracy_ = float((clf.predict(xt.numpy() / 16.0) == yt.argmax(1).numpy()).mean())
+    - ``"digits"``: scikit-learn logistic regression (``max_iter=2000``) on the 64 pixels / 16 of the 8x8 digits;
+    - ``"mnist"`` (or ``"mnist:DIR"``, IDX files): a scikit-learn multilayer perceptron (one hidden layer of 256
+      ReLU units, Adam, 12 passes) on the 784 grey levels in [0, 1] of MNIST's 50,000 training images (a linear
+      model reads only about 92% of MNIST's test digits: too few to measure 95% faithfulness).
+
+    ``predict`` takes images (N, pixels) divided by ``classifier.scale_`` (16 for digits, 1 for MNIST: the scale
+    of the images the models generate). Its accuracy on the test split (grey levels) is
+    ``classifier.test_accuracy_``.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+
+    name, _, source = dataset.partition(":")
+    if name == "digits":
+        from sklearn.linear_model import LogisticRegression
+
+        ds = load_digits()
+        x, y = ds.splits["train"]
+        xt, yt = ds.splits["test"]
+        x, y, xt, yt = x.numpy() / 16.0, y.argmax(1).numpy(), xt.numpy() / 16.0, yt.argmax(1).numpy()
+        clf = LogisticRegression(max_iter=2000, random_state=seed)
+        scale = 16.0
+    elif name == "mnist":
+        from sklearn.neural_network import MLPClassifier
+
+        from .data.mnist import mnist_arrays
+
+        arrays = mnist_arrays(source or None)
+        (x, y), (xt, yt) = ((a.numpy(), b.numpy()) for a, b in (arrays["train"], arrays["test"]))
+        clf = MLPClassifier(hidden_layer_sizes=(256,), max_iter=12, batch_size=128, random_state=seed)
+        scale = 1.0
+    else:
+        raise ValueError(f"digit_classifier: dataset must be 'digits' or 'mnist[:DIR]', got {dataset!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the perceptron's 12 passes are by design
+        clf.fit(x, y)
+    clf.scale_ = scale
+    clf.test_accuracy_ = float((clf.predict(xt) == yt).mean())
     return clf
 
 
@@ -67,9 +98,9 @@ def digit_faithfulness(generate: Generate, classifier: Any, num: int = 16, seed:
     """Share of generated images the classifier reads as the named digit: ``{"overall", "by_template":
     {name: share}, "by_form": {form: share}, "by_digit": [share] * 10, "images"}``."""
     prompts = digit_prompts(templates, seed)
-    images = generate([p["text"] for p in prompts])  # (P, num, 64)
-    pred = classifier.predict(images.reshape(-1, images.shape[-1]).numpy() / 16.0).reshape(len(prompts), -1)
-    hit = pred == np.array([p["digit"] for p in prompts])[:, None]
+    images = generate([p["text"] for p in prompts])  # (P, num, pixels)
+    pred = classifier.predict(images.reshape(-1, images.shape[-1]).numpy() / classifier.scale_)
+    hit = pred.reshape(len(prompts), -1) == np.array([p["digit"] for p in prompts])[:, None]
 
     def share(key: str, value: Any) -> float:
         rows = [i for i, p in enumerate(prompts) if p[key] == value]
@@ -99,7 +130,7 @@ def attribute_pairs(generate: Generate, num: int = 16, seed: int = 0,
                 texts.append(caption(templates[name], digit, kw["thickness"], kw["slant"], random.Random(draw),
                                      word=word))
             pairs.append(texts)
-        images = generate([t for pair in pairs for t in pair])  # (2 * pairs, num, 64)
+        images = generate([t for pair in pairs for t in pair])  # (2 * pairs, num, pixels)
         measured = digit_attributes(images.reshape(-1, images.shape[-1]))[attr].reshape(len(pairs), 2, -1).mean(-1)
         diff = measured[:, 0] - measured[:, 1]
         out[attr] = {"right_way": float((diff > 0).double().mean()), "pairs": len(pairs),

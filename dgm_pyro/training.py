@@ -495,6 +495,8 @@ class Trainer:
                     self._progress.interval(before, row)
         finally:
             self._progress.close()
+            for cb in self.callbacks:
+                cb.on_train_end(self)
         summary = {f"{unit}s_run": self.state[unit], "stopped": self.state["stopped"] or f"max_{unit}s",
                    "skipped_steps": self.state["skipped_steps"],
                    "final_loss": self.rows[-1]["train_loss"] if self.rows else math.nan,

