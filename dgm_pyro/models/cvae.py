@@ -28,12 +28,13 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .autoregressive import MADE, AutoregressiveLikelihood
-from .nn import MLP, cat_broadcast, likelihood_mean, likelihood_out_features, make_likelihood
+from .nn import MLP, ConvDecoder, ConvEncoder, cat_broadcast, likelihood_mean, likelihood_out_features, make_likelihood
 
 __all__ = ["CVAE"]
 
 PRIORS = ("learned", "standard")
 DECODERS = ("mlp", "autoregressive")
+ARCHITECTURES = ("mlp", "conv")
 
 
 class _LearnedConstant(nn.Module):
@@ -69,14 +70,25 @@ class CVAE(PyroModule):
             the three networks read, trained with them (for text, a
             :class:`~dgm_pyro.models.text.HashedNgramEncoder` on feature ids); ``None``: c = y.
         activation: ``"relu"`` (default) or ``"tanh"`` (Burda et al. 2016) between the MLPs' layers.
+        arch: ``"mlp"`` (default) or ``"conv"``: the encoder and the decoder are convolutional
+            (:class:`~dgm_pyro.models.nn.ConvEncoder`, :class:`~dgm_pyro.models.nn.ConvDecoder`, with
+            ``hidden_dims[-1]`` units in their fully connected layer) over x as an image of ``image_shape``
+            (H*W = x_dim, H and W multiples of 4); the prior network stays an MLP of y.
+        image_shape: (H, W) of x for ``arch="conv"``.
     """
 
     def __init__(self, x_dim: int, y_dim: int, latent_dim: int = 8, hidden_dims: Sequence[int] = (256, 256),
                  likelihood: str = "bernoulli", levels: Optional[int] = None, prior: str = "learned",
                  x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
                  decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None,
-                 activation: str = "relu"):
+                 activation: str = "relu", arch: str = "mlp", image_shape: Optional[Sequence[int]] = None):
         super().__init__(name)
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got '{arch}'")
+        if arch == "conv" and (decoder != "mlp" or image_shape is None or
+                               int(torch.tensor(list(image_shape)).prod()) != x_dim):
+            raise ValueError("arch 'conv' needs image_shape (H, W) with H * W = x_dim and the pixel-independent "
+                             "decoder ('mlp')")
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got '{prior}'")
         if decoder not in DECODERS:
@@ -93,8 +105,16 @@ class CVAE(PyroModule):
         if prior == "learned":
             self.prior_net = (MLP(y_dim, hidden_dims, 2 * latent_dim, activation) if y_dim
                               else _LearnedConstant(2 * latent_dim))
-        self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim, activation)
-        if decoder == "autoregressive":
+        self.arch = arch
+        if arch == "conv":
+            self.encoder = ConvEncoder(image_shape, y_dim, hidden_dims[-1], 2 * latent_dim, activation=activation)
+        else:
+            self.encoder = MLP(x_dim + y_dim, hidden_dims, 2 * latent_dim, activation)
+        if arch == "conv":
+            per_pixel = likelihood_out_features(likelihood, x_dim, levels) // x_dim
+            self.decoder = ConvDecoder(latent_dim + y_dim, image_shape, hidden_dims[-1], per_pixel,
+                                       activation=activation, pixel_major=likelihood == "categorical")
+        elif decoder == "autoregressive":
             if likelihood not in ("categorical", "bernoulli"):
                 raise ValueError(f"the autoregressive decoder needs a categorical or bernoulli likelihood, not "
                                  f"'{likelihood}'")

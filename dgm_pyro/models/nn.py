@@ -8,7 +8,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ACTIVATIONS", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast",
+__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "ACTIVATIONS", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast",
            "UnnormalizedCategorical"]
 
 
@@ -30,6 +30,65 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+
+
+def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int]:
+    if len(image_shape) != 2 or any(int(s) < 4 or int(s) % 4 for s in image_shape):
+        raise ValueError(f"the convolutional networks need images (H, W) with H and W multiples of 4, got "
+                         f"{tuple(image_shape)}")
+    return int(image_shape[0]), int(image_shape[1])
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional network of ``[x, c]`` (..., H*W + cond_dim) -> (..., out_features): two stride-2 4x4
+    convolutions of the image (``channels`` feature maps, H x W -> H/4 x W/4), flattened, joined with the
+    condition features c, then one hidden layer of ``hidden`` units. A drop-in for an :class:`MLP` of the same
+    input, so the CVAE's encoder q(z|x,y) reads the image as an image (``--arch conv``)."""
+
+    def __init__(self, image_shape: Sequence[int], cond_dim: int, hidden: int, out_features: int,
+                 channels: Sequence[int] = (32, 64), activation: str = "relu"):
+        super().__init__()
+        self.h, self.w = _check_image_shape(image_shape)
+        self.cond_dim = cond_dim
+        act = ACTIVATIONS[activation]
+        self.conv = nn.Sequential(nn.Conv2d(1, channels[0], 4, stride=2, padding=1), act(),
+                                  nn.Conv2d(channels[0], channels[1], 4, stride=2, padding=1), act(), nn.Flatten())
+        flat = channels[1] * (self.h // 4) * (self.w // 4)
+        self.head = MLP(flat + cond_dim, [hidden], out_features, activation)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        lead = inputs.shape[:-1]
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        image, cond = flat[:, :self.h * self.w], flat[:, self.h * self.w:]
+        features = self.conv(image.reshape(-1, 1, self.h, self.w))
+        return self.head(torch.cat([features, cond], -1)).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """Transposed-convolutional network (..., in_features) -> (..., H*W*per_pixel): one hidden layer of
+    ``hidden`` units, a (channels[1], H/4, W/4) map, two stride-2 4x4 transposed convolutions up to
+    ``per_pixel`` outputs per pixel. The outputs are laid out as :func:`make_likelihood` reads them: channel
+    by channel (the Bernoulli's logits; the Gaussian's locations, then scales) or, with ``pixel_major``, pixel
+    by pixel (the categorical likelihood's ``levels`` logits of each pixel)."""
+
+    def __init__(self, in_features: int, image_shape: Sequence[int], hidden: int, per_pixel: int,
+                 channels: Sequence[int] = (32, 64), activation: str = "relu", pixel_major: bool = False):
+        super().__init__()
+        self.h, self.w = _check_image_shape(image_shape)
+        self.channels, self.pixel_major = int(channels[1]), pixel_major
+        act = ACTIVATIONS[activation]
+        self.fc = nn.Sequential(MLP(in_features, [hidden], self.channels * (self.h // 4) * (self.w // 4), activation),
+                                act())
+        self.deconv = nn.Sequential(nn.ConvTranspose2d(channels[1], channels[0], 4, stride=2, padding=1), act(),
+                                    nn.ConvTranspose2d(channels[0], per_pixel, 4, stride=2, padding=1))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        lead = inputs.shape[:-1]
+        maps = self.fc(inputs.reshape(-1, inputs.shape[-1])).reshape(-1, self.channels, self.h // 4, self.w // 4)
+        out = self.deconv(maps).flatten(2)  # (B, per_pixel, H*W)
+        if self.pixel_major:
+            out = out.transpose(1, 2)
+        return out.reshape(*lead, -1)
 
 
 class UnnormalizedCategorical(dist.Categorical):

@@ -19,7 +19,7 @@ from ..data import ConditionalDataset
 from ..device import to_device
 from ..errors import DgmPyroError
 from ..models import CVAE, BaselineGuess, NNBaseline
-from ..models.cvae import DECODERS, PRIORS
+from ..models.cvae import ARCHITECTURES, DECODERS, PRIORS
 from ..models.nn import ACTIVATIONS
 from ..models.text import (POOLINGS, TEXT_ENCODERS, HashedNgramEncoder, MiniLMEncoder, check_captions, featurize,
                            vocabulary)
@@ -54,6 +54,10 @@ class CVAEConfig(DatasetConfig):
                                   "data.", added=True)
     decoder: str = option("mlp", "Pixels independent given z (mlp) or a masked autoregressive network (strong "
                           "enough to ignore z).", choices=DECODERS)
+    arch: str = option("mlp", "Encoder and decoder networks: mlp, or conv (convolutional over x as an image: two "
+                       "stride-2 convolutions of 32 and 64 maps and one hidden layer of the last --hidden width; "
+                       "image data whose x is the whole image, sides multiples of 4, such as mnist). Measured in "
+                       "docs/mnist.md.", choices=ARCHITECTURES, added=True)
     decoder_dropout: float = option(0.0, "Zero each autoregressive input pixel with this probability in training "
                                     "(weakens the decoder).", min=0, max=1, max_open=True, metavar="RATE")
     aggressive: bool = option(False, "Aggressive inference-network training (He et al. 2019).")
@@ -119,6 +123,14 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
     """The CVAE a configuration describes, sized for the dataset. For captioned data with the builtin text
     encoder, the encoder is the CVAE's condition network, its vocabulary the training captions'."""
     shift, scale = _x_standardisation(ds)
+    conv = config.arch == "conv"
+    if conv and (ds.condition == "quadrant" or not ds.image_shape or len(ds.image_shape) != 2
+                 or any(side % 4 for side in ds.image_shape)):
+        raise DgmPyroError(f"--arch conv needs images whose x is the whole image, with sides multiples of 4 (mnist, "
+                           f"mnist-text, mnist-unconditional, digits); dataset '{ds.name}' has "
+                           + ("quadrant targets" if ds.condition == "quadrant" else f"image shape {ds.image_shape}"))
+    if conv and config.decoder != "mlp":
+        raise DgmPyroError("--arch conv has its own decoder: --decoder autoregressive does not combine with it")
     if config.decoder == "autoregressive" and ds.likelihood not in ("categorical", "bernoulli"):
         raise DgmPyroError(f"the autoregressive decoder needs categorical or binary data; dataset '{ds.name}' is "
                            f"{ds.likelihood}")
@@ -136,7 +148,7 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
     return CVAE(ds.x_dim, y_dim, latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
                 likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale,
                 decoder=config.decoder, decoder_dropout=config.decoder_dropout, condition_net=condition_net,
-                activation=config.activation)
+                activation=config.activation, arch=config.arch, image_shape=ds.image_shape if conv else None)
 
 
 def build_baseline(config: CVAEConfig, ds: ConditionalDataset) -> NNBaseline:

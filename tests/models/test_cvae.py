@@ -122,3 +122,57 @@ def test_burda_networks_tanh_between_the_layers():
     assert [type(m).__name__ for m in CVAE(4, 2, hidden_dims=[8]).encoder] == ["Linear", "ReLU", "Linear"]
     with pytest.raises(ValueError, match="activation must be one of relu, tanh, got 'gelu'"):
         MLP(3, [4], 2, activation="gelu")
+
+
+@pytest.mark.parametrize("likelihood,levels", [("bernoulli", None), ("gaussian", None), ("categorical", 5)])
+def test_conv_networks_read_and_write_images(likelihood, levels):
+    """--arch conv: the encoder reads x as an image (its first layer is a convolution of the H x W grid: moving one
+    pixel changes only the features of the positions whose 4x4 window holds it), and the decoder's outputs are laid
+    out as make_likelihood reads them (pixel p's parameters are the transposed convolution's outputs at p)."""
+    m = CVAE(x_dim=64, y_dim=3, latent_dim=2, hidden_dims=[16], likelihood=likelihood, levels=levels, arch="conv",
+             image_shape=(8, 8))
+    conv = m.encoder.conv[0]
+    img = torch.zeros(1, 1, 8, 8)
+    img[0, 0, 0, 0] = 1.0
+    changed = (conv(img) - conv(torch.zeros_like(img))).abs().sum(1)[0] > 0
+    assert changed.nonzero().tolist() == [[0, 0]]  # stride 2, padding 1: pixel (0, 0) is in window (0, 0) only
+    x = torch.randint(0, 2 if levels is None else levels, (2, 5, 64)).float()
+    y = torch.randn(5, 3)
+    assert m.encoder(torch.cat([x, y.expand(2, 5, 3)], -1)).shape == (2, 5, 4)
+    z = torch.randn(2, 5, 2)
+    out = m.decoder(torch.cat([z, y.expand(2, 5, 3)], -1))
+    per_pixel = {"bernoulli": 1, "gaussian": 2, "categorical": 5}[likelihood]
+    maps = m.decoder.deconv(m.decoder.fc(torch.cat([z, y.expand(2, 5, 3)], -1).reshape(10, 5)).reshape(10, 64, 2, 2))
+    maps = maps.reshape(2, 5, per_pixel, 64)  # (..., channel, pixel)
+    d = m.decode(z, y)
+    if likelihood == "bernoulli":
+        assert torch.allclose(d.base_dist.logits, maps[:, :, 0], atol=1e-6)
+    elif likelihood == "gaussian":
+        assert torch.allclose(d.base_dist.loc, maps[:, :, 0], atol=1e-6)  # x_shift 0, x_scale 1
+    else:
+        assert torch.allclose(out.reshape(2, 5, 64, 5), maps.transpose(-1, -2), atol=1e-6)
+    assert d.batch_shape == (2, 5) and d.event_shape == (64,)
+
+
+def test_conv_cvae_is_a_pyro_program():
+    """The convolutional CVAE trains with SVI and pyro.optim on its own, generates with Predictive, and its
+    importance-sampled evidence is above its ELBO."""
+    ds = torch.rand(64, 3) > 0.5
+    x = torch.zeros(64, 8, 8)
+    x[:, 2:6, 2:6] = ds[:, :1].float().view(64, 1, 1)  # a square in half of the images
+    x = x.reshape(64, 64)
+    y = ds.float()
+    m = CVAE(x_dim=64, y_dim=3, latent_dim=2, hidden_dims=[32], likelihood="bernoulli", arch="conv",
+             image_shape=(8, 8))
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x, y) for _ in range(80)]
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    assert any(k.startswith("cvae.encoder$$$conv") for k in pyro.get_param_store().keys())
+    pred = Predictive(m.model, guide=m.guide, num_samples=4)(None, y[:5])
+    assert pred["x"].shape == (4, 5, 64)
+    res = log_evidence(m.model, m.guide, x, y, num_particles=50, warn=False)
+    assert float(res.log_evidence.mean()) >= float(res.elbo.mean()) - 0.05
+    with pytest.raises(ValueError, match="image_shape"):
+        CVAE(x_dim=60, y_dim=3, arch="conv", image_shape=(8, 8))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        CVAE(x_dim=36, y_dim=3, arch="conv", image_shape=(6, 6))
