@@ -19,7 +19,8 @@ from .errors import DgmPyroError
 from .infer.annealing import Annealing, Schedule
 from .infer.evidence import log_evidence
 
-__all__ = ["Callback", "Validation", "ForecastValidation", "KLAnnealing", "AggressiveTraining", "ScheduledSampling",
+__all__ = ["Callback", "Validation", "ForecastValidation", "KLAnnealing", "LearningRateSchedule", "LR_SCHEDULES",
+           "lr_factor", "AggressiveTraining", "ScheduledSampling",
            "OnInterval", "diverged", "DIVERGENCE_NATS",
            "AGGRESSIVE_MAX_INNER", "AGGRESSIVE_WINDOW"]
 
@@ -108,6 +109,70 @@ class KLAnnealing(Callback):
 
     def summary(self) -> dict[str, Any]:
         return {"annealing": repr(self.annealing.schedule) if self.annealing is not None else "none"}
+
+
+#: the learning-rate schedules of ``--lr-schedule`` (factors of the configured learning rate per epoch)
+LR_SCHEDULES = ("constant", "burda", "exponential:GAMMA", "cosine")
+
+
+def lr_factor(spec: str, epoch: int, epochs: int) -> float:
+    """The factor of the base learning rate in epoch ``epoch`` (0-based) of ``epochs``, by schedule ``spec``:
+
+    - ``constant``: 1;
+    - ``burda``: Burda, Grosse and Salakhutdinov (2016), section 5: 3^i passes at 10^(-i/7) for i = 0..7 (3,280
+      passes in all; a shorter run stops part-way through it, a longer one stays at the last factor 10^-1);
+    - ``exponential:GAMMA``: GAMMA^epoch;
+    - ``cosine``: (1 + cos(pi epoch / epochs)) / 2, from 1 towards 0 over the run.
+    """
+    name, _, arg = spec.partition(":")
+    if name == "constant" and not arg:
+        return 1.0
+    if name == "burda" and not arg:
+        start = 0
+        for i in range(8):
+            start += 3 ** i
+            if epoch < start:
+                return 10.0 ** (-i / 7)
+        return 10.0 ** (-1)
+    if name == "cosine" and not arg:
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+    if name == "exponential":
+        try:
+            gamma = float(arg)
+        except ValueError:
+            gamma = -1.0
+        if 0 < gamma <= 1:
+            return gamma ** epoch
+        raise DgmPyroError(f"bad learning-rate schedule {spec!r}: exponential:GAMMA needs 0 < GAMMA <= 1")
+    raise DgmPyroError(f"unknown learning-rate schedule {spec!r}; use one of {', '.join(LR_SCHEDULES)}")
+
+
+class LearningRateSchedule(Callback):
+    """Sets every optimiser's learning rate to ``lr * lr_factor(spec, epoch, epochs)`` before each epoch (also
+    after a resume: the rate is a function of the epoch, so resumed runs stay exact); records it as ``lr``."""
+
+    fields = ("lr",)
+
+    def __init__(self, spec: str, lr: float, epochs: int):
+        lr_factor(spec, 0, epochs)  # checks the spec
+        self.spec, self.lr, self.epochs = spec, lr, epochs
+        self.current = lr
+
+    def _set(self, trainer: Any) -> None:
+        self.current = self.lr * lr_factor(self.spec, int(trainer.state[trainer.data.unit]), self.epochs)
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = self.current
+
+    def on_train_start(self, trainer: Any) -> None:
+        self._set(trainer)
+
+    def on_interval_end(self, trainer: Any, row: dict[str, float]) -> None:
+        row["lr"] = self.current  # the rate of the epoch that ended
+        self._set(trainer)  # the next epoch's
+
+    def summary(self) -> dict[str, Any]:
+        return {"lr_schedule": self.spec}
 
 
 class _EarlyStopping(Callback):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dgm_pyro.callbacks import OnInterval, Validation
+from dgm_pyro.callbacks import Callback, OnInterval, Validation
 from dgm_pyro.checkpoint import load_checkpoint
 from dgm_pyro.runs import TrainConfig, train_run
 from dgm_pyro.training import read_metrics
@@ -317,3 +317,43 @@ def test_a_diverging_log_likelihood_is_named_as_such(caplog):
             cb.on_interval_end(trainer, {"epoch": epoch})
     assert trainer.state == {"stopped": "diverged"}
     assert caplog.records[-1].getMessage().startswith("the validation log-likelihood fell from -5 (epoch 1) to -9e+09")
+
+
+def test_learning_rate_schedules_are_their_formulas():
+    """Burda et al.'s schedule: 3^i passes at 10^(-i/7), i = 0..7, 3,280 passes; the others as written."""
+    from dgm_pyro.callbacks import lr_factor
+
+    expected = [10 ** (-i / 7) for i in range(8) for _ in range(3 ** i)]
+    assert len(expected) == 3280
+    assert [lr_factor("burda", e, 3280) for e in range(3280)] == pytest.approx(expected, rel=1e-12)
+    assert lr_factor("burda", 5000, 3280) == pytest.approx(0.1)
+    assert lr_factor("constant", 7, 10) == 1.0
+    assert lr_factor("exponential:0.9", 3, 10) == pytest.approx(0.729)
+    assert [lr_factor("cosine", e, 4) for e in range(5)] == pytest.approx([1, (1 + 2 ** -0.5) / 2, 0.5,
+                                                                           (1 - 2 ** -0.5) / 2, 0])
+    for bad in ("exponential:0", "exponential:1.5", "exponential:x", "step", "burda:3", "cosine:2"):
+        with pytest.raises(DgmPyroError):
+            lr_factor(bad, 0, 10)
+
+
+def test_the_learning_rate_schedule_sets_the_optimiser_and_records_it(tmp_path):
+    """Each epoch trains at lr * factor(epoch): the metrics column and the rate in the optimiser (aggressive
+    training's second optimiser too) are the schedule's."""
+    from dgm_pyro.runs import TrainConfig, train_run
+    from dgm_pyro.training import read_metrics
+
+    seen = []
+
+    class Spy(Callback):
+        def on_batch_start(self, trainer):
+            if not seen or seen[-1][0] != trainer.state["epoch"]:
+                seen.append((trainer.state["epoch"], [g["lr"] for o in trainer.optimizers for g in o.param_groups]))
+
+    cfg = TrainConfig(epochs=4, hidden_dims=[16], latent_dim=2, eval_particles=2, valid_particles=2, batch_size=500,
+                      lr=0.01, lr_schedule="exponential:0.5", aggressive=True)
+    train_run(cfg, tmp_path / "r", callbacks=[Spy()])
+    assert [r["lr"] for r in read_metrics(tmp_path / "r" / "metrics.csv")] == pytest.approx([0.01, 0.005, 0.0025,
+                                                                                          0.00125])
+    assert [e for e, _ in seen] == [0, 1, 2, 3]
+    for epoch, rates in seen:
+        assert len(rates) == 2 and rates == pytest.approx([0.01 * 0.5 ** epoch] * 2)

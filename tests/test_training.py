@@ -37,11 +37,12 @@ def _strip_time(rows):
 
 OBJECTIVES = [{}, {"objective": "cs", "lam": 2.0, "anneal": "cyclical:3:0.5"},
               {"objective": "free-bits", "free_bits": 0.25, "anneal": "linear:0.1:7"},
-              {"objective": "meanfield", "anneal": "sigmoid:12"}, {"aggressive": True, "anneal": "linear:0:10"}]
+              {"objective": "meanfield", "anneal": "sigmoid:12"}, {"aggressive": True, "anneal": "linear:0:10"},
+              {"lr_schedule": "cosine"}]
 
 
 @pytest.mark.parametrize("options", OBJECTIVES, ids=["elbo", "cs-cyclical", "free-bits-linear", "meanfield-sigmoid",
-                                                     "aggressive"])
+                                                     "aggressive", "cosine-lr"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, options):
     """Also for every objective and annealing schedule: the schedule position comes back on resume."""
     full, cut = tmp_path / "full", tmp_path / "cut"

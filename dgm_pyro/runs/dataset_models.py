@@ -22,7 +22,7 @@ from pyro import poutine
 from pyro.distributions import Independent
 
 from .. import distributed as D
-from ..callbacks import KLAnnealing, Validation
+from ..callbacks import KLAnnealing, LearningRateSchedule, Validation, lr_factor
 from ..checkpoint import write_json
 from ..config import ConfigBase, option
 from ..data import LIKELIHOODS, ConditionalDataset, load_dataset
@@ -113,6 +113,9 @@ class DatasetConfig(ConfigBase):
                              metavar="N", added=True)
     skip_bad_steps: int = option(0, "Skip up to N optimisation steps whose loss or gradient is NaN/inf before "
                                  "stopping.", min=0, metavar="N")
+    lr_schedule: str = option("constant", "Learning rate per epoch, a factor of --lr: constant, burda (Burda et al. "
+                              "2016: 3^i epochs at 10^(-i/7), i = 0..7, 3,280 in all), exponential:GAMMA "
+                              "(GAMMA^epoch) or cosine (from 1 to 0 over the run).", metavar="SCHEDULE", added=True)
     log: str = option("none", "Also write TensorBoard event files into RUN/tensorboard (tensorboard: every "
                       "metrics.csv column, the ELBO's terms, KL per dimension, active units, a sample grid every 5 "
                       "epochs; needs the [tensorboard] extra).", choices=("none", "tensorboard"), added=True)
@@ -127,6 +130,7 @@ class DatasetConfig(ConfigBase):
              "kl_samples is for objectives 'free-bits' and 'cs' (meanfield and elbo sample such a KL already)"),
         ])
         parse_schedule(self.anneal, total_steps=10**9)  # the syntax; the run's step count is checked later
+        lr_factor(self.lr_schedule, 0, self.epochs)
         return self
 
     def objective_loss(self) -> Any:
@@ -188,6 +192,9 @@ class DatasetModelKind(ModelKind):
         if config.anneal.startswith("cyclical"):
             raise DgmPyroError(f"the cyclical annealing schedule '{config.anneal}' spans the run's whole length; a run "
                                "that uses it cannot be extended")
+        if config.lr_schedule == "cosine":
+            raise DgmPyroError("the cosine learning-rate schedule spans the run's whole length; a run that uses it "
+                               "cannot be extended")
 
     def check_module(self, config: DatasetConfig, data: ConditionalDataset, module: torch.nn.Module) -> None:
         """The configured objective evaluated once on two validation rows, before any folder is made: an objective
@@ -218,6 +225,8 @@ class DatasetModelKind(ModelKind):
         criterion = "log_likelihood" if config.objective in ("iwae", "dreg") else "elbo"
         callbacks = [annealing, Validation((x, y), config.valid_particles, config.patience, annealing,
                                            track_collapse=track_collapse, groups=groups, criterion=criterion)]
+        if config.lr_schedule != "constant":
+            callbacks.insert(0, LearningRateSchedule(config.lr_schedule, config.lr, config.epochs))
         if config.log == "tensorboard":
             from ..tensorboard import TensorBoardLogger
 

@@ -187,6 +187,8 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["train", "--dataset", "linear-gaussian", "--arch", "conv"], "image shape None"),
         (["train", "--arch", "conv", "--decoder", "autoregressive"], "--arch conv has its own decoder"),
         (["train", "--arch", "resnet"], "--arch"),
+        (["train", "--lr-schedule", "warmup"], "unknown learning-rate schedule 'warmup'"),
+        (["train", "--lr-schedule", "exponential:2"], "0 < GAMMA <= 1"),
         (["train", "--dataset", "linear-gaussian", "--decoder", "autoregressive"], "categorical or binary"),
         (["train", "--decoder-dropout", "1"], "--decoder-dropout"),
         (["nonsense"], "No such command"),
