@@ -4,6 +4,7 @@ times in `metrics.csv` (median over epochs 2..): of the optimisation steps alone
 whole epochs (`seconds`, including rank 0's validation, which the other rank waits for; valid_particles = 1).
 
     python benchmarks/ddp_scaling.py --batch-sizes 100 500 1000 --epochs 8
+    python benchmarks/ddp_scaling.py --dataset mnist --batch-sizes 100 --epochs 4 --repeats 2   # issue 29
     python benchmarks/ddp_scaling.py --profile      # where a step's time goes, 1 process against 2
 
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,14 +23,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-NUM_TRAIN = 1000  # digits training split
 
 
-def throughput(procs: int, batch: int, epochs: int, hidden: str) -> float:
+def throughput(procs: int, batch: int, epochs: int, hidden: str, dataset: str = "digits") -> tuple[float, float]:
     out = Path(tempfile.mkdtemp(prefix="dgm-ddp-"))
     toml = out / "cfg.toml"
     toml.write_text("valid_particles = 1\nbaseline = false\n")
-    args = ["train", "--epochs", str(epochs), "--batch-size", str(batch), "--hidden", hidden, "--particles", "1",
+    args = ["train", "--dataset", dataset, "--epochs", str(epochs), "--batch-size", str(batch), "--hidden", hidden, "--particles", "1",
             "--patience", str(epochs), "--config", str(toml), "--out", str(out), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if procs == 1:
@@ -37,10 +39,12 @@ def throughput(procs: int, batch: int, epochs: int, hidden: str) -> float:
                "-m", "cli.main", *args]
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT)
     run = next(out.glob("cvae-*"))
+    num_train = json.loads((run / "environment.json").read_text())["data"]["train"]
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))[1:]
-    return (NUM_TRAIN / statistics.median(float(r["train_seconds"]) for r in rows),
-            NUM_TRAIN / statistics.median(float(r["seconds"]) for r in rows))
+    shutil.rmtree(out)
+    return (num_train / statistics.median(float(r["train_seconds"]) for r in rows),
+            num_train / statistics.median(float(r["seconds"]) for r in rows))
 
 
 def profile_worker(batch: int) -> None:
@@ -97,6 +101,7 @@ def main() -> None:
         profile_worker(int(sys.argv[2]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits", help="any dataset of train cvae (mnist: issue 29's check)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 500])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--hidden", default="256,256")
@@ -106,14 +111,15 @@ def main() -> None:
     if args.profile:
         profile(100)
         return
+    print(f"dataset {args.dataset}, hidden {args.hidden}, {args.epochs} epochs (median of epochs 2..), one thread per process")
     print("| global batch | steps only: 1 process (rows/s) | 2 processes | ratio | whole epochs: 1 process | 2 processes "
           "| ratio |")
     print("|---|---|---|---|---|---|---|")
     for batch in args.batch_sizes:
         one, two = [], []
         for _ in range(args.repeats):
-            one.append(throughput(1, batch, args.epochs, args.hidden))
-            two.append(throughput(2, batch, args.epochs, args.hidden))
+            one.append(throughput(1, batch, args.epochs, args.hidden, args.dataset))
+            two.append(throughput(2, batch, args.epochs, args.hidden, args.dataset))
         cells = []
         for k in (0, 1):
             a, b = statistics.median(r[k] for r in one), statistics.median(r[k] for r in two)
