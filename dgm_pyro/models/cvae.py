@@ -29,11 +29,12 @@ from torch import nn
 
 from .autoregressive import MADE, AutoregressiveLikelihood
 from .nn import MLP, ConvDecoder, ConvEncoder, cat_broadcast, likelihood_mean, likelihood_out_features, make_likelihood
+from .pixelcnn import GatedPixelCNN
 
 __all__ = ["CVAE"]
 
 PRIORS = ("learned", "standard")
-DECODERS = ("mlp", "autoregressive")
+DECODERS = ("mlp", "autoregressive", "pixelcnn")
 ARCHITECTURES = ("mlp", "conv")
 
 
@@ -62,10 +63,16 @@ class CVAE(PyroModule):
         x_shift, x_scale: affine standardisation of x for the encoder input and the Gaussian decoder
             (defaults 0 and 1; for categorical data pass ``x_scale = levels - 1``).
         name: prefix of the parameters in Pyro's parameter store.
-        decoder: ``"mlp"`` (pixels independent given z and y, default) or ``"autoregressive"`` (a MADE over
-            the pixels in raster order, conditioned on [z, y]: strong enough to ignore z, seed P3.4).
-        decoder_dropout: for the autoregressive decoder, the probability of zeroing each pixel of its
+        decoder: ``"mlp"`` (pixels independent given z and y, default), ``"autoregressive"`` (a MADE over
+            the pixels in raster order, conditioned on [z, y]: strong enough to ignore z, seed P3.4) or
+            ``"pixelcnn"`` (a gated PixelCNN over the image, :class:`~dgm_pyro.models.pixelcnn.GatedPixelCNN`,
+            conditioned on [z, y]; needs ``image_shape``).
+        decoder_dropout: for the autoregressive decoders, the probability of zeroing each pixel of their
             autoregressive input during training (weakens the decoder, seed P3.5); 0 by default.
+        pixelcnn_layers, pixelcnn_channels: depth (receptive field: ``pixelcnn_layers`` rows above each pixel;
+            fewer restrict it, a remedy of P3.5) and width of the PixelCNN decoder.
+        decoder_reads_z: ``False`` gives an autoregressive decoder without z, p(x|y) alone: the reference a
+            collapsed model is compared with (the ELBO then drives the KL to 0).
         condition_net: a module that turns the raw condition y (N, ...) into the features c (N, y_dim) that
             the three networks read, trained with them (for text, a
             :class:`~dgm_pyro.models.text.HashedNgramEncoder` on feature ids); ``None``: c = y.
@@ -81,7 +88,8 @@ class CVAE(PyroModule):
                  likelihood: str = "bernoulli", levels: Optional[int] = None, prior: str = "learned",
                  x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
                  decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None,
-                 activation: str = "relu", arch: str = "mlp", image_shape: Optional[Sequence[int]] = None):
+                 activation: str = "relu", arch: str = "mlp", image_shape: Optional[Sequence[int]] = None,
+                 pixelcnn_layers: int = 5, pixelcnn_channels: int = 32, decoder_reads_z: bool = True):
         super().__init__(name)
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got '{arch}'")
@@ -93,9 +101,16 @@ class CVAE(PyroModule):
             raise ValueError(f"prior must be one of {PRIORS}, got '{prior}'")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got '{decoder}'")
-        if not 0 <= decoder_dropout < 1 or (decoder_dropout and decoder != "autoregressive"):
-            raise ValueError("decoder_dropout must be in [0, 1) and needs the autoregressive decoder")
+        autoregressive = decoder in ("autoregressive", "pixelcnn")
+        if not 0 <= decoder_dropout < 1 or (decoder_dropout and not autoregressive):
+            raise ValueError("decoder_dropout must be in [0, 1) and needs an autoregressive decoder")
+        if not decoder_reads_z and not autoregressive:
+            raise ValueError("decoder_reads_z=False needs an autoregressive decoder (an MLP without z models nothing)")
+        if decoder == "pixelcnn" and (image_shape is None or int(torch.tensor(list(image_shape)).prod()) != x_dim):
+            raise ValueError("the pixelcnn decoder needs image_shape (H, W) with H * W = x_dim")
         self.decoder_kind, self.decoder_dropout = decoder, float(decoder_dropout)
+        self.decoder_reads_z = decoder_reads_z
+        context_dim = (latent_dim if decoder_reads_z else 0) + y_dim
         self.x_dim, self.y_dim, self.latent_dim = x_dim, y_dim, latent_dim
         self.likelihood, self.levels, self.prior_kind = likelihood, levels, prior
         self.register_buffer("x_shift", torch.as_tensor(x_shift, dtype=torch.float32).expand(x_dim).clone())
@@ -114,12 +129,13 @@ class CVAE(PyroModule):
             per_pixel = likelihood_out_features(likelihood, x_dim, levels) // x_dim
             self.decoder = ConvDecoder(latent_dim + y_dim, image_shape, hidden_dims[-1], per_pixel,
                                        activation=activation, pixel_major=likelihood == "categorical")
-        elif decoder == "autoregressive":
+        elif autoregressive:
             if likelihood not in ("categorical", "bernoulli"):
-                raise ValueError(f"the autoregressive decoder needs a categorical or bernoulli likelihood, not "
+                raise ValueError(f"the {decoder} decoder needs a categorical or bernoulli likelihood, not "
                                  f"'{likelihood}'")
             per_dim = likelihood_out_features(likelihood, x_dim, levels) // x_dim
-            self.decoder = MADE(x_dim, latent_dim + y_dim, hidden_dims, per_dim)
+            self.decoder = (MADE(x_dim, context_dim, hidden_dims, per_dim) if decoder == "autoregressive" else
+                            GatedPixelCNN(image_shape, context_dim, pixelcnn_channels, pixelcnn_layers, 3, per_dim))
         else:
             self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels),
                                activation)
@@ -159,7 +175,7 @@ class CVAE(PyroModule):
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         """p(x|y,z) for z of shape ``(..., N, latent_dim)``; event shape ``(x_dim,)``."""
-        context = cat_broadcast(z, y)
+        context = cat_broadcast(z, y) if self.decoder_reads_z else y.expand(*z.shape[:-1], y.shape[-1])
         if self.decoder_kind == "mlp":
             return make_likelihood(self.likelihood, self.decoder(context), self.x_dim, self.levels, self.x_shift,
                                    self.x_scale)

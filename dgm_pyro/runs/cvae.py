@@ -52,14 +52,20 @@ class CVAEConfig(DatasetConfig):
     baseline_guess: bool = option(False, "Feed the NN baseline's guess E[x|y] to the CVAE beside y (Sohn et al. 2015, "
                                   "Pyro's CVAE tutorial): the baseline trains first, then stays frozen; quadrant "
                                   "data.", added=True)
-    decoder: str = option("mlp", "Pixels independent given z (mlp) or a masked autoregressive network (strong "
-                          "enough to ignore z).", choices=DECODERS)
+    decoder: str = option("mlp", "Pixels independent given z (mlp), a masked autoregressive network over the pixels "
+                          "(autoregressive), or a gated PixelCNN over the image (pixelcnn, image data): the last two "
+                          "are strong enough to ignore z.", choices=DECODERS)
     arch: str = option("mlp", "Encoder and decoder networks: mlp, or conv (convolutional over x as an image: two "
                        "stride-2 convolutions of 32 and 64 maps and one hidden layer of the last --hidden width; "
                        "image data whose x is the whole image, sides multiples of 4, such as mnist). Measured in "
                        "docs/mnist.md.", choices=ARCHITECTURES, added=True)
     decoder_dropout: float = option(0.0, "Zero each autoregressive input pixel with this probability in training "
                                     "(weakens the decoder).", min=0, max=1, max_open=True, metavar="RATE")
+    pixelcnn_layers: int = option(5, "Gated layers of the pixelcnn decoder: its receptive field is this many rows "
+                                  "above each pixel (fewer restrict it).", min=1, added=True)
+    pixelcnn_channels: int = option(32, "Feature maps of the pixelcnn decoder's stacks.", min=1, added=True)
+    decoder_z: bool = option(True, "The decoder reads z; --no-decoder-z: an autoregressive decoder of x given y "
+                             "alone, the reference of a collapse table.", added=True)
     aggressive: bool = option(False, "Aggressive inference-network training (He et al. 2019).")
     track_collapse: bool = option(False, "Record validation KL, mutual information and active units per epoch in "
                                   "metrics.csv.")
@@ -77,8 +83,12 @@ class CVAEConfig(DatasetConfig):
         super().validate()
         self.require([
             (len(self.hidden_dims) >= 1, "hidden_dims must hold at least one width"),
-            (self.decoder_dropout == 0 or self.decoder == "autoregressive",
-             "decoder_dropout needs decoder 'autoregressive'"),
+            (self.decoder_dropout == 0 or self.decoder in ("autoregressive", "pixelcnn"),
+             "decoder_dropout needs decoder 'autoregressive' or 'pixelcnn'"),
+            (self.decoder == "pixelcnn" or (self.pixelcnn_layers, self.pixelcnn_channels) == (5, 32),
+             "pixelcnn_layers and pixelcnn_channels need decoder 'pixelcnn'"),
+            (self.decoder_z or self.decoder in ("autoregressive", "pixelcnn"),
+             "--no-decoder-z needs decoder 'autoregressive' or 'pixelcnn'"),
             (not self.baseline_guess or self.baseline, "baseline_guess needs the NN baseline (drop --no-baseline)"),
         ])
         return self
@@ -130,7 +140,11 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
                            f"mnist-text, mnist-unconditional, digits); dataset '{ds.name}' has "
                            + ("quadrant targets" if ds.condition == "quadrant" else f"image shape {ds.image_shape}"))
     if conv and config.decoder != "mlp":
-        raise DgmPyroError("--arch conv has its own decoder: --decoder autoregressive does not combine with it")
+        raise DgmPyroError(f"--arch conv has its own decoder: --decoder {config.decoder} does not combine with it")
+    if config.decoder == "pixelcnn" and (ds.condition == "quadrant" or not ds.image_shape or len(ds.image_shape) != 2):
+        raise DgmPyroError(f"--decoder pixelcnn needs images whose x is the whole image (mnist, mnist-unconditional, "
+                           f"digits, ...); dataset '{ds.name}' has "
+                           + ("quadrant targets" if ds.condition == "quadrant" else f"image shape {ds.image_shape}"))
     if config.decoder == "autoregressive" and ds.likelihood not in ("categorical", "bernoulli"):
         raise DgmPyroError(f"the autoregressive decoder needs categorical or binary data; dataset '{ds.name}' is "
                            f"{ds.likelihood}")
@@ -148,7 +162,10 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
     return CVAE(ds.x_dim, y_dim, latent_dim=config.latent_dim, hidden_dims=config.hidden_dims,
                 likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale,
                 decoder=config.decoder, decoder_dropout=config.decoder_dropout, condition_net=condition_net,
-                activation=config.activation, arch=config.arch, image_shape=ds.image_shape if conv else None)
+                activation=config.activation, arch=config.arch,
+                image_shape=ds.image_shape if conv or config.decoder == "pixelcnn" else None,
+                pixelcnn_layers=config.pixelcnn_layers, pixelcnn_channels=config.pixelcnn_channels,
+                decoder_reads_z=config.decoder_z)
 
 
 def build_baseline(config: CVAEConfig, ds: ConditionalDataset) -> NNBaseline:

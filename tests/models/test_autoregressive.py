@@ -88,7 +88,7 @@ def test_decoder_dropout_acts_in_training_only():
 
 def test_bad_decoder_options():
     with pytest.raises(ValueError, match="decoder must be"):
-        CVAE(4, 0, decoder="pixelcnn")
+        CVAE(4, 0, decoder="wavenet")
     with pytest.raises(ValueError, match="decoder_dropout"):
         CVAE(4, 0, decoder_dropout=0.2)
     with pytest.raises(ValueError, match="categorical or bernoulli"):

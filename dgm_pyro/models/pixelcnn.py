@@ -1,0 +1,99 @@
+"""A gated PixelCNN decoder (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"),
+conditioned on a context c = [z, y]: the strong autoregressive decoder of seed P3.4 at image scale.
+
+    p(x | c) = prod_{i,j} p(x_ij | x_<ij, c)          raster order over an H x W image
+
+Each layer has a vertical stack (the rows above, through a (k//2 + 1) x k convolution) and a horizontal stack
+(the pixels to the left in the same row, through a 1 x (k//2 + 1) convolution); the vertical features reach the
+horizontal stack shifted down one row, so nothing at or after pixel (i, j) in raster order reaches its output, and
+together the stacks leave no blind spot. Every stack computes the gated unit tanh(W_f * v + V_f c) * sigmoid(W_g
+* v + V_g c), the context entering every layer as a per-channel bias. The first layer's horizontal convolution sees
+the row shifted right by one pixel (mask A: not the pixel itself). The receptive field grows with the layers:
+with ``layers=L`` and ``kernel=k`` a pixel sees L * (k // 2) + 1 rows above it, so fewer layers restrict it (a remedy
+of seed P3.5: Chen et al. 2017, Gulrajani et al. 2017).
+
+One forward pass gives every conditional for an observed x (teacher forcing); sampling fills the image pixel by
+pixel (H * W passes), batched over samples, through
+:class:`~dgm_pyro.models.autoregressive.AutoregressiveLikelihood`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["GatedPixelCNN"]
+
+
+def _gate(a: torch.Tensor) -> torch.Tensor:
+    f, g = a.chunk(2, dim=1)
+    return torch.tanh(f) * torch.sigmoid(g)
+
+
+class _GatedLayer(nn.Module):
+    def __init__(self, in_channels: int, channels: int, kernel: int, context_dim: int, first: bool):
+        super().__init__()
+        self.k, self.first = kernel, first
+        half = kernel // 2
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
+        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, half + 1))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.context = nn.Linear(context_dim, 4 * channels) if context_dim else None
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.k // 2
+        v_pre = self.v_conv(F.pad(v, (half, half, half, 0)))  # rows i - k//2 .. i, columns j - k//2 .. j + k//2
+        h_in = F.pad(h, (1, 0))[..., :-1] if self.first else h  # mask A: the first layer does not see x_ij
+        h_pre = self.h_conv(F.pad(h_in, (half, 0)))  # columns j - k//2 .. j of this row
+        h_pre = h_pre + self.v_to_h(F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1])  # the vertical stack, one row down
+        if self.context is not None:
+            cv, ch = self.context(c)[:, :, None, None].chunk(2, dim=1)
+            v_pre, h_pre = v_pre + cv, h_pre + ch
+        h_new = self.h_out(_gate(h_pre))
+        return _gate(v_pre), h_new if self.first else h + h_new
+
+
+class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN over images ``image_shape`` = (H, W), conditioned on a context vector.
+
+    Args:
+        image_shape: (H, W); x is the image flattened in raster order (x_dim = H * W).
+        context_dim: dimension of the context c (z and y; 0 for none: a PixelCNN without z).
+        channels: feature maps of each stack.
+        layers: gated layers (receptive field: layers * (kernel // 2) + 1 rows above each pixel, and
+            layers * (kernel // 2) + 1 pixels to its left).
+        kernel: k of the vertical (k//2 + 1) x k and horizontal 1 x (k//2 + 1) convolutions (odd, >= 3).
+        out_per_pixel: outputs per pixel (1: Bernoulli logits; ``levels``: categorical logits).
+    Returns (forward): (..., H * W * out_per_pixel), pixel-major, like :class:`~dgm_pyro.models.autoregressive.MADE`.
+    """
+
+    def __init__(self, image_shape: Sequence[int], context_dim: int, channels: int = 32, layers: int = 5,
+                 kernel: int = 3, out_per_pixel: int = 1):
+        super().__init__()
+        if len(image_shape) != 2:
+            raise ValueError(f"the PixelCNN decoder needs images (H, W), got shape {tuple(image_shape)}")
+        if kernel < 3 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 3, got {kernel}")
+        if layers < 1 or channels < 1:
+            raise ValueError("layers and channels must be >= 1")
+        self.h, self.w = int(image_shape[0]), int(image_shape[1])
+        self.x_dim, self.context_dim, self.out_per_pixel = self.h * self.w, context_dim, out_per_pixel
+        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel, context_dim, i == 0)
+                                     for i in range(layers)])
+        # ELU, not ReLU, in the output head: a narrow head of ReLUs can start dead (every logit a constant)
+        self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, channels, 1), nn.ELU(),
+                                  nn.Conv2d(channels, out_per_pixel, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        img = x.expand(*batch, self.x_dim).reshape(-1, 1, self.h, self.w)
+        c = context.expand(*batch, context.shape[-1]).reshape(img.shape[0], context.shape[-1])
+        v = h = img
+        for layer in self.layers:
+            v, h = layer(v, h, c)
+        out = self.head(h).flatten(2).transpose(1, 2)  # (B, H*W, out_per_pixel): pixel-major
+        return out.reshape(*batch, self.x_dim * self.out_per_pixel)
