@@ -47,6 +47,9 @@ def print_evaluation(ev: dict[str, Any]) -> None:
         ("PSIS k-hat max", ev["khat_max"]),
         ("  share with k-hat > 0.7", ev["khat_frac_above_0.7"]),
     ]
+    if ev.get("refined", {}).get("datapoints"):
+        rows.insert(5, ("  estimated again (k-hat > 0.7)", f"{ev['refined']['datapoints']} datapoints, "
+                                                            f"{ev['refined']['rounds']} adapted rounds"))
     if "true_log_likelihood" in ev:
         rows.append(("true log-likelihood (generator)", ev["true_log_likelihood"]))
     if "baseline_ncll" in ev:

@@ -268,14 +268,17 @@ def train() -> None:
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, metavar="R",
               help="Adapted rounds of --method adaptive after the encoder's (cost: about 1 + 2.5 R times "
                    "importance sampling's).")
+@click.option("--refine-rounds", type=click.IntRange(min=0), default=8, show_default=True, metavar="R",
+              help="With --method adaptive (or auto), estimate the datapoints whose k-hat is still above 0.7 again, "
+                   "with fresh draws and R adapted rounds; 0: do not.")
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @device_option
 def evaluate(run_dir: str, particles: int, split: str, seed: int, method: str, ais_steps: int, rounds: int,
-             json_out: bool, device: str) -> None:
+             refine_rounds: int, json_out: bool, device: str) -> None:
     """Test ELBO, importance-sampled (or adaptive, or annealed) log-likelihood and PSIS k-hat of a trained run."""
     run = load_for(run_dir, "evaluate", device)
     ev = run.kind.evaluate(run, particles=particles, split=split, seed=seed, progress=progress_enabled(json_out),
-                           method=method, ais_steps=ais_steps, rounds=rounds)
+                           method=method, ais_steps=ais_steps, rounds=rounds, refine_rounds=refine_rounds)
     if json_out:
         emit_json(without_per_datapoint(ev))
         return

@@ -567,3 +567,24 @@ def test_the_cvae_can_read_the_trained_baselines_guess(tmp_path):
     assert not (tmp_path / "no").exists()
     r = run("train", "--dataset", "digits-q2", "--baseline-guess", "--no-baseline", "--out", tmp_path / "nb", *TINY)
     assert r.exit_code == 2 and "baseline_guess needs the NN baseline" in r.stderr
+
+
+def test_evaluate_estimates_the_unreliable_datapoints_again(trained):
+    """With the adaptive method, the datapoints whose k-hat exceeds 0.7 are estimated again with more rounds: the
+    others keep their values, the refined ones are those datapoints exactly, and fewer stay above 0.7."""
+    from dgm_pyro.runs import load_run
+
+    run_dir, _ = trained
+    loaded = load_run(run_dir)
+    once = loaded.kind.evaluate(loaded, particles=100, seed=1, write=False, refine_rounds=0)
+    twice = loaded.kind.evaluate(loaded, particles=100, seed=1, write=False, refine_rounds=8)
+    k0 = torch.tensor([float("nan") if k is None else k for k in once["per_datapoint"]["khat"]])
+    bad = (k0 > 0.7).nonzero().squeeze(1).tolist()
+    assert 0 < len(bad) < k0.numel() and twice["per_datapoint"]["refined"] == bad
+    assert twice["refined"] == {"rounds": 8, "datapoints": len(bad)} and once["refined"]["datapoints"] == 0
+    same = [i for i in range(k0.numel()) if i not in set(bad)]
+    a, b = (torch.tensor(e["per_datapoint"]["log_evidence"]) for e in (once, twice))
+    assert torch.equal(a[same], b[same]) and not torch.equal(a[bad], b[bad])
+    assert twice["khat_frac_above_0.7"] < once["khat_frac_above_0.7"]
+    r = run("evaluate", run_dir, "--refine-rounds", "-1")
+    assert r.exit_code == 2 and "--refine-rounds" in r.output
