@@ -89,7 +89,7 @@ class CVAE(PyroModule):
                  x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
                  decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None,
                  activation: str = "relu", arch: str = "mlp", image_shape: Optional[Sequence[int]] = None,
-                 pixelcnn_layers: int = 5, pixelcnn_channels: int = 32, decoder_reads_z: bool = True):
+                 pixelcnn_layers: int = 5, pixelcnn_channels: int = 16, decoder_reads_z: bool = True):
         super().__init__(name)
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got '{arch}'")

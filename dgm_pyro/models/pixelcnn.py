@@ -71,7 +71,7 @@ class GatedPixelCNN(nn.Module):
     Returns (forward): (..., H * W * out_per_pixel), pixel-major, like :class:`~dgm_pyro.models.autoregressive.MADE`.
     """
 
-    def __init__(self, image_shape: Sequence[int], context_dim: int, channels: int = 32, layers: int = 5,
+    def __init__(self, image_shape: Sequence[int], context_dim: int, channels: int = 16, layers: int = 5,
                  kernel: int = 3, out_per_pixel: int = 1):
         super().__init__()
         if len(image_shape) != 2:
