@@ -9,10 +9,11 @@
 
 ``run`` trains (and evaluates, with the train command's ``--particles``) every (quadrants, seed) whose run folder
 ``qN-grey-sS`` (``qN-bin-sS`` with ``--likelihood bernoulli``) has no ``evaluation.json`` yet, one after the
-other, with Pyro's protocol: the grey-level pseudo-likelihood (or dynamic binarisation), 500-500 ReLU networks, 200 latent dimensions, the NN baseline's guess fed to the CVAE, Adam 1e-3,
-at most 50 epochs, patience 3. An unfinished folder is started again from scratch. ``table`` reads the folders
-(their ``evaluation.json`` and ``metrics.csv``) and prints the table, mean ± sd over the seeds that are done,
-beside Pyro's published values (which are for the grey-level pseudo-likelihood only) and the CVAE/NN ratio.
+other, with Pyro's protocol: the grey-level pseudo-likelihood (or dynamic binarisation), 500-500 ReLU networks,
+200 latent dimensions, the NN baseline's guess fed to the CVAE, Adam 1e-3, at most 50 epochs, patience 3. An
+unfinished folder is continued with ``dgm-pyro train --resume`` (exact). ``table`` reads the folders (their
+``evaluation.json`` and ``metrics.csv``) and prints the table, mean ± sd over the seeds that are done, beside
+Pyro's published values (which are for the grey-level pseudo-likelihood only) and the CVAE/NN ratio.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def run(args: argparse.Namespace) -> None:
             folder = args.out / f"q{q}-{tag(args.likelihood)}-s{seed}"
             if (folder / "evaluation.json").exists():
                 continue
-            shutil.rmtree(folder, ignore_errors=True)
-            cmd = command(args.out, q, seed, args.particles, args.likelihood)
+            if (folder / "config.json").exists():  # interrupted: continue it (train --resume is exact)
+                cmd = ["dgm-pyro", "train", "--resume", str(folder), "--threads", "1"]
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                cmd = command(args.out, q, seed, args.particles, args.likelihood)
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
 
