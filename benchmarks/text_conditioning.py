@@ -1,19 +1,22 @@
-"""Generation from a text description (seed P1.8) on digits-text, beside the label-conditioned CVAE.
+"""Generation from a text description (seed P1.8) on digits-text or mnist-text, beside the label-conditioned CVAE.
 
-For each seed, trains the label-conditioned CVAE on ``digits`` and the text-conditioned CVAE on
-``digits-text`` with each text encoder (and, with ``--standard-prior``, the builtin one with the N(0, I)
+For each seed, trains the label-conditioned CVAE on ``digits`` (``--dataset mnist``: on ``mnist``) and the
+text-conditioned CVAE on ``digits-text`` (``mnist-text``) with each text encoder (and, with ``--standard-prior``, the builtin one with the N(0, I)
 prior of P1.8's second variant; with ``--dropout P`` and ``--mean-pooling``, the builtin one with feature
 dropout P or mean pooling), then measures on the held-out phrasings:
 
 - digit faithfulness: share of generated images (decoder mean and draws) an independent logistic
-  regression reads as the digit the prompt names (:func:`dgm_pyro.faithfulness.digit_faithfulness`);
+  regression (MNIST: a perceptron) trained on the training split reads as the digit the prompt names (:func:`dgm_pyro.faithfulness.digit_faithfulness`);
 - attributes: share of one-attribute prompt pairs whose generated images move the right way
   (:func:`dgm_pyro.faithfulness.attribute_pairs`);
-- evidence: test log p(x|text) (IS, K particles) against log p(x|label) on the same 447 test images,
-  with the share of PSIS k-hat > 0.7.
+- evidence: test log p(x|text) (K particles, the default evaluation) against log p(x|label) on the same test
+  images (447 digits, 10,000 MNIST images), with the share of PSIS k-hat > 0.7. A run folder of ``--root`` that
+  holds a finished run is reused, and so is its ``evaluation.json`` when it has the same particles and seed.
 
     python benchmarks/text_conditioning.py --seeds 0 1 2 --encoders builtin minilm --standard-prior \
         --dropout 0 --mean-pooling --json docs/results/text_conditioning.json
+    python benchmarks/text_conditioning.py --dataset mnist --seeds 0 --encoders builtin --root /work/mnist_text \
+        --json docs/results/text_conditioning_mnist.json
 """
 
 from __future__ import annotations
@@ -47,9 +50,18 @@ def _generator(run, num: int, seed: int, mean: bool):
     return by_label
 
 
+def _evaluation(run, particles: int, seed: int) -> dict:
+    path = run.path / "evaluation.json"
+    if path.exists():
+        ev = json.loads(path.read_text())
+        if (ev.get("split"), ev.get("num_particles"), ev.get("seed")) == ("test", particles, seed):
+            return ev
+    return run.kind.evaluate(run, particles=particles, seed=seed, write=False)
+
+
 def measure(run, classifier, num: int, seed: int, particles: int) -> dict:
     t0 = time.perf_counter()
-    ev = run.kind.evaluate(run, particles=particles, seed=seed, write=False)
+    ev = _evaluation(run, particles, seed)
     out = {"log_evidence": ev["log_evidence"], "elbo": ev["elbo"], "khat_frac_above_0.7": ev["khat_frac_above_0.7"]}
     out["faithfulness_mean"] = digit_faithfulness(_generator(run, num, seed, True), classifier, num=num, seed=seed)
     out["faithfulness_sample"] = digit_faithfulness(_generator(run, num, seed, False), classifier, num=num, seed=seed)
@@ -67,6 +79,8 @@ def _ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", choices=["digits", "mnist"],
+                    help="images: the 8x8 digits or MNIST (the text data is DATASET-text)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--encoders", nargs="+", default=["builtin", "minilm"], choices=["builtin", "minilm"])
     ap.add_argument("--standard-prior", action="store_true", help="also the builtin encoder with the N(0, I) prior")
@@ -82,16 +96,17 @@ def main() -> None:
     set_threads(None)
     logging.getLogger("dgm_pyro").setLevel(logging.ERROR)  # the held-out fillers are unknown words by design
     root = Path(args.root or tempfile.mkdtemp(prefix="dgm-text-"))
-    classifier = digit_classifier()
-    print(f"classifier: logistic regression on the digits training split; test accuracy "
-          f"{classifier.test_accuracy_:.3f}", flush=True)
-    variants = [("label", dict(dataset="digits"))]
-    variants += [(f"text-{e}", dict(dataset="digits-text", text_encoder=e)) for e in args.encoders]
+    classifier = digit_classifier(dataset=args.dataset)
+    print(f"classifier: {type(classifier).__name__} on the {args.dataset} training split; test accuracy "
+          f"{classifier.test_accuracy_:.4f}", flush=True)
+    text = f"{args.dataset}-text"
+    variants = [("label", dict(dataset=args.dataset))]
+    variants += [(f"text-{e}", dict(dataset=text, text_encoder=e)) for e in args.encoders]
     if args.standard_prior:
-        variants.append(("text-builtin-standard-prior", dict(dataset="digits-text", prior="standard")))
-    variants += [(f"text-builtin-dropout{p:g}", dict(dataset="digits-text", text_dropout=p)) for p in args.dropout]
+        variants.append(("text-builtin-standard-prior", dict(dataset=text, prior="standard")))
+    variants += [(f"text-builtin-dropout{p:g}", dict(dataset=text, text_dropout=p)) for p in args.dropout]
     if args.mean_pooling:
-        variants.append(("text-builtin-mean-pooling", dict(dataset="digits-text", text_pooling="mean")))
+        variants.append(("text-builtin-mean-pooling", dict(dataset=text, text_pooling="mean")))
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
     for seed in args.seeds:
         for name, kw in variants:
@@ -130,9 +145,11 @@ def main() -> None:
         print(f"  {name}: " + ", ".join(f"{t} {_ms([r['faithfulness_mean']['by_template'][t] for r in rows], 100)}"
                                         for t in names))
     if args.json:
-        write_json(args.json, {"command": " ".join(sys.argv), "classifier_test_accuracy": classifier.test_accuracy_,
+        write_json(args.json, {"command": " ".join(sys.argv), "dataset": args.dataset,
+                               "classifier": type(classifier).__name__,
+                               "classifier_test_accuracy": classifier.test_accuracy_,
                                "num_per_prompt": args.num, "particles": args.particles,
-                               "test_images": load_dataset("digits").sizes()["test"], "results": results})
+                               "test_images": load_dataset(args.dataset).sizes()["test"], "results": results})
         print(f"wrote {args.json}")
     print(json.dumps({"root": str(root)}))
 
