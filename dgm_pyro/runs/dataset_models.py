@@ -317,7 +317,9 @@ class DatasetModelKind(ModelKind):
             log.info("estimating the %d datapoints with k-hat > %.1f again with %d adapted rounds", refined.numel(),
                      KHAT_WARN, refine_rounds)
             again = estimate(refined.to(x.device), refine_rounds)
-            for field in ("log_evidence", "stderr", "elbo", "elbo_stderr", "ess", "khat"):
+            # the estimate and its diagnostics are the new run's; the ELBO stays the first run's guide draws (round
+            # 0, the same draws as method "is" with this seed), an estimate neither more nor less reliable
+            for field in ("log_evidence", "stderr", "ess", "khat"):
                 getattr(res, field)[refined.to(getattr(res, field).device)] = getattr(again, field)
         if method == "adaptive":
             settings["refined"] = {"rounds": refine_rounds, "datapoints": int(refined.numel())}
