@@ -19,6 +19,7 @@ live models different ``name`` values, or clear the store between them, when tra
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import pyro
@@ -69,8 +70,8 @@ class CVAE(PyroModule):
             conditioned on [z, y]; needs ``image_shape``).
         decoder_dropout: for the autoregressive decoders, the probability of zeroing each pixel of their
             autoregressive input during training (weakens the decoder, seed P3.5); 0 by default.
-        pixelcnn_layers, pixelcnn_channels: depth (receptive field: ``pixelcnn_layers`` rows above each pixel;
-            fewer restrict it, a remedy of P3.5) and width of the PixelCNN decoder.
+        pixelcnn_layers, pixelcnn_channels: depth (receptive field: ``pixelcnn_layers`` + 1 rows above each
+            pixel; fewer restrict it, a remedy of P3.5) and width of the PixelCNN decoder.
         decoder_reads_z: ``False`` gives an autoregressive decoder without z, p(x|y) alone: the reference a
             collapsed model is compared with (the ELBO then drives the KL to 0).
         condition_net: a module that turns the raw condition y (N, ...) into the features c (N, y_dim) that
@@ -81,7 +82,7 @@ class CVAE(PyroModule):
             (:class:`~dgm_pyro.models.nn.ConvEncoder`, :class:`~dgm_pyro.models.nn.ConvDecoder`, with
             ``hidden_dims[-1]`` units in their fully connected layer) over x as an image of ``image_shape``
             (H*W = x_dim, H and W multiples of 4); the prior network stays an MLP of y.
-        image_shape: (H, W) of x for ``arch="conv"``.
+        image_shape: (H, W) of x for ``arch="conv"`` and ``decoder="pixelcnn"``.
     """
 
     def __init__(self, x_dim: int, y_dim: int, latent_dim: int = 8, hidden_dims: Sequence[int] = (256, 256),
@@ -93,8 +94,8 @@ class CVAE(PyroModule):
         super().__init__(name)
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got '{arch}'")
-        if arch == "conv" and (decoder != "mlp" or image_shape is None or
-                               int(torch.tensor(list(image_shape)).prod()) != x_dim):
+        is_image = image_shape is not None and math.prod(image_shape) == x_dim
+        if arch == "conv" and (decoder != "mlp" or not is_image):
             raise ValueError("arch 'conv' needs image_shape (H, W) with H * W = x_dim and the pixel-independent "
                              "decoder ('mlp')")
         if prior not in PRIORS:
@@ -106,7 +107,7 @@ class CVAE(PyroModule):
             raise ValueError("decoder_dropout must be in [0, 1) and needs an autoregressive decoder")
         if not decoder_reads_z and not autoregressive:
             raise ValueError("decoder_reads_z=False needs an autoregressive decoder (an MLP without z models nothing)")
-        if decoder == "pixelcnn" and (image_shape is None or int(torch.tensor(list(image_shape)).prod()) != x_dim):
+        if decoder == "pixelcnn" and not is_image:
             raise ValueError("the pixelcnn decoder needs image_shape (H, W) with H * W = x_dim")
         self.decoder_kind, self.decoder_dropout = decoder, float(decoder_dropout)
         self.decoder_reads_z = decoder_reads_z

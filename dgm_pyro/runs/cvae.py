@@ -134,20 +134,18 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
     """The CVAE a configuration describes, sized for the dataset. For captioned data with the builtin text
     encoder, the encoder is the CVAE's condition network, its vocabulary the training captions'."""
     shift, scale = _x_standardisation(ds)
-    conv = config.arch == "conv"
-    if conv and (ds.condition == "quadrant" or not ds.image_shape or len(ds.image_shape) != 2
-                 or any(side % 4 for side in ds.image_shape)):
-        raise DgmPyroError(f"--arch conv needs images whose x is the whole image, with sides multiples of 4 (mnist, "
-                           f"mnist-text, mnist-unconditional, digits); dataset '{ds.name}' has "
-                           + ("quadrant targets" if ds.condition == "quadrant" else f"image shape {ds.image_shape}"))
+    conv, pixelcnn = config.arch == "conv", config.decoder == "pixelcnn"
+    for wanted, what, multiple in ((conv, "--arch conv", 4), (pixelcnn, "--decoder pixelcnn", 1)):
+        whole = ds.condition != "quadrant" and ds.image_shape and len(ds.image_shape) == 2
+        if wanted and not (whole and all(side % multiple == 0 for side in ds.image_shape)):
+            sides = ", with sides multiples of 4" if multiple > 1 else ""
+            raise DgmPyroError(f"{what} needs images whose x is the whole image{sides} (mnist, mnist-text, "
+                               f"mnist-unconditional, digits); dataset '{ds.name}' has "
+                               + ("quadrant targets" if ds.condition == "quadrant" else f"image shape {ds.image_shape}"))
     if conv and config.decoder != "mlp":
         raise DgmPyroError(f"--arch conv has its own decoder: --decoder {config.decoder} does not combine with it")
-    if config.decoder == "pixelcnn" and (ds.condition == "quadrant" or not ds.image_shape or len(ds.image_shape) != 2):
-        raise DgmPyroError(f"--decoder pixelcnn needs images whose x is the whole image (mnist, mnist-unconditional, "
-                           f"digits, ...); dataset '{ds.name}' has "
-                           + ("quadrant targets" if ds.condition == "quadrant" else f"image shape {ds.image_shape}"))
-    if config.decoder == "autoregressive" and ds.likelihood not in ("categorical", "bernoulli"):
-        raise DgmPyroError(f"the autoregressive decoder needs categorical or binary data; dataset '{ds.name}' is "
+    if config.decoder in ("autoregressive", "pixelcnn") and ds.likelihood not in ("categorical", "bernoulli"):
+        raise DgmPyroError(f"the {config.decoder} decoder needs categorical or binary data; dataset '{ds.name}' is "
                            f"{ds.likelihood}")
     y_dim, condition_net = ds.y_dim, None
     if config.baseline_guess:
@@ -164,7 +162,7 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
                 likelihood=ds.likelihood, levels=ds.levels, prior=config.prior, x_shift=shift, x_scale=scale,
                 decoder=config.decoder, decoder_dropout=config.decoder_dropout, condition_net=condition_net,
                 activation=config.activation, arch=config.arch,
-                image_shape=ds.image_shape if conv or config.decoder == "pixelcnn" else None,
+                image_shape=ds.image_shape if conv or pixelcnn else None,
                 pixelcnn_layers=config.pixelcnn_layers, pixelcnn_channels=config.pixelcnn_channels,
                 decoder_reads_z=config.decoder_z)
 
