@@ -2,7 +2,7 @@
 binarised MNIST at a stated budget of passes, resumable from its run folders.
 
     python benchmarks/burda_table.py run --out /work/burda --seeds 0 1 --epochs 100      # hours on one thread
-    python benchmarks/burda_table.py table --out /work/burda --seeds 0 1 --json FILE
+    python benchmarks/burda_table.py table --out /work/burda --seeds 0 1 --json docs/results/burda_table.json
 
 Every row is Burda et al.'s architecture (one stochastic layer of 50 units, deterministic layers 200-200 tanh in the
 encoder and the decoder, Bernoulli decoder, ``mnist-unconditional`` binarised dynamically, batch 20, Adam) trained
@@ -17,7 +17,7 @@ early stopping:
 the test log-likelihood by importance sampling with k = 5000 samples from the encoder (``dgm-pyro evaluate
 --method is --particles 5000``) and the active units on the test split (Cov_x E_q[z_u] > 0.01, as ``dgm-pyro
 diagnose`` counts them). ``table``
-prints the test NLL, the active units, the passes and the CPU time of each row, mean over the seeds done, beside
+prints the test NLL, the active units, the passes and the training wall time of each row, mean over the seeds done, beside
 Table 1.
 """
 
@@ -101,7 +101,7 @@ def active_units_of(folder: Path) -> int:
 def table(args: argparse.Namespace) -> None:
     raw = {}
     print(f"| row | Table 1 NLL | dgm-pyro NLL (k = {args.eval_particles}) | minus Table 1 | active units | "
-          "passes | CPU minutes (train) | k-hat > 0.7 | seeds |")
+          "passes | training minutes (wall) | k-hat > 0.7 | seeds |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in args.rows:
         done = {}
