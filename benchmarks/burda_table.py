@@ -60,19 +60,17 @@ def run(args: argparse.Namespace) -> None:
         for row in args.rows:
             folder = args.out / f"{row}-s{seed}"
             cmd = train_command(args.out, row, seed, args.epochs)
-            done = _epochs_done(folder)
-            if folder.exists() and (folder / "checkpoint.pt").exists():
+            if folder.exists():  # interrupted, or finished with fewer epochs than asked: resume (and extend)
                 cmd = ["dgm-pyro", "train", "--resume", str(folder), "--quiet", "--threads", "1"]
-                if done < args.epochs and json.loads((folder / "config.json").read_text())["epochs"] < args.epochs:
+                if (folder / "checkpoint.pt").exists() and \
+                        json.loads((folder / "config.json").read_text())["epochs"] < args.epochs:
                     cmd += ["--epochs", str(args.epochs)]
-            elif folder.exists():
-                cmd = ["dgm-pyro", "train", "--resume", str(folder), "--quiet", "--threads", "1"]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
             trained = _epochs_done(folder)
             ev = _evaluation(folder, args.eval_particles)
-            if ev.exists() and "active_units" in json.loads(ev.read_text()) and \
-                    json.loads(ev.read_text()).get("epochs_trained") == trained:
+            previous = json.loads(ev.read_text()) if ev.exists() else {}
+            if "active_units" in previous and previous.get("epochs_trained") == trained:
                 continue
             print(f"evaluating {folder.name} ({trained} epochs)", flush=True)
             out = subprocess.run(["dgm-pyro", "evaluate", str(folder), "--method", "is", "--particles",

@@ -121,7 +121,6 @@ class CVAE(PyroModule):
         if prior == "learned":
             self.prior_net = (MLP(y_dim, hidden_dims, 2 * latent_dim, activation) if y_dim
                               else _LearnedConstant(2 * latent_dim))
-        self.arch = arch
         if arch == "conv":
             self.encoder = ConvEncoder(image_shape, y_dim, hidden_dims[-1], 2 * latent_dim, activation=activation)
         else:
