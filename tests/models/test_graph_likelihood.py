@@ -25,13 +25,16 @@ def _graph(directed, n=9, t=5, seed=0):
 @pytest.mark.parametrize("directed", [False, True])
 @pytest.mark.parametrize("memory, proximity", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("block_snapshots", [1, 2, 100])
-def test_observed_log_prob_and_gradients_match_the_full_logits(directed, memory, proximity, block_snapshots,
+@pytest.mark.parametrize("scale", [1.0, 4.0])  # 4: the last snapshot's logits pass softplus's threshold of 20
+def test_observed_log_prob_and_gradients_match_the_full_logits(directed, memory, proximity, block_snapshots, scale,
                                                              monkeypatch):
     n, t = 9, 5
     monkeypatch.setattr(graph_likelihood, "BLOCK_BYTES", 4 * n * n * block_snapshots)
     edges, keys, memory_keys = _graph(directed, n, t)
     torch.manual_seed(1)
-    params = {"g": torch.randn(t, n, 4), "h": torch.randn(t, n, 4), "bias": torch.tensor(-1.3),
+    last = torch.ones(t, 1, 1)
+    last[-1] = scale
+    params = {"g": last * torch.randn(t, n, 4), "h": last * torch.randn(t, n, 4), "bias": torch.tensor(-1.3),
               "memory": torch.randn(t, memory_keys.shape[0]), "weight": torch.tensor(0.4)}
     for p in params.values():
         p.requires_grad_(True)
