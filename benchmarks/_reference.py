@@ -39,18 +39,29 @@ class TorchCVAE(torch.nn.Module):
         p_loc, p_scale = self._gauss(self.prior_net(y))
         z = q_loc + q_scale * torch.randn(num_particles, *q_loc.shape)
         yk = y.expand(num_particles, *y.shape)
-        out = self.decoder(torch.cat([z, yk], -1))
-        if self.likelihood == "bernoulli":
-            log_px = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
-        else:
-            logits = out.reshape(num_particles, x.shape[0], self.x_dim, self.levels)
-            log_px = torch.log_softmax(logits, -1).gather(-1, x.long().expand(num_particles, *x.shape).unsqueeze(-1))
-            log_px = log_px.squeeze(-1).sum(-1)
+        log_px = self._log_px(self.decoder(torch.cat([z, yk], -1)), x, num_particles)
         return log_px + self._normal_log_prob(z, p_loc, p_scale) - self._normal_log_prob(z, q_loc, q_scale)
 
     def loss(self, x, y):
         """Negative single-sample ELBO summed over the batch (what Trace_ELBO estimates)."""
         return -self.log_weights(x, y).sum()
+
+    def meanfield_loss(self, x, y):
+        """-E_q[log p(x|z)] (one draw) + KL(q(z|x,y) || p(z|y)) in closed form, summed over the batch (what
+        TraceMeanField_ELBO computes for these Gaussians)."""
+        q_loc, q_scale = self._gauss(self.encoder(torch.cat([(x - self.x_shift) / self.x_scale, y], -1)))
+        p_loc, p_scale = self._gauss(self.prior_net(y))
+        z = q_loc + q_scale * torch.randn_like(q_loc)
+        kl = (p_scale.log() - q_scale.log() + (q_scale ** 2 + (q_loc - p_loc) ** 2) / (2 * p_scale ** 2) - 0.5).sum(-1)
+        return (self._log_px(self.decoder(torch.cat([z, y], -1)).unsqueeze(0), x, 1).squeeze(0) - kl).sum().neg()
+
+    def _log_px(self, out, x, num_particles: int):
+        """log p(x|z) (K, N) from the decoder's output (K, N, x_dim * levels)."""
+        if self.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+        logits = out.reshape(num_particles, x.shape[0], self.x_dim, self.levels)
+        log_px = torch.log_softmax(logits, -1).gather(-1, x.long().expand(num_particles, *x.shape).unsqueeze(-1))
+        return log_px.squeeze(-1).sum(-1)
 
     @torch.no_grad()
     def log_evidence(self, x, y, num_particles: int, chunk_size: int):
