@@ -100,8 +100,8 @@ class DatasetConfig(ConfigBase):
     num_particles: int = option(1, "Particles per training step (vectorised); K of the iwae and dreg objectives.",
                                 flag="--particles-train", min=1)
     valid_particles: int = option(10, "Importance samples for the validation log-likelihood each epoch.", min=1)
-    eval_particles: int = option(1000, "Importance samples for the final test log-likelihood.", flag="--particles",
-                                 min=1)
+    eval_particles: int = option(1000, "Importance samples for the final test log-likelihood (0: no final "
+                                 "evaluation; 'dgm-pyro evaluate' runs it later).", flag="--particles", min=0)
     seed: int = option(0, "Seed of the data split, the weights and every draw.", min=0)
     objective: str = option("meanfield", "meanfield (TraceMeanField_ELBO: closed-form KL where one exists, else sampled with a "
                             "warning), elbo (Trace_ELBO), "
@@ -271,8 +271,10 @@ class DatasetModelKind(ModelKind):
             plot_training_curves(run_dir)
         return summary
 
-    def final_evaluation(self, run: DatasetRun, progress: bool = False) -> dict[str, Any]:
-        """The evaluation ``dgm-pyro train`` reports: :meth:`evaluate` with the configured particles."""
+    def final_evaluation(self, run: DatasetRun, progress: bool = False) -> Optional[dict[str, Any]]:
+        """The evaluation ``dgm-pyro train`` reports: :meth:`evaluate` with the configured particles (none with 0)."""
+        if run.config.eval_particles == 0:
+            return None
         return self.evaluate(run, particles=run.config.eval_particles, seed=run.config.seed, progress=progress)
 
     def make_run(self, path: Path, config: Any, data: ConditionalDataset, module: torch.nn.Module,

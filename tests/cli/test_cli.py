@@ -275,6 +275,16 @@ def test_cli_resume_after_interruption_matches_uninterrupted(tmp_path):
                                             "file": str(tmp_path / "cut" / "evaluation.json")}
 
 
+def test_train_with_particles_0_skips_the_final_evaluation(tmp_path):
+    r = run("train", "--out", tmp_path, "--json", *TINY[:-4], "--particles", "0", "--batch-size", "200")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert "test" not in info and not (Path(info["run"]) / "evaluation.json").exists()
+    r = run("evaluate", info["run"], "--particles", "20", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["num_particles"] == 20 and (Path(info["run"]) / "evaluation.json").exists()
+
+
 @pytest.mark.parametrize("options", [["--objective", "meanfield"], ["--objective", "cs", "--lam", "0.5"],
                                      ["--objective", "free-bits", "--free-bits", "0.3", "--anneal", "linear:0:5"],
                                      ["--anneal", "cyclical:2:0.5"], ["--anneal", "constant:0.5"],
