@@ -4,6 +4,7 @@ snapshots) and ``dgm-pyro backtest`` (rolling origins with refits), over :mod:`d
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,24 @@ from .common import device_option, emit_json, fmt, load_for, progress_enabled, r
 from .options import config_options, resolve_config
 
 __all__ = ["forecast", "backtest_command"]
+
+
+def _echo_comparisons(comparisons: Optional[dict[str, dict[str, Any]]]) -> None:
+    """Per scored step, GraphSSM against the strongest other forecaster by AUC and by AP (all are in the JSON)."""
+    if not comparisons:
+        return
+    click.echo("GraphSSM minus the strongest other forecaster (95 % paired bootstrap interval over the pairs):")
+    for step, others in comparisons.items():
+        parts = []
+        for metric in ("auc", "ap"):
+            scored = [(n, d) for n, d in others.items() if math.isfinite(d[metric]["difference"])]
+            if not scored:
+                continue
+            name, d = min(scored, key=lambda kv: kv[1][metric]["difference"])
+            parts.append(f"{metric.upper()} {fmt(d[metric]['difference'])} [{fmt(d[metric]['low'])}, "
+                         f"{fmt(d[metric]['high'])}] vs {name}")
+        positives = next(iter(others.values()))["positives"]
+        click.echo(f"  {step} ({positives} edges): " + "; ".join(parts))
 
 
 @click.command()
@@ -38,12 +57,15 @@ __all__ = ["forecast", "backtest_command"]
               help="With sparse edges: the most probable new edges kept per node and step.")
 @click.option("--negatives", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="With sparse edges: non-edges drawn uniformly per step to score against every true edge.")
+@click.option("--intervals", type=click.IntRange(min=0), default=0, show_default=True, metavar="RESAMPLES",
+              help="With dense edges: GraphSSM's AUC and AP minus each other forecaster's per scored step, with 95 %% "
+                   "paired bootstrap intervals over the pairs from RESAMPLES resamples (1000 is usual); 0 skips them.")
 @click.option("--no-plots", is_flag=True, help="Do not write the plots (plots/NAME_*.png beside the forecast file).")
 @seed_option
 @click.option("--json", "json_out", is_flag=True, help="Print only JSON.")
 @device_option
 def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optional[str], stationarity: int,
-             edge_output: str, top_k: int, negatives: int, no_plots: bool, seed: int, json_out: bool,
+             edge_output: str, top_k: int, negatives: int, intervals: int, no_plots: bool, seed: int, json_out: bool,
              device: str) -> None:
     """Forecast the next H snapshots of a graph-ssm run as sample paths (seed P4.4), scored against the
     held-out snapshots and the baselines."""
@@ -54,7 +76,7 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
     run = load_for(run_dir, "forecast", device)
     res = run.kind.forecast(run, horizon=horizon, num_samples=samples, chains=chains, seed=seed, out=out,
                             plots=not no_plots, stationarity_steps=stationarity, edges=edge_output, top_k=top_k,
-                            negatives=negatives)
+                            negatives=negatives, intervals=intervals)
     if json_out:
         emit_json(res)
         return
@@ -76,6 +98,7 @@ def forecast(run_dir: str, horizon: int, samples: int, chains: int, out: Optiona
                 click.echo(f"  {name:<{width}}  {r['h']}  " + "  ".join(f"{fmt(r[c[0]]):>7}" for c in cols))
         for name, why in res["not_scored"].items():
             click.echo(f"  {name}: no row; {why}")
+        _echo_comparisons(res.get("comparisons"))
         for note in res["notes"]:
             click.echo(f"  note: {note}")
     else:

@@ -33,7 +33,7 @@ from .errors import DgmPyroError
 __all__ = ["edge_scores", "pair_edge_scores", "sample_pairs", "feature_scores", "forecast_scores",
            "expected_calibration_error", "randomised_pit", "EDGE_METRICS", "FEATURE_METRICS", "score_window",
            "backtest", "stationarity_check", "FORECAST_MAX_NODES", "PROBABILITY_METRICS", "ranking_only",
-           "balanced_ap"]
+           "balanced_ap", "edge_score_difference"]
 
 #: forecasts are dense (S x H x N x N edge probabilities): larger graphs are trained but not forecast
 FORECAST_MAX_NODES = 2000
@@ -123,6 +123,64 @@ def pair_edge_scores(prob: torch.Tensor, truth: torch.Tensor, new: torch.Tensor,
             "brier": float(np.average((p - y) ** 2, weights=w)), "ece": expected_calibration_error(p, y, weight=w),
             "density_error": float(abs(np.average(p, weights=w) - np.average(y, weights=w))),
             "edge_log_lik": float(np.average(y * np.log(pc) + (1 - y) * np.log1p(-pc), weights=w))}
+
+
+def _weighted_ranking(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUC and AP (sklearn's definitions, ties included) of one set of pairs under each row of ``weights`` (B, P)
+    at once: the pairs are sorted and grouped by score once, so each row costs a few passes over P."""
+    order = np.argsort(-score, kind="stable")
+    s, yy, w = score[order], y[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of tied scores, descending
+    pos = np.add.reduceat(w * yy, starts, axis=1)
+    neg = np.add.reduceat(w * (1 - yy), starts, axis=1)
+    total_pos, total_neg = pos.sum(1), neg.sum(1)
+    tp, fp = np.cumsum(pos, 1), np.cumsum(neg, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (pos * np.where(tp + fp > 0, tp / (tp + fp), 0.0)).sum(1) / total_pos
+        # a positive beats the negatives of lower groups and ties half of its own group's
+        below = total_neg[:, None] - fp
+        auc = (pos * (below + 0.5 * neg)).sum(1) / (total_pos * total_neg)
+    return auc, ap
+
+
+def edge_score_difference(prob_a: torch.Tensor, prob_b: torch.Tensor, truth: torch.Tensor, directed: bool,
+                          num_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """How sure a difference in AUC and AP between two edge forecasts of one snapshot is: the differences
+    metric(a) - metric(b) over every pair and their paired bootstrap intervals (percentile method): the pairs are
+    resampled with replacement ``num_resamples`` times and both forecasts are scored on the same resample. A
+    snapshot with few edges gives wide intervals: with 11 edges among 16,110 pairs an AUC is uncertain by several
+    points whatever the forecaster. Resamples without a positive are left out.
+
+    Args:
+        prob_a, prob_b: the two forecasts' edge scores (N, N) (probabilities or ranking scores).
+        truth: the true 0/1 adjacency (N, N).
+        directed: score all ordered pairs u != v, else the pairs u < v.
+    Returns:
+        ``{"auc": {"difference", "low", "high"}, "ap": {...}, "positives": E, "pairs": P}``.
+    """
+    if num_resamples < 1 or not 0 < level < 1:
+        raise DgmPyroError("num_resamples must be >= 1 and level in (0, 1)")
+    u, v = pair_index(truth.shape[-1], directed)
+    y, a, b = (t[u, v].double().numpy() for t in (truth, prob_a, prob_b))
+    out: dict[str, Any] = {"positives": int(y.sum()), "pairs": int(y.size)}
+    if out["positives"] in (0, y.size):
+        return out | {m: dict.fromkeys(("difference", "low", "high"), math.nan) for m in ("auc", "ap")}
+    point = [x[0] for x in _weighted_ranking(y, a, np.ones((1, y.size)))], \
+        [x[0] for x in _weighted_ranking(y, b, np.ones((1, y.size)))]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for start in range(0, num_resamples, 100):  # 100 resamples at a time bound the (B, P) weights
+        rows = min(100, num_resamples - start)
+        draws = rng.integers(0, y.size, (rows, y.size)) + y.size * np.arange(rows)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=rows * y.size).reshape(rows, y.size).astype(np.float64)
+        diffs.append(np.stack(_weighted_ranking(y, a, weights)) - np.stack(_weighted_ranking(y, b, weights)))
+    d = np.concatenate(diffs, 1)
+    d = d[:, np.isfinite(d).all(0)]
+    tail = 100 * (1 - level) / 2
+    for i, m in enumerate(("auc", "ap")):
+        lo, hi = np.percentile(d[i], [tail, 100 - tail])
+        out[m] = {"difference": float(point[0][i] - point[1][i]), "low": float(lo), "high": float(hi)}
+    return out
 
 
 def sample_pairs(positives: torch.Tensor, num_nodes: int, directed: bool, num_negatives: int,

@@ -124,3 +124,45 @@ def test_balanced_ap_samples_as_many_non_edges_as_edges():
     # fewer negatives than positives: all of them, every draw
     assert balanced_ap(np.array([1, 1, 1, 0]), np.array([0.9, 0.8, 0.1, 0.5])) == pytest.approx(
         (1 + 1 + 3 / 4) / 3)
+
+
+def test_weighted_auc_and_ap_equal_sklearns_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from dgm_pyro.metrics import _weighted_ranking
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.05).astype(float)
+    score = np.round(rng.random(2000) + 0.3 * y, 2)  # many ties
+    weights = rng.integers(0, 3, (4, 2000)).astype(float)
+    auc, ap = _weighted_ranking(y, score, weights)
+    for i in range(4):
+        assert auc[i] == pytest.approx(roc_auc_score(y, score, sample_weight=weights[i]), abs=1e-12)
+        assert ap[i] == pytest.approx(average_precision_score(y, score, sample_weight=weights[i]), abs=1e-12)
+
+
+def test_edge_score_difference_interval():
+    from dgm_pyro.errors import DgmPyroError
+    from dgm_pyro.metrics import edge_score_difference
+
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    truth = (torch.rand(n, n, generator=g) < 0.05).float().triu(1)
+    truth = truth + truth.T
+    good = truth + torch.rand(n, n, generator=g)  # every edge above every non-edge: AUC 1
+    noise = torch.rand(n, n, generator=g)  # AUC about 0.5
+    same = edge_score_difference(noise, noise, truth, directed=False, num_resamples=200)
+    assert same["pairs"] == n * (n - 1) // 2 and same["positives"] == int(truth.triu(1).sum())
+    assert all(same[m]["difference"] == same[m]["low"] == same[m]["high"] == 0.0 for m in ("auc", "ap"))
+    diff = edge_score_difference(good, noise, truth, directed=False, num_resamples=200)
+    auc = diff["auc"]
+    # AUC(good) = 1, so the difference is 1 - AUC(noise), and every resample's is positive
+    assert auc["low"] > 0.3 and auc["low"] <= auc["difference"] <= auc["high"] <= 0.7
+    # the interval narrows with more edges: half the snapshot's edges removed widens it
+    fewer = truth * (torch.rand(n, n, generator=g) < 0.5).float().triu(1)
+    fewer = fewer + fewer.T
+    wide = edge_score_difference(good * 0 + fewer + torch.rand(n, n, generator=g), noise, fewer, directed=False,
+                                 num_resamples=200)["auc"]
+    assert wide["high"] - wide["low"] > auc["high"] - auc["low"]
+    with pytest.raises(DgmPyroError):
+        edge_score_difference(good, noise, truth, directed=False, level=1.5)

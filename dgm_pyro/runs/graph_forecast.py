@@ -20,8 +20,8 @@ import torch
 from ..checkpoint import write_json
 from ..data.graphs import GraphSequence
 from ..errors import DgmPyroError
-from ..metrics import (FORECAST_MAX_NODES, feature_scores, forecast_scores, pair_edge_scores, ranking_only,
-                       sample_pairs, stationarity_check)
+from ..metrics import (FORECAST_MAX_NODES, edge_score_difference, feature_scores, forecast_scores, pair_edge_scores,
+                       ranking_only, sample_pairs, stationarity_check)
 from ..models.graph_baselines import DSBMOracle, HistoricalMean, Persistence
 from ..models.graph_sparse import sparse_forecast
 from ..models.link_heuristics import link_heuristics
@@ -139,7 +139,7 @@ SPARSE_MAX_EDGES = 10 ** 8
 def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: int = 1, seed: int = 0,
                  out: Optional[str | Path] = None, plots: bool = True,
                  stationarity_steps: int = 0, edges: str = "auto", top_k: int = 10,
-                 negatives: int = 100_000) -> dict[str, Any]:
+                 negatives: int = 100_000, intervals: int = 0) -> dict[str, Any]:
     """Forecast ``horizon`` snapshots after the history (P4.4) and score them where the truth is held out.
 
     Writes the NetCDF ``InferenceData`` ``out`` (default ``RUN/forecast.nc``), the scores beside it
@@ -154,6 +154,11 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     the ``top_k`` most probable new edges per node and step, and scores all true edges against ``negatives``
     uniformly drawn non-edges per step (:func:`~dgm_pyro.metrics.sample_pairs`); ``auto``: dense up to
     ``FORECAST_MAX_NODES`` nodes.
+
+    ``intervals`` > 0 (dense edges only) adds ``comparisons``: for each scored step ``h<k>`` and each other
+    forecaster, GraphSSM's AUC and AP minus that forecaster's, each with its 95 % paired bootstrap interval over
+    the pairs from ``intervals`` resamples (:func:`~dgm_pyro.metrics.edge_score_difference`): whether a lead or a
+    gap is larger than what the snapshot's few edges can tell apart.
     """
     if horizon < 1:
         raise DgmPyroError(f"horizon must be >= 1, got {horizon}")
@@ -171,6 +176,11 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     if sparse and getattr(run.module, "edge_proximity", False):
         raise DgmPyroError("this run's edge logits use the Katz proximity (--edge-proximity), an N x N matrix: "
                            "forecast it with --edges dense")
+    if intervals < 0:
+        raise DgmPyroError(f"intervals must be >= 0, got {intervals}")
+    if sparse and intervals:
+        raise DgmPyroError("the paired intervals resample every pair of a dense forecast; leave them out with "
+                           "--edges sparse")
     if sparse and stationarity_steps:
         raise DgmPyroError("the stationarity check rolls out dense graphs; leave it out with --edges sparse")
     out_path = Path(out) if out is not None else run.path / "forecast.nc"
@@ -189,8 +199,13 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
     if sparse:
         fc, metrics, extra = _sparse_forecast(run, horizon, total, seed, scored, top_k, negatives)
     else:
-        fc, metrics = _dense_forecast(run, horizon, total, seed, scored)
+        fc, metrics, probs = _dense_forecast(run, horizon, total, seed, scored)
         extra = {}
+        if intervals:
+            extra["comparisons"] = {
+                f"h{h + 1}": {name: edge_score_difference(probs["GraphSSM"][h], p[h], future.adjacency(h),
+                                                          history.directed, num_resamples=intervals, seed=seed + h)
+                              for name, p in probs.items() if name != "GraphSSM"} for h in range(scored)}
     idata = to_inference_data(fc, chains, history, future if future.num_steps >= horizon else None,
                               static=run.module.static_mask.tolist())
     _write_netcdf(idata, out_path)
@@ -230,7 +245,8 @@ def forecast_run(run: GraphRun, horizon: int, num_samples: int = 100, chains: in
 
 
 def _dense_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored: int
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, list[dict[str, Any]]]]:
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, list[dict[str, Any]]], dict[str, torch.Tensor]]:
+    """The forecast, every forecaster's scores and its edge scores (H, N, N) (the model's averaged over paths)."""
     history, future = run.history, run.future
     pyro.set_rng_seed(seed)
     device = run.device
@@ -239,17 +255,27 @@ def _dense_forecast(run: GraphRun, horizon: int, total: int, seed: int, scored: 
                                  num_samples=total, future=(future.x.to(device), [e.to(device) for e in future.edges]))
     fc = {k: v.cpu() for k, v in fc.items()}
     metrics: dict[str, list[dict[str, Any]]] = {"GraphSSM": forecast_scores(fc, future, history, scored)}
+    probs = {"GraphSSM": fc["edge_prob"].mean(0)}
     for h in range(scored):
         metrics["GraphSSM"][h]["log_lik"] = float(fc["log_lik"][h])
     for forecaster in _baselines(run):
-        metrics[forecaster.name] = forecast_scores(forecaster.forecast(history, scored), future, history, scored)
+        out = forecaster.forecast(history, scored)
+        metrics[forecaster.name] = forecast_scores(out, future, history, scored)
+        probs[forecaster.name] = _edge_scores_of(out)
     for heuristic in link_heuristics():
-        metrics[heuristic.name] = forecast_scores(heuristic.forecast(history, scored), future, history, scored,
-                                                  probabilistic=heuristic.probabilistic)
+        out = heuristic.forecast(history, scored)
+        metrics[heuristic.name] = forecast_scores(out, future, history, scored, probabilistic=heuristic.probabilistic)
+        probs[heuristic.name] = _edge_scores_of(out)
     if "blocks" in history.truth:
         oracle = DSBMOracle(history).forecast(scored, total, seed=seed)
         metrics["oracle"] = forecast_scores(oracle, future, history, scored)
-    return fc, metrics
+        probs["oracle"] = _edge_scores_of(oracle)
+    return fc, metrics, probs
+
+
+def _edge_scores_of(forecast: dict[str, Any]) -> torch.Tensor:
+    p = forecast["edge_prob"]
+    return p.mean(0) if p.dim() == 4 else p
 
 
 def _baselines(run: GraphRun) -> list[Any]:

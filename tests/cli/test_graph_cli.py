@@ -96,6 +96,31 @@ def test_forecast_netcdf_and_scores(graph_run, tmp_path):
     assert again["metrics"] == res["metrics"]
 
 
+def test_forecast_intervals_compare_the_model_with_every_forecaster(graph_run, tmp_path):
+    r = run("forecast", graph_run, "--horizon", 3, "--samples", 5, "--out", tmp_path / "f.nc", "--no-plots",
+            "--json", "--intervals", 50)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    comparisons = res["comparisons"]
+    assert list(comparisons) == ["h1", "h2", "h3"]
+    metrics = res["metrics"]
+    for h, step in enumerate(comparisons.values()):
+        assert set(step) == set(metrics) - {"GraphSSM"}
+        for name, c in step.items():
+            # the point difference is the difference of the two rows of the score table
+            for m in ("auc", "ap"):
+                assert c[m]["difference"] == pytest.approx(metrics["GraphSSM"][h][m] - metrics[name][h][m], abs=1e-9)
+                assert c[m]["low"] <= c[m]["high"]
+            assert c["pairs"] == 200 * 199 // 2
+    text = run("forecast", graph_run, "--horizon", 3, "--samples", 5, "--out", tmp_path / "g.nc", "--no-plots",
+               "--intervals", 50)
+    assert text.exit_code == 0 and "GraphSSM minus the strongest other forecaster" in text.output
+    assert re.search(r"h1 \(\d+ edges\): AUC -?[0-9.]+ \[-?[0-9.]+, -?[0-9.]+\] vs ", text.output)
+    bad = run("forecast", graph_run, "--horizon", 3, "--samples", 5, "--out", tmp_path / "h.nc", "--edges", "sparse",
+              "--intervals", 50)
+    assert bad.exit_code == 2 and "--edges sparse" in bad.output and not (tmp_path / "h.nc").exists()
+
+
 def test_forecast_past_the_held_out_steps(graph_run, tmp_path):
     r = run("forecast", graph_run, "--horizon", 5, "--samples", 4, "--out", tmp_path / "g.nc", "--no-plots")
     assert r.exit_code == 0, r.output
