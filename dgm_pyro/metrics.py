@@ -165,8 +165,8 @@ def edge_score_difference(prob_a: torch.Tensor, prob_b: torch.Tensor, truth: tor
     out: dict[str, Any] = {"positives": int(y.sum()), "pairs": int(y.size)}
     if out["positives"] in (0, y.size):
         return out | {m: dict.fromkeys(("difference", "low", "high"), math.nan) for m in ("auc", "ap")}
-    point = [x[0] for x in _weighted_ranking(y, a, np.ones((1, y.size)))], \
-        [x[0] for x in _weighted_ranking(y, b, np.ones((1, y.size)))]
+    ones = np.ones((1, y.size))
+    point = (np.stack(_weighted_ranking(y, a, ones)) - np.stack(_weighted_ranking(y, b, ones)))[:, 0]
     rng = np.random.default_rng(seed)
     diffs = []
     for start in range(0, num_resamples, 100):  # 100 resamples at a time bound the (B, P) weights
@@ -179,7 +179,7 @@ def edge_score_difference(prob_a: torch.Tensor, prob_b: torch.Tensor, truth: tor
     tail = 100 * (1 - level) / 2
     for i, m in enumerate(("auc", "ap")):
         lo, hi = np.percentile(d[i], [tail, 100 - tail])
-        out[m] = {"difference": float(point[0][i] - point[1][i]), "low": float(lo), "high": float(hi)}
+        out[m] = {"difference": float(point[i]), "low": float(lo), "high": float(hi)}
     return out
 
 
