@@ -6,6 +6,8 @@ observed snapshots and, step by step, for forecast paths.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..data.graphs import derived, sorted_lookup
@@ -65,27 +67,34 @@ def node_activity(edges: list[torch.Tensor], num_nodes: int, directed: bool, dec
 
 
 class PairHistory:
-    """The edge history before each snapshot, (A_{uv,t-1}, M_{uv,t-1}, C_{uv,t-1}) for t = 1..T, for any pairs.
+    """The edge history before each snapshot, (A_{uv,t-1}, M_{uv,t-1}, C_{uv,t-1}, R_{uv,t-1}) for t = 1..T, for any
+    pairs: the last edge, the count decayed by rho, the undecayed count and, given ``recent_decay``, a second count
+    R decayed by that faster rate (None otherwise).
 
     Only pairs that ever have an edge can have a non-zero history, so they are kept as K sorted keys
     u N + v with a (T, K) presence matrix; the decayed counts before every snapshot follow from one
     recursion over time (differentiable in rho), and a lookup is one ``searchsorted``. Cost grows with the
-    edges and T, not N^2. Attributes: ``keys`` (K,) and the states ``last``, ``decayed``, ``count`` (T, K)
-    of those pairs before every snapshot.
+    edges and T, not N^2. Attributes: ``keys`` (K,) and the states ``last``, ``decayed``, ``count``, ``recent``
+    (T, K) of those pairs before every snapshot.
     """
 
-    def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor):
+    def __init__(self, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor,
+                 recent_decay: Optional[torch.Tensor] = None):
         self.num_nodes = num_nodes
-        num_t = len(edges)
         # what does not depend on rho is built once per edge sequence
         self.keys, presence, self.last, self.count = derived(
             "pair history", edges, num_nodes, lambda: self._presence(edges, num_nodes, decay.device))
-        # before snapshot t (0-based) the decayed count is M_t = rho M_{t-1} + presence[t - 1] (a recursion over T
-        # vectors of length K: linear in T)
+        self.decayed = self._decayed(presence, decay)
+        self.recent = None if recent_decay is None else self._decayed(presence, recent_decay)
+
+    @staticmethod
+    def _decayed(presence: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+        """M_t = rho M_{t-1} + presence[t - 1] before each snapshot t (0-based), M_0 = 0: a recursion over T vectors
+        of length K (linear in T, differentiable in rho)."""
         decayed = [presence.new_zeros(presence.shape[1])]
-        for t in range(1, num_t):
+        for t in range(1, presence.shape[0]):
             decayed.append(decay * decayed[-1] + presence[t - 1])
-        self.decayed = torch.stack(decayed) if num_t else presence
+        return torch.stack(decayed) if presence.shape[0] else presence
 
     @staticmethod
     def _presence(edges: list[torch.Tensor], num_nodes: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -101,17 +110,19 @@ class PairHistory:
         return keys, presence, last, presence.cumsum(0) - presence
 
     @classmethod
-    def after(cls, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor) -> "PairHistory":
+    def after(cls, edges: list[torch.Tensor], num_nodes: int, decay: torch.Tensor,
+              recent_decay: Optional[torch.Tensor] = None) -> "PairHistory":
         """The history with one empty snapshot appended: its :meth:`at` time ``len(edges)`` is the state after the
-        last snapshot, (A_T, M_T, C_T), where forecasts start."""
+        last snapshot, (A_T, M_T, C_T, R_T), where forecasts start."""
         empty = torch.zeros(2, 0, dtype=torch.long, device=decay.device)
-        return cls(list(edges) + [empty], num_nodes, decay)
+        return cls(list(edges) + [empty], num_nodes, decay, recent_decay)
 
-    def at(self, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(last edge, decayed count, count) (M,) of the pairs (src[i], dst[i]) before snapshot ``time[i]``
-        (0-based)."""
+    def at(self, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        """(last edge, decayed count, count, recent count or None) (M,) of the pairs (src[i], dst[i]) before
+        snapshot ``time[i]`` (0-based)."""
         idx, found = sorted_lookup(self.keys, src * self.num_nodes + dst)
         found = found.float()
         if self.keys.numel() == 0:
-            return found, found, found
-        return found * self.last[time, idx], found * self.decayed[time, idx], found * self.count[time, idx]
+            return found, found, found, None if self.recent is None else found
+        states = (self.last, self.decayed, self.count, self.recent)
+        return tuple(None if x is None else found * x[time, idx] for x in states)

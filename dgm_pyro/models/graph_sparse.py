@@ -71,7 +71,7 @@ def _kmeans(points: torch.Tensor, clusters: int, iterations: int = 4) -> torch.T
 
 
 class _PathMemory:
-    """(A, M, C) of the pairs with memory on every path: the history's (shared by the paths) and the edges each
+    """(A, M, C, R) of the pairs with memory on every path: the history's (shared by the paths) and the edges each
     path has drawn since, as sorted keys s N^2 + u N + v per step."""
 
     def __init__(self, module: Any, edges: list[torch.Tensor]):
@@ -80,21 +80,26 @@ class _PathMemory:
         self.on = module.edge_memory
         self.origin = len(edges)
         if self.on:
-            self.rho = module.memory_decay
-            self.history = PairHistory.after(edges, self.n, self.rho)
+            self.rho, self.tau = module.memory_decay, module.recent_decay
+            self.history = PairHistory.after(edges, self.n, self.rho, self.tau)
             self.keys = self.history.keys  # (read only when ``on``)
         self.drawn: list[torch.Tensor] = []
 
     def at(self, step: int, skey: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(A, M, C) before forecast step ``step`` (0-based) of the path-and-pair keys ``skey``."""
+        """(A, M, C, R) before forecast step ``step`` (0-based) of the path-and-pair keys ``skey`` (R None without
+        the fast count)."""
         key = skey % self.nn
-        last, decayed, count = self.history.at(torch.full_like(key, self.origin), key // self.n, key % self.n)
+        last, decayed, count, recent = self.history.at(torch.full_like(key, self.origin), key // self.n,
+                                                       key % self.n)
         if step:
             hits = [_member(d, skey).float() for d in self.drawn[:step]]
-            last = hits[-1]
-            decayed = self.rho ** step * decayed + sum(self.rho ** (step - 1 - j) * hit for j, hit in enumerate(hits))
-            count = count + sum(hits)
-        return last, decayed, count
+
+            def advanced(state: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+                return decay ** step * state + sum(decay ** (step - 1 - j) * hit for j, hit in enumerate(hits))
+
+            last, decayed, count = hits[-1], advanced(decayed, self.rho), count + sum(hits)
+            recent = None if recent is None else advanced(recent, self.tau)
+        return last, decayed, count, recent
 
     def pairs(self, step: int, first: int, stop: int) -> torch.Tensor:
         """Sorted keys of the pairs with memory on paths first..stop-1 before forecast step ``step``."""

@@ -12,10 +12,12 @@ move depends on the whole graph's state. The edge decoder is autoregressive in t
 a pair is
 
     sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}) [+ eta log(1 + C_{uv,t-1})]
+        [+ omega log(1 + R_{uv,t-1})]
         + kappa (log(1 + D_{u,t-1}) + log(1 + D_{v,t-1})) + mu (log(1 + K_{u,t-1}) + log(1 + K_{v,t-1}))
         [+ phi pi_{uv,t-1}],
     M_{uv,t-1} = sum_{s <= t-1} rho^{t-1-s} A_{uv,s}      (a decayed count of the pair's past edges)
     C_{uv,t-1} = sum_{s <= t-1} A_{uv,s}                  (the undecayed count: the pair's long-run frequency)
+    R_{uv,t-1} = sum_{s <= t-1} tau^{t-1-s} A_{uv,s}      (a second, faster-decaying count: recency beyond lag 1)
     D_{v,t-1}  = sum_{s <= t-1} beta^{t-1-s} deg_s(v)     (the node's decayed past degree: its recent activity)
     K_{v,t-1}  = sum_{s <= t-1} deg_s(v)                  (its undecayed past degree: its long-run activity)
     pi_{uv,t-1} = log(1 + Katz_uv(U_{t-1}) / 1e-8)        (the pair's proximity in the union graph U_{t-1} of
@@ -23,8 +25,10 @@ a pair is
 
 (undirected; two maps g, h for directed graphs, and there the source's out-degrees and the destination's
 in-degrees with their own kappa and mu), over pairs u < v (undirected) or all ordered pairs u != v (directed);
-alpha, gamma, eta, kappa, mu and rho, beta in (0, 1) are learned, ``edge_memory=False`` drops the pair memory
-terms, ``edge_frequency=True`` adds the undecayed pair count and ``node_activity=False`` drops the two activity
+alpha, gamma, eta, omega, kappa, mu and rho, tau, beta in (0, 1) are learned, ``edge_memory=False`` drops the
+pair memory terms, ``edge_frequency=True`` adds the undecayed pair count, ``edge_recency=True`` the fast count R
+(the memory then has two timescales: the one-step likelihood drives rho towards 1 on bursty data, and with only
+A_{t-1} for recency an edge two steps back adds nothing to a forecast two steps ahead) and ``node_activity=False`` drops the two activity
 terms (node-level propensities: how active a node was lately, and over the whole history); ``edge_proximity=True``
 adds the proximity term (pairs that share neighbours, or are a few hops apart, link more: triadic closure). So
 p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts feed their own
@@ -121,7 +125,7 @@ class GraphSSM(PyroModule):
                  negatives_per_edge: float = 5.0, deterministic_features: bool = False, fixed_scale: float = 1e-2,
                  feature_shift: Optional[torch.Tensor] = None, feature_scale: Optional[torch.Tensor] = None,
                  embedding_dim: int = 16, edge_dim: int = 8, edge_memory: bool = True,
-                 static: Optional[Sequence[bool]] = None, edge_frequency: bool = False,
+                 static: Optional[Sequence[bool]] = None, edge_frequency: bool = False, edge_recency: bool = False,
                  feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = True,
                  final_state: str = "transition", edge_proximity: bool = False, proximity_damping: float = 0.5,
                  name: str = "graph_ssm"):
@@ -185,6 +189,10 @@ class GraphSSM(PyroModule):
         self.edge_frequency = edge_memory and edge_frequency
         if self.edge_frequency:
             self.memory_count = nn.Parameter(torch.tensor(0.0))
+        self.edge_recency = edge_memory and edge_recency
+        if self.edge_recency:
+            self.memory_recent = nn.Parameter(torch.tensor(0.0))
+            self.recent_decay_logit = nn.Parameter(torch.tensor(-1.0))  # tau = 0.27, well below rho
         self.node_activity = node_activity
         if node_activity:
             # kappa (recent) and mu (long-run): one weight each (undirected) or one for the source's out- and one
@@ -325,11 +333,26 @@ class GraphSSM(PyroModule):
     def memory_decay(self) -> torch.Tensor:
         return torch.sigmoid(self.memory_decay_logit)
 
-    def memory_term(self, last: torch.Tensor, decayed: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """The edge-memory part of the logit for a pair's (A_{t-1}, M_{t-1}, C_{t-1}); zero for a pair without
-        past edges."""
+    @property
+    def recent_decay(self) -> Optional[torch.Tensor]:
+        """tau, the decay of the fast pair count R (None without ``edge_recency``)."""
+        return torch.sigmoid(self.recent_decay_logit) if self.edge_recency else None
+
+    def memory_term(self, last: torch.Tensor, decayed: torch.Tensor, count: torch.Tensor,
+                    recent: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The edge-memory part of the logit for a pair's (A_{t-1}, M_{t-1}, C_{t-1}, R_{t-1}) (R None without
+        ``edge_recency``); zero for a pair without past edges."""
         term = self.memory_last * last + self.memory_weight * torch.log1p(decayed)
-        return term + self.memory_count * torch.log1p(count) if self.edge_frequency else term
+        if self.edge_frequency:
+            term = term + self.memory_count * torch.log1p(count)
+        return term + self.memory_recent * torch.log1p(recent) if self.edge_recency else term
+
+    def advance_memory(self, memory: tuple[Optional[torch.Tensor], ...], a: torch.Tensor
+                       ) -> tuple[Optional[torch.Tensor], ...]:
+        """The memory (A, M, C, R) after one more snapshot ``a`` (0/1, the shape of each state)."""
+        last, decayed, count, recent = memory
+        return (a, self.memory_decay * decayed + a, count + a,
+                None if recent is None else self.recent_decay * recent + a)
 
     def edge_logits(self, z: torch.Tensor, time: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                     history: Optional["PairHistory"] = None,
@@ -346,7 +369,7 @@ class GraphSSM(PyroModule):
                            activity: Optional[torch.Tensor] = None,
                            proximity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
-        dense (A_{t-1}, M_{t-1}, C_{t-1}) triple of (..., N, N) tensors, ``activity`` (..., N, 4) the nodes'
+        dense (A_{t-1}, M_{t-1}, C_{t-1}, R_{t-1}) of (..., N, N) tensors (R None without ``edge_recency``), ``activity`` (..., N, 4) the nodes'
         past degrees (:meth:`activity`), ``proximity`` (..., N, N) the pairs' pi (:func:`katz_proximity`)."""
         g, h = self.edge_factors(z, activity)
         logits = g @ h.transpose(-1, -2) + self.edge_bias
@@ -356,18 +379,19 @@ class GraphSSM(PyroModule):
             logits = logits + self.proximity_weight * proximity
         return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes, device=logits.device))
 
-    def dense_memory(self, edges: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A_T, M_T, C_T) as dense (N, N) tensors after the snapshots ``edges`` (symmetric when undirected)."""
+    def dense_memory(self, edges: list[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+        """(A_T, M_T, C_T, R_T) as dense (N, N) tensors after the snapshots ``edges`` (symmetric when undirected;
+        R None without ``edge_recency``)."""
         n, device = self.num_nodes, self.z0.device
-        last, decayed, count = (torch.zeros(n, n, device=device) for _ in range(3))
+        zeros = torch.zeros(n, n, device=device)
+        memory: tuple[Optional[torch.Tensor], ...] = (zeros, zeros, zeros, zeros if self.edge_recency else None)
         for e in edges:
-            last = torch.zeros(n, n, device=device)
-            last[e[0], e[1]] = 1.0
+            a = torch.zeros(n, n, device=device)
+            a[e[0], e[1]] = 1.0
             if not self.directed:
-                last[e[1], e[0]] = 1.0
-            decayed = self.memory_decay * decayed + last
-            count = count + last
-        return last, decayed, count
+                a[e[1], e[0]] = 1.0
+            memory = self.advance_memory(memory, a)
+        return memory
 
     def summaries(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
         """GRU summaries s_t (T, N, hidden) of the GNN encodings (:meth:`SnapshotEncoder.encode_sequence`) of
@@ -412,14 +436,14 @@ class GraphSSM(PyroModule):
         if self.num_dynamic:
             with time, nodes:
                 pyro.sample("x", self.feature_distribution(h), obs=self.dynamic(x))
-        history = PairHistory(edges, n, self.memory_decay) if self.edge_memory else None
+        history = PairHistory(edges, n, self.memory_decay, self.recent_decay) if self.edge_memory else None
         if self.edge_likelihood == "dense":
             pairs = pair_index(n, self.directed).to(zs.device)
             keys = pairs[0] * n + pairs[1]  # ascending
             g, hd = self.edge_factors(h, activity)
             memory = None
             if history is not None and history.keys.numel():
-                memory = self.memory_term(history.last, history.decayed, history.count)
+                memory = self.memory_term(history.last, history.decayed, history.count, history.recent)
             proximity = proximity_history(edges, n, self.proximity_damping, keys) if self.edge_proximity else None
             # the 0/1 targets, built once per edge sequence: the distribution scores this very tensor from the
             # edges and a blocked sum over all pairs, without (T, P) logits (graph_likelihood)
@@ -516,7 +540,7 @@ class GraphSSM(PyroModule):
                 num_samples: int) -> Iterator[dict[str, Any]]:
         """Yield ``steps`` forecast steps (P4.4) of ``num_samples`` paths, each a dict with the latent ``z``
         (S, N, d) it is emitted from, feature draws ``x`` (S, N, F), ``edge_prob`` and edge draws ``A``
-        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}, C_{t-1}), node ``activity`` (S, N, 4) and pair
+        (S, N, N), and the edge ``memory`` (A_{t-1}, M_{t-1}, C_{t-1}, R_{t-1}), node ``activity`` (S, N, 4) and pair
         ``proximity`` (N, N) or (S, N, N) (None without these terms) it used.
         Draws Z_T given the history first (:meth:`filter`), then alternately emits from Z and moves
         Z ~ p(Z' | Z), feeding the sampled edges back."""
@@ -524,7 +548,7 @@ class GraphSSM(PyroModule):
         last_x = x[-1]
         memory = None
         if self.edge_memory:
-            memory = tuple(m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
+            memory = tuple(None if m is None else m.expand(num_samples, -1, -1) for m in self.dense_memory(edges))
         activity = self.forecast_activity(edges, num_samples)
         # the union of past edges: the history's, then each path's with its own draws
         union = past_union(edges, self.num_nodes).to(z.device) if self.edge_proximity else None
@@ -542,7 +566,7 @@ class GraphSSM(PyroModule):
             if union is not None and step + 1 < steps:
                 union = torch.maximum(union, torch.maximum(a, a.transpose(-1, -2)))
             if memory is not None:
-                memory = (a, self.memory_decay * memory[1] + a, memory[2] + a)
+                memory = self.advance_memory(memory, a)
             # out-degree (row sums) and in-degree (column sums); equal when undirected
             activity = self.advance_activity(activity, torch.stack([a.sum(-1), a.sum(-2)], -1))
             loc, scale = self.transition(z)

@@ -80,6 +80,9 @@ class GraphConfig(ConfigBase):
                                 "this option).", choices=("per-feature", "joint"), added=True, before="joint")
     edge_frequency: bool = option(False, "With --edge-memory, edge logits also use log(1 + the pair's undecayed past "
                                   "edge count), its long-run frequency.", added=True)
+    edge_recency: bool = option(False, "With --edge-memory, edge logits also use log(1 + a second count of the "
+                                "pair's past edges decayed by a faster learned rate): recency beyond the last "
+                                "snapshot, for forecasts several steps ahead.", added=True)
     node_activity: bool = option(True, "Edge logits also use each endpoint's decayed and undecayed past degree "
                                  "(node-level propensities: how active a node was lately and over the history; off "
                                  "in runs made before this option).", added=True, before=False)
@@ -220,7 +223,7 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     negatives_per_edge=config.negatives_per_edge,
                     deterministic_features=config.deterministic_decoder, feature_shift=shift, feature_scale=scale,
                     edge_memory=config.edge_memory, static=static_features(config, history),
-                    edge_frequency=config.edge_frequency,
+                    edge_frequency=config.edge_frequency, edge_recency=config.edge_recency,
                     feature_emission=resolved_feature_emission(config, history),
                     node_activity=config.node_activity, final_state=config.final_state,
                     edge_proximity=config.edge_proximity)

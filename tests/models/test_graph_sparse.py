@@ -11,7 +11,8 @@ from dgm_pyro.models.graph_sparse import sparse_forecast
 N = 40
 
 
-def _frozen_model(directed: bool, activity: bool = False) -> tuple[GraphSSM, object, torch.Tensor]:
+def _frozen_model(directed: bool, activity: bool = False, recency: bool = False
+                  ) -> tuple[GraphSSM, object, torch.Tensor]:
     """A model whose paths all start from one latent draw and never move: every path's first step is an iid
     draw from one set of Bernoulli probabilities, and its second step differs only through the edge memory
     (and, with ``activity``, each path's node activity)."""
@@ -19,7 +20,7 @@ def _frozen_model(directed: bool, activity: bool = False) -> tuple[GraphSSM, obj
     if directed:
         seq.edges = [torch.cat([e, e.flip(0)], 1)[:, ::2] for e in seq.edges]
         seq.directed = True
-    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16, node_activity=activity)
+    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16, node_activity=activity, edge_recency=recency)
     with torch.no_grad():  # strong memory terms, so that both of the sampler's stages matter
         if activity:  # and activity terms of both signs
             m.activity_weight.copy_(torch.tensor([0.8, -0.6] if directed else [0.8]))
@@ -27,6 +28,9 @@ def _frozen_model(directed: bool, activity: bool = False) -> tuple[GraphSSM, obj
         m.edge_bias.fill_(-1.5)
         m.memory_last.fill_(2.0)
         m.memory_weight.fill_(0.5)
+        if recency:  # a fast count with a weight of the other sign, decay tau = sigmoid(-0.5)
+            m.memory_recent.fill_(-0.8)
+            m.recent_decay_logit.fill_(-0.5)
     z = m.filter(seq.x, seq.edges, 1)
     m.filter = lambda x, e, s: z.expand(s, -1, -1)
     m.transition = lambda z: (z, torch.zeros_like(z))
@@ -38,7 +42,8 @@ def _dense_probabilities(m: GraphSSM, seq, z: torch.Tensor, memory: tuple,
                          activity: torch.Tensor | None = None) -> torch.Tensor:
     """The dense probabilities (N, N) given the memory and the activity (T + 1, N, 4) or (N, 4) (its last row)."""
     activity = None if activity is None else activity[-1] if activity.dim() == 3 else activity
-    return m.edge_probabilities(m.emission_input(z, seq.x[-1]), tuple(t.unsqueeze(0) for t in memory),
+    return m.edge_probabilities(m.emission_input(z, seq.x[-1]),
+                                tuple(None if t is None else t.unsqueeze(0) for t in memory),
                                 None if activity is None else activity.unsqueeze(0))[0]
 
 
@@ -70,19 +75,19 @@ def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity, clus
     assert abs(float((zscore ** 2).mean()) - 1) < 5 * (2 / len(pp)) ** 0.5
 
 
-@pytest.mark.parametrize("activity", [False, True])
-def test_second_step_memory_is_each_paths_own_first_step(activity):
-    """The mean probability at step 2 is (1/S) sum_s sigma(l_uv + memory_term(A_s, rho M_T + A_s, C_T + A_s)
-    [+ the activity terms of beta D + deg_s and K + deg_s]) with A_s path s's drawn first step: recomputed densely from the
-    drawn edges, for every pair."""
-    m, seq, z = _frozen_model(False, activity)
+@pytest.mark.parametrize("activity, recency", [(False, False), (True, False), (False, True)])
+def test_second_step_memory_is_each_paths_own_first_step(activity, recency):
+    """The mean probability at step 2 is (1/S) sum_s sigma(l_uv + memory_term(A_s, rho M_T + A_s, C_T + A_s
+    [, tau R_T + A_s]) [+ the activity terms of beta D + deg_s and K + deg_s]) with A_s path s's drawn first step:
+    recomputed densely from the drawn edges, for every pair."""
+    m, seq, z = _frozen_model(False, activity, recency)
     act = m.activity(seq.edges)[-1] if activity else None
     paths = 50
     u, v = pair_index(N, False)
     pairs = torch.stack([u, v])
     fc = sparse_forecast(m, seq.x, seq.edges, horizon=2, num_samples=paths, top_k=0, score_pairs=[pairs, pairs])
-    last, decayed, count = m.dense_memory(seq.edges)
-    p1 = _dense_probabilities(m, seq, z, (last, decayed, count), act)
+    last, decayed, count, recent = m.dense_memory(seq.edges)
+    p1 = _dense_probabilities(m, seq, z, (last, decayed, count, recent), act)
     torch.testing.assert_close(fc["pair_prob"][0], p1[u, v], atol=1e-5, rtol=0)
     index = fc["edge_index"]
     total = torch.zeros(N, N)
@@ -96,7 +101,8 @@ def test_second_step_memory_is_each_paths_own_first_step(activity):
             path_act = torch.tensor([b, b, 1.0, 1.0]) * act + a.sum(-1, keepdim=True).expand(-1, 4)
         else:
             path_act = None
-        total += _dense_probabilities(m, seq, z, (a, m.memory_decay * decayed + a, count + a), path_act)
+        fast = None if recent is None else m.recent_decay * recent + a
+        total += _dense_probabilities(m, seq, z, (a, m.memory_decay * decayed + a, count + a, fast), path_act)
     torch.testing.assert_close(fc["pair_prob"][1], (total / paths)[u, v], atol=1e-5, rtol=0)
 
 
@@ -176,13 +182,13 @@ def test_nodes_with_equal_factors_leave_no_empty_cluster():
 
 
 def test_path_memory_at_later_steps_is_the_history_recursion_over_the_paths_draws():
-    """(A, M, C) before forecast step t of path s, computed in closed form from the path's draws (rho^t M_T +
-    sum_j rho^(t-1-j) A_j, C_T + sum_j A_j), equal to :class:`PairHistory`'s recursion over the history followed
-    by that path's drawn snapshots, at steps 1 to 3 and for pairs with and without history."""
+    """(A, M, C, R) before forecast step t of path s, computed in closed form from the path's draws (rho^t M_T +
+    sum_j rho^(t-1-j) A_j, C_T + sum_j A_j, R as M with tau), equal to :class:`PairHistory`'s recursion over the
+    history followed by that path's drawn snapshots, at steps 1 to 3 and for pairs with and without history."""
     from dgm_pyro.models.graph_memory import PairHistory
     from dgm_pyro.models.graph_sparse import _PathMemory
 
-    m, seq, _ = _frozen_model(True)
+    m, seq, _ = _frozen_model(True, recency=True)
     memory = _PathMemory(m, seq.edges)
     nn_ = N * N
     hist = memory.keys
@@ -197,9 +203,10 @@ def test_path_memory_at_later_steps_is_the_history_recursion_over_the_paths_draw
         for s in range(paths):
             drawn = [d[(d // nn_) == s] % nn_ for d in memory.drawn[:step]]
             ref = PairHistory.after(list(seq.edges) + [torch.stack([d // N, d % N]) for d in drawn], N,
-                                    m.memory_decay.detach())
+                                    m.memory_decay.detach(), m.recent_decay.detach())
             expected = ref.at(torch.full_like(query, len(seq.edges) + step), query // N, query % N)
-            for got, want in zip(memory.at(step, s * nn_ + query), expected):
+            assert len(expected) == 4 and expected[3] is not None
+            for got, want in zip(memory.at(step, s * nn_ + query), expected, strict=True):
                 torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -45,15 +45,17 @@ def _katz_series(a, damping=0.5, terms=200):
     return sum(beta ** k * torch.linalg.matrix_power(a, k) for k in range(1, terms))
 
 
-@pytest.mark.parametrize("directed, frequency, activity, proximity",
-                         [(False, False, False, False), (True, False, False, False), (False, True, False, False),
-                          (True, True, False, False), (False, False, True, False), (True, False, True, False),
-                          (False, False, True, True), (True, False, False, True)])
-def test_log_joint_equals_hand_computation(directed, frequency, activity, proximity):
-    x, edges = _tiny(directed, t=4 if proximity else 3)
+@pytest.mark.parametrize("directed, frequency, activity, proximity, recency",
+                         [(False, False, False, False, False), (True, False, False, False, False),
+                          (False, True, False, False, False), (True, True, False, False, False),
+                          (False, False, True, False, False), (True, False, True, False, False),
+                          (False, False, True, True, False), (True, False, False, True, False),
+                          (False, False, False, False, True), (True, True, True, False, True)])
+def test_log_joint_equals_hand_computation(directed, frequency, activity, proximity, recency):
+    x, edges = _tiny(directed, t=4 if proximity or recency else 3)
     t_max, n, f = x.shape
     m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed, edge_frequency=frequency, node_activity=activity,
-                 edge_proximity=proximity)
+                 edge_proximity=proximity, edge_recency=recency)
     phi = 0.15 if proximity else 0.0
     if proximity:
         m.proximity_weight.data.fill_(phi)
@@ -69,6 +71,10 @@ def test_log_joint_equals_hand_computation(directed, frequency, activity, proxim
     eta = 0.9 if frequency else 0.0
     if frequency:
         m.memory_count.data.fill_(eta)
+    omega, tau = (-0.6, float(torch.sigmoid(torch.tensor(-1.2)))) if recency else (0.0, 0.0)
+    if recency:
+        m.memory_recent.data.fill_(omega)
+        m.recent_decay_logit.data.fill_(-1.2)
     rho = float(m.memory_decay.detach())
     path = torch.randn(t_max, n, 3)
     adj = []
@@ -97,8 +103,9 @@ def test_log_joint_equals_hand_computation(directed, frequency, activity, proxim
                     last = adj[t - 2][u, v] if t >= 2 else 0.0
                     count = sum(rho ** (t - 1 - s) * adj[s - 1][u, v] for s in range(1, t))
                     times = sum(adj[s - 1][u, v] for s in range(1, t))  # undecayed: the long-run frequency
+                    recent = sum(tau ** (t - 1 - s) * adj[s - 1][u, v] for s in range(1, t))  # the fast count
                     logit = (g[u] * h[v]).sum() + m.edge_bias + 0.7 * last - 0.4 * math.log1p(count) \
-                        + eta * math.log1p(times)
+                        + eta * math.log1p(times) + omega * math.log1p(recent)
                     if activity:  # each endpoint's decayed past degree (out for u, in for v; degree undirected)
                         sym = (lambda a: a + a.T) if not directed else (lambda a: a)
                         out_deg = sum(beta ** (t - 1 - s) * float(sym(adj[s - 1])[u].sum()) for s in range(1, t))
@@ -136,21 +143,28 @@ def test_sparse_edge_estimator_is_unbiased():
     assert abs(float(draws.mean()) - exact) < 4 * se
 
 
-def test_forecast_memory_counts_past_and_sampled_edges():
-    """The rollout's memory (A, M, C) starts from the history's and adds each sampled snapshot: C counts
-    every past edge of a pair, M decays them by rho, A is the last snapshot."""
+@pytest.mark.parametrize("recency", [False, True])
+def test_forecast_memory_counts_past_and_sampled_edges(recency):
+    """The rollout's memory (A, M, C, R) starts from the history's and adds each sampled snapshot: C counts
+    every past edge of a pair, M decays them by rho, R (with ``edge_recency``) by tau, A is the last snapshot."""
     seq = dynamic_sbm(num_nodes=10, num_steps=5, num_features=2, seed=1)
-    m = GraphSSM(10, 2, latent_dim=3, hidden=8, edge_frequency=True)
-    last, decayed, count = m.dense_memory(seq.edges)
+    m = GraphSSM(10, 2, latent_dim=3, hidden=8, edge_frequency=True, edge_recency=recency)
+    last, decayed, count, recent = m.dense_memory(seq.edges)
     adj = [seq.adjacency(t) for t in range(seq.num_steps)]
     rho = float(m.memory_decay.detach())
     assert torch.equal(count, sum(adj)) and torch.equal(last, adj[-1])
     assert torch.allclose(decayed, sum(rho ** (4 - t) * a for t, a in enumerate(adj)))
+    tau = float(torch.sigmoid(torch.tensor(-1.0)))  # the fast decay's initial value
+    assert (recent is None) == (not recency)
+    if recency:
+        assert torch.allclose(recent, sum(tau ** (4 - t) * a for t, a in enumerate(adj)))
     steps = list(m.rollout(seq.x, seq.edges, steps=3, num_samples=4))
     for prev, nxt in zip(steps, steps[1:]):
         a = prev["A"]
         assert torch.equal(nxt["memory"][0], a) and torch.equal(nxt["memory"][2], prev["memory"][2] + a)
         assert torch.allclose(nxt["memory"][1], rho * prev["memory"][1] + a)
+        if recency:
+            assert torch.allclose(nxt["memory"][3], tau * prev["memory"][3] + a)
 
 
 @pytest.mark.parametrize("directed", [False, True])
