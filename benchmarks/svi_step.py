@@ -9,6 +9,7 @@ default, ``meanfield`` (TraceMeanField_ELBO; the reference takes the same closed
 
     python benchmarks/svi_step.py --pairs 30 --steps 20
     python benchmarks/svi_step.py --dataset mnist --pairs 15 --steps 10 --threads 1
+    python benchmarks/svi_step.py --dataset mnist --pairs 15 --steps 10 --threads 1 --hidden 500,500 --latent-dim 200
 """
 
 from __future__ import annotations
@@ -40,11 +41,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--validation", action="store_true", help="keep Pyro's argument validation on")
     ap.add_argument("--objective", choices=["meanfield", "elbo"], default="meanfield")
+    ap.add_argument("--hidden", default=None, help="hidden widths, comma-separated (default: the dataset's default "
+                    "CVAE); for example 500,500 for the networks of Pyro's MNIST tutorial")
+    ap.add_argument("--latent-dim", type=int, default=None, help="latent dimension (default: the default CVAE's)")
     args = ap.parse_args()
     pyro.enable_validation(args.validation)
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(0)
-    cfg = TrainConfig(dataset=args.dataset).validate()
+    sizes = {} if args.hidden is None else {"hidden_dims": [int(w) for w in args.hidden.split(",")]}
+    if args.latent_dim is not None:
+        sizes["latent_dim"] = args.latent_dim
+    cfg = TrainConfig(dataset=args.dataset, **sizes).validate()
     ds = load_dataset(cfg.dataset, likelihood=cfg.likelihood)
     x, y = ds.splits["train"]
     if ds.likelihood == "bernoulli":  # the step of a binarised minibatch (training re-draws it each time)
