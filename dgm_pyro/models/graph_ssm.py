@@ -28,11 +28,11 @@ in-degrees with their own kappa and mu), over pairs u < v (undirected) or all or
 alpha, gamma, eta, omega, kappa, mu and rho, tau, beta in (0, 1) are learned, ``edge_memory=False`` drops the
 pair memory terms, ``edge_frequency=True`` adds the undecayed pair count, ``edge_recency=True`` the fast count R
 (the memory then has two timescales: the one-step likelihood drives rho towards 1 on bursty data, and with only
-A_{t-1} for recency an edge two steps back adds nothing to a forecast two steps ahead) and ``node_activity=False`` drops the two activity
-terms (node-level propensities: how active a node was lately, and over the whole history); ``edge_proximity=True``
-adds the proximity term (pairs that share neighbours, or are a few hops apart, link more: triadic closure). So
-p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an exact likelihood, and forecasts feed their own
-sampled edges back.
+A_{t-1} for recency an edge two steps back adds nothing to a forecast two steps ahead) and
+``node_activity=False`` drops the two activity terms (node-level propensities: how active a node was lately, and
+over the whole history); ``edge_proximity=True`` adds the proximity term (pairs that share neighbours, or are a
+few hops apart, link more: triadic closure). So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an
+exact likelihood, and forecasts feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
@@ -369,8 +369,9 @@ class GraphSSM(PyroModule):
                            activity: Optional[torch.Tensor] = None,
                            proximity: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Dense edge probabilities (..., N, N) with a zero diagonal (small graphs only); ``memory`` is the
-        dense (A_{t-1}, M_{t-1}, C_{t-1}, R_{t-1}) of (..., N, N) tensors (R None without ``edge_recency``), ``activity`` (..., N, 4) the nodes'
-        past degrees (:meth:`activity`), ``proximity`` (..., N, N) the pairs' pi (:func:`katz_proximity`)."""
+        dense (A_{t-1}, M_{t-1}, C_{t-1}, R_{t-1}) of (..., N, N) tensors (R None without ``edge_recency``),
+        ``activity`` (..., N, 4) the nodes' past degrees (:meth:`activity`), ``proximity`` (..., N, N) the pairs'
+        pi (:func:`katz_proximity`)."""
         g, h = self.edge_factors(z, activity)
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
