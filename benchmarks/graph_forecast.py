@@ -46,7 +46,8 @@ def run_one(config: GraphConfig, horizon: int, samples: int, root: Path, guide_f
     the same run's forecast with the last latent drawn from the guide (``final_state`` ``guide``) under
     ``metrics_guide_final``: the weights do not depend on it, so one training serves both."""
     variant = (config.scheduled_sampling.replace(":", "_") + ("-deterministic" if config.deterministic_decoder else "")
-               + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else "") + ("-recency" if config.edge_recency else "")
+               + ("" if config.edge_memory else "-no-memory") + ("-frequency" if config.edge_frequency else "")
+               + ("-recency" if config.edge_recency else "") + ("-lookahead" if config.guide_lookahead else "")
                + ("-hurdle" if config.feature_emission == "hurdle" else "")
                + ("" if config.node_activity else "-no-activity") + ("-proximity" if config.edge_proximity else ""))
     run_dir = root / f"{config.dataset}-{variant}-seed{config.seed}"
@@ -204,6 +205,10 @@ def real_data(args: argparse.Namespace) -> dict:
         variants["GraphSSM, --edge-frequency"] = {"edge_frequency": True}
     if args.edge_recency:
         variants["GraphSSM, --edge-recency"] = {"edge_recency": True}
+    if args.guide_lookahead:
+        variants["GraphSSM, --guide-lookahead"] = {"guide_lookahead": True}
+        if args.edge_recency:
+            variants["GraphSSM, --guide-lookahead --edge-recency"] = {"guide_lookahead": True, "edge_recency": True}
     if args.hurdle:
         variants["GraphSSM, --feature-emission hurdle"] = {"feature_emission": "hurdle"}
     if args.edge_proximity:
@@ -398,6 +403,9 @@ def main() -> None:
     p.add_argument("--ablate-final-state", action="store_true",
                    help="dsbm, collegemsg, highschool: also forecast every run with its last latent drawn from the "
                         "guide (--final-state guide; the same weights)")
+    p.add_argument("--guide-lookahead", action="store_true",
+                   help="collegemsg, highschool: a variant whose guide sees the snapshot each latent emits "
+                        "(--guide-lookahead; with --edge-recency also both together)")
     p.add_argument("--edge-recency", action="store_true",
                    help="collegemsg, highschool: a variant with the fast pair count (--edge-recency)")
     p.add_argument("--edge-frequency", action="store_true",

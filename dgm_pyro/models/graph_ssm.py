@@ -36,7 +36,9 @@ exact likelihood, and forecasts feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
 Z_{t-1} and s_t, where s_t is a GRU summary over time of a torch-geometric GNN encoding of each snapshot
-(GCNConv, GATConv or SAGEConv) of the node features and a learned node embedding.
+(GCNConv, GATConv or SAGEConv) of the node features and a learned node embedding. Z_t emits snapshot t + 1, so
+this guide is a filter: it never sees the snapshot a latent explains. ``guide_lookahead=True`` feeds it s_{t+1}
+instead (s_T for Z_T, which explains no snapshot): q(Z_t | Z_{t-1}, X_{1:t+1}, A_{1:t+1}).
 
 Site names: the latent path ``z`` (T, N, d), one site in model and guide whose distribution is a
 :class:`~dgm_pyro.models.markov.MarkovNormal` (drawn step by step; given a path, its T transition log-densities
@@ -128,6 +130,7 @@ class GraphSSM(PyroModule):
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False, edge_recency: bool = False,
                  feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = True,
                  final_state: str = "transition", edge_proximity: bool = False, proximity_damping: float = 0.5,
+                 guide_lookahead: bool = False,
                  name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
@@ -135,6 +138,7 @@ class GraphSSM(PyroModule):
         if final_state not in FINAL_STATES:
             raise ValueError(f"final_state must be one of {FINAL_STATES}; got {final_state!r}")
         self.final_state = final_state
+        self.guide_lookahead = guide_lookahead
         if edge_proximity and edge_likelihood != "dense":
             raise ValueError("edge_proximity needs the dense edge likelihood (an N x N Katz index per snapshot)")
         if not 0 < proximity_damping < 1:
@@ -401,6 +405,14 @@ class GraphSSM(PyroModule):
         inputs = torch.cat([xs, self.embedding.expand(len(edges), *self.embedding.shape)], -1)
         return self.rnn(self.encoder.encode_sequence(inputs, edges, self.directed))[0]
 
+    def guide_inputs(self, x: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
+        """The s_t parts (T, N, hidden) of the guide's steps to Z_1..Z_T (:meth:`_posterior_inputs`): of s_1..s_T,
+        or with ``guide_lookahead`` of s_2..s_T, s_T (each latent sees the snapshot it emits)."""
+        s = self.summaries(x, edges)
+        if self.guide_lookahead:
+            s = torch.cat([s[1:], s[-1:]])
+        return self._posterior_inputs(s)
+
     def posterior(self, s: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loc and scale of q(Z_t | Z_{t-1} = z, s_t): an MLP of [s_t, z]."""
         return self._posterior_step(z, self._posterior_inputs(s))
@@ -505,9 +517,10 @@ class GraphSSM(PyroModule):
         self._emit_all(torch.cat([self.z0.unsqueeze(0), z[:-1]]), x, edges, nodes)
 
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
-        """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1)."""
+        """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1; up to t + 1 with
+        ``guide_lookahead``)."""
         pyro.module(self._pyro_name, self)
-        pre = self._posterior_inputs(self.summaries(x, edges))
+        pre = self.guide_inputs(x, edges)
         pyro.sample("z", MarkovNormal(self.z0, self._posterior_step, len(edges), inputs=pre))
 
     # ------------------------------------------------------------------ forecasting (P4.4)
@@ -521,7 +534,7 @@ class GraphSSM(PyroModule):
         Z_T), and ``guide``, the guide's q(Z_T | Z_{T-1}, X_{1:T}, A_{1:T}), which only approximates it (the
         amortization gap of P4.5: one network serves every t; on the dynamic SBM and CollegeMsg its scale at T
         measured 0.89-0.99 of the transition's, see docs/graphs.md)."""
-        pre = self._posterior_inputs(self.summaries(x, edges))
+        pre = self.guide_inputs(x, edges)
         z = self.z0.expand(num_samples, *self.z0.shape)
         for t in range(len(edges) - 1):
             loc, scale = self._posterior_step(z, pre[t])

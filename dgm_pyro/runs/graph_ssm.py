@@ -93,6 +93,8 @@ class GraphConfig(ConfigBase):
     edge_proximity: bool = option(False, "Edge logits also use the pair's Katz proximity in the graph of all past "
                                   "edges (triadic closure: pairs with common neighbours or a few hops apart link "
                                   "more; dense likelihood only).", added=True)
+    guide_lookahead: bool = option(False, "The guide's q(Z_t | ...) also sees snapshot t + 1, the one Z_t emits (by "
+                                   "default it is a filter: snapshots 1..t).", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
                                   "gives without a time column), none, or comma-separated feature names.",
                                   metavar="auto|none|NAMES")
@@ -226,7 +228,7 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     edge_frequency=config.edge_frequency, edge_recency=config.edge_recency,
                     feature_emission=resolved_feature_emission(config, history),
                     node_activity=config.node_activity, final_state=config.final_state,
-                    edge_proximity=config.edge_proximity)
+                    edge_proximity=config.edge_proximity, guide_lookahead=config.guide_lookahead)
     if model.edge_likelihood == "sparse":
         # large sparse graphs: start the edge bias at the logit of the observed density; the default -3 expects
         # tens of times too many edges there, and the sampled-negative likelihood takes hundreds of steps to undo it

@@ -702,3 +702,13 @@ def test_edge_recency_trains_and_forecasts_with_both_likelihoods_and_samplers(tm
     r = run("train", "graph-ssm", "--out", tmp_path, "--name", "sp", "--edge-recency", "--edge-likelihood", "sparse",
             *TINY)
     assert r.exit_code == 0, r.output
+
+
+def test_guide_lookahead_trains_and_forecasts(tmp_path):
+    """--guide-lookahead is saved with the run, and the run trains and forecasts from the command line."""
+    r = run("train", "graph-ssm", "--out", tmp_path, "--json", "--guide-lookahead", *TINY)
+    assert r.exit_code == 0, r.output
+    path = Path(json.loads(r.stdout)["run"])
+    assert json.loads((path / "config.json").read_text())["guide_lookahead"] is True
+    r = run("forecast", path, "--horizon", "2", "--samples", "5", "--no-plots", "--out", tmp_path / "f.nc")
+    assert r.exit_code == 0, r.output

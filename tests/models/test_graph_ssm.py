@@ -458,3 +458,25 @@ def test_svi_with_pyro_optim_learns_the_proximity_weight(phi, bias):
     assert abs(learned - phi) < (0.05 if phi == 0 else 0.15)
     draws = Predictive(m.model, guide=m.guide, num_samples=3, return_sites=["a"])(x, edges)["a"]
     assert draws.shape == (3, 10, 40 * 39 // 2) and set(draws.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_guide_sees_the_snapshots_up_to_the_one_each_latent_emits_with_lookahead(lookahead):
+    """Z_t emits snapshot t + 1. The default guide's step to Z_t reads snapshots 1..t (a filter); with
+    ``guide_lookahead`` it reads 1..t + 1, and Z_T (which emits nothing) reads what Z_{T-1} reads. Changing
+    snapshot k (1-based) changes exactly the steps from Z_k on, or from Z_{k-1} on with the lookahead."""
+    x, edges = _tiny(n=6, t=5, seed=2)
+    m = GraphSSM(6, 2, latent_dim=3, hidden=8, guide_lookahead=lookahead)
+    k = 3
+    changed = [e.clone() for e in edges]
+    changed[k - 1] = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    with torch.no_grad():
+        pre, pre_changed = m.guide_inputs(x, edges), m.guide_inputs(x, changed)
+    differs = [not torch.allclose(a, b) for a, b in zip(pre, pre_changed)]  # steps to Z_1..Z_5
+    first = k - 1 if lookahead else k
+    assert differs == [t >= first for t in range(1, 6)]
+    if lookahead:
+        assert torch.equal(pre[-1], pre[-2])
+    with torch.no_grad():
+        tr = poutine.trace(m.guide).get_trace(x, edges)
+    assert tr.nodes["z"]["value"].shape == (5, 6, 3)
