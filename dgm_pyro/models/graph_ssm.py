@@ -354,7 +354,7 @@ class GraphSSM(PyroModule):
     def advance_memory(self, memory: tuple[Optional[torch.Tensor], ...], a: torch.Tensor
                        ) -> tuple[Optional[torch.Tensor], ...]:
         """The memory (A, M, C, R) after one more snapshot ``a`` (0/1, the shape of each state)."""
-        last, decayed, count, recent = memory
+        _, decayed, count, recent = memory  # the last snapshot is replaced by a
         return (a, self.memory_decay * decayed + a, count + a,
                 None if recent is None else self.recent_decay * recent + a)
 

@@ -154,8 +154,8 @@ def test_forecast_memory_counts_past_and_sampled_edges(recency):
     rho = float(m.memory_decay.detach())
     assert torch.equal(count, sum(adj)) and torch.equal(last, adj[-1])
     assert torch.allclose(decayed, sum(rho ** (4 - t) * a for t, a in enumerate(adj)))
-    tau = float(torch.sigmoid(torch.tensor(-1.0)))  # the fast decay's initial value
     assert (recent is None) == (not recency)
+    tau = float(m.recent_decay.detach()) if recency else None
     if recency:
         assert torch.allclose(recent, sum(tau ** (4 - t) * a for t, a in enumerate(adj)))
     steps = list(m.rollout(seq.x, seq.edges, steps=3, num_samples=4))
