@@ -5,7 +5,9 @@ time ratios. Goal: at most 1.10x on digits, 1.05x on MNIST (issue 29). Batch 100
 both, the default CVAE of the dataset (MNIST: Bernoulli, a minibatch binarised once). The loss is the trainer's
 default, ``meanfield`` (TraceMeanField_ELBO; the reference takes the same closed-form KL), or ``--objective elbo``
 (Trace_ELBO; the reference takes one draw of log q - log p). Pyro's argument validation is off, as in
-``dgm_pyro.training.Trainer`` after its first step; ``--validation`` turns it on to show its cost.
+``dgm_pyro.training.Trainer`` after its first step; ``--validation`` turns it on to show its cost. As in the
+Trainer, the networks are not registered with ``pyro.module`` (``param_registration(False)``: the optimiser holds
+the parameters); ``--registration`` registers them, as a ``pyro.optim`` loop must, to show that cost.
 
     python benchmarks/svi_step.py --pairs 30 --steps 20
     python benchmarks/svi_step.py --dataset mnist --pairs 15 --steps 10 --threads 1
@@ -26,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _reference import TorchCVAE  # noqa: E402
 
+from dgm_pyro.models import param_registration  # noqa: E402
 from dgm_pyro.runs import TrainConfig  # noqa: E402
 from dgm_pyro.data import load_dataset  # noqa: E402
 from dgm_pyro.runs import build_model  # noqa: E402
@@ -40,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--validation", action="store_true", help="keep Pyro's argument validation on")
+    ap.add_argument("--registration", action="store_true", help="register the networks with pyro.module each step")
     ap.add_argument("--objective", choices=["meanfield", "elbo"], default="meanfield")
     ap.add_argument("--hidden", default=None, help="hidden widths, comma-separated (default: the dataset's default "
                     "CVAE); for example 500,500 for the networks of Pyro's MNIST tutorial")
@@ -67,7 +71,8 @@ def main() -> None:
     def pyro_block():
         for idx in batches:
             opt_p.zero_grad()
-            loss = elbo.differentiable_loss(cvae.model, cvae.guide, x[idx], y[idx]) / len(idx)
+            with param_registration(args.registration):
+                loss = elbo.differentiable_loss(cvae.model, cvae.guide, x[idx], y[idx]) / len(idx)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(cvae.parameters(), 10.0)
             opt_p.step()
@@ -94,7 +99,8 @@ def main() -> None:
     q = statistics.quantiles(ratios, n=4)
     print(f"{args.dataset}: x_dim {ds.x_dim}, hidden {cfg.hidden_dims}, latent {cfg.latent_dim}, {ds.likelihood}")
     print(f"objective={args.objective} threads={args.threads} batch={args.batch_size} pairs={args.pairs} steps/pair={args.steps} "
-          f"pyro validation={'on' if args.validation else 'off'}")
+          f"pyro validation={'on' if args.validation else 'off'} "
+          f"registration={'on' if args.registration else 'off'}")
     print(f"median step: dgm-pyro {1e3 * statistics.median(tp):.2f} ms, plain PyTorch {1e3 * statistics.median(tt):.2f} ms")
     print(f"ratio dgm-pyro / PyTorch: median {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[2]:.3f}); goal <= "
           f"{1.05 if args.dataset.startswith('mnist') else 1.10:.2f}")

@@ -8,7 +8,9 @@ one sequence; an interval is ``every`` steps). After every interval it writes a 
 a weights-only checkpoint that holds the parameters, the optimiser state, the loop and callback state
 and every random-number state, so that stopping after any interval and resuming reproduces the
 uninterrupted run bit for bit on CPU. Non-finite losses or gradients stop training with the last good
-checkpoint, or are skipped up to ``skip_bad_steps`` times.
+checkpoint, or are skipped up to ``skip_bad_steps`` times. It optimises ``module.parameters()`` itself, so the
+programs run without ``pyro.module`` registration (:func:`~dgm_pyro.models.nn.param_registration`), which
+``pyro.optim`` would need and which costs a tenth of a small network's step.
 
 What differs between models plugs in as :class:`~dgm_pyro.callbacks.Callback` objects (validation and
 early stopping, KL annealing, scheduled sampling, collapse tracking, aggressive encoder training), as
@@ -35,6 +37,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from . import distributed as D
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .errors import DgmPyroError
+from .models.nn import param_registration
 from .progress import Heartbeat
 
 __all__ = ["Trainer", "Minibatches", "FullBatch", "build_objective", "describe_objective", "OBJECTIVES",
@@ -392,14 +395,14 @@ class Trainer:
             for c in contexts:
                 stack.enter_context(c)
             try:
-                with pyro.validation_enabled(check):
+                with pyro.validation_enabled(check), param_registration(False):  # parameters() are optimised
                     return self.loss.differentiable_loss(self.module.model, self.module.guide, *args, **kwargs) / divisor
             except ValueError:
                 if not check:
                     raise
                 # argument validation rejected a distribution parameter: a non-finite step if the same
                 # loss without validation is not finite, else a genuine error in the model
-                with pyro.validation_enabled(False), warnings.catch_warnings():
+                with pyro.validation_enabled(False), param_registration(False), warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Pyro's NaN warning: the NaN is what is being checked
                     value = self.loss.differentiable_loss(self.module.model, self.module.guide, *args, **kwargs)
                 if torch.isfinite(value):

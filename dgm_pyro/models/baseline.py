@@ -14,7 +14,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from .nn import MLP, likelihood_mean, likelihood_out_features, make_likelihood
+from .nn import MLP, likelihood_mean, likelihood_out_features, make_likelihood, register_module
 
 __all__ = ["NNBaseline", "BaselineGuess"]
 
@@ -35,7 +35,7 @@ class NNBaseline(PyroModule):
         return make_likelihood(self.likelihood, self.net(y), self.x_dim, self.levels, self.x_shift, self.x_scale)
 
     def model(self, x: Optional[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        pyro.module(self._pyro_name, self)
+        register_module(self._pyro_name, self)
         if self.likelihood == "categorical" and x is not None:
             x = x.long()
         with pyro.plate("data", y.shape[0]):

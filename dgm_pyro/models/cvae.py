@@ -29,7 +29,8 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .autoregressive import MADE, AutoregressiveLikelihood
-from .nn import MLP, ConvDecoder, ConvEncoder, cat_broadcast, likelihood_mean, likelihood_out_features, make_likelihood
+from .nn import (MLP, ConvDecoder, ConvEncoder, cat_broadcast, likelihood_mean, likelihood_out_features,
+                 make_likelihood, register_module)
 from .pixelcnn import GatedPixelCNN
 
 __all__ = ["CVAE"]
@@ -153,7 +154,7 @@ class CVAE(PyroModule):
         for n in names:
             net = getattr(self, n)
             if net is not None:
-                pyro.module(f"{self._pyro_name}.{n}", net)
+                register_module(f"{self._pyro_name}.{n}", net)
 
     @staticmethod
     def _gaussian(params: torch.Tensor) -> dist.Distribution:

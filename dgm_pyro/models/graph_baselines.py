@@ -20,6 +20,7 @@ from ..data.graphs import GraphSequence, dsbm_step, edge_indicator, pair_index
 from .gnn import SnapshotEncoder
 from .graph_likelihood import DenseGraphBernoulli
 from .graph_memory import PairHistory
+from .nn import register_module
 
 __all__ = ["Persistence", "HistoricalMean", "GCNGRUForecaster", "DSBMOracle"]
 
@@ -106,7 +107,7 @@ class GCNGRUForecaster(PyroModule):
     def model(self, x: torch.Tensor, edges: list[torch.Tensor]) -> None:
         """One-step-ahead predictions of snapshots 2..T from 1..T-1: x (T, N, F), T edge indices (2, E_t).
         The GNN encodings of all snapshots are one batched computation; only the GRU cell runs per step."""
-        pyro.module(self._pyro_name, self)
+        register_module(self._pyro_name, self)
         n, f, num = self.num_nodes, self.num_features, len(edges) - 1
         inputs = torch.cat([(x[:num] - self.shift) / self.scale, self.embedding.expand(num, -1, -1)], -1)
         encoded = self.encoder.encode_sequence(inputs, edges[:num], self.directed).unbind(0)

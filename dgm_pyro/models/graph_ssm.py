@@ -69,7 +69,7 @@ from .markov import MarkovNormal
 from .gnn import SnapshotEncoder
 from .graph_memory import PairHistory, katz_proximity, node_activity, proximity_history
 from .link_heuristics import past_union
-from .nn import MLP, cat_broadcast
+from .nn import MLP, cat_broadcast, register_module
 
 __all__ = ["GraphSSM", "EDGE_LIKELIHOODS", "FINAL_STATES"]
 
@@ -509,7 +509,7 @@ class GraphSSM(PyroModule):
                 otherwise it is fed its own prediction Z^_t ~ p(Z_t | Z~_{t-1}) (a reparameterised draw, so the
                 objective is the ELBO only at eps = 1).
         """
-        pyro.module(self._pyro_name, self)
+        register_module(self._pyro_name, self)
         nodes = pyro.plate("nodes", self.num_nodes, dim=-1)
         chain = MarkovNormal(self.z0, lambda z, _: self.transition(z), len(edges), teacher_forcing=teacher_forcing)
         z = pyro.sample("z", chain)  # (T, N, d): given a path, its T transition terms are one batched call
@@ -519,7 +519,7 @@ class GraphSSM(PyroModule):
     def guide(self, x: torch.Tensor, edges: list[torch.Tensor], teacher_forcing: float = 1.0) -> None:
         """q(Z_{1:T} | X_{1:T}, A_{1:T}) = prod_t q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) (P4.1; up to t + 1 with
         ``guide_lookahead``)."""
-        pyro.module(self._pyro_name, self)
+        register_module(self._pyro_name, self)
         pre = self.guide_inputs(x, edges)
         pyro.sample("z", MarkovNormal(self.z0, self._posterior_step, len(edges), inputs=pre))
 

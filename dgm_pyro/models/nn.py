@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
+import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "ACTIVATIONS", "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast",
-           "UnnormalizedCategorical"]
+__all__ = ["param_registration", "register_module", "MLP", "ConvEncoder", "ConvDecoder", "ACTIVATIONS",
+           "likelihood_out_features", "make_likelihood", "likelihood_mean", "cat_broadcast", "UnnormalizedCategorical"]
+
+
+_REGISTRATION = [True]
+
+
+@contextlib.contextmanager
+def param_registration(enabled: bool) -> Iterator[None]:
+    """Whether the models' programs register their networks with ``pyro.module`` (on by default).
+
+    Registration puts every network parameter into the trace as a ``param`` site, which ``pyro.optim`` (``SVI``)
+    needs to find them; it costs one pass through Pyro's effect stack per parameter tensor, about 0.6 ms of a 7 ms
+    MNIST CVAE step. A loop that optimises ``module.parameters()`` itself, as
+    :class:`~dgm_pyro.training.Trainer` does, turns it off inside its loss::
+
+        with param_registration(False):
+            loss = Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, x, y)
+    """
+    _REGISTRATION.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _REGISTRATION.pop()
+
+
+def register_module(name: str, module: nn.Module) -> None:
+    """``pyro.module(name, module)`` unless :func:`param_registration` turned registration off."""
+    if _REGISTRATION[-1]:
+        pyro.module(name, module)
 
 
 #: the nonlinearities an MLP takes between its layers

@@ -114,6 +114,38 @@ def test_trains_with_pyro_optim_and_works_with_predictive_trace_and_evidence(nam
     assert torch.isfinite(res.log_evidence).all() and torch.isfinite(res.elbo).all()
 
 
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_param_registration_off_hides_param_sites_and_changes_no_number(name):
+    """``param_registration(False)`` (what the Trainer runs under) drops the ``param`` sites from both traces and
+    leaves the loss and its gradients bit-identical; registration is back on after the block, nested or not."""
+    from dgm_pyro.models import param_registration
+
+    module, args, _, _ = PROGRAMS[name]()
+
+    def params_in(program):
+        return {n for n, s in poutine.trace(program).get_trace(*args).nodes.items() if s["type"] == "param"}
+
+    def loss_and_grads():
+        pyro.set_rng_seed(3)
+        module.zero_grad()
+        loss = Trace_ELBO().differentiable_loss(module.model, module.guide, *args)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+    registered = params_in(module.model) | params_in(module.guide)
+    assert len(registered) == len(list(module.parameters()))
+    loss_on, grads_on = loss_and_grads()
+    with param_registration(False):
+        assert params_in(module.model) == set() and params_in(module.guide) == set()
+        with param_registration(True):
+            assert params_in(module.model) | params_in(module.guide) == registered
+        assert params_in(module.model) == set()
+        loss_off, grads_off = loss_and_grads()
+    assert params_in(module.model) | params_in(module.guide) == registered
+    assert torch.equal(loss_on, loss_off)
+    assert len(grads_on) == len(grads_off) and all(torch.equal(a, b) for a, b in zip(grads_on, grads_off))
+
+
 def test_cvae_predictive_generates_from_the_prior_without_x():
     """The guide falls back to p(z|y) when x is None (P1.8): Predictive then samples new x for a condition."""
     module, (x, y), _, _ = _cvae()
