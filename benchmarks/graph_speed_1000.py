@@ -9,7 +9,9 @@ in the same run (issue 31's speed target: the default train of such a graph unde
 The graph (written under ``--data``, seed 0): heavy-tailed node activity (Pareto), a daily cycle in the number of
 messages (about 800 an hour on average), 40 % of them from a pool of 3,000 recurring pairs, the feature the
 messages a node sent that hour. Each checkout is timed in its own one-thread process (``--steps`` steps of each
-network after one warm-up step); a default train is 300 steps of each.
+network after one warm-up step, each step as ``dgm_pyro.training.Trainer`` takes it: ``Trace_ELBO``'s loss, backward,
+gradient-norm clipping, torch's Adam; until 2026-12-06 (night) the timer took ``SVI`` steps with
+``pyro.optim.ClippedAdam`` instead); a default train is 300 steps of each.
 """
 
 from __future__ import annotations
@@ -21,26 +23,41 @@ import sys
 from pathlib import Path
 
 _TIMER = r"""
-import json, resource, sys, time
+import contextlib, json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import pyro, torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from dgm_pyro.device import keep_freed_memory
 from dgm_pyro.runs.graph_ssm import GraphConfig, build_graph_baseline, build_graph_model, load_graph_sequence
+try:  # the Trainer's programs run without pyro.module registration since 2026-12-06 (night)
+    from dgm_pyro.models.nn import param_registration
+except ImportError:
+    param_registration = lambda enabled: contextlib.nullcontext()
 
 keep_freed_memory()
 torch.set_num_threads(1)
+pyro.enable_validation(False)  # as the Trainer after its first step
 cfg = GraphConfig(dataset="csv:" + sys.argv[2], directed=True).validate()
 hist, _ = load_graph_sequence(cfg)
 out = {}
 for name, build in (("GraphSSM", build_graph_model), ("GCN+GRU", build_graph_baseline)):
     pyro.clear_param_store()
     m = build(cfg, hist)
-    svi = SVI(m.model, m.guide, pyro.optim.ClippedAdam({"lr": cfg.lr, "clip_norm": cfg.clip_norm}), Trace_ELBO())
-    svi.step(hist.x, hist.edges)
+    params = list(m.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+
+    def step():  # the Trainer's step: the loss, backward, gradient-norm clipping, Adam
+        opt.zero_grad()
+        with param_registration(False):
+            loss = Trace_ELBO().differentiable_loss(m.model, m.guide, hist.x, hist.edges)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+        opt.step()
+
+    step()
     start = time.perf_counter()
     for _ in range(int(sys.argv[3])):
-        svi.step(hist.x, hist.edges)
+        step()
     out[name] = (time.perf_counter() - start) / int(sys.argv[3])
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 print(json.dumps(out))
