@@ -32,7 +32,8 @@ from torch.distributions import Distribution, kl_divergence
 from .divergences import univariate_base
 
 __all__ = ["active_units", "kl_per_dimension", "mutual_information", "mutual_information_minibatch",
-           "aggregate_kl", "encoder_posteriors", "collapse_report", "CollapseReport"]
+           "aggregate_kl", "encoder_posteriors", "encoder_traces", "site_posteriors", "collapse_report",
+           "CollapseReport"]
 
 
 def _check(posteriors: Distribution) -> int:
@@ -161,9 +162,21 @@ def encoder_posteriors(model: Callable, guide: Callable, *args, site: str = "z",
     """The guide's and the model's distributions at latent ``site`` for a batch of data: runs the guide
     and replays the model, as any Pyro inference would, and returns (q(z|x) for each datapoint, p(z) or
     p(z|y) for each datapoint), each with batch shape (N,) and event shape (d,)."""
+    return site_posteriors(*encoder_traces(model, guide, *args, **kwargs), site=site)
+
+
+def encoder_traces(model: Callable, guide: Callable, *args, **kwargs) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's trace and the model's trace replayed on it, without gradients: what
+    :func:`encoder_posteriors` reads, for a caller that also wants the model's other sites."""
     with torch.no_grad():
         guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    return guide_tr, model_tr
+
+
+def site_posteriors(guide_tr: poutine.Trace, model_tr: poutine.Trace, site: str = "z"
+                    ) -> tuple[Distribution, Distribution]:
+    """:func:`encoder_posteriors` from the traces of :func:`encoder_traces`."""
     if site not in guide_tr.nodes or site not in model_tr.nodes:
         raise ValueError(f"no latent site {site!r} in both the model and the guide; latent sites found: "
                          f"{_describe_latents(guide_tr)} (guide), {_describe_latents(model_tr)} (model); pass site=NAME")

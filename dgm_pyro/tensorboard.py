@@ -24,13 +24,12 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-import pyro.poutine as poutine
 import torch
 
 from . import distributed as D
 from .callbacks import Callback
 from .data.dataset import ConditionalDataset
-from .diagnostics import active_units, encoder_posteriors, kl_per_dimension
+from .diagnostics import active_units, encoder_traces, kl_per_dimension, site_posteriors
 from .errors import DgmPyroError
 
 __all__ = ["TensorBoardLogger", "require_tensorboard", "sample_grid_image"]
@@ -104,8 +103,9 @@ class TensorBoardLogger(Callback):
             self.writer = None
 
     def _diagnostics(self, module: Any, step: int) -> None:
+        guide_tr, model_tr = encoder_traces(module.model, module.guide, *self.valid)
         try:
-            q, p = encoder_posteriors(module.model, module.guide, *self.valid, site=self.site)
+            q, p = site_posteriors(guide_tr, model_tr, site=self.site)
         except ValueError:  # no latent site of that name and shape: nothing to measure
             return
         au, _ = active_units(q, prior=p if len(p.batch_shape) == 1 else None)
@@ -116,8 +116,6 @@ class TensorBoardLogger(Callback):
             return
         for u, value in enumerate(kl.tolist()):
             self.writer.add_scalar(f"kl_per_dimension/z{u:03d}", value, step)
-        guide_tr = poutine.trace(module.guide).get_trace(*self.valid)
-        model_tr = poutine.trace(poutine.replay(module.model, trace=guide_tr)).get_trace(*self.valid)
         n = self.valid[0].shape[0]
         recon = sum(float(s["fn"].log_prob(s["value"]).sum()) for s in model_tr.nodes.values()
                     if s["type"] == "sample" and s["is_observed"]) / n

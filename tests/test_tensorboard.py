@@ -116,3 +116,38 @@ def test_without_tensorboard_one_line_exit_2(monkeypatch, tmp_path):
     assert r.exit_code == 2, r.output
     assert "tensorboard package" in r.output and "[tensorboard]" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_diagnostics_trace_the_guide_once_and_score_the_reconstruction_of_that_draw(runs):
+    """One guide run per checkpoint: the KL, the active units and the reconstruction term all read the same draw
+    of z (the reconstruction is log p(x|z) at the guide's z in the traced model)."""
+    from dgm_pyro.tensorboard import TensorBoardLogger
+
+    logged, _ = runs
+    run = load_run(logged)
+    x, y = (t[:50] for t in run.dataset.splits["valid"])
+    calls, draws = [], []
+    module = run.module
+
+    class Counted:
+        model = staticmethod(module.model)
+
+        @staticmethod
+        def guide(*args):
+            calls.append(1)
+            draws.append(module.guide(*args))
+            return draws[-1]
+
+    class Writer:
+        scalars: dict = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = value
+
+    logger = TensorBoardLogger(None, (x, y))
+    logger.writer = Writer()
+    with torch.no_grad():
+        logger._diagnostics(Counted, 1)
+        recon = float(module.decode(draws[0], module.features(y)).log_prob(x).sum()) / 50
+    assert len(calls) == 1
+    assert logger.writer.scalars["terms/reconstruction"] == pytest.approx(recon, rel=1e-6)
