@@ -99,7 +99,8 @@ def train_one(quadrants: int, seed: int, epochs: int, data: dict, inputs: str) -
     with torch.no_grad():
         batch_means = [float(per_image_loss(model, b, given).mean()) for b in x_test.split(32)]
         ours = float(torch.cat([per_image_loss(model, b, given) for b in data["test256"].split(1000)]).mean())
-    return {"quadrants": quadrants, "seed": seed, "input": inputs, "epochs_run": len(history), "best_epoch": history.index(best) + 1,
+    return {"quadrants": quadrants, "seed": seed, "input": inputs, "epochs_run": len(history),
+            "best_epoch": history.index(best) + 1,
             "pyro_score": statistics.fmean(batch_means), "per_image_mean_255": best,
             "per_image_mean_256": ours, "test_loss_per_epoch": history,
             "entropy_floor_255": entropy_floor(x_test, given),

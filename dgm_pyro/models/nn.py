@@ -22,9 +22,9 @@ def param_registration(enabled: bool) -> Iterator[None]:
     """Whether the models' programs register their networks with ``pyro.module`` (on by default).
 
     Registration puts every network parameter into the trace as a ``param`` site, which ``pyro.optim`` (``SVI``)
-    needs to find them; it costs one pass through Pyro's effect stack per parameter tensor, about 0.6 ms of a 7 ms
-    MNIST CVAE step. A loop that optimises ``module.parameters()`` itself, as
-    :class:`~dgm_pyro.training.Trainer` does, turns it off inside its loss::
+    needs to find them; it costs one pass through Pyro's effect stack per parameter tensor, about 0.5 ms of an 8 ms
+    step of the default MNIST CVAE (one thread; ``benchmarks/svi_step.py --registration``). A loop that optimises
+    ``module.parameters()`` itself, as :class:`~dgm_pyro.training.Trainer` does, turns it off inside its loss::
 
         with param_registration(False):
             loss = Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, x, y)
