@@ -259,6 +259,25 @@ def test_forecast_shapes_and_symmetry():
         m.forecast(seq.x, seq.edges, horizon=0)
 
 
+@pytest.mark.parametrize("directed", [False, True])
+def test_forecast_is_its_rollout_stacked_and_scored(directed):
+    """forecast writes each rollout step into its outputs as it goes (bounded memory): the result equals the
+    rollout's steps stacked, and log_lik the mean over paths of each true snapshot's emission likelihood."""
+    seq = dynamic_sbm(num_nodes=10, num_steps=7, num_features=2, seed=1)
+    edges = seq.edges if not directed else [torch.cat([e, e.flip(0)], 1) for e in seq.edges]
+    m = GraphSSM(10, 2, latent_dim=3, hidden=8, directed=directed, edge_recency=True)
+    hist, fut = (seq.x[:5], edges[:5]), (seq.x[5:], edges[5:])
+    pyro.set_rng_seed(4)
+    out = m.forecast(*hist, horizon=3, num_samples=6, future=fut)
+    pyro.set_rng_seed(4)
+    with torch.no_grad():
+        steps = list(m.rollout(*hist, 3, 6))
+        lls = [torch.logsumexp(m._emission_log_prob(steps[h], fut[0][h], fut[1][h]), 0) - math.log(6) for h in range(2)]
+    for key, name in (("X", "x"), ("Z", "z"), ("edge_prob", "edge_prob"), ("A", "A")):
+        assert torch.equal(out[key], torch.stack([s[name] for s in steps], 1)), key
+    assert out["log_lik"].shape == (2,) and torch.equal(out["log_lik"], torch.stack(lls))
+
+
 def test_forecast_samples_follow_the_emission():
     """The first forecast step draws X from N(mu(Z_T), L L^T): its sample covariance matches."""
     seq = dynamic_sbm(num_nodes=3, num_steps=4, num_features=2, seed=2)
