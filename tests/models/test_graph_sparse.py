@@ -196,7 +196,8 @@ def test_path_memory_at_later_steps_is_the_history_recursion_over_the_paths_draw
     gen = torch.Generator().manual_seed(0)
     paths = 2
     for _ in range(3):  # each path draws some history pairs and some fresh ones at every step
-        keys = torch.cat([hist[torch.randperm(hist.numel(), generator=gen)[:8]], fresh[torch.rand(6, generator=gen) < 0.5]])
+        keys = torch.cat([hist[torch.randperm(hist.numel(), generator=gen)[:8]],
+                          fresh[torch.rand(6, generator=gen) < 0.5]])
         memory.drawn.append(torch.sort(torch.cat([s * nn_ + torch.unique(keys) for s in range(paths)])).values)
     query = torch.cat([hist[:20], fresh])
     for step in (1, 2, 3):
