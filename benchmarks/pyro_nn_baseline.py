@@ -56,12 +56,10 @@ def net(in_features: int = 784) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, 500), nn.ReLU(), nn.Linear(500, 500), nn.ReLU(), nn.Linear(500, 784))
 
 
-def per_image_loss(model: nn.Module, x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
-    """(N,) grey-level cross-entropy of the hidden pixels (Pyro's masked BCE; logits for stability)."""
-    if model[0].in_features == x.shape[-1]:
-        inp = torch.where(given, x, torch.full_like(x, -1.0))   # Pyro's input: hidden pixels set to -1
-    else:
-        inp = x[:, given]                                       # --input given: the given pixels only
+def per_image_loss(model: nn.Module, x: torch.Tensor, given: torch.Tensor, inputs: str) -> torch.Tensor:
+    """(N,) grey-level cross-entropy of the hidden pixels (Pyro's masked BCE; logits for stability); the network
+    reads Pyro's image with the hidden pixels set to -1 (``inputs`` "minus-one") or the given pixels only."""
+    inp = torch.where(given, x, torch.full_like(x, -1.0)) if inputs == "minus-one" else x[:, given]
     bce = F.binary_cross_entropy_with_logits(model(inp), x, reduction="none")
     return (bce * (~given)).sum(-1)
 
@@ -82,11 +80,11 @@ def train_one(quadrants: int, seed: int, epochs: int, data: dict, inputs: str) -
         model.train()
         for idx in torch.randperm(x_train.shape[0]).split(128):
             opt.zero_grad()
-            per_image_loss(model, x_train[idx], given).mean().backward()
+            per_image_loss(model, x_train[idx], given, inputs).mean().backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            val = float(torch.cat([per_image_loss(model, b, given) for b in x_test.split(1000)]).mean())
+            val = float(torch.cat([per_image_loss(model, b, given, inputs) for b in x_test.split(1000)]).mean())
         history.append(val)
         if val < best:
             best, bad = val, 0
@@ -97,8 +95,8 @@ def train_one(quadrants: int, seed: int, epochs: int, data: dict, inputs: str) -
                 break
     model.load_state_dict(best_state)
     with torch.no_grad():
-        batch_means = [float(per_image_loss(model, b, given).mean()) for b in x_test.split(32)]
-        ours = float(torch.cat([per_image_loss(model, b, given) for b in data["test256"].split(1000)]).mean())
+        batch_means = [float(per_image_loss(model, b, given, inputs).mean()) for b in x_test.split(32)]
+        ours = float(torch.cat([per_image_loss(model, b, given, inputs) for b in data["test256"].split(1000)]).mean())
     return {"quadrants": quadrants, "seed": seed, "input": inputs, "epochs_run": len(history),
             "best_epoch": history.index(best) + 1,
             "pyro_score": statistics.fmean(batch_means), "per_image_mean_255": best,

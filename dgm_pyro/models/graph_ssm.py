@@ -617,9 +617,10 @@ class GraphSSM(PyroModule):
         lls = []
         scored = 0 if future is None else min(horizon, len(future[1]))
         for h, step in enumerate(self.rollout(x, edges, horizon, num_samples)):
+            if h == 0:
+                out = {key: step[name].new_empty(step[name].shape[0], horizon, *step[name].shape[1:])
+                       for key, name in keys.items()}
             for key, name in keys.items():
-                if key not in out:
-                    out[key] = step[name].new_empty(step[name].shape[0], horizon, *step[name].shape[1:])
                 out[key][:, h] = step[name]
             if h < scored:
                 lp = self._emission_log_prob(step, future[0][h], future[1][h])

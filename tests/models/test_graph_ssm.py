@@ -155,8 +155,8 @@ def test_forecast_memory_counts_past_and_sampled_edges(recency):
     assert torch.equal(count, sum(adj)) and torch.equal(last, adj[-1])
     assert torch.allclose(decayed, sum(rho ** (4 - t) * a for t, a in enumerate(adj)))
     assert (recent is None) == (not recency)
-    tau = float(m.recent_decay.detach()) if recency else None
     if recency:
+        tau = float(m.recent_decay.detach())
         assert torch.allclose(recent, sum(tau ** (4 - t) * a for t, a in enumerate(adj)))
     steps = list(m.rollout(seq.x, seq.edges, steps=3, num_samples=4))
     for prev, nxt in zip(steps, steps[1:]):
@@ -272,7 +272,8 @@ def test_forecast_is_its_rollout_stacked_and_scored(directed):
     pyro.set_rng_seed(4)
     with torch.no_grad():
         steps = list(m.rollout(*hist, 3, 6))
-        lls = [torch.logsumexp(m._emission_log_prob(steps[h], fut[0][h], fut[1][h]), 0) - math.log(6) for h in range(2)]
+        lls = [torch.logsumexp(m._emission_log_prob(steps[h], fut[0][h], fut[1][h]), 0) - math.log(6)
+               for h in range(2)]
     for key, name in (("X", "x"), ("Z", "z"), ("edge_prob", "edge_prob"), ("A", "A")):
         assert torch.equal(out[key], torch.stack([s[name] for s in steps], 1)), key
     assert out["log_lik"].shape == (2,) and torch.equal(out["log_lik"], torch.stack(lls))
