@@ -25,7 +25,8 @@ def _graph(directed, n=9, t=5, seed=0):
 @pytest.mark.parametrize("directed", [False, True])
 @pytest.mark.parametrize("memory, proximity", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("block_snapshots", [1, 2, 100])
-@pytest.mark.parametrize("scale", [1.0, 4.0])  # 4: the last snapshot's logits pass softplus's threshold of 20
+# 4: the last snapshot's logits pass softplus's threshold of 20; 12: exp overflows there (logits above 88.7)
+@pytest.mark.parametrize("scale", [1.0, 4.0, 12.0])
 def test_observed_log_prob_and_gradients_match_the_full_logits(directed, memory, proximity, block_snapshots, scale,
                                                              monkeypatch):
     n, t = 9, 5
@@ -51,6 +52,8 @@ def test_observed_log_prob_and_gradients_match_the_full_logits(directed, memory,
 
     fast = build().log_prob(indicator)
     fast_grads = torch.autograd.grad(fast, list(params.values()), allow_unused=True)
+    with torch.no_grad():  # the value alone (no gradient computed in the forward): the same number
+        assert float(build().log_prob(indicator)) == float(fast.detach())
     d = build()
     plain = d.log_prob(indicator.clone())  # another tensor: scored from the full logits
     want = torch.distributions.Bernoulli(logits=d.logits).log_prob(indicator).sum()
@@ -112,3 +115,24 @@ def test_any_set_of_pairs_is_masked_like_the_full_logits():
     torch.testing.assert_close(fast, want)
     for a, b in zip(torch.autograd.grad(fast, (g, h, bias)), torch.autograd.grad(want, (g, h, bias))):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loc, sd", [(-8.0, 3.0), (-20.0, 3.0), (3.0, 30.0)])
+def test_softplus_sum_of_many_pairs_is_float32_exact(loc, sd):
+    """The blocked sum over 4 x 10^5 pairs (sparse-graph logits around -8; nearly all below -16.6, where 1 + e^l
+    rounds to 1; a third above 88.7, where e^l overflows) against float64: within the documented bound of 2^-24 per
+    pair plus float32's summation error, and its gradient the sigmoid."""
+    torch.manual_seed(0)
+    n, t = 200, 10
+    g = torch.randn(t, n, 1) * sd
+    g = torch.cat([g, torch.ones_like(g)], -1).requires_grad_(True)  # logits l_uv = g_u * 1 + loc
+    h = torch.cat([torch.ones(t, n, 1), torch.full((t, n, 1), loc)], -1)
+    total = graph_likelihood._SoftplusSum.apply(g, h, None, None, torch.tensor(0.0), None, None, torch.tensor(-1),
+                                                4)
+    logits = (g @ h.transpose(-1, -2)).detach().double()
+    logits.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf)  # the diagonal is masked
+    want = torch.nn.functional.softplus(logits).sum()
+    bound = t * n * (n - 1) * 2.0 ** -24 + 1e-6 * float(want)
+    assert abs(float(total) - float(want)) <= bound
+    (grad,) = torch.autograd.grad(total, g)
+    torch.testing.assert_close(grad[..., 0].double(), torch.sigmoid(logits).sum(-1), rtol=1e-5, atol=1e-6)
