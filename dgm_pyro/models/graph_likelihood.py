@@ -10,7 +10,9 @@ snapshots A_1..A_T is
 the first sum over the E observed edges only. The second is computed a few snapshots at a time by
 :class:`_SoftplusSum`, which computes each block's gradient (d/dl = sigmoid(l)) while it holds the block instead of
 keeping the logits: a training step then allocates blocks of a few MB instead of several (T, N^2) tensors, which at
-N = 1000 and T = 107 (directed) are 430 MB each and were faulted in page by page at every step.
+N = 1000 and T = 107 (directed) are 430 MB each and were faulted in page by page at every step. Undirected
+graphs of at least 4 x :data:`TRIANGLE_ROWS` nodes compute only the pairs u < v, in bands of rows
+(:class:`_Triangle`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ from pyro.distributions import Bernoulli, TorchDistribution
 from torch.distributions import constraints
 from torch.nn.functional import softplus
 
-__all__ = ["DenseGraphBernoulli", "BLOCK_BYTES"]
+__all__ = ["DenseGraphBernoulli", "BLOCK_BYTES", "TRIANGLE_ROWS"]
 
 #: the size of a block of snapshots' logits in :class:`_SoftplusSum` (at least one snapshot): small enough that
 #: a freed block is reused by the next instead of returned to the system, and that a block's passes find it in
 #: the cache (at N = 1000, directed, T = 107: 0.44 s per forward and backward with 4 MB blocks, 0.55 s with 16 MB)
 BLOCK_BYTES = 4 << 20
+
+#: undirected graphs of at least 4 x TRIANGLE_ROWS nodes sum the pairs u < v in 4 to 8 bands of rows
+#: (:class:`_Triangle`) of at least this many: at N = 1000, 8 bands took 1.4 ms per snapshot against 3.2 ms for
+#: the whole N x N block with its lower triangle zeroed (a GraphSSM step of a dynamic SBM: 1.07x faster at
+#: N = 1000, 1.11x at N = 600). Smaller graphs are cheaper a few whole snapshots at a time (0.94x at N = 300).
+TRIANGLE_ROWS = 128
 
 
 def _block_logits(g: torch.Tensor, h: torch.Tensor, memory: Optional[torch.Tensor], memory_keys: Optional[torch.Tensor],
@@ -51,9 +59,14 @@ class _SoftplusSum(torch.autograd.Function):
     (d/dl = sigmoid(l)), and the backward only scales it: no block is computed twice."""
 
     @staticmethod
-    def forward(ctx, g, h, memory, proximity, weight, memory_keys, keys, mask, block):  # type: ignore[override]
+    def forward(ctx, g, h, memory, proximity, weight, memory_keys, keys, mask, block,  # type: ignore[override]
+                triangle=None):
         need = ctx.needs_input_grad
         grads = need[0] or need[1] or need[2] or need[4]
+        if triangle is not None:
+            total, dg, dh, dmemory, dweight = triangle.sum(g, h, memory, proximity, weight, grads, need[0], need[2])
+            ctx.save_for_backward(dg, dh, dmemory, dweight)
+            return total
         dg = torch.empty_like(g) if need[0] else None
         dh = torch.empty_like(h) if grads else None
         dmemory = torch.empty_like(memory) if memory is not None and need[2] else None
@@ -86,7 +99,75 @@ class _SoftplusSum(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         dg, dh, dmemory, dweight = ctx.saved_tensors
         scaled = [None if x is None else x * grad for x in (dg, dh, dmemory, dweight)]
-        return scaled[0], scaled[1], scaled[2], None, scaled[3], None, None, None, None
+        return scaled[0], scaled[1], scaled[2], None, scaled[3], None, None, None, None, None
+
+
+class _Triangle:
+    """The pairs u < v (undirected) of an N x N block, a band of rows at a time (rows r0..r1 against columns
+    r0..N-1): about (R + 1) / 2R of the N^2 logits for R bands, each band small enough to stay in cache.
+
+    The memory and proximity columns of a band are a contiguous range of their ascending keys; ``plan`` holds,
+    per band, that range and the keys' flat positions in the band, (u - r0) (N - r0) + (v - r0).
+    """
+
+    def __init__(self, n: int, bands: int, memory_keys: Optional[torch.Tensor], keys: Optional[torch.Tensor]):
+        self.n = n
+        rows = -(-n // bands)
+        self.plan = []
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            self.plan.append((r0, r1, self._columns(memory_keys, r0, r1), self._columns(keys, r0, r1)))
+
+    def _columns(self, keys: Optional[torch.Tensor], r0: int, r1: int) -> Optional[tuple[int, int, torch.Tensor]]:
+        if keys is None:
+            return None
+        lo, hi = (int(i) for i in torch.searchsorted(keys, torch.tensor([r0 * self.n, r1 * self.n],
+                                                                         device=keys.device)))
+        k = keys[lo:hi]
+        return lo, hi, (k // self.n - r0) * (self.n - r0) + (k % self.n - r0)
+
+    def _logits(self, g: torch.Tensor, h: torch.Tensor, memory: Optional[torch.Tensor],
+                proximity: Optional[torch.Tensor], weight: torch.Tensor, band: tuple) -> torch.Tensor:
+        r0, r1, mem, prox = band
+        out = torch.mm(g[r0:r1], h[r0:].T)
+        flat = out.view(-1)
+        if memory is not None:
+            flat.index_add_(0, mem[2], memory[mem[0]:mem[1]])
+        if proximity is not None:
+            flat.index_add_(0, prox[2], proximity[prox[0]:prox[1]] * weight)
+        return out
+
+    def sum(self, g: torch.Tensor, h: torch.Tensor, memory: Optional[torch.Tensor],
+            proximity: Optional[torch.Tensor], weight: torch.Tensor, grads: bool, need_g: bool, need_memory: bool
+            ) -> tuple:
+        """The softplus sum and, with ``grads``, its gradients (dg, dh, dmemory, dweight) (None where not
+        needed), as :class:`_SoftplusSum` returns them."""
+        dg = torch.empty_like(g) if need_g else None
+        dh = torch.zeros_like(h) if grads else None
+        dmemory = torch.zeros_like(memory) if memory is not None and need_memory else None
+        dweight = torch.zeros_like(weight)
+        total = g.new_zeros(())
+        upper = torch.tensor(-3)
+        for t in range(g.shape[0]):
+            mem_t = None if memory is None else memory[t]
+            prox_t = None if proximity is None else proximity[t]
+            for band in self.plan:
+                r0, r1, mem, prox = band
+                logits = partial(self._logits, g[t], h[t], mem_t, prox_t, weight, band)
+                first = logits()
+                value, d = _softplus_sum_(first, upper, torch.empty_like(first), grads, logits)
+                total += value
+                if d is None:
+                    continue
+                if dg is not None:
+                    dg[t, r0:r1] = d @ h[t, r0:]
+                dh[t, r0:] += d.T @ g[t, r0:r1]
+                flat = d.view(-1)
+                if dmemory is not None:
+                    dmemory[t, mem[0]:mem[1]] = flat.index_select(0, mem[2])
+                if proximity is not None:
+                    dweight += (flat.index_select(0, prox[2]) * proximity[t, prox[0]:prox[1]]).sum()
+        return total, dg, dh, dmemory, dweight
 
 
 def _softplus_sum_(logits: torch.Tensor, mask: torch.Tensor, work: torch.Tensor, sigmoid: bool,
@@ -115,10 +196,13 @@ def _softplus_sum_(logits: torch.Tensor, mask: torch.Tensor, work: torch.Tensor,
 
 def _masked(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``d`` (B, N, N) times the pair mask, in place: the diagonal zeroed when the mask is every ordered pair, the
-    lower triangle when it is the pairs u < v (``mask`` 0-dimensional, -1 and -2), else the product with the
-    (N, N) mask."""
+    lower triangle when it is the pairs u < v (``mask`` 0-dimensional, -1 and -2), the lower triangle of the
+    leading square of a band of rows (-3, :class:`_Triangle`), else the product with the (N, N) mask."""
     if mask.dim() == 0 and int(mask) == -1:
         d.diagonal(dim1=-2, dim2=-1).zero_()
+        return d
+    if mask.dim() == 0 and int(mask) == -3:  # a band of rows r0.. against columns r0..: the pairs u < v
+        d[..., :d.shape[-2]].triu_(1)
         return d
     if mask.dim() == 0:
         return d.triu_(1)
@@ -211,11 +295,15 @@ class DenseGraphBernoulli(TorchDistribution):
             mask[self.keys] = 1.0
             mask = mask.view(n, n)
         block = max(1, BLOCK_BYTES // max(1, 4 * n * n))
+        bands = min(8, n // TRIANGLE_ROWS)
+        triangle = None
+        if bands >= 4 and mask.dim() == 0 and int(mask) == -2:
+            triangle = _Triangle(n, bands, self.memory_keys, None if self.proximity is None else self.keys)
         ones = self.g.new_ones(*self.g.shape[:-1], 1)
         g = torch.cat([self.g, ones], -1)
         h = torch.cat([self.h, ones * self.bias], -1)
         return _SoftplusSum.apply(g, h, self.memory, self.proximity, self.weight, self.memory_keys, self.keys,
-                                  mask, block)
+                                  mask, block, triangle)
 
 
 def _upper_keys(n: int, device: torch.device) -> torch.Tensor:

@@ -27,10 +27,12 @@ def _graph(directed, n=9, t=5, seed=0):
 @pytest.mark.parametrize("block_snapshots", [1, 2, 100])
 # 4: the last snapshot's logits pass softplus's threshold of 20; 12: exp overflows there (logits above 88.7)
 @pytest.mark.parametrize("scale", [1.0, 4.0, 12.0])
+@pytest.mark.parametrize("band_rows", [128, 2, 1])  # 128: whole snapshots; 2, 1: 3 bands of 3 rows, 5 of 2
 def test_observed_log_prob_and_gradients_match_the_full_logits(directed, memory, proximity, block_snapshots, scale,
-                                                             monkeypatch):
+                                                             band_rows, monkeypatch):
     n, t = 9, 5
     monkeypatch.setattr(graph_likelihood, "BLOCK_BYTES", 4 * n * n * block_snapshots)
+    monkeypatch.setattr(graph_likelihood, "TRIANGLE_ROWS", band_rows)
     edges, keys, memory_keys = _graph(directed, n, t)
     torch.manual_seed(1)
     last = torch.ones(t, 1, 1)
@@ -136,3 +138,4 @@ def test_softplus_sum_of_many_pairs_is_float32_exact(loc, sd):
     assert abs(float(total) - float(want)) <= bound
     (grad,) = torch.autograd.grad(total, g)
     torch.testing.assert_close(grad[..., 0].double(), torch.sigmoid(logits).sum(-1), rtol=1e-5, atol=1e-6)
+
