@@ -33,9 +33,10 @@ __all__ = ["DenseGraphBernoulli", "BLOCK_BYTES", "TRIANGLE_ROWS"]
 BLOCK_BYTES = 4 << 20
 
 #: undirected graphs of at least 4 x TRIANGLE_ROWS nodes sum the pairs u < v in 4 to 8 bands of rows
-#: (:class:`_Triangle`) of at least this many: at N = 1000, 8 bands took 1.4 ms per snapshot against 3.2 ms for
-#: the whole N x N block with its lower triangle zeroed (a GraphSSM step of a dynamic SBM: 1.07x faster at
-#: N = 1000, 1.11x at N = 600). Smaller graphs are cheaper a few whole snapshots at a time (0.94x at N = 300).
+#: (:class:`_Triangle`) of at least this many: at N = 1000 (with a pair memory), the log-probability and its
+#: gradients took 2.2 ms per snapshot with 7 bands against 3.5 ms for the whole N x N block with its lower triangle
+#: zeroed (a GraphSSM step of a dynamic SBM: 1.07x faster at N = 1000, 1.11x at N = 600). Smaller graphs are
+#: cheaper a few whole snapshots at a time (2 bands: 0.94x at N = 300).
 TRIANGLE_ROWS = 128
 
 

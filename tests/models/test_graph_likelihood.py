@@ -122,8 +122,8 @@ def test_any_set_of_pairs_is_masked_like_the_full_logits():
 @pytest.mark.parametrize("loc, sd", [(-8.0, 3.0), (-20.0, 3.0), (3.0, 30.0)])
 def test_softplus_sum_of_many_pairs_is_float32_exact(loc, sd):
     """The blocked sum over 4 x 10^5 pairs (sparse-graph logits around -8; nearly all below -16.6, where 1 + e^l
-    rounds to 1; a third above 88.7, where e^l overflows) against float64: within the documented bound of 2^-24 per
-    pair plus float32's summation error, and its gradient the sigmoid."""
+    rounds to 1; logits up to about +100, nine rows of them above 88.7, where e^l overflows) against float64: within
+    the documented bound of 2^-24 per pair plus float32's summation error, and its gradient the sigmoid."""
     torch.manual_seed(0)
     n, t = 200, 10
     g = torch.randn(t, n, 1) * sd
