@@ -3,7 +3,7 @@
 in the same run (issue 31's speed target: the default train of such a graph under 10 minutes on one thread).
 
     git worktree add /tmp/dgm-reference <commit>
-    python benchmarks/graph_speed_1000.py --reference /tmp/dgm-reference --steps 3 \\
+    python benchmarks/graph_speed_1000.py --reference /tmp/dgm-reference --steps 3 --repeats 3 \\
         --json docs/results/graph_speed_1000.json
 
 The graph (written under ``--data``, seed 0): heavy-tailed node activity (Pareto), a daily cycle in the number of
@@ -11,13 +11,16 @@ messages (about 800 an hour on average), 40 % of them from a pool of 3,000 recur
 messages a node sent that hour. Each checkout is timed in its own one-thread process (``--steps`` steps of each
 network after one warm-up step, each step as ``dgm_pyro.training.Trainer`` takes it: ``Trace_ELBO``'s loss, backward,
 gradient-norm clipping, torch's Adam; until 2026-12-06 (night) the timer took ``SVI`` steps with
-``pyro.optim.ClippedAdam`` instead); a default train is 300 steps of each.
+``pyro.optim.ClippedAdam`` instead); a default train is 300 steps of each. With ``--repeats R`` the checkouts are
+timed R times each, alternately, and the table gives the medians: timed one after the other, two checkouts were
+seen 7-9 % apart where whole trains in both orders put them 2-10 % apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -99,14 +102,21 @@ def main() -> None:
     ap.add_argument("--reference", help="a checkout of the reference code (git worktree)")
     ap.add_argument("--data", default="mention1000", help="folder for the generated graph")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1, help="timed processes per checkout, alternated; the table "
+                    "gives their medians (one run after another drifts with the machine: use 3)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "edges.csv").exists():
         write_graph(data)
-    rows = {"this checkout": time_checkout(Path(__file__).resolve().parents[1], data, args.steps)}
+    checkouts = {"this checkout": Path(__file__).resolve().parents[1]}
     if args.reference:
-        rows["reference"] = time_checkout(Path(args.reference).resolve(), data, args.steps)
+        checkouts["reference"] = Path(args.reference).resolve()
+    runs: dict[str, list[dict]] = {name: [] for name in checkouts}
+    for _ in range(args.repeats):  # alternated, so that the machine's drift falls on both
+        for name, path in checkouts.items():
+            runs[name].append(time_checkout(path, data, args.steps))
+    rows = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in runs.items()}
     print("| checkout | GraphSSM s/step | GCN+GRU s/step | default train (300 + 300 steps), min | peak RSS GB |")
     print("|---|---|---|---|---|")
     for name, r in rows.items():
@@ -116,7 +126,8 @@ def main() -> None:
         ref, new = rows["reference"], rows["this checkout"]
         print(f"speed-up: GraphSSM {ref['GraphSSM'] / new['GraphSSM']:.2f}x, GCN+GRU {ref['GCN+GRU'] / new['GCN+GRU']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "runs": runs}, indent=1)
+                                   + "\n")
 
 
 if __name__ == "__main__":
