@@ -127,17 +127,6 @@ class _Triangle:
         k = keys[lo:hi]
         return lo, hi, (k // self.n - r0) * (self.n - r0) + (k % self.n - r0)
 
-    def _logits(self, g: torch.Tensor, h: torch.Tensor, memory: Optional[torch.Tensor],
-                proximity: Optional[torch.Tensor], weight: torch.Tensor, band: tuple) -> torch.Tensor:
-        r0, r1, mem, prox = band
-        out = torch.mm(g[r0:r1], h[r0:].T)
-        flat = out.view(-1)
-        if memory is not None:
-            flat.index_add_(0, mem[2], memory[mem[0]:mem[1]])
-        if proximity is not None:
-            flat.index_add_(0, prox[2], proximity[prox[0]:prox[1]] * weight)
-        return out
-
     def sum(self, g: torch.Tensor, h: torch.Tensor, memory: Optional[torch.Tensor],
             proximity: Optional[torch.Tensor], weight: torch.Tensor, grads: bool, need_g: bool, need_memory: bool
             ) -> tuple:
@@ -150,16 +139,17 @@ class _Triangle:
         total = g.new_zeros(())
         upper = torch.tensor(-3)
         for t in range(g.shape[0]):
-            mem_t = None if memory is None else memory[t]
-            prox_t = None if proximity is None else proximity[t]
-            for band in self.plan:
-                r0, r1, mem, prox = band
-                logits = partial(self._logits, g[t], h[t], mem_t, prox_t, weight, band)
+            for r0, r1, mem, prox in self.plan:  # a band is a block of one snapshot, its keys at band positions
+                logits = partial(_block_logits, g[t:t + 1, r0:r1], h[t:t + 1, r0:],
+                                 None if memory is None else memory[t:t + 1, mem[0]:mem[1]], mem and mem[2],
+                                 None if proximity is None else proximity[t:t + 1, prox[0]:prox[1]], weight,
+                                 prox and prox[2])
                 first = logits()
                 value, d = _softplus_sum_(first, upper, torch.empty_like(first), grads, logits)
                 total += value
                 if d is None:
                     continue
+                d = d[0]
                 if dg is not None:
                     dg[t, r0:r1] = d @ h[t, r0:]
                 dh[t, r0:] += d.T @ g[t, r0:r1]
