@@ -7,7 +7,8 @@ Given a path's latents, the edges of a step are independent Bernoulli(sigma(l_uv
 
     l_uv = <g_u, h_v> + b + m_uv,
 
-m_uv the edge-memory term (:meth:`GraphSSM.memory_term`), zero for a pair with no past edge (the node-activity
+m_uv the edge-memory term (:meth:`GraphSSM.memory_term`, and with ``memory_activity`` the activity term of pairs
+with a past edge, :meth:`GraphSSM.pair_activity`), zero for a pair with no past edge (the node-activity
 terms are inside g and h: :meth:`GraphSSM.edge_factors`, each path's activity updated with its own draws). The
 pairs fall in two disjoint sets, drawn separately:
 
@@ -121,16 +122,23 @@ class _PathMemory:
 class _Step:
     """One forecast step's edge factors (S, N, e) and the memory before it: logits at any path-and-pair keys."""
 
-    def __init__(self, module: Any, g: torch.Tensor, h: torch.Tensor, memory: _PathMemory, step: int):
+    def __init__(self, module: Any, g: torch.Tensor, h: torch.Tensor, memory: _PathMemory, step: int,
+                 activity: Optional[torch.Tensor] = None):
         self.module, self.g, self.h, self.memory, self.step = module, g, h, memory, step
         self.bias = module.edge_bias
+        # the activity term of pairs with a past edge (``memory_activity``): (S, N) source and destination parts
+        on = getattr(module, "memory_activity", False) and activity is not None
+        self.pair_activity = module.pair_activity(activity) if on else None
 
     def logits(self, skey: torch.Tensor) -> torch.Tensor:
         n, nn_ = self.memory.n, self.memory.nn
         s, key = skey // nn_, skey % nn_
         out = (self.g[s, key // n] * self.h[s, key % n]).sum(-1) + self.bias
         if self.memory.on:
-            out = out + self.module.memory_term(*self.memory.at(self.step, skey))
+            state = self.memory.at(self.step, skey)
+            out = out + self.module.memory_term(*state)
+            if self.pair_activity is not None:
+                out = out + (state[2] > 0) * (self.pair_activity[0][s, key // n] + self.pair_activity[1][s, key % n])
         return out
 
     def mean_probability(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -283,7 +291,7 @@ def sparse_forecast(module: Any, x: torch.Tensor, edges: list[torch.Tensor], hor
         h_in = module.emission_input(z, last_x)
         xs.append(module.draw_features(h_in, last_x))
         g, h = module.edge_factors(h_in, activity)
-        step = _Step(module, g, h, memory, t)
+        step = _Step(module, g, h, memory, t, activity)
         if score_pairs is not None and t < len(score_pairs):
             pair_prob.append(step.mean_probability(score_pairs[t][0], score_pairs[t][1]))
         drawn, stats = step.draw(module.directed, clusters, limit=max(1, max_edges // (num_samples * horizon)))

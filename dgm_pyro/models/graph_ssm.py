@@ -14,6 +14,8 @@ a pair is
     sum_k g_k(z_u) lambda_k g_k(z_v) + b + alpha A_{uv,t-1} + gamma log(1 + M_{uv,t-1}) [+ eta log(1 + C_{uv,t-1})]
         [+ omega log(1 + R_{uv,t-1})]
         + kappa (log(1 + D_{u,t-1}) + log(1 + D_{v,t-1})) + mu (log(1 + K_{u,t-1}) + log(1 + K_{v,t-1}))
+        [+ 1{C_{uv,t-1} > 0} (kappa' (log(1 + D_{u,t-1}) + log(1 + D_{v,t-1}))
+                              + mu' (log(1 + K_{u,t-1}) + log(1 + K_{v,t-1})))]
         [+ phi pi_{uv,t-1}],
     M_{uv,t-1} = sum_{s <= t-1} rho^{t-1-s} A_{uv,s}      (a decayed count of the pair's past edges)
     C_{uv,t-1} = sum_{s <= t-1} A_{uv,s}                  (the undecayed count: the pair's long-run frequency)
@@ -31,7 +33,9 @@ pair memory terms, ``edge_frequency=True`` adds the undecayed pair count, ``edge
 A_{t-1} for recency an edge two steps back adds nothing to a forecast two steps ahead) and
 ``node_activity=False`` drops the two activity terms (node-level propensities: how active a node was lately, and
 over the whole history); ``edge_proximity=True`` adds the proximity term (pairs that share neighbours, or are a
-few hops apart, link more: triadic closure). So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an
+few hops apart, link more: triadic closure) and ``memory_activity=True`` gives pairs with a past edge their own
+activity weights kappa + kappa', mu + mu' (how active u and v were lately says less about a pair that has met before,
+whose own history speaks, than about a new one). So p(X_t, A_t | Z_{t-1}, A_{1:t-1}): the chain rule keeps this an
 exact likelihood, and forecasts feed their own sampled edges back.
 
 Guide (P4.1): q(Z_t | Z_{t-1}, X_{1:t}, A_{1:t}) = Normal(mu, diag sigma^2) with (mu, sigma) from an MLP of
@@ -120,6 +124,9 @@ class GraphSSM(PyroModule):
             (:func:`~dgm_pyro.models.graph_memory.katz_proximity`, damping ``proximity_damping`` over the largest
             degree), to the edge logits. Dense likelihood only (an N x N inversion per snapshot and, in forecasts,
             per path and step after the first).
+        memory_activity: with ``edge_memory`` and ``node_activity``, add kappa' and mu' to the activity weights
+            of the pairs with a past edge (:meth:`pair_activity`; the term rides with the memory term, at the pairs
+            that have one, in training and in dense and sparse forecasts).
     """
 
     def __init__(self, num_nodes: int, num_features: int, latent_dim: int = 8, hidden: int = 64,
@@ -130,7 +137,7 @@ class GraphSSM(PyroModule):
                  static: Optional[Sequence[bool]] = None, edge_frequency: bool = False, edge_recency: bool = False,
                  feature_emission: Union[str, Sequence[str]] = "gaussian", node_activity: bool = True,
                  final_state: str = "transition", edge_proximity: bool = False, proximity_damping: float = 0.5,
-                 guide_lookahead: bool = False,
+                 guide_lookahead: bool = False, memory_activity: bool = False,
                  name: str = "graph_ssm"):
         super().__init__(name)
         if edge_likelihood not in EDGE_LIKELIHOODS:
@@ -204,6 +211,11 @@ class GraphSSM(PyroModule):
             self.activity_weight = nn.Parameter(torch.zeros(2 if directed else 1))
             self.activity_count_weight = nn.Parameter(torch.zeros(2 if directed else 1))
             self.activity_decay_logit = nn.Parameter(torch.tensor(0.0))  # beta = 0.5
+        self.memory_activity = edge_memory and node_activity and memory_activity
+        if self.memory_activity:
+            # kappa' and mu', what the activity weights change by for a pair with a past edge: rows the decayed and
+            # the undecayed degree, columns one weight (undirected) or the source's and the destination's (directed)
+            self.memory_activity_weight = nn.Parameter(torch.zeros(2, 2 if directed else 1))
         self.edge_proximity, self.proximity_damping = edge_proximity, float(proximity_damping)
         if edge_proximity:
             self.proximity_weight = nn.Parameter(torch.tensor(0.0))
@@ -342,6 +354,15 @@ class GraphSSM(PyroModule):
         """tau, the decay of the fast pair count R (None without ``edge_recency``)."""
         return torch.sigmoid(self.recent_decay_logit) if self.edge_recency else None
 
+    def pair_activity(self, activity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source and destination parts (..., N) of the activity term of pairs with a past edge
+        (``memory_activity``): kappa' log(1 + D_u) + mu' log(1 + K_u) for the source u (its out-degrees when
+        directed) and the same of the destination v (in-degrees), from the activity (..., N, 4) of :meth:`activity`.
+        A pair's term is their sum where its past edge count C_{uv,t-1} > 0, zero elsewhere."""
+        w = self.memory_activity_weight
+        logs = torch.log1p(activity)
+        return logs[..., 0] * w[0, 0] + logs[..., 2] * w[1, 0], logs[..., 1] * w[0, -1] + logs[..., 3] * w[1, -1]
+
     def memory_term(self, last: torch.Tensor, decayed: torch.Tensor, count: torch.Tensor,
                     recent: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The edge-memory part of the logit for a pair's (A_{t-1}, M_{t-1}, C_{t-1}, R_{t-1}) (R None without
@@ -366,7 +387,11 @@ class GraphSSM(PyroModule):
         g, h = self.edge_factors(z, activity)
         logits = (g[time, src] * h[time, dst]).sum(-1) + self.edge_bias
         if self.edge_memory and history is not None:
-            logits = logits + self.memory_term(*history.at(time, src, dst))
+            state = history.at(time, src, dst)
+            logits = logits + self.memory_term(*state)
+            if self.memory_activity and activity is not None:
+                a_src, a_dst = self.pair_activity(activity)
+                logits = logits + (state[2] > 0) * (a_src[time, src] + a_dst[time, dst])
         return logits
 
     def edge_probabilities(self, z: torch.Tensor, memory: Optional[tuple[torch.Tensor, ...]] = None,
@@ -380,6 +405,9 @@ class GraphSSM(PyroModule):
         logits = g @ h.transpose(-1, -2) + self.edge_bias
         if self.edge_memory and memory is not None:
             logits = logits + self.memory_term(*memory)
+            if self.memory_activity and activity is not None:
+                a_src, a_dst = self.pair_activity(activity)
+                logits = logits + (memory[2] > 0) * (a_src.unsqueeze(-1) + a_dst.unsqueeze(-2))
         if self.edge_proximity and proximity is not None:
             logits = logits + self.proximity_weight * proximity
         return torch.sigmoid(logits) * (1 - torch.eye(self.num_nodes, device=logits.device))
@@ -457,6 +485,9 @@ class GraphSSM(PyroModule):
             memory = None
             if history is not None and history.keys.numel():
                 memory = self.memory_term(history.last, history.decayed, history.count, history.recent)
+                if self.memory_activity:
+                    a_src, a_dst = self.pair_activity(activity)
+                    memory = memory + (history.count > 0) * (a_src[:, history.keys // n] + a_dst[:, history.keys % n])
             proximity = proximity_history(edges, n, self.proximity_damping, keys) if self.edge_proximity else None
             # the 0/1 targets, built once per edge sequence: the distribution scores this very tensor from the
             # edges and a blocked sum over all pairs, without (T, P) logits (graph_likelihood)

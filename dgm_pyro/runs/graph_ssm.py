@@ -93,6 +93,10 @@ class GraphConfig(ConfigBase):
     edge_proximity: bool = option(False, "Edge logits also use the pair's Katz proximity in the graph of all past "
                                   "edges (triadic closure: pairs with common neighbours or a few hops apart link "
                                   "more; dense likelihood only).", added=True)
+    memory_activity: bool = option(False, "With --edge-memory and --node-activity, pairs with a past edge weigh "
+                                   "their endpoints' past degrees by their own learned weights (a node's recent "
+                                   "activity says less about a pair it has met before than about a new one).",
+                                   added=True)
     guide_lookahead: bool = option(False, "The guide's q(Z_t | ...) also sees snapshot t + 1, the one Z_t emits (by "
                                    "default it is a filter: snapshots 1..t).", added=True)
     static_features: str = option("auto", "Node features conditioned on instead of forecast: auto (those nodes.csv "
@@ -119,6 +123,9 @@ class GraphConfig(ConfigBase):
         if self.edge_proximity and self.edge_likelihood == "sparse":
             raise DgmPyroError("--edge-proximity needs the dense edge likelihood (an N x N Katz index per snapshot); "
                                "leave out --edge-likelihood sparse")
+        if self.memory_activity and not (self.edge_memory and self.node_activity):
+            raise DgmPyroError("--memory-activity weighs the node-activity terms again for pairs with a past edge: it "
+                               "needs --edge-memory and --node-activity")
         kinds = self.feature_emission.split(",")
         allowed = FEATURE_EMISSIONS + (("auto",) if len(kinds) == 1 else ())
         if any(k not in allowed for k in kinds):
@@ -228,7 +235,8 @@ def build_graph_model(config: GraphConfig, history: GraphSequence) -> GraphSSM:
                     edge_frequency=config.edge_frequency, edge_recency=config.edge_recency,
                     feature_emission=resolved_feature_emission(config, history),
                     node_activity=config.node_activity, final_state=config.final_state,
-                    edge_proximity=config.edge_proximity, guide_lookahead=config.guide_lookahead)
+                    edge_proximity=config.edge_proximity, guide_lookahead=config.guide_lookahead,
+                    memory_activity=config.memory_activity)
     if model.edge_likelihood == "sparse":
         # large sparse graphs: start the edge bias at the logit of the observed density; the default -3 expects
         # tens of times too many edges there, and the sampled-negative likelihood takes hundreds of steps to undo it

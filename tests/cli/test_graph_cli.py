@@ -686,22 +686,33 @@ def test_edge_proximity_trains_forecasts_and_refuses_what_it_cannot_do(tmp_path)
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "sp").exists()
 
 
-def test_edge_recency_trains_and_forecasts_with_both_likelihoods_and_samplers(tmp_path):
-    """--edge-recency adds the fast pair count (its weight and decay trained and saved); the run forecasts with
-    dense and sparse edges, and trains with the sparse likelihood too (its edge logits look the count up)."""
-    r = run("train", "graph-ssm", "--out", tmp_path, "--json", "--edge-recency", *TINY)
+@pytest.mark.parametrize("flag, field, parameters", [
+    ("--edge-recency", "edge_recency", {"memory_recent", "recent_decay_logit"}),
+    ("--memory-activity", "memory_activity", {"memory_activity_weight"})])
+def test_memory_options_train_and_forecast_with_both_likelihoods_and_samplers(tmp_path, flag, field, parameters):
+    """--edge-recency adds the fast pair count, --memory-activity the activity weights of pairs with a past edge
+    (their parameters trained and saved); the run forecasts with dense and sparse edges, and trains with the sparse
+    likelihood too (its edge logits look the pair's history up)."""
+    r = run("train", "graph-ssm", "--out", tmp_path, "--json", flag, *TINY)
     assert r.exit_code == 0, r.output
     path = Path(json.loads(r.stdout)["run"])
-    assert json.loads((path / "config.json").read_text())["edge_recency"] is True
+    assert json.loads((path / "config.json").read_text())[field] is True
     state = torch.load(path / "checkpoint.pt", weights_only=True)["model_state"]
-    assert {"memory_recent", "recent_decay_logit"} <= {k.rsplit(".", 1)[-1] for k in state}
+    assert parameters <= {k.rsplit(".", 1)[-1] for k in state}
     for edges in ("dense", "sparse"):
         r = run("forecast", path, "--horizon", "2", "--samples", "5", "--no-plots", "--edges", edges,
                 "--out", tmp_path / f"{edges}.nc")
         assert r.exit_code == 0, r.output
-    r = run("train", "graph-ssm", "--out", tmp_path, "--name", "sp", "--edge-recency", "--edge-likelihood", "sparse",
-            *TINY)
+    r = run("train", "graph-ssm", "--out", tmp_path, "--name", "sp", flag, "--edge-likelihood", "sparse", *TINY)
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("off", ["--no-node-activity", "--no-edge-memory"])
+def test_memory_activity_without_its_terms_is_refused(tmp_path, off):
+    r = run("train", "graph-ssm", "--out", tmp_path, "--name", "m", "--memory-activity", off, *TINY)
+    assert r.exit_code == 2 and "--memory-activity" in r.output and "needs --edge-memory and --node-activity" \
+        in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
 def test_guide_lookahead_trains_and_forecasts(tmp_path):

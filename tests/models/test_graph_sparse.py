@@ -11,7 +11,7 @@ from dgm_pyro.models.graph_sparse import sparse_forecast
 N = 40
 
 
-def _frozen_model(directed: bool, activity: bool = False, recency: bool = False
+def _frozen_model(directed: bool, activity: bool = False, recency: bool = False, pair_activity: bool = False
                   ) -> tuple[GraphSSM, object, torch.Tensor]:
     """A model whose paths all start from one latent draw and never move: every path's first step is an iid
     draw from one set of Bernoulli probabilities, and its second step differs only through the edge memory
@@ -20,11 +20,14 @@ def _frozen_model(directed: bool, activity: bool = False, recency: bool = False
     if directed:
         seq.edges = [torch.cat([e, e.flip(0)], 1)[:, ::2] for e in seq.edges]
         seq.directed = True
-    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16, node_activity=activity, edge_recency=recency)
+    m = GraphSSM(N, seq.num_features, directed=directed, hidden=16, node_activity=activity, edge_recency=recency,
+                 memory_activity=pair_activity)
     with torch.no_grad():  # strong memory terms, so that both of the sampler's stages matter
         if activity:  # and activity terms of both signs
             m.activity_weight.copy_(torch.tensor([0.8, -0.6] if directed else [0.8]))
             m.activity_count_weight.copy_(torch.tensor([-0.3, 0.5] if directed else [-0.3]))
+        if pair_activity:  # pairs with a past edge weigh the degrees their own way
+            m.memory_activity_weight.copy_(torch.tensor([[-0.9, 0.3], [0.6, -0.2]] if directed else [[-0.9], [0.6]]))
         m.edge_bias.fill_(-1.5)
         m.memory_last.fill_(2.0)
         m.memory_weight.fill_(0.5)
@@ -47,12 +50,14 @@ def _dense_probabilities(m: GraphSSM, seq, z: torch.Tensor, memory: tuple,
                                 None if activity is None else activity.unsqueeze(0))[0]
 
 
-@pytest.mark.parametrize("directed, activity, clusters", [(False, False, 64), (True, False, 64), (False, True, 64),
-                                                         (True, True, 64), (False, False, 4), (True, True, 4)])
-def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity, clusters):
+@pytest.mark.parametrize("directed, activity, clusters, pair_activity",
+                         [(False, False, 64, False), (True, False, 64, False), (False, True, 64, False),
+                          (True, True, 64, False), (False, False, 4, False), (True, True, 4, False),
+                          (True, True, 64, True)])
+def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity, clusters, pair_activity):
     """With 64 clusters of 40 nodes each cluster is about one node and its bound is tight; with 4 the bounds are
     loose and the thinning rejects most events (each kept event's pair drawn uniformly in its cluster)."""
-    m, seq, z = _frozen_model(directed, activity)
+    m, seq, z = _frozen_model(directed, activity, pair_activity=pair_activity)
     paths = 3000
     fc = sparse_forecast(m, seq.x, seq.edges, horizon=1, num_samples=paths, top_k=0, clusters=clusters)
     if clusters < N:
@@ -75,12 +80,13 @@ def test_first_step_edges_are_the_exact_bernoulli_draws(directed, activity, clus
     assert abs(float((zscore ** 2).mean()) - 1) < 5 * (2 / len(pp)) ** 0.5
 
 
-@pytest.mark.parametrize("activity, recency", [(False, False), (True, False), (False, True)])
-def test_second_step_memory_is_each_paths_own_first_step(activity, recency):
+@pytest.mark.parametrize("activity, recency, pair_activity",
+                         [(False, False, False), (True, False, False), (False, True, False), (True, True, True)])
+def test_second_step_memory_is_each_paths_own_first_step(activity, recency, pair_activity):
     """The mean probability at step 2 is (1/S) sum_s sigma(l_uv + memory_term(A_s, rho M_T + A_s, C_T + A_s
     [, tau R_T + A_s]) [+ the activity terms of beta D + deg_s and K + deg_s]) with A_s path s's drawn first step:
     recomputed densely from the drawn edges, for every pair."""
-    m, seq, z = _frozen_model(False, activity, recency)
+    m, seq, z = _frozen_model(False, activity, recency, pair_activity)
     act = m.activity(seq.edges)[-1] if activity else None
     paths = 50
     u, v = pair_index(N, False)

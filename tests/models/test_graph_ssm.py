@@ -45,17 +45,18 @@ def _katz_series(a, damping=0.5, terms=200):
     return sum(beta ** k * torch.linalg.matrix_power(a, k) for k in range(1, terms))
 
 
-@pytest.mark.parametrize("directed, frequency, activity, proximity, recency",
-                         [(False, False, False, False, False), (True, False, False, False, False),
-                          (False, True, False, False, False), (True, True, False, False, False),
-                          (False, False, True, False, False), (True, False, True, False, False),
-                          (False, False, True, True, False), (True, False, False, True, False),
-                          (False, False, False, False, True), (True, True, True, False, True)])
-def test_log_joint_equals_hand_computation(directed, frequency, activity, proximity, recency):
-    x, edges = _tiny(directed, t=4 if proximity or recency else 3)
+@pytest.mark.parametrize("directed, frequency, activity, proximity, recency, pair_activity",
+                         [(False, False, False, False, False, False), (True, False, False, False, False, False),
+                          (False, True, False, False, False, False), (True, True, False, False, False, False),
+                          (False, False, True, False, False, False), (True, False, True, False, False, False),
+                          (False, False, True, True, False, False), (True, False, False, True, False, False),
+                          (False, False, False, False, True, False), (True, True, True, False, True, False),
+                          (False, False, True, False, True, True), (True, False, True, False, False, True)])
+def test_log_joint_equals_hand_computation(directed, frequency, activity, proximity, recency, pair_activity):
+    x, edges = _tiny(directed, t=4 if proximity or recency or pair_activity else 3)
     t_max, n, f = x.shape
     m = GraphSSM(n, f, latent_dim=3, hidden=8, directed=directed, edge_frequency=frequency, node_activity=activity,
-                 edge_proximity=proximity, edge_recency=recency)
+                 edge_proximity=proximity, edge_recency=recency, memory_activity=pair_activity)
     phi = 0.15 if proximity else 0.0
     if proximity:
         m.proximity_weight.data.fill_(phi)
@@ -65,6 +66,11 @@ def test_log_joint_equals_hand_computation(directed, frequency, activity, proxim
         m.activity_weight.data.copy_(torch.tensor(kappa if directed else kappa[:1]))
         m.activity_count_weight.data.copy_(torch.tensor(mu if directed else mu[:1]))
         m.activity_decay_logit.data.fill_(0.4)
+    # kappa' and mu' (source, destination): the activity weights' change for a pair with a past edge
+    kappa2, mu2 = ((-0.7, 0.4), (0.5, -0.25)) if directed else ((-0.7, -0.7), (0.5, 0.5))
+    if pair_activity:
+        m.memory_activity_weight.data.copy_(torch.tensor([kappa2, mu2]) if directed else
+                                            torch.tensor([kappa2[:1], mu2[:1]]))
     beta = float(torch.sigmoid(torch.tensor(0.4)))
     m.memory_last.data.fill_(0.7)
     m.memory_weight.data.fill_(-0.4)
@@ -114,6 +120,9 @@ def test_log_joint_equals_hand_computation(directed, frequency, activity, proxim
                         in_all = sum(float(sym(adj[s - 1])[:, v].sum()) for s in range(1, t))
                         logit = logit + kappa[0] * math.log1p(out_deg) + kappa[1] * math.log1p(in_deg) \
                             + mu[0] * math.log1p(out_all) + mu[1] * math.log1p(in_all)
+                        if pair_activity and times > 0:  # the same degrees, weighed again for a pair met before
+                            logit = logit + kappa2[0] * math.log1p(out_deg) + kappa2[1] * math.log1p(in_deg) \
+                                + mu2[0] * math.log1p(out_all) + mu2[1] * math.log1p(in_all)
                     if proximity:  # the Katz index in the union of snapshots 1..t-1, both ways
                         union = sum((adj[s - 1] + adj[s - 1].T for s in range(1, t)), torch.zeros(n, n)) > 0
                         logit = logit + phi * math.log1p(float(_katz_series(union)[u, v]) / 1e-8)
@@ -125,6 +134,34 @@ def test_log_joint_equals_hand_computation(directed, frequency, activity, proxim
     assert float(got) == pytest.approx(want, rel=1e-5)
     pairs = n * (n - 1) if directed else n * (n - 1) // 2
     assert tr.nodes["a"]["value"].shape == (t_max, pairs)
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_sparse_logits_equal_the_dense_forecast_logits_with_pair_activity(directed):
+    """``memory_activity``: the sparse likelihood's logits of every pair at every snapshot (:meth:`edge_logits`,
+    from the pair history and the activity before each snapshot) equal the dense forecast's
+    (:meth:`edge_probabilities` given the dense memory and activity after the snapshots before it), so training
+    and forecasts add the same activity term to pairs with a past edge (and none to the others)."""
+    from dgm_pyro.data.graphs import pair_index
+    from dgm_pyro.models.graph_memory import PairHistory
+
+    x, edges = _tiny(directed, n=6, t=5)
+    m = GraphSSM(6, 2, latent_dim=3, hidden=8, directed=directed, edge_recency=True, memory_activity=True,
+                 edge_likelihood="sparse")
+    with torch.no_grad():
+        m.memory_activity_weight.copy_(torch.tensor([[-0.9, 0.3], [0.6, -0.2]] if directed else [[-0.9], [0.6]]))
+        m.activity_weight.fill_(0.4)
+        m.memory_last.fill_(1.1)
+        m.memory_weight.fill_(0.5)
+        h = m.emission_input(torch.randn(5, 6, 3), x)
+        history = PairHistory(edges, 6, m.memory_decay, m.recent_decay)
+        activity = m.activity(edges)
+        u, v = pair_index(6, directed)
+        for t in range(5):
+            got = m.edge_logits(h, torch.full_like(u, t), u, v, history, activity[:5])
+            p = m.edge_probabilities(h[t], m.dense_memory(edges[:t]), activity[t])
+            torch.testing.assert_close(torch.sigmoid(got), p[u, v], atol=1e-6, rtol=1e-5)
+        assert (m.dense_memory(edges[:2])[2] > 0).any() and (m.dense_memory(edges[:2])[2] == 0).any()
 
 
 def test_sparse_edge_estimator_is_unbiased():
