@@ -37,7 +37,9 @@ VARIANTS = {"default": {}, "recency": {"edge_recency": True}, "proximity": {"edg
             "recency-proximity": {"edge_recency": True, "edge_proximity": True},
             "recency-guide-final": {"edge_recency": True, "final_state": "guide"},
             "memory-activity": {"memory_activity": True},
-            "recency-memory-activity": {"edge_recency": True, "memory_activity": True}}
+            "recency-memory-activity": {"edge_recency": True, "memory_activity": True},
+            "recency-memory-activity-guide-final": {"edge_recency": True, "memory_activity": True,
+                                                    "final_state": "guide"}}
 KEPT = ("auc", "ap", "ap_1to1", "ece", "pit_coverage_50", "pit_coverage_90")
 
 
@@ -108,6 +110,23 @@ def summarise(runs: dict[str, dict[int, list[dict]]], horizon: int = 5) -> tuple
     return "\n".join(lines), out
 
 
+def _write(path: str, result: dict) -> None:
+    """The result as JSON: the summary indented, then the rows one per line (floats to 6 decimals; the baselines'
+    rows only in the first variant's runs, from which :func:`summarise` reads them)."""
+    def rounded(x):
+        return round(x, 6) if isinstance(x, float) else x
+
+    runs = result.pop("runs")
+    first = next(iter(runs))  # the baselines are read from the first variant's runs only
+    runs = {variant: {seed: [r for r in rows if variant == first or r["forecaster"] == "GraphSSM"]
+                      for seed, rows in per_seed.items()} for variant, per_seed in runs.items()}
+    text = json.dumps(result, indent=1)[:-2] + ',\n "runs": {'
+    text += ",".join(f'\n  "{variant}": {{' + ",".join(
+        f'\n   "{seed}": [' + ",".join("\n    " + json.dumps({k: rounded(v) for k, v in r.items()}) for r in rows)
+        + "]" for seed, rows in per_seed.items()) + "}" for variant, per_seed in runs.items())
+    Path(path).write_text(text + "}\n}\n")
+
+
 def merge(paths: list[str], out: str | None) -> None:
     """One table of the variants of several result files of the same dataset, origins and seeds."""
     results = [json.loads(Path(p).read_text()) for p in paths]
@@ -118,9 +137,8 @@ def merge(paths: list[str], out: str | None) -> None:
     text, summary = summarise(runs)
     print(text)
     if out:
-        Path(out).write_text(json.dumps({"commands": [r["command"] for r in results], "origins": results[0]["origins"],
-                                         "seeds": results[0]["seeds"], "summary": summary, "runs": runs},
-                                        indent=1) + "\n")
+        _write(out, {"commands": [c for r in results for c in r.get("commands", [r.get("command")])],
+                     "origins": results[0]["origins"], "seeds": results[0]["seeds"], "summary": summary, "runs": runs})
 
 
 def main() -> None:
@@ -167,8 +185,8 @@ def main() -> None:
           "(model minus the best baseline ± its standard error over origins)")
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "origins": origins, "seeds": args.seeds,
-                                               "summary": summary, "runs": runs}, indent=1) + "\n")
+        _write(args.json, {"command": " ".join(sys.argv), "origins": origins, "seeds": args.seeds, "summary": summary,
+                           "runs": runs})
 
 
 if __name__ == "__main__":

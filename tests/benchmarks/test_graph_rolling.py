@@ -58,6 +58,9 @@ def test_merge_puts_variants_of_separate_runs_in_one_table(rolling, tmp_path, ca
     rolling.merge([str(p) for p in paths], str(tmp_path / "m.json"))
     merged = json.loads((tmp_path / "m.json").read_text())
     assert list(merged["runs"]) == ["default", "recency"] and merged["commands"] == ["a", "b"]
+    # the baselines' rows are kept once, in the first variant's runs
+    assert {r["forecaster"] for r in merged["runs"]["recency"]["0"]} == {"GraphSSM"}
+    assert {r["forecaster"] for r in merged["runs"]["default"]["0"]} == {"GraphSSM", "EWMA"}
     assert merged["summary"]["recency"]["auc"][0]["difference"] == pytest.approx(0.1)
     assert "| recency | auc | 0.800 (+0.100" in capsys.readouterr().out
     second["origins"] = [11]
