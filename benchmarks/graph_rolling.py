@@ -73,7 +73,7 @@ def summarise(runs: dict[str, dict[int, list[dict]]], horizon: int = 5) -> tuple
     out: dict = {}
     for metric in ("auc", "ap", "ap_1to1"):
         # per baseline, h and origin: the mean over seeds (deterministic baselines give the same value each)
-        base: dict[str, dict[int, dict[int, float]]] = {}
+        base: dict[str, dict[int, dict[int, list[float]]]] = {}
         for r in base_rows:
             if isinstance(r.get(metric), float) and math.isfinite(r[metric]):
                 base.setdefault(r["forecaster"], {}).setdefault(r["h"], {}).setdefault(r["t1"], []).append(r[metric])
