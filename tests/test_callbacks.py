@@ -357,3 +357,28 @@ def test_the_learning_rate_schedule_sets_the_optimiser_and_records_it(tmp_path):
     assert [e for e, _ in seen] == [0, 1, 2, 3]
     for epoch, rates in seen:
         assert len(rates) == 2 and rates == pytest.approx([0.01 * 0.5 ** epoch] * 2)
+
+
+def test_validation_estimates_blocks_of_datapoints(monkeypatch):
+    """The validation log-likelihood goes through ``log_evidence_blocks``: at most BLOCK_SIZE rows and a bounded
+    chunk of particles at a time (all 10,000 MNIST validation images at once took a PixelCNN decoder past 24 GB);
+    the score is the mean over every row."""
+    from dgm_pyro.infer import evidence
+    from dgm_pyro.models import LinearGaussianCVAE
+
+    truth = LinearGaussianCVAE(dtype=torch.float64)
+    y = torch.randn(25, truth.y_dim, dtype=torch.float64)
+    x = truth.sample(y)
+    calls = []
+    real = evidence.log_evidence
+
+    def spy(*args, chunk_size, **kwargs):
+        calls.append(args[2].shape[0])
+        return real(*args, chunk_size=chunk_size, **kwargs)
+
+    monkeypatch.setattr(evidence, "log_evidence", spy)
+    monkeypatch.setattr(evidence, "BLOCK_SIZE", 10)
+    module = SimpleNamespace(model=truth.model, guide=truth.exact_guide)  # every weight is p(x|y) exactly
+    elbo, ll, _ = C.Validation((x, y), particles=3, patience=1)._measure(module)
+    assert calls == [10, 10, 5]
+    assert ll == pytest.approx(float(truth.log_marginal(x, y).mean()), abs=1e-6) and elbo == pytest.approx(ll, abs=1e-6)

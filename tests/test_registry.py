@@ -239,6 +239,7 @@ def test_evaluation_estimates_blocks_of_datapoints_and_joins_them(registered, tm
     """``evaluate`` hands ``log_evidence`` at most EVALUATION_BLOCK datapoints at a time (adaptive importance
     sampling holds a covariance per datapoint) and joins the blocks in order: with blocks of 7 and a recorder in
     place of the estimator whose value is known per datapoint, every datapoint's value comes back in its row."""
+    from dgm_pyro.infer import evidence
     from dgm_pyro.infer.evidence import EvidenceResult
     from dgm_pyro.runs import dataset_models
     from dgm_pyro.runs.base import load_run
@@ -256,7 +257,7 @@ def test_evaluation_estimates_blocks_of_datapoints_and_joins_them(registered, tm
                               method="is")
 
     monkeypatch.setattr(dataset_models, "EVALUATION_BLOCK", 7)
-    monkeypatch.setattr(dataset_models, "log_evidence", recorder)
+    monkeypatch.setattr(evidence, "log_evidence", recorder)
     out = run.kind.evaluate(run, particles=3, method="is", write=False)
     x = run.dataset.splits["test"][0]
     assert sizes == [7] * (x.shape[0] // 7) + ([x.shape[0] % 7] if x.shape[0] % 7 else [])
@@ -281,3 +282,22 @@ def test_evidence_results_of_blocks_join_field_by_field():
     for other in (part([3.0], k=6), part([3.0], method="adaptive")):
         with pytest.raises(ValueError, match="^EvidenceResult.cat: the parts differ in particles, plates or method$"):
             EvidenceResult.cat([part([1.0]), other])
+
+
+def test_a_pixelcnn_decoder_gets_smaller_chunks_in_evaluation_and_validation():
+    """A gated PixelCNN holds 4 x channels values per pixel in a layer: evaluation and validation bound x's elements
+    in a chunk by MAX_CHUNK_ELEMENTS / (4 channels) (one validation of 10,000 MNIST images went past 24 GB)."""
+    from dgm_pyro.callbacks import Validation
+    from dgm_pyro.data import load_dataset
+    from dgm_pyro.infer.evidence import MAX_CHUNK_ELEMENTS
+    from dgm_pyro.runs import TrainConfig
+    from dgm_pyro.runs.cvae import CVAEKind
+
+    kind = CVAEKind()
+    mlp = TrainConfig(dataset="digits-unconditional").validate()
+    pixelcnn = TrainConfig(dataset="digits-unconditional", decoder="pixelcnn", pixelcnn_channels=8).validate()
+    assert kind.chunk_elements(mlp) == MAX_CHUNK_ELEMENTS
+    assert kind.chunk_elements(pixelcnn) == MAX_CHUNK_ELEMENTS // 32
+    data = load_dataset(pixelcnn.dataset)
+    validation, = [cb for cb in kind.callbacks(pixelcnn, data, torch.device("cpu")) if isinstance(cb, Validation)]
+    assert validation.max_elements == MAX_CHUNK_ELEMENTS // 32

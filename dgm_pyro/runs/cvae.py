@@ -215,6 +215,13 @@ class CVAEKind(DatasetModelKind):
             parts += [part] if part else []
         return parts
 
+    def chunk_elements(self, config: CVAEConfig) -> int:
+        # a gated PixelCNN layer holds 4 x channels values per pixel (the gates of its two stacks): bound those.
+        # 10 particles of 1,000 MNIST images in chunks of 8,000 images: 63 s and 6.4 GB; of 100: 17 s and 0.8 GB
+        if config.decoder == "pixelcnn":
+            return super().chunk_elements(config) // (4 * config.pixelcnn_channels)
+        return super().chunk_elements(config)
+
     def callbacks(self, config: CVAEConfig, data: ConditionalDataset, device: torch.device,
                   track_collapse: bool = False) -> list[Any]:
         track = track_collapse or config.track_collapse or config.aggressive

@@ -30,7 +30,7 @@ from ..diagnostics import CollapseReport, collapse_report
 from ..device import to_device
 from ..errors import DgmPyroError
 from ..infer.annealing import parse_schedule
-from ..infer.evidence import KHAT_WARN, EvidenceResult, log_evidence, resolve_method
+from ..infer.evidence import BLOCK_SIZE, MAX_CHUNK_ELEMENTS, KHAT_WARN, EvidenceResult, log_evidence, log_evidence_blocks, resolve_method
 from ..models.nn import likelihood_mean
 from ..plotting import plot_collapse_over_training, plot_kl_per_dimension, plot_training_curves
 from ..training import OBJECTIVES, Minibatches, Trainer, build_objective, steps_per_epoch
@@ -41,13 +41,9 @@ __all__ = ["DatasetConfig", "DatasetModelKind", "DatasetRun"]
 log = logging.getLogger("dgm_pyro.runs")
 
 
-#: Datapoints estimated at once by :meth:`DatasetModelKind.evaluate` (each datapoint's estimate is its own)
-EVALUATION_BLOCK = 1000
-
-#: Elements of the largest (particles, datapoints, *x) tensor of one chunk of an evaluation: 7e6 float32 (28 MB)
-#: stay under glibc's 32 MB ceiling for reusing freed heap memory; larger tensors are mapped afresh on every chunk,
-#: which made a third of an MNIST evaluation's time system time (page faults); the 8x8 digits keep 100 particles
-EVALUATION_CHUNK_ELEMENTS = 7_000_000
+#: Datapoints estimated at once by :meth:`DatasetModelKind.evaluate` and the validation (each datapoint's
+#: estimate is its own; :func:`~dgm_pyro.infer.evidence.log_evidence_blocks`)
+EVALUATION_BLOCK = BLOCK_SIZE
 
 #: How each ``method`` of :meth:`DatasetModelKind.evaluate` estimates the log-likelihood, in words.
 ESTIMATORS = {"is": "importance-sampled", "adaptive": "adaptive importance sampling",
@@ -151,12 +147,6 @@ class DatasetRun(Run):
     dataset: Optional[ConditionalDataset] = None
 
 
-def _chunk(x: torch.Tensor) -> int:
-    """Particles drawn at once for the datapoints ``x`` (N, *x): log_evidence's default (1e5 / N), fewer where a
-    (particles, N, *x) tensor would pass :data:`EVALUATION_CHUNK_ELEMENTS`."""
-    return max(1, min(100_000 // x.shape[0], EVALUATION_CHUNK_ELEMENTS // x.numel()))
-
-
 class DatasetModelKind(ModelKind):
     """A model of an (x, y) dataset trained by minibatch SVI with validation (``best.pt``), early stopping,
     KL annealing and data-parallel training under ``torchrun``. Subclasses set ``name``, ``config_class``
@@ -222,6 +212,11 @@ class DatasetModelKind(ModelKind):
         finally:
             pyro.util.set_rng_state(state)
 
+    def chunk_elements(self, config: DatasetConfig) -> int:
+        """Elements of x in one chunk of particles of an evaluation or a validation (``max_elements`` of
+        :func:`~dgm_pyro.infer.evidence.log_evidence_blocks`): fewer for networks much wider than x."""
+        return MAX_CHUNK_ELEMENTS
+
     def annealing_schedule(self, config: DatasetConfig, data: ConditionalDataset) -> Any:
         total = config.epochs * steps_per_epoch(data.sizes()["train"], config.batch_size)
         return parse_schedule(config.anneal, total_steps=total)
@@ -235,7 +230,8 @@ class DatasetModelKind(ModelKind):
         groups = y.argmax(1) if track_collapse and data.condition == "label" else None
         criterion = "log_likelihood" if config.objective in ("iwae", "dreg") else "elbo"
         callbacks = [annealing, Validation((x, y), config.valid_particles, config.patience, annealing,
-                                           track_collapse=track_collapse, groups=groups, criterion=criterion)]
+                                           track_collapse=track_collapse, groups=groups, criterion=criterion,
+                                           max_elements=self.chunk_elements(config))]
         if config.lr_schedule != "constant":
             callbacks.insert(0, LearningRateSchedule(config.lr_schedule, config.lr, config.epochs))
         if config.log == "tensorboard":
@@ -315,12 +311,10 @@ class DatasetModelKind(ModelKind):
         def estimate(rows: Any, num_rounds: int) -> EvidenceResult:
             # blocks of datapoints (their estimates are independent): adaptive importance sampling holds a D x D
             # covariance per datapoint, 3.2 GB for 10,000 test images at D = 200 in one block
-            xs, ys = x[rows], None if y is None else y[rows]
-            return EvidenceResult.cat([
-                log_evidence(run.module.model, run.module.guide, xs[b], None if ys is None else ys[b],
-                             num_particles=particles, chunk_size=_chunk(xs[b]), warn=False, progress=progress, method=method,
-                             num_steps=ais_steps, num_rounds=num_rounds)
-                for b in [slice(i, i + EVALUATION_BLOCK) for i in range(0, xs.shape[0], EVALUATION_BLOCK)]])
+            return log_evidence_blocks(run.module.model, run.module.guide, x[rows], None if y is None else y[rows],
+                                       block_size=EVALUATION_BLOCK, max_elements=self.chunk_elements(run.config),
+                                       num_particles=particles, warn=False,
+                                       progress=progress, method=method, num_steps=ais_steps, num_rounds=num_rounds)
 
         res = estimate(slice(None), rounds)
         settings = {"ais": {"ais_steps": ais_steps}, "adaptive": {"rounds": rounds}}.get(method, {})
