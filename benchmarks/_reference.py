@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch.nn import functional as F
 
 from dgm_pyro.models import CVAE
-from dgm_pyro.models.nn import MLP
 
 
 class TorchCVAE(torch.nn.Module):
-    """Same layers as a categorical or Bernoulli :class:`CVAE` (weights copied), no Pyro."""
+    """The three networks of a categorical or Bernoulli :class:`CVAE` with a learned prior and the
+    pixel-independent decoder (copies of its own modules: MLP or ``arch="conv"``), the loss by hand, no Pyro."""
 
-    def __init__(self, cvae: CVAE, hidden_dims):
+    def __init__(self, cvae: CVAE):
         super().__init__()
+        if cvae.prior_net is None or cvae.decoder_kind != "mlp" or cvae.condition_net is not None:
+            raise ValueError("the reference covers the learned prior, the pixel-independent decoder, no condition net")
         self.levels, self.x_dim, self.likelihood = cvae.levels, cvae.x_dim, cvae.likelihood
         self.x_shift, self.x_scale = cvae.x_shift.clone(), cvae.x_scale.clone()
-        self.prior_net = MLP(cvae.y_dim, hidden_dims, 2 * cvae.latent_dim)
-        self.encoder = MLP(cvae.x_dim + cvae.y_dim, hidden_dims, 2 * cvae.latent_dim)
-        self.decoder = MLP(cvae.latent_dim + cvae.y_dim, hidden_dims, cvae.x_dim * (cvae.levels or 1))
         for name in ("prior_net", "encoder", "decoder"):
-            getattr(self, name).load_state_dict(getattr(cvae, name).state_dict())
+            setattr(self, name, copy.deepcopy(getattr(cvae, name)))
 
     @staticmethod
     def _gauss(params):

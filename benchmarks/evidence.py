@@ -34,7 +34,7 @@ def main() -> None:
     x, y = ds.splits["test"]
     cfg = TrainConfig(objective="elbo")
     cvae = build_model(cfg, ds).eval()
-    ref = TorchCVAE(cvae, cfg.hidden_dims)
+    ref = TorchCVAE(cvae)
     chunk = max(1, 100_000 // x.shape[0])  # log_evidence's default chunk size
 
     def ours(diag):

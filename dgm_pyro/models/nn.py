@@ -173,6 +173,9 @@ class UnnormalizedCategorical(dist.Categorical):
 
 def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
     """Concatenate on the last dimension after broadcasting the leading (batch, particle) dimensions."""
+    lead = tensors[0].shape[:-1]
+    if all(t.shape[:-1] == lead for t in tensors[1:]):  # nothing to broadcast (a training step): skip the shape work
+        return torch.cat(tensors, dim=-1)
     batch = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
     return torch.cat([t.expand(*batch, t.shape[-1]) for t in tensors], dim=-1)
 

@@ -176,3 +176,18 @@ def test_conv_cvae_is_a_pyro_program():
         CVAE(x_dim=60, y_dim=3, arch="conv", image_shape=(8, 8))
     with pytest.raises(ValueError, match="multiples of 4"):
         CVAE(x_dim=36, y_dim=3, arch="conv", image_shape=(6, 6))
+
+
+def test_cat_broadcast_broadcasts_leading_dimensions_and_concatenates():
+    """The networks' inputs: equal leading shapes are concatenated as they are; particles (K, N, d) meet a
+    condition (N, e) by broadcasting it."""
+    from dgm_pyro.models.nn import cat_broadcast
+
+    a, b = torch.randn(4, 2), torch.randn(4, 3)
+    assert torch.equal(cat_broadcast(a, b), torch.cat([a, b], -1))
+    z = torch.randn(5, 4, 2)
+    out = cat_broadcast(z, b)
+    assert out.shape == (5, 4, 5) and torch.equal(out[3], torch.cat([z[3], b], -1))
+    assert torch.equal(cat_broadcast(b, z)[:, :, 3:], z)
+    with pytest.raises(RuntimeError):
+        cat_broadcast(torch.randn(3, 2), b)
