@@ -123,6 +123,11 @@ class GraphConfig(ConfigBase):
         if self.edge_proximity and self.edge_likelihood == "sparse":
             raise DgmPyroError("--edge-proximity needs the dense edge likelihood (an N x N Katz index per snapshot); "
                                "leave out --edge-likelihood sparse")
+        extensions = [f"--edge-{name}" for name in ("frequency", "recency") if getattr(self, f"edge_{name}")]
+        if extensions and not self.edge_memory:  # they extend the pair memory; without it they were silently ignored
+            verb = "extends" if len(extensions) == 1 else "extend"
+            raise DgmPyroError(f"{' and '.join(extensions)} {verb} the pair memory of --edge-memory: leave out "
+                               "--no-edge-memory")
         if self.memory_activity and not (self.edge_memory and self.node_activity):
             raise DgmPyroError("--memory-activity weighs the node-activity terms again for pairs with a past edge: it "
                                "needs --edge-memory and --node-activity")

@@ -715,6 +715,18 @@ def test_memory_activity_without_its_terms_is_refused(tmp_path, off):
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("flags, named", [(["--edge-recency"], "--edge-recency extends"),
+                                           (["--edge-frequency", "--edge-recency"],
+                                            "--edge-frequency and --edge-recency extend")])
+def test_pair_memory_extensions_without_the_memory_are_refused(tmp_path, flags, named):
+    """--edge-frequency and --edge-recency add counts to the pair memory term: with --no-edge-memory they did
+    nothing, silently; now one line says so and nothing is written."""
+    r = run("train", "graph-ssm", "--out", tmp_path, "--name", "m", "--no-edge-memory", *flags, *TINY)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip() == f"error: {named} the pair memory of --edge-memory: leave out --no-edge-memory"
+    assert not (tmp_path / "m").exists()
+
+
 def test_guide_lookahead_trains_and_forecasts(tmp_path):
     """--guide-lookahead is saved with the run, and the run trains and forecasts from the command line."""
     r = run("train", "graph-ssm", "--out", tmp_path, "--json", "--guide-lookahead", *TINY)
