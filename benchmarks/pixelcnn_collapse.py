@@ -1,0 +1,188 @@
+"""Posterior collapse with a gated PixelCNN decoder on dynamically binarised MNIST (issue 30, seed P3.4-P3.5): the
+plain ELBO, the remedies and the PixelCNN without z, at a stated budget of passes, resumable from its run folders.
+
+    python benchmarks/pixelcnn_collapse.py run --out /work/pc --rows elbo free-bits --seeds 0 --epochs 12
+    python benchmarks/pixelcnn_collapse.py table --out /work/pc --rows elbo free-bits --seeds 0 \\
+        --json docs/results/pixelcnn_collapse.json --plot docs/pixelcnn_collapse.png
+
+Every row is ``dgm-pyro train cvae --dataset mnist-unconditional --decoder pixelcnn`` (16 feature maps, 5 gated
+layers, latent 8: the defaults, sized for CPUs) with ``--track-collapse`` (validation KL, mutual information and
+active units after every epoch) and a validation ELBO of one particle, plus the row's options (``ROWS``).
+
+``run`` trains each (row, seed) into ``OUT/ROW-sS`` (an interrupted folder is resumed, a finished one with fewer
+epochs than ``--epochs`` is extended), then scores its best epoch on the first ``--test-images`` test images: the
+NLL by importance sampling from the encoder with ``--particles`` draws (chunked as ``dgm-pyro evaluate`` does for
+this decoder), its share of PSIS k-hat above 0.7, and the KL, mutual information and active units
+(``dgm_pyro.diagnostics.collapse_report``). The whole test set at K = 1000 is 100 times the default subset's
+cost (about 7 CPU hours a row here), which is why the subset and K are options and are printed with the table.
+``table`` prints, per row, the means over the seeds done, and plots the validation KL and ELBO per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+#: the remedies of seed P3.5 and the reference, as options of ``dgm-pyro train cvae``
+ROWS = {
+    "elbo": ["--objective", "elbo"],
+    "free-bits": ["--objective", "free-bits", "--free-bits", "1.0"],
+    "anneal": ["--objective", "elbo", "--anneal", "linear:0:5000"],
+    "beta": ["--objective", "elbo", "--anneal", "constant:0.2"],
+    "aggressive": ["--objective", "elbo", "--aggressive"],
+    "cs": ["--objective", "cs", "--lam", "1.0"],
+    "restricted": ["--objective", "elbo", "--pixelcnn-layers", "1"],
+    "no-z": ["--objective", "elbo", "--no-decoder-z"],
+}
+
+
+def train_command(out: Path, row: str, seed: int, epochs: int) -> list[str]:
+    return ["dgm-pyro", "train", "cvae", "--dataset", "mnist-unconditional", "--decoder", "pixelcnn",
+            "--track-collapse", "--valid-particles", "1", *ROWS[row], "--epochs", str(epochs), "--seed", str(seed),
+            "--threads", "1", "--quiet", "--out", str(out), "--name", f"{row}-s{seed}"]
+
+
+def read_metrics(folder: Path) -> list[dict[str, float]]:
+    if not (folder / "metrics.csv").exists():
+        return []
+    with open(folder / "metrics.csv") as f:
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def score_path(folder: Path, images: int, particles: int) -> Path:
+    return folder / f"collapse-test-N{images}-K{particles}.json"
+
+
+def score(folder: Path, images: int, particles: int) -> dict[str, Any]:
+    """The best epoch's test NLL (IS, ``particles`` draws) and collapse measures on the first ``images`` test images."""
+    import torch
+
+    from dgm_pyro.diagnostics import collapse_report
+    from dgm_pyro.infer.evidence import KHAT_WARN, log_evidence_blocks
+    from dgm_pyro.runs import load_run
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    run = load_run(folder)
+    x, y = (t[:images] for t in run.dataset.splits["test"])
+    model, guide = run.module.model, run.module.guide
+    res = log_evidence_blocks(model, guide, x, y, num_particles=particles, max_elements=run.kind.chunk_elements(
+        run.config), warn=False)
+    report = collapse_report(model, guide, x, y, num_samples=10)
+    return {"nll": -float(res.log_evidence.mean()), "nll_se_over_images": float(res.log_evidence.std() / images ** 0.5),
+            "negative_elbo": -float(res.elbo.mean()), "khat_above_0.7": float((res.khat > KHAT_WARN).float().mean()),
+            "kl": report.kl, "mutual_information": report.mutual_information, "active_units": report.active_units,
+            "test_images": images, "particles": particles}
+
+
+def run(args: argparse.Namespace) -> None:
+    for seed in args.seeds:
+        for row in args.rows:
+            folder = args.out / f"{row}-s{seed}"
+            cmd = train_command(args.out, row, seed, args.epochs)
+            if folder.exists():  # interrupted, or finished with fewer epochs than asked: resume (and extend)
+                cmd = ["dgm-pyro", "train", "--resume", str(folder), "--quiet", "--threads", "1"]
+                if (folder / "checkpoint.pt").exists() and \
+                        json.loads((folder / "config.json").read_text())["epochs"] < args.epochs:
+                    cmd += ["--epochs", str(args.epochs)]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+            path = score_path(folder, args.test_images, args.particles)
+            trained = len(read_metrics(folder))
+            if path.exists() and json.loads(path.read_text()).get("epochs_trained") == trained:
+                continue
+            print(f"scoring {folder.name} ({trained} epochs)", flush=True)
+            result = score(folder, args.test_images, args.particles)
+            result["epochs_trained"] = trained
+            path.write_text(json.dumps(result))
+
+
+def summarise(folder: Path, images: int, particles: int) -> dict[str, Any] | None:
+    """One run: its score, the best epoch's validation measures and the training budget (None if not scored)."""
+    path = score_path(folder, images, particles)
+    metrics = read_metrics(folder)
+    if not path.exists() or not metrics:
+        return None
+    best = max(metrics, key=lambda r: r["valid_elbo"])
+    return {**json.loads(path.read_text()), "best_epoch": int(best["epoch"]), "valid_kl": best["valid_kl"],
+            "valid_elbo": best["valid_elbo"], "valid_au": best["valid_au"],
+            "train_minutes": sum(r["train_seconds"] for r in metrics) / 60,
+            "curve": [(int(r["epoch"]), r["valid_kl"], r["valid_elbo"]) for r in metrics]}
+
+
+def table(args: argparse.Namespace) -> None:
+    raw: dict[str, dict[int, Any]] = {}
+    print(f"Test: the first {args.test_images} test images, importance sampling with K = {args.particles}; "
+          "validation: all 10,000, at the best epoch (validation ELBO). Means over the seeds done.")
+    print("| row | options | test NLL | test -ELBO | test KL | test MI | active units | valid KL | epochs | "
+          "training minutes | k-hat > 0.7 | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in args.rows:
+        done = {s: r for s in args.seeds if (r := summarise(args.out / f"{row}-s{s}", args.test_images,
+                                                               args.particles)) is not None}
+        for seed, r in done.items():
+            r["command"] = " ".join(train_command(Path("RUNS"), row, seed, r["epochs_trained"]))
+        raw[row] = done
+        if not done:
+            continue
+        m = {k: statistics.mean(r[k] for r in done.values()) for k in (
+            "nll", "negative_elbo", "kl", "mutual_information", "active_units", "valid_kl", "epochs_trained",
+            "train_minutes", "khat_above_0.7")}
+        print(f"| {row} | `{' '.join(ROWS[row])}` | {m['nll']:.2f} | {m['negative_elbo']:.2f} | {m['kl']:.2f} | "
+              f"{m['mutual_information']:.2f} | {m['active_units']:.1f} | {m['valid_kl']:.2f} | "
+              f"{m['epochs_trained']:.0f} | {m['train_minutes']:.0f} | {100 * m['khat_above_0.7']:.1f} % | "
+              f"{', '.join(map(str, done))} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"test_images": args.test_images, "particles": args.particles,
+                                               "rows": raw}, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(raw, Path(args.plot))
+        print(f"wrote {args.plot}")
+
+
+def plot(raw: dict[str, dict[int, Any]], path: Path) -> None:
+    """Validation KL and ELBO per epoch, one line per (row, seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_kl, ax_elbo) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for row, seeds in raw.items():
+        for seed, r in seeds.items():
+            epochs, kl, elbo = zip(*r["curve"])
+            line, = ax_kl.plot(epochs, kl, marker=".", label=f"{row} (seed {seed})")
+            ax_elbo.plot(epochs, elbo, marker=".", color=line.get_color())
+    ax_kl.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax_kl.set(xlabel="epoch (pass over 50,000 images)", ylabel="validation KL (nats)", yscale="log")
+    ax_elbo.set(xlabel="epoch (pass over 50,000 images)", ylabel="validation ELBO (nats)")
+    ax_kl.legend(fontsize=7)
+    fig.suptitle("PixelCNN decoder on binarised MNIST: collapse over training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["run", "table"])
+    ap.add_argument("--out", type=Path, required=True, help="the folder of the run folders")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--epochs", type=int, default=12, help="passes over the 50,000 training images (the budget)")
+    ap.add_argument("--test-images", type=int, default=500, help="the first N test images are scored")
+    ap.add_argument("--particles", type=int, default=200, help="importance samples per test image")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args()
+    (run if args.what == "run" else table)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""benchmarks/pixelcnn_collapse.py: the score of a run (its best epoch's importance-sampled NLL and collapse measures
+on the first test images) and the table's summary of run folders, checked on a tiny PixelCNN run and hand-made
+metrics."""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("pixelcnn_collapse", ROOT / "benchmarks" / "pixelcnn_collapse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_row_trains_the_pixelcnn_with_its_own_options(bench):
+    for row, options in bench.ROWS.items():
+        cmd = bench.train_command(Path("/r"), row, 2, 7)
+        assert cmd[:9] == ["dgm-pyro", "train", "cvae", "--dataset", "mnist-unconditional", "--decoder", "pixelcnn",
+                           "--track-collapse", "--valid-particles"]
+        assert cmd[10:10 + len(options)] == options and cmd[-2:] == ["--name", f"{row}-s2"]
+        assert cmd[cmd.index("--epochs") + 1] == "7" and cmd[cmd.index("--seed") + 1] == "2"
+
+
+def test_score_of_a_tiny_run_is_an_is_estimate_with_collapse_measures(bench, tmp_path):
+    from dgm_pyro.runs import TrainConfig, train_run
+
+    config = TrainConfig(dataset="digits-unconditional", decoder="pixelcnn", pixelcnn_channels=4, pixelcnn_layers=2,
+                         hidden_dims=[16], latent_dim=2, epochs=1, eval_particles=0, track_collapse=True)
+    train_run(config, tmp_path / "run")
+    out = bench.score(tmp_path / "run", images=12, particles=50)
+    assert out["test_images"] == 12 and out["particles"] == 50 and 0 <= out["active_units"] <= 2
+    # importance sampling is above the ELBO (its NLL below the negative ELBO), the KL and MI non-negative
+    assert out["nll"] <= out["negative_elbo"] + 0.05 and out["kl"] >= 0 and out["mutual_information"] >= -1e-6
+
+
+def _fake_run(folder: Path, elbos, kls, seconds=60.0, nll=90.0):
+    folder.mkdir(parents=True)
+    lines = ["epoch,train_loss,valid_elbo,valid_log_likelihood,best,valid_kl,valid_mi,valid_au,aggressive,seconds,"
+             "train_seconds"]
+    for e, (elbo, kl) in enumerate(zip(elbos, kls), 1):
+        lines.append(f"{e},100,{elbo},{elbo},0,{kl},0.1,{e},,70,{seconds}")
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (folder / "collapse-test-N10-K5.json").write_text(json.dumps(
+        {"nll": nll, "negative_elbo": nll + 2, "kl": kls[-1], "mutual_information": 0.1, "active_units": 1,
+         "khat_above_0.7": 0.5, "test_images": 10, "particles": 5, "epochs_trained": len(elbos)}))
+
+
+def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, capsys):
+    _fake_run(tmp_path / "elbo-s0", [-100.0, -95.0, -97.0], [2.0, 0.4, 0.3], nll=90.0)
+    _fake_run(tmp_path / "elbo-s1", [-99.0, -98.0], [1.0, 0.6], nll=92.0)
+    one = bench.summarise(tmp_path / "elbo-s0", 10, 5)
+    assert one["best_epoch"] == 2 and one["valid_kl"] == 0.4 and one["train_minutes"] == pytest.approx(3.0)
+    assert bench.summarise(tmp_path / "elbo-s0", 10, 6) is None  # another K: not scored
+    args = argparse.Namespace(out=tmp_path, rows=["elbo", "free-bits"], seeds=[0, 1], test_images=10, particles=5,
+                              json=tmp_path / "t.json", plot=tmp_path / "t.png")
+    bench.table(args)
+    line = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")][0].split(" | ")
+    assert line[2] == "91.00" and line[7] == "0.50" and line[-1] == "0, 1 |"  # NLL mean; valid KL (0.4 + 0.6) / 2
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["rows"]["free-bits"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
+    assert (tmp_path / "t.png").stat().st_size > 0
