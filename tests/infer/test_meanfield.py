@@ -99,7 +99,8 @@ def _programs():
             pyro.sample("m", mix)
 
     def guide(x):
-        pyro.sample("w", dist.Normal(w_loc, 0.5).to_event(1))
+        pyro.module("enc", enc)  # param sites: SVI's loss_and_grads differentiates only traces that have them
+        pyro.sample("w", dist.Normal(pyro.param("w_loc", w_loc), 0.5).to_event(1))
         with pyro.plate("data", 10, subsample_size=x.shape[0]):
             h = enc(x)
             pyro.sample("z", dist.Normal(h[..., :2], torch.nn.functional.softplus(h[..., 2:]) + 0.1).to_event(1))
@@ -114,7 +115,7 @@ def _programs():
 @pytest.mark.parametrize("particles,vectorize", [(1, False), (3, False), (3, True)])
 def test_values_and_gradients_are_pyros_with_and_without_validation(validation, particles, vectorize):
     """The lean path (validation off) and Pyro's own (on) give TraceMeanField_ELBO's loss and, bit for bit, its
-    gradients; ``loss`` is Pyro's too. Subsample scale, mask, a sampled KL and an auxiliary site all count."""
+    gradients; ``loss`` and SVI's ``loss_and_grads`` are Pyro's too. Subsample scale, mask, a sampled KL and an auxiliary site all count."""
     from pyro.util import set_rng_seed
 
     model, guide, params = _programs()
@@ -132,11 +133,17 @@ def test_values_and_gradients_are_pyros_with_and_without_validation(validation, 
                 out["loss"] = float(loss)
                 set_rng_seed(4)
                 out["value"] = elbo.loss(model, guide, x)
+                for p in params:  # SVI's path (pyro.optim): gradients accumulated in .grad
+                    p.grad = None
+                set_rng_seed(5)
+                out["svi_loss"] = elbo.loss_and_grads(model, guide, x)
+                out["svi_grads"] = [p.grad.clone() for p in params]
         finally:
             pyro.enable_validation(True)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
     assert got["value"] == pytest.approx(want["value"], rel=1e-6)
-    for a, b in zip(got["grads"], want["grads"]):
+    assert got["svi_loss"] == pytest.approx(want["svi_loss"], rel=1e-6)
+    for a, b in zip([*got["grads"], *got["svi_grads"]], [*want["grads"], *want["svi_grads"]]):
         assert torch.equal(a, b)
 
 
