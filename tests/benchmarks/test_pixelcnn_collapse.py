@@ -25,7 +25,8 @@ def test_every_row_trains_the_pixelcnn_with_its_own_options(bench):
         cmd = bench.train_command(Path("/r"), row, 2, 7)
         assert cmd[:9] == ["dgm-pyro", "train", "cvae", "--dataset", "mnist-unconditional", "--decoder", "pixelcnn",
                            "--track-collapse", "--valid-particles"]
-        assert cmd[10:10 + len(options)] == options and cmd[-2:] == ["--name", f"{row}-s2"]
+        assert cmd[12:12 + len(options)] == options and cmd[-2:] == ["--name", f"{row}-s2"]
+        assert cmd[cmd.index("--particles") + 1] == "0"  # no K = 1000 evaluation of all test images
         assert cmd[cmd.index("--epochs") + 1] == "7" and cmd[cmd.index("--seed") + 1] == "2"
 
 
