@@ -114,8 +114,8 @@ def main() -> None:
           f"pyro validation={'on' if args.validation else 'off'} "
           f"registration={'on' if args.registration else 'off'}")
     extra = statistics.median(a - b for a, b in zip(tp, tt))
-    print(f"median step: dgm-pyro {1e3 * statistics.median(tp):.2f} ms, plain PyTorch {1e3 * statistics.median(tt):.2f} ms; "
-          f"Pyro's extra time {1e3 * extra:.2f} ms (median over pairs)")
+    print(f"median step: dgm-pyro {1e3 * statistics.median(tp):.2f} ms, plain PyTorch "
+          f"{1e3 * statistics.median(tt):.2f} ms; Pyro's extra time {1e3 * extra:.2f} ms (median over pairs)")
     print(f"ratio dgm-pyro / PyTorch: median {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[2]:.3f}); goal <= "
           f"{1.05 if args.dataset.startswith('mnist') else 1.10:.2f}")
 

@@ -223,8 +223,8 @@ class Validation(_EarlyStopping):
     good ELBO). With ``track_collapse`` also the validation KL, mutual information
     (per group of ``groups``) and active units, computed without touching the training random state.
     ``data`` are (N, ...) tensors (or None), estimated in bounded memory
-    (:func:`~dgm_pyro.infer.evidence.log_evidence_blocks` with ``max_elements``). Rank 0 validates and tells the others, so every rank
-    takes the same decisions."""
+    (:func:`~dgm_pyro.infer.evidence.log_evidence_blocks` with ``max_elements``). Rank 0 validates and tells the
+    others, so every rank takes the same decisions."""
 
     def __init__(self, data: tuple[torch.Tensor, ...], particles: int, patience: int,
                  annealing: Optional[KLAnnealing] = None, track_collapse: bool = False,

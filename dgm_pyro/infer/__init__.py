@@ -19,6 +19,7 @@ from .meanfield import MeanFieldELBO
 from .regularised_elbo import RegularisedELBO
 from .scheduled_sampling import Exponential, InverseSigmoid, parse_teacher_forcing
 
-__all__ = ["log_evidence", "log_evidence_blocks", "EvidenceResult", "KHAT_WARN", "CSELBO", "FreeBitsELBO", "IWELBO", "MeanFieldELBO", "RegularisedELBO",
+__all__ = ["log_evidence", "log_evidence_blocks", "EvidenceResult", "KHAT_WARN",
+           "CSELBO", "FreeBitsELBO", "IWELBO", "MeanFieldELBO", "RegularisedELBO",
            "Schedule", "Constant", "Linear", "Cyclical", "Sigmoid", "Annealing", "LatentScaleMessenger",
            "scale_latents", "parse_schedule", "Exponential", "InverseSigmoid", "parse_teacher_forcing"]

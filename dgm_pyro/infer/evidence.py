@@ -44,7 +44,8 @@ from .weights import (
     site_log_prob,
 )
 
-__all__ = ["log_evidence", "log_evidence_blocks", "resolve_method", "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates",
+__all__ = ["log_evidence", "log_evidence_blocks", "resolve_method",
+           "EvidenceResult", "KHAT_WARN", "METHODS", "log_importance_weights", "batch_plates",
            "check_model_and_guide", "site_log_prob", "reduce_to_batch", "sample_sites", "latent_sites", "psis_khat"]
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,9 @@ def log_evidence_blocks(model: Callable, guide: Callable, *data: Optional[torch.
     """:func:`log_evidence` in bounded memory for many datapoints: over consecutive blocks of at most
     ``block_size`` rows (default :data:`BLOCK_SIZE`; fewer where one particle of them would pass the bound), with
     at most ``max_elements`` (default :data:`MAX_CHUNK_ELEMENTS`) elements in a (particles, rows, *x) tensor of one
-    chunk (x = ``data[0]``): the particles drawn at once are log_evidence's default (1e5 / rows) or fewer. Each datapoint's estimate is its own,
-    so the blocks' results are concatenated (:meth:`EvidenceResult.cat`); only the random draws depend on the
-    blocks.
+    chunk (x = ``data[0]``): the particles drawn at once are log_evidence's default (1e5 / rows) or fewer. Each
+    datapoint's estimate is its own, so the blocks' results are concatenated (:meth:`EvidenceResult.cat`); only
+    the random draws depend on the blocks.
 
     Args:
         data: the model's positional arguments, each an (N, ...) tensor along its outermost batch plate, or None.

@@ -30,7 +30,8 @@ from ..diagnostics import CollapseReport, collapse_report
 from ..device import to_device
 from ..errors import DgmPyroError
 from ..infer.annealing import parse_schedule
-from ..infer.evidence import BLOCK_SIZE, MAX_CHUNK_ELEMENTS, KHAT_WARN, EvidenceResult, log_evidence, log_evidence_blocks, resolve_method
+from ..infer.evidence import (BLOCK_SIZE, KHAT_WARN, MAX_CHUNK_ELEMENTS, EvidenceResult, log_evidence,
+                              log_evidence_blocks, resolve_method)
 from ..models.nn import likelihood_mean
 from ..plotting import plot_collapse_over_training, plot_kl_per_dimension, plot_training_curves
 from ..training import OBJECTIVES, Minibatches, Trainer, build_objective, steps_per_epoch

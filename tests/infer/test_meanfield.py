@@ -115,7 +115,8 @@ def _programs():
 @pytest.mark.parametrize("particles,vectorize", [(1, False), (3, False), (3, True)])
 def test_values_and_gradients_are_pyros_with_and_without_validation(validation, particles, vectorize):
     """The lean path (validation off) and Pyro's own (on) give TraceMeanField_ELBO's loss and, bit for bit, its
-    gradients; ``loss`` and SVI's ``loss_and_grads`` are Pyro's too. Subsample scale, mask, a sampled KL and an auxiliary site all count."""
+    gradients; ``loss`` and SVI's ``loss_and_grads`` are Pyro's too. Subsample scale, mask, a sampled KL and an
+    auxiliary site all count."""
     from pyro.util import set_rng_seed
 
     model, guide, params = _programs()
