@@ -28,7 +28,11 @@ import csv
 import json
 import statistics
 import subprocess
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import resumable_command  # noqa: E402
 
 #: Burda et al. (2016) Table 1, MNIST, one stochastic layer: test NLL (k = 5000); DReG is not in it
 TABLE_1 = {"vae": 86.76, "iwae5": 85.54, "iwae50": 84.78, "dreg50": None}
@@ -59,12 +63,7 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for row in args.rows:
             folder = args.out / f"{row}-s{seed}"
-            cmd = train_command(args.out, row, seed, args.epochs)
-            if folder.exists():  # interrupted, or finished with fewer epochs than asked: resume (and extend)
-                cmd = ["dgm-pyro", "train", "--resume", str(folder), "--quiet", "--threads", "1"]
-                if (folder / "checkpoint.pt").exists() and \
-                        json.loads((folder / "config.json").read_text())["epochs"] < args.epochs:
-                    cmd += ["--epochs", str(args.epochs)]
+            cmd = resumable_command(folder, train_command(args.out, row, seed, args.epochs), args.epochs)
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
             trained = _epochs_done(folder)

@@ -27,8 +27,12 @@ import csv
 import json
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import resumable_command  # noqa: E402
 
 #: the remedies of seed P3.5 and the reference, as options of ``dgm-pyro train cvae``
 ROWS = {
@@ -87,12 +91,7 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for row in args.rows:
             folder = args.out / f"{row}-s{seed}"
-            cmd = train_command(args.out, row, seed, args.epochs)
-            if folder.exists():  # interrupted, or finished with fewer epochs than asked: resume (and extend)
-                cmd = ["dgm-pyro", "train", "--resume", str(folder), "--quiet", "--threads", "1"]
-                if (folder / "checkpoint.pt").exists() and \
-                        json.loads((folder / "config.json").read_text())["epochs"] < args.epochs:
-                    cmd += ["--epochs", str(args.epochs)]
+            cmd = resumable_command(folder, train_command(args.out, row, seed, args.epochs), args.epochs)
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
             path = score_path(folder, args.test_images, args.particles)

@@ -1,21 +1,14 @@
 """benchmarks/graph_rolling.py's summary: the best baseline per step, and the model's gap to it with its standard
 error over origins, checked against values worked out by hand."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
-
 
 @pytest.fixture(scope="module")
-def rolling():
-    spec = importlib.util.spec_from_file_location("graph_rolling", ROOT / "benchmarks" / "graph_rolling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rolling(load_benchmark):
+    return load_benchmark("graph_rolling")
 
 
 def _row(t1, name, h, value):

@@ -3,21 +3,15 @@ on the first test images) and the table's summary of run folders, checked on a t
 metrics."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("pixelcnn_collapse", ROOT / "benchmarks" / "pixelcnn_collapse.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("pixelcnn_collapse")
 
 
 def test_every_row_trains_the_pixelcnn_with_its_own_options(bench):
