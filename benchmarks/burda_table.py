@@ -24,7 +24,6 @@ Table 1.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import resumable_command  # noqa: E402
+
+from dgm_pyro.training import read_metrics  # noqa: E402
 
 #: Burda et al. (2016) Table 1, MNIST, one stochastic layer: test NLL (k = 5000); DReG is not in it
 TABLE_1 = {"vae": 86.76, "iwae5": 85.54, "iwae50": 84.78, "dreg50": None}
@@ -48,13 +49,6 @@ def train_command(out: Path, row: str, seed: int, epochs: int) -> list[str]:
             "--seed", str(seed), "--threads", "1", "--quiet", "--out", str(out), "--name", f"{row}-s{seed}"]
 
 
-def _epochs_done(folder: Path) -> int:
-    if not (folder / "metrics.csv").exists():
-        return 0
-    with open(folder / "metrics.csv") as f:
-        return sum(1 for _ in csv.DictReader(f))
-
-
 def _evaluation(folder: Path, particles: int = EVAL_PARTICLES) -> Path:
     return folder / f"evaluation-test-is-K{particles}.json"
 
@@ -66,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
             cmd = resumable_command(folder, train_command(args.out, row, seed, args.epochs), args.epochs)
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-            trained = _epochs_done(folder)
+            trained = len(read_metrics(folder / "metrics.csv"))
             ev = _evaluation(folder, args.eval_particles)
             previous = json.loads(ev.read_text()) if ev.exists() else {}
             if "active_units" in previous and previous.get("epochs_trained") == trained:
@@ -108,8 +102,7 @@ def table(args: argparse.Namespace) -> None:
             if not ev_path.exists():
                 continue
             ev = json.loads(ev_path.read_text())
-            with open(folder / "metrics.csv") as f:
-                metrics = list(csv.DictReader(f))
+            metrics = read_metrics(folder / "metrics.csv")
             khat = ev.get("khat_frac_above_0.7")  # None where K is too small for PSIS
             done[seed] = {"nll": ev["nll"], "stderr": ev["log_evidence_stderr"],
                           "khat": float("nan") if khat is None else khat,

@@ -23,7 +23,6 @@ cost (about 7 CPU hours a row here), which is why the subset and K are options a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import resumable_command  # noqa: E402
+
+from dgm_pyro.training import read_metrics  # noqa: E402
 
 #: the remedies of seed P3.5 and the reference, as options of ``dgm-pyro train cvae``
 ROWS = {
@@ -52,13 +53,6 @@ def train_command(out: Path, row: str, seed: int, epochs: int) -> list[str]:
             "--track-collapse", "--valid-particles", "1", "--particles", "0", *ROWS[row], "--epochs", str(epochs),
             "--seed", str(seed),
             "--threads", "1", "--quiet", "--out", str(out), "--name", f"{row}-s{seed}"]
-
-
-def read_metrics(folder: Path) -> list[dict[str, float]]:
-    if not (folder / "metrics.csv").exists():
-        return []
-    with open(folder / "metrics.csv") as f:
-        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
 def score_path(folder: Path, images: int, particles: int) -> Path:
@@ -95,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
             path = score_path(folder, args.test_images, args.particles)
-            trained = len(read_metrics(folder))
+            trained = len(read_metrics(folder / "metrics.csv"))
             if path.exists() and json.loads(path.read_text()).get("epochs_trained") == trained:
                 continue
             print(f"scoring {folder.name} ({trained} epochs)", flush=True)
@@ -107,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
 def summarise(folder: Path, images: int, particles: int) -> dict[str, Any] | None:
     """One run: its score, the best epoch's validation measures and the training budget (None if not scored)."""
     path = score_path(folder, images, particles)
-    metrics = read_metrics(folder)
+    metrics = read_metrics(folder / "metrics.csv")
     if not path.exists() or not metrics:
         return None
     best = max(metrics, key=lambda r: r["valid_elbo"])

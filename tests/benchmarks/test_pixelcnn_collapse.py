@@ -41,7 +41,7 @@ def _fake_run(folder: Path, elbos, kls, seconds=60.0, nll=90.0):
     lines = ["epoch,train_loss,valid_elbo,valid_log_likelihood,best,valid_kl,valid_mi,valid_au,aggressive,seconds,"
              "train_seconds"]
     for e, (elbo, kl) in enumerate(zip(elbos, kls), 1):
-        lines.append(f"{e},100,{elbo},{elbo},0,{kl},0.1,{e},,70,{seconds}")
+        lines.append(f"{e},100,{elbo},{elbo},0,{kl},0.1,{e},0.0,70,{seconds}")
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
     (folder / "collapse-test-N10-K5.json").write_text(json.dumps(
         {"nll": nll, "negative_elbo": nll + 2, "kl": kls[-1], "mutual_information": 0.1, "active_units": 1,
