@@ -44,7 +44,8 @@ def assemble_images(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset) ->
 def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, path: str | Path,
                      truth: Optional[torch.Tensor] = None, titles: Optional[list[str]] = None) -> Path:
     """Write a PNG grid: one row per condition (C, S, x_dim), one column per sample; ``titles`` (one per
-    row, the prompts of a text-conditioned model) are written above their rows.
+    row, the prompts of a text-conditioned model) are written above their rows. One condition with more than
+    ten samples (an unconditional model's) is laid out as a square-ish grid, row after row.
 
     For quadrant completion the given part of every image is shaded red and, with ``truth`` (C, x_dim),
     the true completion comes first in each row, so the generated part can be compared with it."""
@@ -57,6 +58,11 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
     quadrant = ds.condition == "quadrant"
     if truth is not None:
         imgs = torch.cat([assemble_images(truth.unsqueeze(1).float(), y, ds), imgs], 1)
+    wrapped = imgs.shape[0] == 1 and imgs.shape[1] > 10 and not quadrant and not titles
+    if wrapped:
+        per_row = math.ceil(math.sqrt(imgs.shape[1]))
+        pad = -imgs.shape[1] % per_row  # blank cells after the last sample
+        imgs = torch.cat([imgs[0], imgs.new_zeros(pad, *imgs.shape[2:])]).reshape(-1, per_row, *imgs.shape[2:])
     rows, cols = imgs.shape[0], imgs.shape[1]
     given = None
     if quadrant:
@@ -75,8 +81,8 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
                 ax.contour(given, levels=[0.5], colors="red", linewidths=1.0)
             ax.set_xticks([])
             ax.set_yticks([])
-        if ds.condition == "label":
-            axes[r][0].set_ylabel(str(int(y[r].argmax())), rotation=0, labelpad=12)
+        if ds.condition == "label" and not (wrapped and r):  # a wrapped grid's one label on its first row
+            axes[r][0].set_ylabel(str(int(y[0 if wrapped else r].argmax())), rotation=0, labelpad=12)
         if titles:  # above the row, outside the layout (it may be wider than one image)
             axes[r][0].text(0, 1.06, f"\u201c{titles[r]}\u201d", transform=axes[r][0].transAxes, ha="left", va="bottom",
                             fontsize=8)

@@ -72,3 +72,19 @@ def test_quadrant_samples_show_the_truth_first_and_shade_the_given_part(figures,
     fig = figures["g.png"]
     assert len(fig.axes) == 2 * 4 and fig.axes[0].get_title() == "truth"
     assert all(len(ax.images) == 2 for ax in fig.axes)  # the digit and the shading of the given part
+
+
+def test_many_samples_of_one_condition_wrap_into_a_square_grid_in_order(figures, tmp_path):
+    ds = load_dataset("digits")
+    x, y = ds.splits["test"]
+    plotting.save_sample_grid(x[:14].unsqueeze(0), y[:1], ds, tmp_path / "g.png")
+    axes = figures["g.png"].axes
+    assert len(axes) == 4 * 4  # ceil(sqrt(14)) = 4 a row, the last row's two cells blank
+    shown = [np.asarray(ax.images[0].get_array()) for ax in axes]
+    expect = plotting.assemble_images(x[:14].unsqueeze(0).float(), y[:1], ds)[0].numpy()
+    for k in range(14):
+        np.testing.assert_array_equal(shown[k], expect[k])
+    assert all((shown[k] == 0).all() for k in (14, 15))
+    assert axes[0].get_ylabel() == str(int(y[0].argmax())) and axes[4].get_ylabel() == ""
+    plotting.save_sample_grid(x[:8].unsqueeze(0), y[:1], ds, tmp_path / "h.png")
+    assert len(figures["h.png"].axes) == 8  # ten or fewer stay one row
