@@ -4,6 +4,7 @@ plain ELBO, the remedies and the PixelCNN without z, at a stated budget of passe
     python benchmarks/pixelcnn_collapse.py run --out /work/pc --rows elbo free-bits --seeds 0 --epochs 12
     python benchmarks/pixelcnn_collapse.py table --out /work/pc --rows elbo free-bits --seeds 0 \\
         --json docs/results/pixelcnn_collapse.json --plot docs/pixelcnn_collapse.png
+    python benchmarks/pixelcnn_collapse.py samples --out /work/pc --seeds 0 --png docs/pixelcnn_samples.png
 
 Every row is ``dgm-pyro train cvae --dataset mnist-unconditional --decoder pixelcnn`` (16 feature maps, 5 gated
 layers, latent 8: the defaults, sized for CPUs) with ``--track-collapse`` (validation KL, mutual information and
@@ -18,6 +19,7 @@ this decoder), its share of PSIS k-hat above 0.7, and the KL, mutual information
 (``dgm_pyro.diagnostics.collapse_report``). The whole test set at K = 1000 is 100 times the default subset's
 cost (about 7 CPU hours a row here), which is why the subset and K are options and are printed with the table.
 ``table`` prints, per row, the means over the seeds done, and plots the validation KL and ELBO per epoch.
+``samples`` draws a row of samples from each row's run on the first seed, into one figure.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ ROWS = {
     "cs": ["--objective", "cs", "--lam", "1.0"],
     "restricted": ["--objective", "elbo", "--pixelcnn-layers", "1"],
     "no-z": ["--objective", "elbo", "--no-decoder-z"],
+    # z as a map over the image (PixelVAE's decoder), which a restricted receptive field needs to use z
+    "spatial": ["--objective", "elbo", "--pixelcnn-conditioning", "spatial"],
+    "restricted-spatial": ["--objective", "elbo", "--pixelcnn-layers", "1", "--pixelcnn-conditioning", "spatial"],
 }
 
 
@@ -165,9 +170,34 @@ def plot(raw: dict[str, dict[int, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def samples(args: argparse.Namespace) -> None:
+    """One figure: a row of ``--num`` samples x ~ p(x|z), z ~ p(z) from the best epoch of each row's run on the
+    first of ``--seeds`` (the draws of ``dgm-pyro sample RUN --mode sample --seed 0``)."""
+    import torch
+
+    from dgm_pyro.plotting import save_sample_grid
+    from dgm_pyro.runs import load_run
+
+    torch.set_num_threads(1)
+    seed, drawn, titles, run = args.seeds[0], [], [], None
+    for row in args.rows:
+        folder = args.out / f"{row}-s{seed}"
+        if not (folder / "best.pt").is_file():
+            continue
+        run = load_run(folder)
+        x, y = run.kind.sample(run, num=args.num, mean=False, seed=0)
+        drawn.append(x[0])
+        titles.append(f"{row} (seed {seed}, {len(read_metrics(folder / 'metrics.csv'))} passes)")
+        print(f"sampled {folder.name}", flush=True)
+    if run is None:
+        raise SystemExit(f"no trained run of {args.rows} with seed {seed} under {args.out}")
+    save_sample_grid(torch.stack(drawn), y.expand(len(drawn), -1), run.dataset, args.png, titles=titles)
+    print(f"wrote {args.png}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["run", "table"])
+    ap.add_argument("what", choices=["run", "table", "samples"])
     ap.add_argument("--out", type=Path, required=True, help="the folder of the run folders")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -176,8 +206,10 @@ def main() -> None:
     ap.add_argument("--particles", type=int, default=200, help="importance samples per test image")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--num", type=int, default=12, help="samples a row (samples)")
+    ap.add_argument("--png", type=Path, default=Path("pixelcnn_samples.png"), help="the sample figure (samples)")
     args = ap.parse_args()
-    (run if args.what == "run" else table)(args)
+    {"run": run, "table": table, "samples": samples}[args.what](args)
 
 
 if __name__ == "__main__":

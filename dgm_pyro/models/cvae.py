@@ -73,6 +73,9 @@ class CVAE(PyroModule):
             autoregressive input during training (weakens the decoder, seed P3.5); 0 by default.
         pixelcnn_layers, pixelcnn_channels: depth (receptive field: ``pixelcnn_layers`` + 1 rows above each
             pixel; fewer restrict it, a remedy of P3.5) and width of the PixelCNN decoder.
+        pixelcnn_conditioning: how [z, y] enters the PixelCNN's layers: ``"global"`` (a per-channel bias,
+            default) or ``"spatial"`` (a map over the image, PixelVAE's way; what a restricted receptive field
+            needs to use z). See :class:`~dgm_pyro.models.pixelcnn.GatedPixelCNN`.
         decoder_reads_z: ``False`` gives an autoregressive decoder without z, p(x|y) alone: the reference a
             collapsed model is compared with (the ELBO then drives the KL to 0).
         condition_net: a module that turns the raw condition y (N, ...) into the features c (N, y_dim) that
@@ -91,7 +94,8 @@ class CVAE(PyroModule):
                  x_shift: torch.Tensor | float = 0.0, x_scale: torch.Tensor | float = 1.0, name: str = "cvae",
                  decoder: str = "mlp", decoder_dropout: float = 0.0, condition_net: Optional[nn.Module] = None,
                  activation: str = "relu", arch: str = "mlp", image_shape: Optional[Sequence[int]] = None,
-                 pixelcnn_layers: int = 5, pixelcnn_channels: int = 16, decoder_reads_z: bool = True):
+                 pixelcnn_layers: int = 5, pixelcnn_channels: int = 16, decoder_reads_z: bool = True,
+                 pixelcnn_conditioning: str = "global"):
         super().__init__(name)
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got '{arch}'")
@@ -136,7 +140,8 @@ class CVAE(PyroModule):
                                  f"'{likelihood}'")
             per_dim = likelihood_out_features(likelihood, x_dim, levels) // x_dim
             self.decoder = (MADE(x_dim, context_dim, hidden_dims, per_dim) if decoder == "autoregressive" else
-                            GatedPixelCNN(image_shape, context_dim, pixelcnn_channels, pixelcnn_layers, 3, per_dim))
+                            GatedPixelCNN(image_shape, context_dim, pixelcnn_channels, pixelcnn_layers, 3, per_dim,
+                                          conditioning=pixelcnn_conditioning))
         else:
             self.decoder = MLP(latent_dim + y_dim, hidden_dims, likelihood_out_features(likelihood, x_dim, levels),
                                activation)

@@ -7,7 +7,12 @@ Each layer has a vertical stack (the rows above, through a (k//2 + 1) x k convol
 (the pixels to the left in the same row, through a 1 x (k//2 + 1) convolution); the vertical features reach the
 horizontal stack shifted down one row, so nothing at or after pixel (i, j) in raster order reaches its output, and
 together the stacks leave no blind spot. Every stack computes the gated unit tanh(W_f * v + V_f c) * sigmoid(W_g
-* v + V_g c), the context entering every layer as a per-channel bias. The first layer's horizontal convolution sees
+* v + V_g c). The context enters every layer either as a per-channel bias (``conditioning="global"``: V c, the
+same at every pixel) or as a map over the image (``"spatial"``: s = m(c), a transposed-convolutional network of the
+context to ``channels`` maps of H x W, entering each layer through a 1 x 1 convolution V * s; van den Oord et al.'s
+location-dependent conditioning, the way PixelVAE, Gulrajani et al. 2017, decodes z). A global bias cannot say
+where a stroke is, so a decoder that sees few rows can use z only through a spatial map. The first layer's
+horizontal convolution sees
 the row shifted right by one pixel (mask A: not the pixel itself). The receptive field grows with the layers:
 with ``layers=L`` and ``kernel=k`` a pixel sees L * (k // 2) + 1 rows above it, so fewer layers restrict it (a remedy
 of seed P3.5: Chen et al. 2017, Gulrajani et al. 2017).
@@ -25,7 +30,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["GatedPixelCNN"]
+from .nn import ConvDecoder
+
+__all__ = ["GatedPixelCNN", "CONDITIONINGS"]
+
+#: how the context enters the gated layers: a per-channel bias, or a map over the image
+CONDITIONINGS = ("global", "spatial")
 
 
 def _gate(a: torch.Tensor) -> torch.Tensor:
@@ -34,15 +44,18 @@ def _gate(a: torch.Tensor) -> torch.Tensor:
 
 
 class _GatedLayer(nn.Module):
-    def __init__(self, in_channels: int, channels: int, kernel: int, context_dim: int, first: bool):
+    def __init__(self, in_channels: int, channels: int, kernel: int, context_dim: int, first: bool,
+                 spatial: bool = False):
         super().__init__()
-        self.k, self.first = kernel, first
+        self.k, self.first, self.spatial = kernel, first, spatial
         half = kernel // 2
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
         self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, half + 1))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
-        self.context = nn.Linear(context_dim, 4 * channels) if context_dim else None
+        self.context: nn.Module | None = None
+        if context_dim:  # V c for a context vector, V * s (1 x 1) for a context map s of `channels` maps
+            self.context = nn.Conv2d(channels, 4 * channels, 1) if spatial else nn.Linear(context_dim, 4 * channels)
 
     def forward(self, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.k // 2
@@ -51,7 +64,7 @@ class _GatedLayer(nn.Module):
         h_pre = self.h_conv(F.pad(h_in, (half, 0)))  # columns j - k//2 .. j of this row
         h_pre = h_pre + self.v_to_h(F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1])  # the vertical stack, one row down
         if self.context is not None:
-            cv, ch = self.context(c)[:, :, None, None].chunk(2, dim=1)
+            cv, ch = (self.context(c) if self.spatial else self.context(c)[:, :, None, None]).chunk(2, dim=1)
             v_pre, h_pre = v_pre + cv, h_pre + ch
         h_new = self.h_out(_gate(h_pre))
         return _gate(v_pre), h_new if self.first else h + h_new
@@ -68,11 +81,15 @@ class GatedPixelCNN(nn.Module):
             layers * (kernel // 2) + 1 pixels to its left).
         kernel: k of the vertical (k//2 + 1) x k and horizontal 1 x (k//2 + 1) convolutions (odd, >= 3).
         out_per_pixel: outputs per pixel (1: Bernoulli logits; ``levels``: categorical logits).
+        conditioning: ``"global"`` (the context as a per-channel bias of every layer) or ``"spatial"`` (as a
+            map over the image, through a :class:`~dgm_pyro.models.nn.ConvDecoder` of ``context_hidden`` units;
+            H and W multiples of 4).
+        context_hidden: hidden units of the spatial conditioning's network.
     Returns (forward): (..., H * W * out_per_pixel), pixel-major, like :class:`~dgm_pyro.models.autoregressive.MADE`.
     """
 
     def __init__(self, image_shape: Sequence[int], context_dim: int, channels: int = 16, layers: int = 5,
-                 kernel: int = 3, out_per_pixel: int = 1):
+                 kernel: int = 3, out_per_pixel: int = 1, conditioning: str = "global", context_hidden: int = 256):
         super().__init__()
         if len(image_shape) != 2:
             raise ValueError(f"the PixelCNN decoder needs images (H, W), got shape {tuple(image_shape)}")
@@ -80,10 +97,15 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"kernel must be odd and >= 3, got {kernel}")
         if layers < 1 or channels < 1:
             raise ValueError("layers and channels must be >= 1")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got '{conditioning}'")
         self.h, self.w = int(image_shape[0]), int(image_shape[1])
         self.x_dim, self.context_dim, self.out_per_pixel = self.h * self.w, context_dim, out_per_pixel
-        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel, context_dim, i == 0)
-                                     for i in range(layers)])
+        spatial = conditioning == "spatial" and context_dim > 0
+        # s = m(c): (B, context_dim) -> (B, channels * H * W), channel by channel
+        self.context_map = ConvDecoder(context_dim, image_shape, context_hidden, channels) if spatial else None
+        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel, context_dim, i == 0,
+                                                 spatial) for i in range(layers)])
         # ELU, not ReLU, in the output head: a narrow head of ReLUs can start dead (every logit a constant)
         self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, channels, 1), nn.ELU(),
                                   nn.Conv2d(channels, out_per_pixel, 1))
@@ -92,6 +114,8 @@ class GatedPixelCNN(nn.Module):
         batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
         img = x.expand(*batch, self.x_dim).reshape(-1, 1, self.h, self.w)
         c = context.expand(*batch, context.shape[-1]).reshape(img.shape[0], context.shape[-1])
+        if self.context_map is not None:
+            c = self.context_map(c).reshape(img.shape[0], -1, self.h, self.w)
         v = h = img
         for layer in self.layers:
             v, h = layer(v, h, c)

@@ -21,6 +21,7 @@ from ..errors import DgmPyroError
 from ..models import CVAE, BaselineGuess, NNBaseline
 from ..models.cvae import ARCHITECTURES, DECODERS, PRIORS
 from ..models.nn import ACTIVATIONS
+from ..models.pixelcnn import CONDITIONINGS
 from ..models.text import (POOLINGS, TEXT_ENCODERS, HashedNgramEncoder, MiniLMEncoder, check_captions, featurize,
                            vocabulary)
 from ..registry import register_model
@@ -65,6 +66,10 @@ class CVAEConfig(DatasetConfig):
                                   "each pixel (fewer restrict it).", min=1, added=True)
     pixelcnn_channels: int = option(16, "Feature maps of the pixelcnn decoder's stacks (sized for CPUs; 32 costs "
                                     "2.5 times as much).", min=1, added=True)
+    pixelcnn_conditioning: str = option("global", "How z and y enter the pixelcnn decoder's layers: global (a "
+                                        "per-channel bias) or spatial (a map over the image, PixelVAE's way; what "
+                                        "few --pixelcnn-layers need to use z; image sides multiples of 4).",
+                                        choices=CONDITIONINGS, added=True)
     decoder_z: bool = option(True, "The decoder reads z; --no-decoder-z: an autoregressive decoder of x given y "
                              "alone, the reference of a collapse table.", added=True)
     aggressive: bool = option(False, "Aggressive inference-network training (He et al. 2019).")
@@ -86,8 +91,9 @@ class CVAEConfig(DatasetConfig):
             (len(self.hidden_dims) >= 1, "hidden_dims must hold at least one width"),
             (self.decoder_dropout == 0 or self.decoder in ("autoregressive", "pixelcnn"),
              "decoder_dropout needs decoder 'autoregressive' or 'pixelcnn'"),
-            (self.decoder == "pixelcnn" or (self.pixelcnn_layers, self.pixelcnn_channels) == (5, 16),
-             "pixelcnn_layers and pixelcnn_channels need decoder 'pixelcnn'"),
+            (self.decoder == "pixelcnn" or (self.pixelcnn_layers, self.pixelcnn_channels,
+                                            self.pixelcnn_conditioning) == (5, 16, "global"),
+             "pixelcnn_layers, pixelcnn_channels and pixelcnn_conditioning need decoder 'pixelcnn'"),
             (self.decoder_z or self.decoder in ("autoregressive", "pixelcnn"),
              "--no-decoder-z needs decoder 'autoregressive' or 'pixelcnn'"),
             (not self.baseline_guess or self.baseline, "baseline_guess needs the NN baseline (drop --no-baseline)"),
@@ -135,7 +141,9 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
     encoder, the encoder is the CVAE's condition network, its vocabulary the training captions'."""
     shift, scale = _x_standardisation(ds)
     conv, pixelcnn = config.arch == "conv", config.decoder == "pixelcnn"
-    for wanted, what, multiple in ((conv, "--arch conv", 4), (pixelcnn, "--decoder pixelcnn", 1)):
+    spatial = pixelcnn and config.pixelcnn_conditioning == "spatial"
+    for wanted, what, multiple in ((conv, "--arch conv", 4), (pixelcnn, "--decoder pixelcnn", 1),
+                                   (spatial, "--pixelcnn-conditioning spatial", 4)):
         whole = ds.condition != "quadrant" and ds.image_shape and len(ds.image_shape) == 2
         if wanted and not (whole and all(side % multiple == 0 for side in ds.image_shape)):
             sides = ", with sides multiples of 4" if multiple > 1 else ""
@@ -164,7 +172,7 @@ def build_model(config: CVAEConfig, ds: ConditionalDataset) -> CVAE:
                 activation=config.activation, arch=config.arch,
                 image_shape=ds.image_shape if conv or pixelcnn else None,
                 pixelcnn_layers=config.pixelcnn_layers, pixelcnn_channels=config.pixelcnn_channels,
-                decoder_reads_z=config.decoder_z)
+                decoder_reads_z=config.decoder_z, pixelcnn_conditioning=config.pixelcnn_conditioning)
 
 
 def build_baseline(config: CVAEConfig, ds: ConditionalDataset) -> NNBaseline:

@@ -24,13 +24,20 @@ def test_every_row_trains_the_pixelcnn_with_its_own_options(bench):
         assert cmd[cmd.index("--epochs") + 1] == "7" and cmd[cmd.index("--seed") + 1] == "2"
 
 
-def test_score_of_a_tiny_run_is_an_is_estimate_with_collapse_measures(bench, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The folder of a one-epoch PixelCNN run named as the benchmark names its plain-ELBO row on seed 0."""
     from dgm_pyro.runs import TrainConfig, train_run
 
+    out = tmp_path_factory.mktemp("pc")
     config = TrainConfig(dataset="digits-unconditional", decoder="pixelcnn", pixelcnn_channels=4, pixelcnn_layers=2,
                          hidden_dims=[16], latent_dim=2, epochs=1, eval_particles=0, track_collapse=True)
-    train_run(config, tmp_path / "run")
-    out = bench.score(tmp_path / "run", images=12, particles=50)
+    train_run(config, out / "elbo-s0")
+    return out
+
+
+def test_score_of_a_tiny_run_is_an_is_estimate_with_collapse_measures(bench, tiny_runs):
+    out = bench.score(tiny_runs / "elbo-s0", images=12, particles=50)
     assert out["test_images"] == 12 and out["particles"] == 50 and 0 <= out["active_units"] <= 2
     # importance sampling is above the ELBO (its NLL below the negative ELBO), the KL and MI non-negative
     assert out["nll"] <= out["negative_elbo"] + 0.05 and out["kl"] >= 0 and out["mutual_information"] >= -1e-6
@@ -62,3 +69,20 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["rows"]["free-bits"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
     assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_samples_draw_a_titled_row_from_each_trained_row(bench, tiny_runs, tmp_path, monkeypatch):
+    import torch
+
+    from dgm_pyro import plotting
+    from dgm_pyro.runs import load_run
+
+    drawn = {}
+    monkeypatch.setattr(plotting, "save_sample_grid", lambda x, y, ds, path, titles: drawn.update(x=x, titles=titles))
+    args = argparse.Namespace(out=tiny_runs, rows=["elbo", "free-bits"], seeds=[0, 1], num=3, png=tmp_path / "s.png")
+    bench.samples(args)  # free-bits-s0 is not trained: left out
+    assert drawn["titles"] == ["elbo (seed 0, 1 passes)"] and drawn["x"].shape == (1, 3, 64)
+    run = load_run(tiny_runs / "elbo-s0")  # the draws of `dgm-pyro sample RUN --mode sample --seed 0 --num 3`
+    assert torch.equal(drawn["x"][0], run.kind.sample(run, num=3, mean=False, seed=0)[0][0])
+    with pytest.raises(SystemExit, match="no trained run"):
+        bench.samples(argparse.Namespace(**{**vars(args), "rows": ["cs"]}))

@@ -130,6 +130,7 @@ def _bad_inputs(tmp: Path, run_dir: Path):
     np.savez(tmp / "shape.npz", x=np.zeros(20))
     np.savez(tmp / "rows.npz", x=np.zeros((20, 3)), y=np.zeros(7))
     np.savez(tmp / "cond.npz", y=np.zeros((2, 3)))
+    np.savez(tmp / "img65.npz", x=np.random.default_rng(0).random((20, 6, 5)))
     (tmp / "bad.toml").write_text("epochs = = 3")
     (tmp / "unknown.toml").write_text("epochz = 3")
     (tmp / "typed.toml").write_text('epochs = "many"')
@@ -189,6 +190,11 @@ def _bad_inputs(tmp: Path, run_dir: Path):
         (["train", "--arch", "resnet"], "--arch"),
         (["train", "--dataset", "digits-q2", "--decoder", "pixelcnn"], "--decoder pixelcnn needs images"),
         (["train", "--pixelcnn-layers", "3"], "need decoder 'pixelcnn'"),
+        (["train", "--pixelcnn-conditioning", "spatial"], "need decoder 'pixelcnn'"),
+        (["train", "--pixelcnn-conditioning", "local", "--decoder", "pixelcnn"], "--pixelcnn-conditioning"),
+        (["train", "--dataset", f"npz:{tmp}/img65.npz", "--batch-size", "4", "--decoder", "pixelcnn",
+          "--pixelcnn-conditioning", "spatial"],
+         "--pixelcnn-conditioning spatial needs images whose x is the whole image, with sides multiples of 4"),
         (["train", "--no-decoder-z"], "--no-decoder-z needs decoder"),
         (["train", "--arch", "conv", "--decoder", "pixelcnn"], "--decoder pixelcnn does not combine"),
         (["train", "--lr-schedule", "warmup"], "unknown learning-rate schedule 'warmup'"),

@@ -21,14 +21,16 @@ def _dependence(net: GatedPixelCNN, context: torch.Tensor) -> torch.Tensor:
     return jac.abs() > 0
 
 
-def test_each_pixel_sees_every_earlier_pixel_and_nothing_else():
+@pytest.mark.parametrize("shape,conditioning", [((6, 5), "global"), ((8, 4), "spatial")])
+def test_each_pixel_sees_every_earlier_pixel_and_nothing_else(shape, conditioning):
     """Raster order: pixel o depends on pixels i < o only (mask A in the first layer), and with enough layers on every
     one of them: the vertical and horizontal stacks leave no blind spot (a masked PixelCNN misses the pixels
-    above-right)."""
+    above-right). A context map over the image (spatial conditioning) depends on the context alone."""
     torch.manual_seed(0)
-    net = GatedPixelCNN((6, 5), context_dim=2, channels=8, layers=6)
+    net = GatedPixelCNN(shape, context_dim=2, channels=8, layers=shape[0], conditioning=conditioning)
     dep = _dependence(net, torch.randn(2))
-    earlier = torch.tril(torch.ones(30, 30, dtype=torch.bool), diagonal=-1)
+    n = shape[0] * shape[1]
+    earlier = torch.tril(torch.ones(n, n, dtype=torch.bool), diagonal=-1)
     assert not (dep & ~earlier).any()
     assert torch.equal(dep, earlier)
 
@@ -47,12 +49,32 @@ def test_fewer_layers_restrict_the_receptive_field():
         assert rows == set(range(8 - layers - 1, 9))
 
 
-def test_the_context_reaches_every_pixel():
+@pytest.mark.parametrize("conditioning", ["global", "spatial"])
+def test_the_context_reaches_every_pixel(conditioning):
     torch.manual_seed(0)
-    net = GatedPixelCNN((4, 4), context_dim=3, channels=4, layers=2)
+    net = GatedPixelCNN((4, 4), context_dim=3, channels=4, layers=2, conditioning=conditioning)
     x = torch.rand(16)
     jac = torch.autograd.functional.jacobian(lambda c: net(x, c), torch.randn(3))
     assert (jac.abs().sum(1) > 0).all()
+
+
+def test_only_spatial_conditioning_tells_the_pixels_apart():
+    """On a blank image one layer computes the same logit at every pixel below the first row (the convolutions see
+    zeros everywhere; the first row differs by the vertical stack's zero padding), whatever the context, when the
+    context is a per-channel bias; a context map over the image makes the logits differ from pixel to pixel: what
+    a decoder that sees little of the image needs to draw from z where the strokes are."""
+    torch.manual_seed(0)
+    blank, c = torch.zeros(3, 64), torch.randn(3, 2)
+    for conditioning in ("global", "spatial"):
+        net = GatedPixelCNN((8, 8), context_dim=2, channels=4, layers=1, conditioning=conditioning)
+        with torch.no_grad():
+            below = net(blank, c)[:, 8:]
+        spread = float((below - below[:, :1]).abs().max())
+        assert spread < 1e-6 if conditioning == "global" else spread > 1e-3
+    with pytest.raises(ValueError, match="conditioning"):
+        GatedPixelCNN((8, 8), context_dim=2, conditioning="local")
+    with pytest.raises(ValueError, match="multiples of 4"):
+        GatedPixelCNN((6, 5), context_dim=2, conditioning="spatial")
 
 
 @pytest.mark.parametrize("likelihood,levels", [("bernoulli", None), ("categorical", 3)])
@@ -79,7 +101,22 @@ def test_the_likelihood_is_normalised_and_its_samples_follow_it(likelihood, leve
     assert ((counts / n - probs).abs() <= 5 * se + 1e-4).all()
 
 
-def test_pixelcnn_cvae_is_a_pyro_program():
+def test_the_spatially_conditioned_likelihood_is_normalised():
+    """Every one of the 2^16 binary 4 x 4 images listed: the probabilities sum to 1 with a context map."""
+    torch.manual_seed(1)
+    net = GatedPixelCNN((4, 4), context_dim=2, channels=4, layers=2, conditioning="spatial")
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    c = torch.tensor([0.3, -1.0])
+    d = AutoregressiveLikelihood(lambda x: net(x, c), "bernoulli", 16, None, torch.Size(), torch.zeros(16),
+                                 torch.ones(16))
+    configs = torch.tensor(list(itertools.product(range(2), repeat=16)), dtype=torch.float32)
+    with torch.no_grad():
+        assert float(d.log_prob(configs).logsumexp(0).exp()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("conditioning", ["global", "spatial"])
+def test_pixelcnn_cvae_is_a_pyro_program(conditioning):
     """SVI with pyro.optim trains it, Predictive generates images, and the importance-sampled evidence is above the
     ELBO; without z (decoder_reads_z=False) the decoder's distribution does not change with z."""
     torch.manual_seed(0)
@@ -88,7 +125,7 @@ def test_pixelcnn_cvae_is_a_pyro_program():
     x[:, 1:3, 1:3] = y[:, :1].view(48, 1, 1)
     x = torch.bernoulli(0.05 + 0.9 * x.reshape(48, 16))
     m = CVAE(16, 2, latent_dim=2, hidden_dims=[16], likelihood="bernoulli", decoder="pixelcnn", image_shape=(4, 4),
-             pixelcnn_layers=2, pixelcnn_channels=8)
+             pixelcnn_layers=2, pixelcnn_channels=8, pixelcnn_conditioning=conditioning)
     svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step(x, y) for _ in range(60)]
     assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
@@ -98,7 +135,7 @@ def test_pixelcnn_cvae_is_a_pyro_program():
     res = log_evidence(m.model, m.guide, x, y, num_particles=50, warn=False)
     assert float(res.log_evidence.mean()) >= float(res.elbo.mean()) - 0.05
     no_z = CVAE(16, 2, latent_dim=2, hidden_dims=[16], likelihood="bernoulli", decoder="pixelcnn", image_shape=(4, 4),
-                pixelcnn_layers=2, pixelcnn_channels=8, decoder_reads_z=False)
+                pixelcnn_layers=2, pixelcnn_channels=8, decoder_reads_z=False, pixelcnn_conditioning=conditioning)
     a, b = no_z.decode(torch.zeros(5, 2), y[:5]), no_z.decode(torch.randn(5, 2), y[:5])
     assert torch.equal(a.log_prob(x[:5]), b.log_prob(x[:5]))
     with pytest.raises(ValueError, match="image_shape"):
