@@ -33,6 +33,53 @@ def test_every_cli_option_is_documented():
     assert not missing, missing
 
 
+def _documented_commands():
+    """Every ``dgm-pyro ...`` command in a shell block of README.md and docs/*.md, as (file, argument list); the
+    plugin model of docs/extending.md is left to tests/test_extending.py, which registers it."""
+    import re
+    import shlex
+
+    root = Path(__file__).parents[1]
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        if path.name == "extending.md":
+            continue
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in re.split(r"\s(?:&&|\|\||;|\|)\s", line.strip().removeprefix("$ ").split(" #")[0]):
+                    if part.startswith("dgm-pyro "):
+                        yield path.name, shlex.split(part)[1:]
+
+
+def test_documented_commands_parse():
+    """Each documented command names a real command and options it takes, with valid values (choices, ranges): a
+    renamed or removed option cannot stay in the docs. Parsed as the CLI parses them, not run."""
+    import click
+
+    import warnings
+
+    def unparsed(ctx):  # the subcommand and its arguments (Click 9 keeps them all in ctx.args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return [*getattr(ctx, "protected_args", []), *ctx.args]
+
+    commands = list(_documented_commands())
+    assert len(commands) >= 40
+    wrong = []
+    for name, args in commands:
+        try:
+            ctx = cli.make_context("dgm-pyro", list(args))
+            cmd, rest = cli, unparsed(ctx)
+            while isinstance(cmd, click.Group) and rest:
+                sub, cmd, rest = cmd.resolve_command(ctx, rest)
+                ctx = cmd.make_context(sub, list(rest), parent=ctx)
+                rest = unparsed(ctx) if isinstance(cmd, click.Group) else []
+        except click.exceptions.Exit:  # --help
+            continue
+        except Exception as e:  # click's usage errors and our DgmPyroError (an unknown model)
+            wrong.append((name, " ".join(args), str(e)))
+    assert not wrong, wrong
+
+
 def test_option_tables_are_the_generated_ones():
     """The per-model option tables in docs/cli.md are exactly what the configuration dataclasses say (so a
     changed default cannot leave the docs behind): regenerate with cli.options.options_markdown."""
