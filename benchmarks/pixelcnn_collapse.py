@@ -50,6 +50,10 @@ ROWS = {
     # z as a map over the image (PixelVAE's decoder), which a restricted receptive field needs to use z
     "spatial": ["--objective", "elbo", "--pixelcnn-conditioning", "spatial"],
     "restricted-spatial": ["--objective", "elbo", "--pixelcnn-layers", "1", "--pixelcnn-conditioning", "spatial"],
+    # their references without z keep a learned map: what the position alone is worth
+    "no-z-spatial": ["--objective", "elbo", "--no-decoder-z", "--pixelcnn-conditioning", "spatial"],
+    "no-z-restricted-spatial": ["--objective", "elbo", "--no-decoder-z", "--pixelcnn-layers", "1",
+                                "--pixelcnn-conditioning", "spatial"],
 }
 
 

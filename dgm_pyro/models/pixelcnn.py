@@ -83,7 +83,8 @@ class GatedPixelCNN(nn.Module):
         out_per_pixel: outputs per pixel (1: Bernoulli logits; ``levels``: categorical logits).
         conditioning: ``"global"`` (the context as a per-channel bias of every layer) or ``"spatial"`` (as a
             map over the image, through a :class:`~dgm_pyro.models.nn.ConvDecoder` of ``context_hidden`` units;
-            H and W multiples of 4).
+            H and W multiples of 4). A spatial map also tells each pixel where it is; without a context
+            (``context_dim=0``) the map is a learned parameter, so the PixelCNN without z keeps that knowledge.
         context_hidden: hidden units of the spatial conditioning's network.
     Returns (forward): (..., H * W * out_per_pixel), pixel-major, like :class:`~dgm_pyro.models.autoregressive.MADE`.
     """
@@ -101,11 +102,15 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got '{conditioning}'")
         self.h, self.w = int(image_shape[0]), int(image_shape[1])
         self.x_dim, self.context_dim, self.out_per_pixel = self.h * self.w, context_dim, out_per_pixel
-        spatial = conditioning == "spatial" and context_dim > 0
-        # s = m(c): (B, context_dim) -> (B, channels * H * W), channel by channel
-        self.context_map = ConvDecoder(context_dim, image_shape, context_hidden, channels) if spatial else None
-        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel, context_dim, i == 0,
-                                                 spatial) for i in range(layers)])
+        spatial = conditioning == "spatial"
+        # s = m(c): (B, context_dim) -> (B, channels * H * W), channel by channel; without a context, s is a learned
+        # map of its own (a bias per pixel: the position a spatial map of z also tells, the reference without z)
+        self.context_map = ConvDecoder(context_dim, image_shape, context_hidden, channels) if spatial and context_dim \
+            else None
+        self.position = nn.Parameter(torch.zeros(1, channels, self.h, self.w)) if spatial and not context_dim else None
+        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel,
+                                                 context_dim or channels * spatial, i == 0, spatial)
+                                     for i in range(layers)])
         # ELU, not ReLU, in the output head: a narrow head of ReLUs can start dead (every logit a constant)
         self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, channels, 1), nn.ELU(),
                                   nn.Conv2d(channels, out_per_pixel, 1))
@@ -116,6 +121,8 @@ class GatedPixelCNN(nn.Module):
         c = context.expand(*batch, context.shape[-1]).reshape(img.shape[0], context.shape[-1])
         if self.context_map is not None:
             c = self.context_map(c).reshape(img.shape[0], -1, self.h, self.w)
+        elif self.position is not None:
+            c = self.position.expand(img.shape[0], -1, -1, -1)
         v = h = img
         for layer in self.layers:
             v, h = layer(v, h, c)

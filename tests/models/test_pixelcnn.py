@@ -71,6 +71,13 @@ def test_only_spatial_conditioning_tells_the_pixels_apart():
             below = net(blank, c)[:, 8:]
         spread = float((below - below[:, :1]).abs().max())
         assert spread < 1e-6 if conditioning == "global" else spread > 1e-3
+    # without a context (the reference without z) the spatial map is a learned parameter: the position alone
+    net = GatedPixelCNN((8, 8), context_dim=0, channels=4, layers=1, conditioning="spatial")
+    assert net.position.shape == (1, 4, 8, 8) and not net.position.any()  # starts as the global model
+    torch.nn.init.normal_(net.position)
+    with torch.no_grad():
+        below = net(blank, torch.zeros(3, 0))[:, 8:]
+    assert float((below - below[:, :1]).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="conditioning"):
         GatedPixelCNN((8, 8), context_dim=2, conditioning="local")
     with pytest.raises(ValueError, match="multiples of 4"):
