@@ -11,9 +11,9 @@ together the stacks leave no blind spot. Every stack computes the gated unit tan
 same at every pixel) or as a map over the image (``"spatial"``: s = m(c), a transposed-convolutional network of the
 context to ``channels`` maps of H x W, entering each layer through a 1 x 1 convolution V * s; van den Oord et al.'s
 location-dependent conditioning, the way PixelVAE, Gulrajani et al. 2017, decodes z). A global bias cannot say
-where a stroke is, so a decoder that sees few rows can use z only through a spatial map. The first layer's
-horizontal convolution sees
-the row shifted right by one pixel (mask A: not the pixel itself). The receptive field grows with the layers:
+where a stroke is, so a decoder that sees few rows can use z only through a spatial map (which also tells each
+pixel its position). The first layer's horizontal convolution sees the row shifted right by one pixel (mask A: not
+the pixel itself). The receptive field grows with the layers:
 with ``layers=L`` and ``kernel=k`` a pixel sees L * (k // 2) + 1 rows above it, so fewer layers restrict it (a remedy
 of seed P3.5: Chen et al. 2017, Gulrajani et al. 2017).
 
