@@ -120,6 +120,23 @@ def summarise(folder: Path, images: int, particles: int) -> dict[str, Any] | Non
             "curve": [(int(r["epoch"]), r["valid_kl"], r["valid_elbo"]) for r in metrics]}
 
 
+def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]
+              ) -> dict[str, list[tuple[float, float] | None]]:
+    """Per row, the validation (ELBO, KL) after each number of ``passes``, averaged over the seeds whose run folder
+    has trained that far (None where none has): budgets compared at equal passes, whatever each row's total."""
+    table: dict[str, list[tuple[float, float] | None]] = {}
+    for row in rows:
+        curves = [read_metrics(f / "metrics.csv") for s in seeds if (f := out / f"{row}-s{s}").is_dir()]
+        cells = []
+        for n in passes:
+            at = [c[n - 1] for c in curves if len(c) >= n]
+            cells.append((statistics.mean(r["valid_elbo"] for r in at), statistics.mean(r["valid_kl"] for r in at))
+                         if at else None)
+        if any(cells):
+            table[row] = cells
+    return table
+
+
 def table(args: argparse.Namespace) -> None:
     raw: dict[str, dict[int, Any]] = {}
     print(f"Test: the first {args.test_images} test images, importance sampling with K = {args.particles}; "
@@ -142,9 +159,18 @@ def table(args: argparse.Namespace) -> None:
               f"{m['mutual_information']:.2f} | {m['active_units']:.1f} | {m['valid_kl']:.2f} | "
               f"{m['epochs_trained']:.0f} | {m['train_minutes']:.0f} | {100 * m['khat_above_0.7']:.1f} % | "
               f"{', '.join(map(str, done))} |")
+    passes = at_passes(args.out, args.rows, args.seeds, args.at_passes)
+    if passes:
+        print(f"\nEqual budgets: validation ELBO / KL after {', '.join(map(str, args.at_passes))} passes (means over "
+              "the seeds trained that far, unfinished runs included)")
+        print("| row | " + " | ".join(f"after {n}" for n in args.at_passes) + " |")
+        print("|---|" + "---|" * len(args.at_passes))
+        for row, cells in passes.items():
+            print(f"| {row} | " + " | ".join("" if c is None else f"{c[0]:.2f} / {c[1]:.2f}" for c in cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"test_images": args.test_images, "particles": args.particles,
-                                               "rows": raw}, indent=1))
+                                               "rows": raw, "at_passes": {"passes": args.at_passes, "rows": passes}},
+                                              indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         plot(raw, Path(args.plot))
@@ -210,6 +236,8 @@ def main() -> None:
     ap.add_argument("--particles", type=int, default=200, help="importance samples per test image")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--at-passes", type=int, nargs="*", default=[4, 6, 12],
+                    help="validation ELBO and KL after these passes, every row (table)")
     ap.add_argument("--num", type=int, default=12, help="samples a row (samples)")
     ap.add_argument("--png", type=Path, default=Path("pixelcnn_samples.png"), help="the sample figure (samples)")
     args = ap.parse_args()

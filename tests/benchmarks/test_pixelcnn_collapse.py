@@ -62,13 +62,16 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
     assert one["best_epoch"] == 2 and one["valid_kl"] == 0.4 and one["train_minutes"] == pytest.approx(3.0)
     assert bench.summarise(tmp_path / "elbo-s0", 10, 6) is None  # another K: not scored
     args = argparse.Namespace(out=tmp_path, rows=["elbo", "free-bits"], seeds=[0, 1], test_images=10, particles=5,
-                              json=tmp_path / "t.json", plot=tmp_path / "t.png")
+                              json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3])
     bench.table(args)
     line = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")][0].split(" | ")
     assert line[2] == "91.00" and line[7] == "0.50" and line[-1] == "0, 1 |"  # NLL mean; valid KL (0.4 + 0.6) / 2
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["rows"]["free-bits"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
     assert (tmp_path / "t.png").stat().st_size > 0
+    # equal budgets: after 2 passes both seeds (-95 and -98), after 3 only seed 0 trained that far
+    assert saved["at_passes"]["rows"]["elbo"] == [[-96.5, 0.5], [-97.0, 0.3]]
+    assert "free-bits" not in saved["at_passes"]["rows"]
 
 
 def test_samples_draw_a_titled_row_from_each_trained_row(bench, tiny_runs, tmp_path, monkeypatch):
