@@ -155,8 +155,9 @@ def table(args: argparse.Namespace) -> None:
         m = {k: statistics.mean(r[k] for r in done.values()) for k in (
             "nll", "negative_elbo", "kl", "mutual_information", "active_units", "valid_kl", "epochs_trained",
             "train_minutes", "khat_above_0.7")}
+        mi = f"{m['mutual_information']:.2f}".replace("-0.00", "0.00")  # an estimate a hair below 0
         print(f"| {row} | `{' '.join(ROWS[row])}` | {m['nll']:.2f} | {m['negative_elbo']:.2f} | {m['kl']:.2f} | "
-              f"{m['mutual_information']:.2f} | {m['active_units']:.1f} | {m['valid_kl']:.2f} | "
+              f"{mi} | {m['active_units']:.1f} | {m['valid_kl']:.2f} | "
               f"{m['epochs_trained']:.0f} | {m['train_minutes']:.0f} | {100 * m['khat_above_0.7']:.1f} % | "
               f"{', '.join(map(str, done))} |")
     passes = at_passes(args.out, args.rows, args.seeds, args.at_passes)
