@@ -124,7 +124,7 @@ def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]
               ) -> dict[str, list[tuple[float, float] | None]]:
     """Per row, the validation (ELBO, KL) after each number of ``passes``, averaged over the seeds whose run folder
     has trained that far (None where none has): budgets compared at equal passes, whatever each row's total."""
-    table: dict[str, list[tuple[float, float] | None]] = {}
+    found: dict[str, list[tuple[float, float] | None]] = {}
     for row in rows:
         curves = [read_metrics(f / "metrics.csv") for s in seeds if (f := out / f"{row}-s{s}").is_dir()]
         cells = []
@@ -133,8 +133,8 @@ def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]
             cells.append((statistics.mean(r["valid_elbo"] for r in at), statistics.mean(r["valid_kl"] for r in at))
                          if at else None)
         if any(cells):
-            table[row] = cells
-    return table
+            found[row] = cells
+    return found
 
 
 def table(args: argparse.Namespace) -> None:

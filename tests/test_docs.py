@@ -53,9 +53,9 @@ def _documented_commands():
 def test_documented_commands_parse():
     """Each documented command names a real command and options it takes, with valid values (choices, ranges): a
     renamed or removed option cannot stay in the docs. Parsed as the CLI parses them, not run."""
-    import click
-
     import warnings
+
+    import click
 
     def unparsed(ctx):  # the subcommand and its arguments (Click 9 keeps them all in ctx.args)
         with warnings.catch_warnings():

@@ -44,7 +44,7 @@ def _gate(a: torch.Tensor) -> torch.Tensor:
 
 
 class _GatedLayer(nn.Module):
-    def __init__(self, in_channels: int, channels: int, kernel: int, context_dim: int, first: bool,
+    def __init__(self, in_channels: int, channels: int, kernel: int, context_features: int, first: bool,
                  spatial: bool = False):
         super().__init__()
         self.k, self.first, self.spatial = kernel, first, spatial
@@ -54,8 +54,9 @@ class _GatedLayer(nn.Module):
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.h_out = nn.Conv2d(channels, channels, 1)
         self.context: nn.Module | None = None
-        if context_dim:  # V c for a context vector, V * s (1 x 1) for a context map s of `channels` maps
-            self.context = nn.Conv2d(channels, 4 * channels, 1) if spatial else nn.Linear(context_dim, 4 * channels)
+        if context_features:  # V c for a context vector, V * s (1 x 1) for a context map s of that many maps
+            self.context = (nn.Conv2d(context_features, 4 * channels, 1) if spatial
+                            else nn.Linear(context_features, 4 * channels))
 
     def forward(self, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.k // 2
@@ -108,9 +109,9 @@ class GatedPixelCNN(nn.Module):
         self.context_map = ConvDecoder(context_dim, image_shape, context_hidden, channels) if spatial and context_dim \
             else None
         self.position = nn.Parameter(torch.zeros(1, channels, self.h, self.w)) if spatial and not context_dim else None
-        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel,
-                                                 context_dim or channels * spatial, i == 0, spatial)
-                                     for i in range(layers)])
+        context_features = channels if spatial else context_dim  # a spatial map always exists: z's or the position
+        self.layers = nn.ModuleList([_GatedLayer(1 if i == 0 else channels, channels, kernel, context_features,
+                                                 i == 0, spatial) for i in range(layers)])
         # ELU, not ReLU, in the output head: a narrow head of ReLUs can start dead (every logit a constant)
         self.head = nn.Sequential(nn.ELU(), nn.Conv2d(channels, channels, 1), nn.ELU(),
                                   nn.Conv2d(channels, out_per_pixel, 1))
