@@ -65,7 +65,8 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
                               json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3])
     bench.table(args)
     line = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")][0].split(" | ")
-    assert line[2] == "91.00" and line[7] == "0.50" and line[-1] == "0, 1 |"  # NLL mean; valid KL (0.4 + 0.6) / 2
+    # NLL: the mean and the standard deviation over the seeds (90, 92); valid KL (0.4 + 0.6) / 2
+    assert line[2] == "91.00 ± 1.41" and line[7] == "0.50" and line[-1] == "0, 1 |"
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["rows"]["free-bits"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
     assert (tmp_path / "t.png").stat().st_size > 0
