@@ -179,10 +179,12 @@ def table(args: argparse.Namespace) -> None:
     if passes:
         print(f"\nEqual budgets: validation ELBO / KL after {', '.join(map(str, args.at_passes))} passes (means over "
               "the seeds trained that far, unfinished runs included)")
-        print("| row | " + " | ".join(f"after {n}" for n in args.at_passes) + " |")
-        print("|---|" + "---|" * len(args.at_passes))
+        print("| row | " + " | ".join(f"after {n}" for n in args.at_passes) + " | seeds |")
+        print("|---|" + "---|" * (len(args.at_passes) + 1))
         for row, cells in passes.items():
-            print(f"| {row} | " + " | ".join("" if c is None else f"{c[0]:.2f} / {c[1]:.2f}" for c in cells) + " |")
+            seeds = ", ".join(str(s) for s in args.seeds if (args.out / f"{row}-s{s}").is_dir())
+            print(f"| {row} | " + " | ".join("" if c is None else f"{c[0]:.2f} / {c[1]:.2f}" for c in cells)
+                  + f" | {seeds} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"test_images": args.test_images, "particles": args.particles,
                                                "rows": raw, "at_passes": {"passes": args.at_passes, "rows": passes}},

@@ -64,7 +64,8 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
     args = argparse.Namespace(out=tmp_path, rows=["elbo", "free-bits"], seeds=[0, 1], test_images=10, particles=5,
                               json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3])
     bench.table(args)
-    line = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")][0].split(" | ")
+    first, equal = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")]
+    line = first.split(" | ")
     # NLL: the mean and the standard deviation over the seeds (90, 92); valid KL (0.4 + 0.6) / 2
     assert line[2] == "91.00 ± 1.41" and line[7] == "0.50" and line[-1] == "0, 1 |"
     saved = json.loads((tmp_path / "t.json").read_text())
@@ -72,6 +73,7 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
     assert (tmp_path / "t.png").stat().st_size > 0
     # equal budgets: after 2 passes both seeds (-95 and -98), after 3 only seed 0 trained that far
     assert saved["at_passes"]["rows"]["elbo"] == [[-96.5, 0.5], [-97.0, 0.3]]
+    assert equal == "| elbo | -96.50 / 0.50 | -97.00 / 0.30 | 0, 1 |"
     assert "free-bits" not in saved["at_passes"]["rows"]
 
 
