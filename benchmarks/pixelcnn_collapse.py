@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import resumable_command  # noqa: E402
+from _common import mean_sd, resumable_command  # noqa: E402
 
 from dgm_pyro.training import read_metrics  # noqa: E402
 
@@ -143,11 +143,9 @@ def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]
     return found
 
 
-def mean_sd(values: list[float]) -> str:
-    """``mean`` of one value, ``mean +- sd`` (the standard deviation over seeds) of several."""
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+def seed_cell(values: list[float]) -> str:
+    """One seed's value, or the mean ± the standard deviation over several seeds."""
+    return mean_sd(values) if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def table(args: argparse.Namespace) -> None:
@@ -170,7 +168,7 @@ def table(args: argparse.Namespace) -> None:
             "nll", "negative_elbo", "kl", "mutual_information", "active_units", "valid_kl", "epochs_trained",
             "train_minutes", "khat_above_0.7")}
         mi = f"{m['mutual_information']:.2f}".replace("-0.00", "0.00")  # an estimate a hair below 0
-        nll, kl = (mean_sd([r[k] for r in done.values()]) for k in ("nll", "kl"))
+        nll, kl = (seed_cell([r[k] for r in done.values()]) for k in ("nll", "kl"))
         print(f"| {row} | `{' '.join(ROWS[row])}` | {nll} | {m['negative_elbo']:.2f} | {kl} | "
               f"{mi} | {m['active_units']:.1f} | {m['valid_kl']:.2f} | "
               f"{m['epochs_trained']:.0f} | {m['train_minutes']:.0f} | {100 * m['khat_above_0.7']:.1f} % | "
