@@ -194,25 +194,27 @@ def table(args: argparse.Namespace) -> None:
 
 
 def plot(raw: dict[str, dict[int, Any]], path: Path) -> None:
-    """Validation KL and ELBO per epoch, one line per (row, seed)."""
+    """Validation KL and ELBO per epoch, one line per (row, seed): a colour per row, a line style per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_kl, ax_elbo) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for row, seeds in raw.items():
-        for seed, r in seeds.items():
+    colours, styles = plt.get_cmap("tab20").colors, ("-", "--", ":")
+    for i, (row, seeds) in enumerate(raw.items()):
+        for j, (seed, r) in enumerate(seeds.items()):
             epochs, kl, elbo = zip(*r["curve"])
-            line, = ax_kl.plot(epochs, kl, marker=".", label=f"{row} (seed {seed})")
-            ax_elbo.plot(epochs, elbo, marker=".", color=line.get_color())
+            style = {"marker": ".", "color": colours[i % len(colours)], "ls": styles[j % len(styles)]}
+            ax_kl.plot(epochs, kl, label=f"{row} (seed {seed})", **style)
+            ax_elbo.plot(epochs, elbo, **style)
     ax_kl.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax_kl.set(xlabel="epoch (pass over 50,000 images)", ylabel="validation KL (nats)", yscale="log")
     ax_elbo.set(xlabel="epoch (pass over 50,000 images)", ylabel="validation ELBO (nats)")
-    ax_kl.legend(fontsize=7)
     fig.suptitle("PixelCNN decoder on binarised MNIST: collapse over training")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.legend(*ax_kl.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
