@@ -126,20 +126,20 @@ def summarise(folder: Path, images: int, particles: int) -> dict[str, Any] | Non
             "curve": [(int(r["epoch"]), r["valid_kl"], r["valid_elbo"]) for r in metrics]}
 
 
-def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]
-              ) -> dict[str, list[tuple[float, float] | None]]:
-    """Per row, the validation (ELBO, KL) after each number of ``passes``, averaged over the seeds whose run folder
-    has trained that far (None where none has): budgets compared at equal passes, whatever each row's total."""
-    found: dict[str, list[tuple[float, float] | None]] = {}
+def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]) -> dict[str, dict[str, Any]]:
+    """Per row, the validation (ELBO, KL) after each number of ``passes`` (``cells``), averaged over the seeds whose
+    run has trained that far (None where none has), and the ``seeds`` that have trained at least one pass: budgets
+    compared at equal passes, whatever each row's total."""
+    found: dict[str, dict[str, Any]] = {}
     for row in rows:
-        curves = [read_metrics(f / "metrics.csv") for s in seeds if (f := out / f"{row}-s{s}").is_dir()]
+        curves = {s: c for s in seeds if (f := out / f"{row}-s{s}").is_dir() and (c := read_metrics(f / "metrics.csv"))}
         cells = []
         for n in passes:
-            at = [c[n - 1] for c in curves if len(c) >= n]
+            at = [c[n - 1] for c in curves.values() if len(c) >= n]
             cells.append((statistics.mean(r["valid_elbo"] for r in at), statistics.mean(r["valid_kl"] for r in at))
                          if at else None)
         if any(cells):
-            found[row] = cells
+            found[row] = {"cells": cells, "seeds": list(curves)}
     return found
 
 
@@ -179,10 +179,9 @@ def table(args: argparse.Namespace) -> None:
               "the seeds trained that far, unfinished runs included)")
         print("| row | " + " | ".join(f"after {n}" for n in args.at_passes) + " | seeds |")
         print("|---|" + "---|" * (len(args.at_passes) + 1))
-        for row, cells in passes.items():
-            seeds = ", ".join(str(s) for s in args.seeds if (args.out / f"{row}-s{s}").is_dir())
-            print(f"| {row} | " + " | ".join("" if c is None else f"{c[0]:.2f} / {c[1]:.2f}" for c in cells)
-                  + f" | {seeds} |")
+        for row, found in passes.items():
+            print(f"| {row} | " + " | ".join("" if c is None else f"{c[0]:.2f} / {c[1]:.2f}" for c in found["cells"])
+                  + f" | {', '.join(map(str, found['seeds']))} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"test_images": args.test_images, "particles": args.particles,
                                                "rows": raw, "at_passes": {"passes": args.at_passes, "rows": passes}},

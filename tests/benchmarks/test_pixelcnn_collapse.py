@@ -58,11 +58,12 @@ def _fake_run(folder: Path, elbos, kls, seconds=60.0, nll=90.0):
 def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, capsys):
     _fake_run(tmp_path / "elbo-s0", [-100.0, -95.0, -97.0], [2.0, 0.4, 0.3], nll=90.0)
     _fake_run(tmp_path / "elbo-s1", [-99.0, -98.0], [1.0, 0.6], nll=92.0)
+    (tmp_path / "elbo-s2").mkdir()  # started, no pass trained yet: in no table
     one = bench.summarise(tmp_path / "elbo-s0", 10, 5)
     assert one["best_epoch"] == 2 and one["valid_kl"] == 0.4 and one["train_minutes"] == pytest.approx(3.0)
     assert bench.summarise(tmp_path / "elbo-s0", 10, 6) is None  # another K: not scored
-    args = argparse.Namespace(out=tmp_path, rows=["elbo", "free-bits"], seeds=[0, 1], test_images=10, particles=5,
-                              json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3])
+    args = argparse.Namespace(out=tmp_path, rows=["elbo", "free-bits"], seeds=[0, 1, 2], test_images=10,
+                              particles=5, json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3])
     bench.table(args)
     first, equal = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")]
     line = first.split(" | ")
@@ -72,7 +73,7 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
     assert saved["rows"]["free-bits"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
     assert (tmp_path / "t.png").stat().st_size > 0
     # equal budgets: after 2 passes both seeds (-95 and -98), after 3 only seed 0 trained that far
-    assert saved["at_passes"]["rows"]["elbo"] == [[-96.5, 0.5], [-97.0, 0.3]]
+    assert saved["at_passes"]["rows"]["elbo"] == {"cells": [[-96.5, 0.5], [-97.0, 0.3]], "seeds": [0, 1]}
     assert equal == "| elbo | -96.50 / 0.50 | -97.00 / 0.30 | 0, 1 |"
     assert "free-bits" not in saved["at_passes"]["rows"]
 
