@@ -380,7 +380,8 @@ def sample(run_dir: str, label: Optional[int], texts: tuple[str, ...], text_file
     if out_path.suffix == ".png":
         # the default conditions of quadrant completion are the first test images: show their truth
         truth = ds.splits["test"][0][:x.shape[0]] if ds.condition == "quadrant" and cond is None else None
-        save_sample_grid(x, y, ds, out_path, truth=truth, titles=prompts)
+        save_sample_grid(x, y, ds, out_path, truth=truth,
+                         titles=None if prompts is None else [f"\u201c{p}\u201d" for p in prompts])
     else:
         import numpy as np
 

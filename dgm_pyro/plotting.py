@@ -44,8 +44,8 @@ def assemble_images(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset) ->
 def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, path: str | Path,
                      truth: Optional[torch.Tensor] = None, titles: Optional[list[str]] = None) -> Path:
     """Write a PNG grid: one row per condition (C, S, x_dim), one column per sample; ``titles`` (one per
-    row, the prompts of a text-conditioned model) are written above their rows. One condition with more than
-    ten samples (an unconditional model's) is laid out as a square-ish grid, row after row.
+    row, as given: ``dgm-pyro sample`` passes a text model's prompts in quotes) are written above their rows. One
+    condition with more than ten samples (an unconditional model's) is laid out as a square-ish grid, row after row.
 
     For quadrant completion the given part of every image is shaded red and, with ``truth`` (C, x_dim),
     the true completion comes first in each row, so the generated part can be compared with it."""
@@ -84,7 +84,7 @@ def save_sample_grid(x: torch.Tensor, y: torch.Tensor, ds: ConditionalDataset, p
         if ds.condition == "label" and not (wrapped and r):  # a wrapped grid's one label on its first row
             axes[r][0].set_ylabel(str(int(y[0 if wrapped else r].argmax())), rotation=0, labelpad=12)
         if titles:  # above the row, outside the layout (it may be wider than one image)
-            axes[r][0].text(0, 1.06, f"\u201c{titles[r]}\u201d", transform=axes[r][0].transAxes, ha="left", va="bottom",
+            axes[r][0].text(0, 1.06, titles[r], transform=axes[r][0].transAxes, ha="left", va="bottom",
                             fontsize=8)
     if quadrant:
         axes[0][0].set_title("truth" if truth is not None else "sample 1", fontsize=8)

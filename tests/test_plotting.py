@@ -88,3 +88,13 @@ def test_many_samples_of_one_condition_wrap_into_a_square_grid_in_order(figures,
     assert axes[0].get_ylabel() == str(int(y[0].argmax())) and axes[4].get_ylabel() == ""
     plotting.save_sample_grid(x[:8].unsqueeze(0), y[:1], ds, tmp_path / "h.png")
     assert len(figures["h.png"].axes) == 8  # ten or fewer stay one row
+
+
+def test_titles_are_written_above_their_rows_as_given(figures, tmp_path):
+    ds = load_dataset("digits")
+    x, y = ds.splits["test"]
+    plotting.save_sample_grid(x[:2].unsqueeze(1).repeat(1, 3, 1), y[:2], ds, tmp_path / "t.png",
+                              titles=["elbo (seed 0, 4 passes)", "\u201ca seven\u201d"])
+    axes = figures["t.png"].axes
+    assert [t.get_text() for t in axes[0].texts] == ["elbo (seed 0, 4 passes)"]  # no quotes added
+    assert [t.get_text() for t in axes[3].texts] == ["\u201ca seven\u201d"] and not axes[1].texts

@@ -47,7 +47,7 @@ def test_train_records_the_encoder_and_evaluates_log_p_x_given_text(text_run):
     assert json.loads((path / "config.json").read_text())["text_encoder"] == "builtin"
 
 
-def test_sample_png_npz_prompt_file_and_reproducible(text_run, tmp_path):
+def test_sample_png_npz_prompt_file_and_reproducible(text_run, tmp_path, monkeypatch):
     path, _ = text_run
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a thick seven leaning right\n\n  the number 2, drawn thin  \n", encoding="utf-8")
@@ -61,9 +61,15 @@ def test_sample_png_npz_prompt_file_and_reproducible(text_run, tmp_path):
     run("sample", path, "--text", "7", "--text-file", prompts, "--num", "5", "--out", tmp_path / "h.npz")
     with np.load(tmp_path / "h.npz") as f:
         assert np.array_equal(f["x"], first)  # same seed, same images
+    from dgm_pyro import plotting
+
+    drawn = {}
+    real = plotting.save_sample_grid
+    monkeypatch.setattr(plotting, "save_sample_grid", lambda *a, **k: drawn.update(k) or real(*a, **k))
     r = run("sample", path, "--text", "a thick seven leaning right", "--num", "4", "--mode", "sample",
             "--out", tmp_path / "g.png")
     assert r.exit_code == 0 and (tmp_path / "g.png").stat().st_size > 1000
+    assert drawn["titles"] == ["\u201ca thick seven leaning right\u201d"]  # the prompt above its row, quoted
     r = run("sample", path, "--out", tmp_path / "default.png")  # default prompts: the first test captions
     assert r.exit_code == 0 and "8 condition(s)" in r.output
 
