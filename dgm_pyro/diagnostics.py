@@ -31,7 +31,8 @@ from torch.distributions import Distribution, kl_divergence
 
 from .divergences import univariate_base
 
-__all__ = ["active_units", "kl_per_dimension", "mutual_information", "mutual_information_minibatch",
+__all__ = ["active_units", "kl_per_dimension", "kl_per_datapoint", "posterior_width_ratio", "WIDE_RATIO",
+           "mutual_information", "mutual_information_minibatch",
            "aggregate_kl", "encoder_posteriors", "encoder_traces", "site_posteriors", "collapse_report",
            "CollapseReport"]
 
@@ -63,11 +64,39 @@ def active_units(posteriors: Distribution, threshold: float = 0.01,
     return int((activity > threshold).sum()), activity
 
 
-def kl_per_dimension(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
-    """E_x[KL(q(z_u | x) || p(z_u))] for each latent dimension u, shape (d,); needs factorised q and p."""
+def _kl_elementwise(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
+    """KL(q(z_u | x_i) || p(z_u)) for each datapoint i and dimension u, shape (N, d); needs factorised q and p."""
     _check(posteriors)
     return kl_divergence(univariate_base(posteriors), univariate_base(prior)).expand(posteriors.batch_shape +
-                                                                             posteriors.event_shape).mean(0)
+                                                                             posteriors.event_shape)
+
+
+def kl_per_dimension(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
+    """E_x[KL(q(z_u | x) || p(z_u))] for each latent dimension u, shape (d,); needs factorised q and p."""
+    return _kl_elementwise(posteriors, prior).mean(0)
+
+
+def kl_per_datapoint(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
+    """KL(q(z | x_i) || p(z)) for each datapoint i, shape (N,); needs factorised q and p.
+
+    Its mean is the KL of the report; its median and tail tell whether a few datapoints carry that mean."""
+    return _kl_elementwise(posteriors, prior).sum(-1)
+
+
+#: a posterior wider than this many prior standard deviations in some dimension counts in ``wide_posteriors``
+WIDE_RATIO = 2.0
+
+
+def posterior_width_ratio(posteriors: Distribution, prior: Distribution) -> torch.Tensor:
+    """max_u sd_q(z_u | x_i) / sd_p(z_u) for each datapoint i, shape (N,); needs factorised q and p.
+
+    The ELBO's KL charges a posterior s times wider than the prior about s^2 / 2 nats, the CS divergence only
+    about 1/2 log(s / 2) (P2.1: D_CS = 1/2 log((s_1^2 + s_2^2) / (2 s_1 s_2)) for equal means), so an encoder
+    trained with the CS-ELBO can give some datapoints posteriors much wider than the prior; above
+    :data:`WIDE_RATIO` they dominate the mean KL."""
+    _check(posteriors)
+    q, p = univariate_base(posteriors), univariate_base(prior)
+    return (q.stddev / p.stddev).expand(posteriors.batch_shape + posteriors.event_shape).amax(-1)
 
 
 def _groups(groups: Optional[torch.Tensor], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,6 +239,8 @@ class CollapseReport:
     mutual_information_minibatch: float
     minibatch_size: int
     aggregate_kl: float
+    kl_median: Optional[float] = None
+    wide_posteriors: Optional[float] = None
     nll: Optional[float] = None
     elbo: Optional[float] = None
     conditional: bool = False
@@ -228,6 +259,9 @@ class CollapseReport:
             ("NLL, importance-sampled", "-" if self.nll is None else f"{self.nll:.3f}"),
             ("-ELBO", "-" if self.elbo is None else f"{-self.elbo:.3f}"),
             (f"KL  E[KL(q(z|x{', y' if self.conditional else ''}) || p(z{given}))]", f"{self.kl:.3f}"),
+            ("KL  median over the datapoints", "-" if self.kl_median is None else f"{self.kl_median:.3f}"),
+            (f"posteriors wider than {WIDE_RATIO:g} prior sd", "-" if self.wide_posteriors is None else
+             f"{100 * self.wide_posteriors:.1f} % of the datapoints"),
             (f"MI  I(x; z{given}) over the dataset", f"{self.mutual_information:.3f}  (ceiling "
                                                    f"{'mean log class size' if self.conditional else 'log N'} = "
                                                    f"{self.mutual_information_ceiling:.3f})"),
@@ -264,18 +298,20 @@ def _collapse_report(model, guide, args, kwargs, site, groups, num_samples, mini
     ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
     terms = _aggregate_terms(q, p, num_samples, groups, seed)  # shared by MI and aggregate KL (P3.3)
     try:
-        kl_dim = kl_per_dimension(q, p)
+        kl_dim, kl_point = kl_per_dimension(q, p), kl_per_datapoint(q, p)
         kl_total = float(kl_dim.sum())
+        wide: Optional[float] = float((posterior_width_ratio(q, p) > WIDE_RATIO).double().mean())
         note = None
     except ValueError:  # a prior (or posterior) not factorised over its dimensions, e.g. a mixture prior
         # E_x KL(q(z|x) || p(z)) by Monte Carlo, at the draws the MI and the aggregate KL use
-        kl_dim, kl_total = torch.zeros(0), float((terms["log_q_cond"] - terms["log_p"]).mean())
+        kl_point = (terms["log_q_cond"] - terms["log_p"]).mean(0)
+        kl_dim, kl_total, wide = torch.zeros(0), float(kl_point.mean()), None
         note = (f"the KL is a Monte Carlo estimate ({num_samples} draws per datapoint) and has no per-dimension "
                 f"split: the prior ({type(p).__name__}) or the posterior is not factorised over the latent "
                 "dimensions")
     report = CollapseReport(
         num_datapoints=n, latent_dim=q.event_shape[0], active_units=au, activity=activity.tolist(),
-        kl=kl_total, kl_per_dimension=kl_dim.tolist(),
+        kl=kl_total, kl_per_dimension=kl_dim.tolist(), kl_median=float(kl_point.median()), wide_posteriors=wide,
         mutual_information=float((terms["log_q_cond"] - terms["log_q_agg"]).mean()),
         mutual_information_ceiling=ceiling,
         mutual_information_minibatch=mutual_information_minibatch(q, min(minibatch_size, n), seed),

@@ -196,20 +196,25 @@ def test_report_text_and_json_are_the_numbers_they_name():
         "  NLL, importance-sampled                -",
         "  -ELBO                                  -",
         "  KL  E[KL(q(z|x) || p(z))]              4.250",
+        "  KL  median over the datapoints         -",
+        "  posteriors wider than 2 prior sd       -",
         "  MI  I(x; z) over the dataset           2.500  (ceiling log N = 5.704)",
         "  MI  I(x; z) minibatch estimate, B=100  1.750  (ceiling log B = 4.605)",
         "  aggregate KL(q(z) || p(z))             0.125",
         "  active units (Cov > 0.01)              2 of 3",
         "  KL per dimension                       3.00 1.25 0.00",
     ]
-    given = CollapseReport(**{**fields, "mutual_information_ceiling": 4.0}, nll=88.5, elbo=-90.25, conditional=True)
+    given = CollapseReport(**{**fields, "mutual_information_ceiling": 4.0}, nll=88.5, elbo=-90.25, conditional=True,
+                           kl_median=1.5, wide_posteriors=0.125)
     lines = str(given).splitlines()
     assert lines[1].split()[-1] == "88.500" and lines[2].split()[-1] == "90.250"
-    assert "KL  E[KL(q(z|x, y) || p(z | y))]" in lines[3] and "I(x; z | y) over the dataset" in lines[4]
-    assert "(ceiling mean log class size = 4.000)" in lines[4] and "aggregate KL(q(z | y) || p(z | y))" in lines[6]
+    assert "KL  E[KL(q(z|x, y) || p(z | y))]" in lines[3] and lines[4].endswith("median over the datapoints         1.500")
+    assert lines[5].endswith("posteriors wider than 2 prior sd       12.5 % of the datapoints")
+    assert "I(x; z | y) over the dataset" in lines[6]
+    assert "(ceiling mean log class size = 4.000)" in lines[6] and "aggregate KL(q(z | y) || p(z | y))" in lines[8]
     text = given.to_json()
     assert json.loads(text) == {**fields, "mutual_information_ceiling": 4.0, "nll": 88.5, "elbo": -90.25,
-                                "conditional": True, "extra": {}}
+                                "conditional": True, "extra": {}, "kl_median": 1.5, "wide_posteriors": 0.125}
     assert text.startswith('{\n "num_datapoints": 300,')  # indented one space, as the run folder's files are
 
 
@@ -301,6 +306,40 @@ def test_collapse_report_is_the_measures_it_names():
     assert not ungrouped.conditional and ungrouped.mutual_information_ceiling == pytest.approx(math.log(n))
 
 
+def test_kl_per_datapoint_its_median_and_the_share_of_posteriors_wider_than_the_prior():
+    """Five posteriors against the prior N(0, diag(0.5^2, 2^2)), the KL of each by the Gaussian formula
+    1/2 (s^2/sigma^2 + m^2/sigma^2 - 1 - 2 log(s/sigma)) per dimension: one datapoint 6 prior sd wide in the first
+    dimension (the CS-ELBO's tail on MNIST, docs/collapse.md) carries most of the mean KL but not the median, and
+    costs D_CS (P2.1) only a few nats."""
+    from dgm_pyro.diagnostics import WIDE_RATIO, kl_per_datapoint, posterior_width_ratio
+    from dgm_pyro.divergences import cs_divergence
+
+    sigma = torch.tensor([0.5, 2.0], dtype=D)
+    loc = torch.tensor([[0.0, 0.0], [0.5, 1.0], [-0.5, 2.0], [1.0, -2.0], [0.0, 0.0]], dtype=D)
+    scale = torch.tensor([[0.5, 2.0], [0.1, 1.0], [0.2, 3.0], [0.25, 0.5], [3.0, 1.0]], dtype=D)
+    ratio = scale / sigma
+    by_hand = 0.5 * (ratio ** 2 + (loc / sigma) ** 2 - 1 - 2 * ratio.log()).sum(-1)
+    q, prior = diag(loc, scale), diag(torch.zeros(2, dtype=D), sigma)
+    assert kl_per_datapoint(q, prior) == pytest.approx(by_hand.tolist(), rel=1e-12)
+    assert posterior_width_ratio(q, prior).tolist() == pytest.approx([1.0, 0.5, 1.5, 0.5, 6.0], rel=1e-12)
+    assert WIDE_RATIO == 2.0
+
+    def model():
+        with pyro.plate("obs", 5):
+            pyro.sample("z", dist.Normal(torch.zeros(2, dtype=D), sigma).to_event(1))
+
+    def guide():
+        with pyro.plate("obs", 5):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    report = collapse_report(model, guide)
+    assert report.wide_posteriors == 0.2  # one of five
+    assert report.kl_median == pytest.approx(float(by_hand.median()), rel=1e-12)
+    assert report.kl == pytest.approx(float(by_hand.mean()), rel=1e-12)
+    assert by_hand[4] > 0.6 * by_hand.sum() and report.kl_median < report.kl / 2
+    assert float(cs_divergence(q, prior)[4]) < 0.7 < 16 < float(by_hand[4])  # 1/2 log(9.25 / 3) + 1/2 log(5 / 4)
+
+
 def test_activity_is_the_population_variance_and_the_threshold_strict():
     """A_u is the variance over the N datapoints (divided by N, as in Burda et al.), and a unit counts only above
     the threshold: means -0.5 and 0.5 give exactly 0.25."""
@@ -335,6 +374,8 @@ def test_a_mixture_prior_gets_a_monte_carlo_kl_and_a_note():
     terms = q.log_prob(z) - mix.log_prob(z)
     assert report.kl == pytest.approx(float(terms.mean()), abs=3 * float(terms.std()) / math.sqrt(400 * n))
     assert report.kl_per_dimension == [] and "not factorised" in report.extra["note"]
+    assert report.wide_posteriors is None and str(report).splitlines()[5].endswith("-")  # no sd ratio to a mixture
+    assert min(terms.mean(0)) < report.kl_median < max(terms.mean(0))  # the median of the per-datapoint estimates
     import re
 
     assert "note: the KL is a Monte Carlo estimate" in str(report)

@@ -334,12 +334,14 @@ def test_diagnose_json_text_and_files(trained, tmp_path):
     assert rep["kl"] == pytest.approx(sum(rep["kl_per_dimension"]))
     assert rep["mutual_information_minibatch"] <= np.log(100) + 1e-9
     assert rep["nll"] > 0 and 0 <= rep["active_units"] <= 4
+    assert 0 <= rep["wide_posteriors"] <= 1 and 0 <= rep["kl_median"] <= max(rep["kl"] * 447, 1e-9)
     assert rep["extra"]["files"] == [str(path / "diagnostics.json"), str(path / "plots" / "kl_per_dimension.png")]
     assert json.loads((path / "diagnostics.json").read_text()) == rep
     assert (path / "plots" / "kl_per_dimension.png").read_bytes()[:4] == b"\x89PNG"
     r = run("diagnose", path, "--particles", "0", "--samples", "2", "--seed", "1")
     assert r.exit_code == 0, r.output
     assert "active units" in r.stdout and "conditional on the label" in r.stdout
+    assert "KL  median over the datapoints" in r.stdout and "% of the datapoints" in r.stdout
     assert not (path / "plots" / "collapse_over_training.png").exists()  # not tracked in training
     assert "kl_per_dimension.png" in r.stdout and "collapse_over_training" not in r.stdout
 
