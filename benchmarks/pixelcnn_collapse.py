@@ -19,7 +19,9 @@ this decoder), its share of PSIS k-hat above 0.7, and the KL, mutual information
 (``dgm_pyro.diagnostics.collapse_report``). The whole test set at K = 1000 is 100 times the default subset's
 cost (about 7 CPU hours a row here), which is why the subset and K are options and are printed with the table.
 ``table`` prints, per row, the means over the seeds done, and plots the validation KL and ELBO per epoch.
-``samples`` draws a row of samples from each row's run on the first seed, into one figure.
+``samples`` draws a row of samples from each row's run on the first seed, into one figure. ``widths`` splits the
+scored test images of each run by the width of their posterior (wider than ``--ratio`` prior standard deviations
+in some dimension, or not): the CS-ELBO's tail of wide posteriors and how much of its -ELBO it carries.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import mean_sd, resumable_command  # noqa: E402
 
+from dgm_pyro.diagnostics import WIDE_RATIO  # noqa: E402
 from dgm_pyro.training import read_metrics  # noqa: E402
 
 #: the remedies of seed P3.5 and the reference, as options of ``dgm-pyro train cvae``
@@ -74,22 +77,30 @@ def score_path(folder: Path, images: int, particles: int) -> Path:
     return folder / f"collapse-test-N{images}-K{particles}.json"
 
 
-def score(folder: Path, images: int, particles: int) -> dict[str, Any]:
-    """The best epoch's test NLL (IS, ``particles`` draws) and collapse measures on the first ``images`` test images."""
+def evidence_on_test_images(folder: Path, images: int, particles: int):
+    """(run, x, y, the importance-sampled evidence of each of the first ``images`` test images): the draws every
+    score of the run shares (seed 0)."""
     import torch
 
-    from dgm_pyro.diagnostics import collapse_report
-    from dgm_pyro.infer.evidence import KHAT_WARN, log_evidence_blocks
+    from dgm_pyro.infer.evidence import log_evidence_blocks
     from dgm_pyro.runs import load_run
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     run = load_run(folder)
     x, y = (t[:images] for t in run.dataset.splits["test"])
-    model, guide = run.module.model, run.module.guide
-    res = log_evidence_blocks(model, guide, x, y, num_particles=particles, max_elements=run.kind.chunk_elements(
-        run.config), warn=False)
-    report = collapse_report(model, guide, x, y, num_samples=10)
+    res = log_evidence_blocks(run.module.model, run.module.guide, x, y, num_particles=particles,
+                              max_elements=run.kind.chunk_elements(run.config), warn=False)
+    return run, x, y, res
+
+
+def score(folder: Path, images: int, particles: int) -> dict[str, Any]:
+    """The best epoch's test NLL (IS, ``particles`` draws) and collapse measures on the first ``images`` test images."""
+    from dgm_pyro.diagnostics import collapse_report
+    from dgm_pyro.infer.evidence import KHAT_WARN
+
+    run, x, y, res = evidence_on_test_images(folder, images, particles)
+    report = collapse_report(run.module.model, run.module.guide, x, y, num_samples=10)
     return {"nll": -float(res.log_evidence.mean()), "nll_se_over_images": float(res.log_evidence.std() / images ** 0.5),
             "negative_elbo": -float(res.elbo.mean()), "khat_above_0.7": float((res.khat > KHAT_WARN).float().mean()),
             "kl": report.kl, "mutual_information": report.mutual_information, "active_units": report.active_units,
@@ -217,6 +228,57 @@ def plot(raw: dict[str, dict[int, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def split_by_width(folder: Path, images: int, particles: int, ratio: float) -> dict[str, Any]:
+    """The score's test images split by the width of their posterior: those wider than ``ratio`` prior standard
+    deviations in some dimension (``dgm_pyro.diagnostics.posterior_width_ratio``) and the others, each with its
+    share, mean NLL, mean -ELBO - NLL (the slack of the ELBO), mean KL and share of k-hat above 0.7, at the draws of
+    :func:`score`; and the share of the whole slack that the wide images carry."""
+    from dgm_pyro.diagnostics import encoder_posteriors, kl_per_datapoint, posterior_width_ratio
+    from dgm_pyro.infer.evidence import KHAT_WARN
+
+    import torch
+
+    run, x, y, res = evidence_on_test_images(folder, images, particles)
+    with torch.no_grad():
+        q, p = encoder_posteriors(run.module.model, run.module.guide, x, y)
+        wide = posterior_width_ratio(q, p) > ratio
+        kl, slack = kl_per_datapoint(q, p), res.log_evidence - res.elbo
+    out: dict[str, Any] = {"test_images": images, "particles": particles, "ratio": ratio,
+                           "slack_share_wide": float(slack[wide].sum() / slack.sum())}
+    for name, part in (("wide", wide), ("other", ~wide)):
+        out[name] = None if not part.any() else {
+            "share": float(part.double().mean()), "nll": -float(res.log_evidence[part].mean()),
+            "slack": float(slack[part].mean()), "kl": float(kl[part].mean()),
+            "khat_above_0.7": float((res.khat[part] > KHAT_WARN).double().mean())}
+    return out
+
+
+def widths(args: argparse.Namespace) -> None:
+    """Per run, :func:`split_by_width` as a table row (the CS-ELBO's tail of wide posteriors, docs/collapse.md)."""
+    found: dict[str, Any] = {}
+    print(f"The first {args.test_images} test images, K = {args.particles}; wide: a posterior wider than "
+          f"{args.ratio:g} prior sd in some dimension. Cells: wide / other images.")
+    print("| run | wide images | NLL | -ELBO - NLL | share of the whole -ELBO - NLL | KL | k-hat > 0.7 |")
+    print("|---|---|---|---|---|---|---|")
+    for seed in args.seeds:
+        for row in args.rows:
+            folder = args.out / f"{row}-s{seed}"
+            if not (folder / "best.pt").is_file():
+                continue
+            r = found[folder.name] = split_by_width(folder, args.test_images, args.particles, args.ratio)
+
+            def cell(key: str, percent: bool = False) -> str:
+                return " / ".join("-" if r[n] is None else (f"{100 * r[n][key]:.0f} %" if percent else
+                                                            f"{r[n][key]:.2f}") for n in ("wide", "other"))
+
+            share = 0.0 if r["wide"] is None else r["wide"]["share"]
+            print(f"| {folder.name} | {100 * share:.1f} % | {cell('nll')} | {cell('slack')} | "
+                  f"{100 * r['slack_share_wide']:.0f} % | {cell('kl')} | {cell('khat_above_0.7', True)} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(found, indent=1))
+        print(f"wrote {args.json}")
+
+
 def samples(args: argparse.Namespace) -> None:
     """One figure: a row of ``--num`` samples x ~ p(x|z), z ~ p(z) from the best epoch of each row's run on the
     first of ``--seeds`` (the draws of ``dgm-pyro sample RUN --mode sample --seed 0``)."""
@@ -244,7 +306,7 @@ def samples(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["run", "table", "samples"])
+    ap.add_argument("what", choices=["run", "table", "samples", "widths"])
     ap.add_argument("--out", type=Path, required=True, help="the folder of the run folders")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -257,8 +319,10 @@ def main() -> None:
                     help="validation ELBO and KL after these passes, every row (table)")
     ap.add_argument("--num", type=int, default=12, help="samples a row (samples)")
     ap.add_argument("--png", type=Path, default=Path("pixelcnn_samples.png"), help="the sample figure (samples)")
+    ap.add_argument("--ratio", type=float, default=WIDE_RATIO,
+                    help="a posterior this many prior sd wide in some dimension counts as wide (widths)")
     args = ap.parse_args()
-    {"run": run, "table": table, "samples": samples}[args.what](args)
+    {"run": run, "table": table, "samples": samples, "widths": widths}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,34 @@ def test_samples_draw_a_titled_row_from_each_trained_row(bench, tiny_runs, tmp_p
     assert torch.equal(drawn["x"][0], run.kind.sample(run, num=3, mean=False, seed=0)[0][0])
     with pytest.raises(SystemExit, match="no trained run"):
         bench.samples(argparse.Namespace(**{**vars(args), "rows": ["cs"]}))
+
+
+def test_the_split_by_width_partitions_the_score_at_its_own_draws(bench, tiny_runs, capsys):
+    """Every image counted wide (ratio 0) or none (an infinite ratio): the one part is the score's own NLL, -ELBO
+    minus NLL and share of k-hat above 0.7, at the same draws; in between, the two parts average back to it."""
+    whole = bench.score(tiny_runs / "elbo-s0", images=12, particles=50)
+    every = bench.split_by_width(tiny_runs / "elbo-s0", 12, 50, ratio=0.0)
+    none = bench.split_by_width(tiny_runs / "elbo-s0", 12, 50, ratio=float("inf"))
+    assert every["other"] is None and none["wide"] is None
+    assert every["slack_share_wide"] == pytest.approx(1.0) and none["slack_share_wide"] == 0.0
+    for part in (every["wide"], none["other"]):
+        assert part["share"] == 1.0 and part["nll"] == pytest.approx(whole["nll"], rel=1e-9)
+        assert part["slack"] == pytest.approx(whole["negative_elbo"] - whole["nll"], rel=1e-6)
+        assert part["khat_above_0.7"] == whole["khat_above_0.7"] and part["kl"] >= 0
+    import torch
+
+    from dgm_pyro.diagnostics import encoder_posteriors, posterior_width_ratio
+    from dgm_pyro.runs import load_run
+
+    run = load_run(tiny_runs / "elbo-s0")
+    x, y = (t[:12] for t in run.dataset.splits["test"])
+    median = float(torch.median(posterior_width_ratio(*encoder_posteriors(run.module.model, run.module.guide, x, y))))
+    half = bench.split_by_width(tiny_runs / "elbo-s0", 12, 50, ratio=median)
+    assert half["wide"]["share"] + half["other"]["share"] == 1.0 and 0 < half["wide"]["share"] < 1
+    assert half["wide"]["share"] * half["wide"]["nll"] + half["other"]["share"] * half["other"]["nll"] == \
+        pytest.approx(whole["nll"], rel=1e-9)
+    args = argparse.Namespace(out=tiny_runs, rows=["elbo", "cs"], seeds=[0], test_images=12, particles=50,
+                              ratio=median, json=None)
+    bench.widths(args)  # cs-s0 is not trained: left out
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo-s0 |")]
+    assert len(rows) == 1 and rows[0].split(" | ")[1] == f"{100 * half['wide']['share']:.1f} %"
