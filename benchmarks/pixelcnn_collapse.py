@@ -233,10 +233,10 @@ def split_by_width(folder: Path, images: int, particles: int, ratio: float) -> d
     deviations in some dimension (``dgm_pyro.diagnostics.posterior_width_ratio``) and the others, each with its
     share, mean NLL, mean -ELBO - NLL (the slack of the ELBO), mean KL and share of k-hat above 0.7, at the draws of
     :func:`score`; and the share of the whole slack that the wide images carry."""
+    import torch
+
     from dgm_pyro.diagnostics import encoder_posteriors, kl_per_datapoint, posterior_width_ratio
     from dgm_pyro.infer.evidence import KHAT_WARN
-
-    import torch
 
     run, x, y, res = evidence_on_test_images(folder, images, particles)
     with torch.no_grad():
