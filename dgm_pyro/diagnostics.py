@@ -298,7 +298,8 @@ def _collapse_report(model, guide, args, kwargs, site, groups, num_samples, mini
     ceiling = float((sizes * sizes.log()).sum() / n)  # the mean over datapoints of log(size of its group)
     terms = _aggregate_terms(q, p, num_samples, groups, seed)  # shared by MI and aggregate KL (P3.3)
     try:
-        kl_dim, kl_point = kl_per_dimension(q, p), kl_per_datapoint(q, p)
+        kl_each = _kl_elementwise(q, p)  # (N, d): kl_per_dimension and kl_per_datapoint from one evaluation
+        kl_dim, kl_point = kl_each.mean(0), kl_each.sum(-1)
         kl_total = float(kl_dim.sum())
         wide: Optional[float] = float((posterior_width_ratio(q, p) > WIDE_RATIO).double().mean())
         note = None
