@@ -18,7 +18,9 @@ NLL by importance sampling from the encoder with ``--particles`` draws (chunked 
 this decoder), its share of PSIS k-hat above 0.7, and the KL, mutual information and active units
 (``dgm_pyro.diagnostics.collapse_report``). The whole test set at K = 1000 is 100 times the default subset's
 cost (about 7 CPU hours a row here), which is why the subset and K are options and are printed with the table.
-``table`` prints, per row, the means over the seeds done, and plots the validation KL and ELBO per epoch.
+``table`` prints, per row, the means over the seeds done, and plots the validation KL and ELBO per epoch. With
+``--baseline ROW`` it also prints each row's lead over that row on the same seed, paired image by image (its NLL
+minus the row's, with the standard error over the images), from the per-image evidence each score keeps.
 ``samples`` draws a row of samples from each row's run on the first seed, into one figure. ``widths`` splits the
 scored test images of each run by the width of their posterior (wider than ``--ratio`` prior standard deviations
 in some dimension, or not): the CS-ELBO's tail of wide posteriors and how much of its -ELBO it carries.
@@ -104,7 +106,7 @@ def score(folder: Path, images: int, particles: int) -> dict[str, Any]:
     return {"nll": -float(res.log_evidence.mean()), "nll_se_over_images": float(res.log_evidence.std() / images ** 0.5),
             "negative_elbo": -float(res.elbo.mean()), "khat_above_0.7": float((res.khat > KHAT_WARN).float().mean()),
             "kl": report.kl, "mutual_information": report.mutual_information, "active_units": report.active_units,
-            "test_images": images, "particles": particles}
+            "test_images": images, "particles": particles, "log_evidence": res.log_evidence.tolist()}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -154,6 +156,25 @@ def at_passes(out: Path, rows: list[str], seeds: list[int], passes: list[int]) -
     return found
 
 
+def paired_leads(raw: dict[str, dict[int, Any]], baseline: str) -> dict[str, dict[int, tuple[float, float]]]:
+    """Per row and seed, its lead over the ``baseline`` row of the same seed: the mean over the test images of the
+    baseline's NLL minus the row's, and the standard error of that mean. Both are scored on the same images, so the
+    spread between easy and hard images cancels (scores without per-image values are left out)."""
+    base = raw.get(baseline, {})
+    leads: dict[str, dict[int, tuple[float, float]]] = {}
+    for row, done in raw.items():
+        cells = {}
+        for seed, r in done.items():
+            b = base.get(seed)
+            if row == baseline or b is None or "log_evidence" not in r or "log_evidence" not in b:
+                continue
+            diff = [a - c for a, c in zip(r["log_evidence"], b["log_evidence"], strict=True)]
+            cells[seed] = (statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5)
+        if cells:
+            leads[row] = cells
+    return leads
+
+
 def seed_cell(values: list[float]) -> str:
     """One seed's value, or the mean ± the standard deviation over several seeds."""
     return mean_sd(values) if len(values) > 1 else f"{values[0]:.2f}"
@@ -193,10 +214,21 @@ def table(args: argparse.Namespace) -> None:
         for row, found in passes.items():
             print(f"| {row} | " + " | ".join("" if c is None else f"{c[0]:.2f} / {c[1]:.2f}" for c in found["cells"])
                   + f" | {', '.join(map(str, found['seeds']))} |")
+    leads = paired_leads(raw, args.baseline) if args.baseline else {}
+    if leads:
+        print(f"\nLead over {args.baseline} of the same seed, paired image by image: its NLL minus the row's, "
+              "± the standard error over the test images")
+        print("| row | " + " | ".join(f"seed {s}" for s in args.seeds) + " |")
+        print("|---|" + "---|" * len(args.seeds))
+        for row, cells in leads.items():
+            print(f"| {row} | " + " | ".join(f"{cells[s][0]:.2f} ± {cells[s][1]:.2f}" if s in cells else ""
+                                             for s in args.seeds) + " |")
     if args.json:
+        summary = {row: {s: {k: v for k, v in r.items() if k != "log_evidence"} for s, r in done.items()}
+                   for row, done in raw.items()}
         Path(args.json).write_text(json.dumps({"test_images": args.test_images, "particles": args.particles,
-                                               "rows": raw, "at_passes": {"passes": args.at_passes, "rows": passes}},
-                                              indent=1))
+                                               "rows": summary, "at_passes": {"passes": args.at_passes, "rows": passes},
+                                               "baseline": args.baseline, "leads": leads}, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         plot(raw, Path(args.plot))
@@ -317,6 +349,8 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--at-passes", type=int, nargs="*", default=[4, 6, 12],
                     help="validation ELBO and KL after these passes, every row (table)")
+    ap.add_argument("--baseline", choices=list(ROWS), default=None,
+                    help="also print each row's lead over this row, paired image by image (table)")
     ap.add_argument("--num", type=int, default=12, help="samples a row (samples)")
     ap.add_argument("--png", type=Path, default=Path("pixelcnn_samples.png"), help="the sample figure (samples)")
     ap.add_argument("--ratio", type=float, default=WIDE_RATIO,

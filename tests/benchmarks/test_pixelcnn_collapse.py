@@ -41,9 +41,11 @@ def test_score_of_a_tiny_run_is_an_is_estimate_with_collapse_measures(bench, tin
     assert out["test_images"] == 12 and out["particles"] == 50 and 0 <= out["active_units"] <= 2
     # importance sampling is above the ELBO (its NLL below the negative ELBO), the KL and MI non-negative
     assert out["nll"] <= out["negative_elbo"] + 0.05 and out["kl"] >= 0 and out["mutual_information"] >= -1e-6
+    # the per-image evidence the paired leads are taken from: the NLL is minus its mean
+    assert len(out["log_evidence"]) == 12 and -sum(out["log_evidence"]) / 12 == pytest.approx(out["nll"], rel=1e-6)
 
 
-def _fake_run(folder: Path, elbos, kls, seconds=60.0, nll=90.0):
+def _fake_run(folder: Path, elbos, kls, seconds=60.0, nll=90.0, log_evidence=None):
     folder.mkdir(parents=True)
     lines = ["epoch,train_loss,valid_elbo,valid_log_likelihood,best,valid_kl,valid_mi,valid_au,aggressive,seconds,"
              "train_seconds"]
@@ -52,7 +54,8 @@ def _fake_run(folder: Path, elbos, kls, seconds=60.0, nll=90.0):
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
     (folder / "collapse-test-N10-K5.json").write_text(json.dumps(
         {"nll": nll, "negative_elbo": nll + 2, "kl": kls[-1], "mutual_information": 0.1, "active_units": 1,
-         "khat_above_0.7": 0.5, "test_images": 10, "particles": 5, "epochs_trained": len(elbos)}))
+         "khat_above_0.7": 0.5, "test_images": 10, "particles": 5, "epochs_trained": len(elbos),
+         **({} if log_evidence is None else {"log_evidence": log_evidence})}))
 
 
 def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, capsys):
@@ -63,14 +66,15 @@ def test_the_table_takes_the_best_epoch_and_means_over_seeds(bench, tmp_path, ca
     assert one["best_epoch"] == 2 and one["valid_kl"] == 0.4 and one["train_minutes"] == pytest.approx(3.0)
     assert bench.summarise(tmp_path / "elbo-s0", 10, 6) is None  # another K: not scored
     args = argparse.Namespace(out=tmp_path, rows=["elbo", "free-bits"], seeds=[0, 1, 2], test_images=10,
-                              particles=5, json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3])
+                              particles=5, json=tmp_path / "t.json", plot=tmp_path / "t.png", at_passes=[2, 3],
+                              baseline=None)
     bench.table(args)
     first, equal = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo |")]
     line = first.split(" | ")
     # NLL: the mean and the standard deviation over the seeds (90, 92); valid KL (0.4 + 0.6) / 2
     assert line[2] == "91.00 ± 1.41" and line[7] == "0.50" and line[-1] == "0, 1 |"
     saved = json.loads((tmp_path / "t.json").read_text())
-    assert saved["rows"]["free-bits"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
+    assert saved["rows"]["free-bits"] == {} and saved["leads"] == {} and saved["rows"]["elbo"]["0"]["command"].endswith("--name elbo-s0")
     assert (tmp_path / "t.png").stat().st_size > 0
     # equal budgets: after 2 passes both seeds (-95 and -98), after 3 only seed 0 trained that far
     assert saved["at_passes"]["rows"]["elbo"] == {"cells": [[-96.5, 0.5], [-97.0, 0.3]], "seeds": [0, 1]}
@@ -124,3 +128,25 @@ def test_the_split_by_width_partitions_the_score_at_its_own_draws(bench, tiny_ru
     bench.widths(args)  # cs-s0 is not trained: left out
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| elbo-s0 |")]
     assert len(rows) == 1 and rows[0].split(" | ")[1] == f"{100 * half['wide']['share']:.1f} %"
+
+
+def test_the_leads_are_paired_image_by_image(bench, tmp_path, capsys):
+    """Seed 0: the row's log-evidence is the baseline's plus 2, 1, 3, 2 nats: a lead of 2 nats with a standard error
+    of sd(0, -1, 1, 0) / 2, though the images themselves differ by 50 nats. Seed 1 has no per-image values (an older
+    score), and seed 2 no baseline: both left out."""
+    base = [-60.0, -110.0, -85.0, -95.0]
+    _fake_run(tmp_path / "elbo-s0", [-90.0], [1.0], log_evidence=base)
+    _fake_run(tmp_path / "cs-s0", [-90.0], [1.0], log_evidence=[b + d for b, d in zip(base, [2.0, 1.0, 3.0, 2.0])])
+    _fake_run(tmp_path / "elbo-s1", [-90.0], [1.0])
+    _fake_run(tmp_path / "cs-s1", [-90.0], [1.0])
+    _fake_run(tmp_path / "cs-s2", [-90.0], [1.0], log_evidence=base)
+    args = argparse.Namespace(out=tmp_path, rows=["elbo", "cs"], seeds=[0, 1, 2], test_images=10, particles=5,
+                              json=tmp_path / "t.json", plot=None, at_passes=[], baseline="elbo")
+    bench.table(args)
+    se = (2 / 3) ** 0.5 / 2
+    assert [r for r in capsys.readouterr().out.splitlines() if r.startswith("| cs |")][-1] == \
+        f"| cs | 2.00 ± {se:.2f} |  |  |"
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["baseline"] == "elbo" and list(saved["leads"]) == ["cs"]
+    assert saved["leads"]["cs"]["0"] == pytest.approx([2.0, se])
+    assert "log_evidence" not in saved["rows"]["cs"]["0"]  # the per-image values stay in the run folders
