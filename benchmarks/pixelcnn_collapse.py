@@ -17,8 +17,8 @@ epochs than ``--epochs`` is extended), then scores its best epoch on the first `
 NLL by importance sampling from the encoder with ``--particles`` draws (chunked as ``dgm-pyro evaluate`` does for
 this decoder), its share of PSIS k-hat above 0.7, and the KL, mutual information and active units
 (``dgm_pyro.diagnostics.collapse_report``). The whole test set at K = 1000 is 100 times the default subset's
-cost (about 9 CPU hours a row here: 500 images at K = 1000 take 27 to 29 minutes of one core), which is why the
-subset and K are options and are printed with the table.
+cost (7 to 10 CPU hours a row here: 500 images at K = 1000 took 19 to 29 minutes of one core, two runs at a
+time), which is why the subset and K are options and are printed with the table.
 ``table`` prints, per row, the means over the seeds done, and plots the validation KL and ELBO per epoch. With
 ``--baseline ROW`` it also prints each row's lead over that row on the same seed, paired image by image (its NLL
 minus the row's, with the standard error over the images), from the per-image evidence each score keeps.
