@@ -164,10 +164,12 @@ def paired_leads(raw: dict[str, dict[int, Any]], baseline: str) -> dict[str, dic
     base = raw.get(baseline, {})
     leads: dict[str, dict[int, tuple[float, float]]] = {}
     for row, done in raw.items():
+        if row == baseline:
+            continue
         cells = {}
         for seed, r in done.items():
             b = base.get(seed)
-            if row == baseline or b is None or "log_evidence" not in r or "log_evidence" not in b:
+            if b is None or "log_evidence" not in r or "log_evidence" not in b:
                 continue
             diff = [a - c for a, c in zip(r["log_evidence"], b["log_evidence"], strict=True)]
             cells[seed] = (statistics.fmean(diff), statistics.stdev(diff) / len(diff) ** 0.5)
